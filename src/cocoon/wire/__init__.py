@@ -1,0 +1,52 @@
+"""Sans-IO wire protocol: framing, the message set, and the per-connection state machine.
+
+Nothing here imports asyncio or touches a socket; ``cocoon.transport`` drives it.
+"""
+
+from cocoon.wire.connection import DEFAULT_WINDOW, Connection, State
+from cocoon.wire.framing import DEFAULT_MAX_FRAME, FrameDecoder, encode_frame
+from cocoon.wire.messages import (
+    PROTOCOL_VERSION,
+    Announce,
+    Cancel,
+    Catalog,
+    CatalogEntry,
+    Chunk,
+    Credit,
+    End,
+    Error,
+    Head,
+    Hello,
+    Message,
+    Ping,
+    Pong,
+    Request,
+    decode,
+    encode,
+)
+
+__all__ = [
+    "DEFAULT_MAX_FRAME",
+    "DEFAULT_WINDOW",
+    "PROTOCOL_VERSION",
+    "Announce",
+    "Cancel",
+    "Catalog",
+    "CatalogEntry",
+    "Chunk",
+    "Connection",
+    "Credit",
+    "End",
+    "Error",
+    "FrameDecoder",
+    "Head",
+    "Hello",
+    "Message",
+    "Ping",
+    "Pong",
+    "Request",
+    "State",
+    "decode",
+    "encode",
+    "encode_frame",
+]

@@ -1,0 +1,298 @@
+"""The versioned message set of the cocoon wire protocol, and its encoding.
+
+Encoding: each message is one MessagePack array ``[type_id, field1, field2, ...]``.
+MessagePack is chosen over TL (COCOON's choice) because it has a complete public spec, a
+fast and fuzzed C implementation, distinguishes bytes from text and ints from bools
+natively, and needs no code generation; the *schema* is ours and strict: this module knows
+every message's fields and their exact types, and :func:`decode` rejects anything else
+(unknown type id, wrong arity, wrong field type, out-of-range integer) with
+:class:`~cocoon.errors.ProtocolError`.  Unknown fields are never tolerated silently;
+evolution happens by bumping :data:`PROTOCOL_VERSION`, checked in the ``Hello`` exchange.
+
+Request and response bodies travel as opaque ``bytes`` (the OpenAI JSON), so a hop that only
+routes never parses a prompt.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar, Final
+
+import msgpack
+
+from cocoon.errors import ProtocolError
+
+__all__ = [
+    "MESSAGE_TYPES",
+    "PROTOCOL_VERSION",
+    "Announce",
+    "Cancel",
+    "Catalog",
+    "CatalogEntry",
+    "Chunk",
+    "Credit",
+    "End",
+    "Error",
+    "Head",
+    "Hello",
+    "Message",
+    "Ping",
+    "Pong",
+    "Request",
+    "decode",
+    "encode",
+]
+
+PROTOCOL_VERSION: Final = 1
+
+_U64_MAX: Final = 2**64 - 1
+_MAX_STR: Final = 4096  # names, codes, messages: never anything large
+_MAX_LIST: Final = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    """First message in each direction. ``window`` is how many unacknowledged ``Chunk``s the
+    sender accepts per stream; ``max_frame`` the largest frame payload it accepts."""
+
+    TYPE: ClassVar[int] = 1
+    version: int
+    role: str
+    node_id: str
+    max_frame: int
+    window: int
+
+
+@dataclass(frozen=True, slots=True)
+class Announce:
+    """Worker -> proxy: what it serves and how many requests it runs at once. Re-sent on change."""
+
+    TYPE: ClassVar[int] = 2
+    models: tuple[str, ...]
+    max_concurrent: int
+    engine: str
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogEntry:
+    model: str
+    workers: int
+    active: int
+    capacity: int
+
+
+@dataclass(frozen=True, slots=True)
+class Catalog:
+    """Proxy -> client: the models currently served, pushed whenever it changes."""
+
+    TYPE: ClassVar[int] = 3
+    entries: tuple[CatalogEntry, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """Opens stream ``req_id`` (chosen by the requester, unique among its open streams).
+    ``body`` is the OpenAI request JSON; ``endpoint`` is ``chat`` or ``completions``."""
+
+    TYPE: ClassVar[int] = 4
+    req_id: int
+    endpoint: str
+    model: str
+    stream: bool
+    timeout_ms: int
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Head:
+    """Responder accepted the request and generation started; ``worker`` names who serves it."""
+
+    TYPE: ClassVar[int] = 5
+    req_id: int
+    worker: str
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    """One OpenAI JSON object (a stream chunk, or the whole non-streamed response)."""
+
+    TYPE: ClassVar[int] = 6
+    req_id: int
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class End:
+    """Stream finished; token counts exactly as the engine counted them."""
+
+    TYPE: ClassVar[int] = 7
+    req_id: int
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+    reasoning_tokens: int
+
+
+@dataclass(frozen=True, slots=True)
+class Error:
+    """Stream failed. ``code`` is a :class:`~cocoon.errors.RequestError` code."""
+
+    TYPE: ClassVar[int] = 8
+    req_id: int
+    code: str
+    message: str
+    param: str
+
+
+@dataclass(frozen=True, slots=True)
+class Cancel:
+    """Requester gave up on the stream; the responder stops and still ends it with Error/End."""
+
+    TYPE: ClassVar[int] = 9
+    req_id: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Credit:
+    """Receiver of chunks allows ``n`` more chunks on stream ``req_id``."""
+
+    TYPE: ClassVar[int] = 10
+    req_id: int
+    n: int
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    TYPE: ClassVar[int] = 11
+    nonce: int
+
+
+@dataclass(frozen=True, slots=True)
+class Pong:
+    TYPE: ClassVar[int] = 12
+    nonce: int
+
+
+Message = (
+    Hello | Announce | Catalog | Request | Head | Chunk | End | Error | Cancel | Credit | Ping | Pong
+)
+
+MESSAGE_TYPES: Final[dict[int, type[Any]]] = {
+    cls.TYPE: cls
+    for cls in (Hello, Announce, Catalog, Request, Head, Chunk, End, Error, Cancel, Credit, Ping,
+                Pong)
+}
+
+
+# --- field validators: value from msgpack -> checked value (or ProtocolError) -------------
+
+Validator = Callable[[Any], Any]
+
+
+def _u64(v: Any) -> int:
+    if type(v) is not int or not 0 <= v <= _U64_MAX:
+        raise ProtocolError(f"expected unsigned 64-bit integer, got {type(v).__name__}")
+    return v
+
+
+def _str(v: Any) -> str:
+    if type(v) is not str or len(v) > _MAX_STR:
+        raise ProtocolError(f"expected string of at most {_MAX_STR} chars")
+    return v
+
+
+def _bytes(v: Any) -> bytes:
+    if type(v) is not bytes:
+        raise ProtocolError(f"expected bytes, got {type(v).__name__}")
+    return v
+
+
+def _bool(v: Any) -> bool:
+    if type(v) is not bool:
+        raise ProtocolError(f"expected bool, got {type(v).__name__}")
+    return v
+
+
+def _str_tuple(v: Any) -> tuple[str, ...]:
+    if type(v) is not list or len(v) > _MAX_LIST:
+        raise ProtocolError("expected list of strings")
+    return tuple(_str(x) for x in v)
+
+
+def _catalog_entries(v: Any) -> tuple[CatalogEntry, ...]:
+    if type(v) is not list or len(v) > _MAX_LIST:
+        raise ProtocolError("expected list of catalog entries")
+    out = []
+    for item in v:
+        if type(item) is not list or len(item) != 4:
+            raise ProtocolError("catalog entry must be [model, workers, active, capacity]")
+        out.append(CatalogEntry(_str(item[0]), _u64(item[1]), _u64(item[2]), _u64(item[3])))
+    return tuple(out)
+
+
+_BY_ANNOTATION: Final[dict[str, Validator]] = {
+    "int": _u64,
+    "str": _str,
+    "bytes": _bytes,
+    "bool": _bool,
+    "tuple[str, ...]": _str_tuple,
+    "tuple[CatalogEntry, ...]": _catalog_entries,
+}
+
+_SCHEMA: Final[dict[int, tuple[type[Any], tuple[Validator, ...]]]] = {
+    tid: (cls, tuple(_BY_ANNOTATION[str(f.type)] for f in fields(cls)))
+    for tid, cls in MESSAGE_TYPES.items()
+}
+
+
+def _to_wire(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return [_to_wire(v) for v in value]
+    if isinstance(value, CatalogEntry):
+        return [value.model, value.workers, value.active, value.capacity]
+    return value
+
+
+def encode(msg: Message) -> bytes:
+    """Serialise one message (without framing)."""
+    if type(msg) is Chunk:  # hot path
+        return msgpack.packb((Chunk.TYPE, msg.req_id, msg.data), use_bin_type=True)  # type: ignore[no-any-return]
+    values = [msg.TYPE]
+    for f in fields(msg):
+        values.append(_to_wire(getattr(msg, f.name)))
+    return msgpack.packb(values, use_bin_type=True)  # type: ignore[no-any-return]
+
+
+def decode(payload: bytes) -> Message:
+    """Parse one frame payload into a message; anything off-schema raises ProtocolError."""
+    try:
+        raw = msgpack.unpackb(
+            payload,
+            raw=False,
+            use_list=True,
+            strict_map_key=True,
+        )
+    except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError,
+            msgpack.StackError, OverflowError) as exc:
+        raise ProtocolError(f"undecodable payload: {type(exc).__name__}") from None
+    except UnicodeDecodeError:
+        raise ProtocolError("undecodable payload: invalid UTF-8 in a string") from None
+    if type(raw) is not list or not raw:
+        raise ProtocolError("message must be a non-empty array")
+    tid = raw[0]
+    if type(tid) is not int:
+        raise ProtocolError("message type id must be an integer")
+    entry = _SCHEMA.get(tid)
+    if entry is None:
+        raise ProtocolError(f"unknown message type {tid}")
+    cls, validators = entry
+    if len(raw) != len(validators) + 1:
+        raise ProtocolError(
+            f"{cls.__name__} needs {len(validators)} fields, got {len(raw) - 1}"
+        )
+    try:
+        return cls(*(check(v) for check, v in zip(validators, raw[1:], strict=True)))  # type: ignore[no-any-return]
+    except ProtocolError as exc:
+        raise ProtocolError(f"{cls.__name__}: {exc}") from None
