@@ -185,7 +185,9 @@ class Connection:
         if isinstance(msg, Credit):
             inc = self._incoming.get(msg.req_id)
             if inc is not None:  # credit for a stream we already ended is harmless
-                if msg.n <= 0 or msg.n > self._window * 1024:
+                # The requester's window (its Hello) bounds any one grant, not ours.
+                assert self.peer is not None  # OPEN implies a peer Hello
+                if msg.n <= 0 or msg.n > self.peer.window:
                     raise FlowControlError(f"invalid credit {msg.n}")
                 inc.credit += msg.n
             return True

@@ -1,0 +1,149 @@
+"""``cocoon`` command line: run a role, or a whole local network (``cocoon up``)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from cocoon.errors import CocoonError
+
+__all__ = ["main"]
+
+log = logging.getLogger("cocoon")
+
+
+def _setup_logging(verbose: int) -> None:
+    level = logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING
+    logging.basicConfig(
+        level=level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+def _overrides(args: argparse.Namespace, mapping: dict[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in args.set or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise CocoonError(f"--set expects SECTION.KEY=VALUE, got {item!r}")
+        out[key.strip()] = value.strip()
+    for attr, dotted in mapping.items():
+        value = getattr(args, attr, None)
+        if value is not None:
+            out[dotted] = value
+    return out
+
+
+def _role_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
+    p: argparse.ArgumentParser = sub.add_parser(name, help=help_text)
+    p.add_argument("-c", "--config", help="TOML config file")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set engine.fake.chunks=10")
+    p.add_argument("--ready-file", help="write the bound addresses here as JSON when ready")
+    p.add_argument("-v", "--verbose", action="count", default=1)
+    return p
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cocoon", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = _role_parser(sub, "proxy", "run a proxy")
+    p.add_argument("--listen", help="HOST:PORT for workers and clients")
+    p.add_argument("--http", help="HOST:PORT for health and stats")
+
+    p = _role_parser(sub, "worker", "run a worker")
+    p.add_argument("--proxy", help="proxy HOST:PORT")
+    p.add_argument("--http", help="HOST:PORT for health and stats")
+    p.add_argument("--engine", choices=["llama-cpp", "openai-http", "fake"])
+    p.add_argument("--upstream", help="base URL of the OpenAI-compatible upstream")
+    p.add_argument("--max-concurrent", type=int)
+
+    p = _role_parser(sub, "client", "run a client (the OpenAI API for apps)")
+    p.add_argument("--proxy", help="proxy HOST:PORT")
+    p.add_argument("--http", help="HOST:PORT of the OpenAI API")
+
+    from cocoon.launch import add_up_arguments
+
+    up = sub.add_parser("up", help="start a whole local network: proxy, workers, client")
+    add_up_arguments(up)
+
+    from cocoon.benchmark import add_bench_arguments
+
+    bench = sub.add_parser("bench", help="benchmark the chain against the engine served directly")
+    add_bench_arguments(bench)
+    return parser
+
+
+def _ready_writer(path: str | None) -> Any:
+    from cocoon.nodes.common import write_ready_file
+
+    def on_ready(node: Any) -> None:
+        info = {"role": node.snapshot()["role"], "http": node.http.url}
+        if hasattr(node, "port") and node.port:
+            info["listen_port"] = node.port
+        write_ready_file(path, info)
+
+    return on_ready
+
+
+async def _run_role(args: argparse.Namespace) -> None:
+    from cocoon import config as cfg
+    from cocoon.nodes.common import run_until_signal
+
+    if args.command == "proxy":
+        from cocoon.nodes.proxy.node import ProxyNode
+
+        pc = cfg.load(cfg.ProxyConfig, args.config,
+                      _overrides(args, {"listen": "listen", "http": "http"}))
+        proxy = ProxyNode(pc)
+        await run_until_signal(lambda stop: proxy.run(stop, _ready_writer(args.ready_file)))
+    elif args.command == "worker":
+        from cocoon.engines import build_engine
+        from cocoon.nodes.worker.node import WorkerNode
+
+        wc = cfg.load(cfg.WorkerConfig, args.config, _overrides(args, {
+            "proxy": "proxy", "http": "http", "engine": "engine.kind",
+            "upstream": "engine.openai-http.base_url", "max_concurrent": "max_concurrent"}))
+        log.info("loading engine %s", wc.engine.kind)
+        engine = await build_engine(wc.engine)
+        log.info("engine %s ready: %s", engine.name, ", ".join(engine.models))
+        worker = WorkerNode(wc, engine)
+        await run_until_signal(lambda stop: worker.run(stop, _ready_writer(args.ready_file)))
+    elif args.command == "client":
+        from cocoon.nodes.client.node import ClientNode
+
+        cc = cfg.load(cfg.ClientConfig, args.config,
+                      _overrides(args, {"proxy": "proxy", "http": "http"}))
+        client = ClientNode(cc)
+        await run_until_signal(lambda stop: client.run(stop, _ready_writer(args.ready_file)))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command in ("proxy", "worker", "client"):
+            _setup_logging(args.verbose)
+            asyncio.run(_run_role(args))
+            return 0
+        if args.command == "up":
+            from cocoon.launch import run_up
+
+            return run_up(args)
+        if args.command == "bench":
+            from cocoon.benchmark import run_bench
+
+            return int(run_bench(args))
+    except CocoonError as exc:
+        print(f"cocoon {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0

@@ -1,0 +1,178 @@
+"""Typed configuration for each role, loaded from TOML plus command-line overrides.
+
+Each role has one frozen dataclass. :func:`load` builds it from a TOML file (optional) and
+``section.key=value`` overrides, checking every key and type once, at start-up; errors name
+the key and where it came from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from cocoon.engines.fake import FakeEngineConfig
+from cocoon.engines.llama_cpp import LlamaCppConfig
+from cocoon.engines.openai_http import OpenAIHttpConfig
+from cocoon.errors import ConfigError
+
+__all__ = [
+    "ClientConfig",
+    "EngineConfig",
+    "ProxyConfig",
+    "WorkerConfig",
+    "load",
+    "parse_hostport",
+]
+
+EngineKind = Literal["llama-cpp", "openai-http", "fake"]
+
+
+def parse_hostport(value: str, what: str) -> tuple[str, int]:
+    """``host:port`` or ``[v6]:port`` -> (host, port); raises ConfigError naming ``what``."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535 or not host:
+        raise ConfigError(f"{what}: expected HOST:PORT, got {value!r}")
+    return host.strip("[]"), int(port)
+
+
+@dataclass(frozen=True, slots=True)
+class EngineConfig:
+    kind: EngineKind = "llama-cpp"
+    fake: FakeEngineConfig = field(default_factory=FakeEngineConfig)
+    llama_cpp: LlamaCppConfig = field(default_factory=LlamaCppConfig)
+    openai_http: OpenAIHttpConfig = field(default_factory=OpenAIHttpConfig)
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyConfig:
+    listen: str = "127.0.0.1:11100"  # workers and clients connect here
+    http: str = "127.0.0.1:11000"  # health and stats
+    request_timeout_s: float = 120.0  # longest a request may run, end to end
+    idle_timeout_s: float = 60.0  # longest gap between two messages of a stream
+    node_id: str = "proxy"
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerConfig:
+    proxy: str = "127.0.0.1:11100"
+    http: str = "127.0.0.1:12000"
+    max_concurrent: int = 4
+    node_id: str = ""  # empty: worker-<pid>
+    engine: EngineConfig = field(default_factory=EngineConfig)
+
+
+@dataclass(frozen=True, slots=True)
+class ClientConfig:
+    proxy: str = "127.0.0.1:11100"
+    http: str = "127.0.0.1:10000"  # the OpenAI API
+    request_timeout_s: float = 120.0
+    node_id: str = ""  # empty: client-<pid>
+
+
+T = TypeVar("T")
+
+
+def _build(cls: type[T], data: dict[str, Any], where: str) -> T:
+    hints = typing.get_type_hints(cls)
+    known = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    kwargs: dict[str, Any] = {}
+    for raw_key, value in data.items():
+        key = raw_key.replace("-", "_")
+        if key not in known:
+            raise ConfigError(f"{where}: unknown key {raw_key!r} "
+                              f"(known: {', '.join(sorted(known))})")
+        kwargs[key] = _coerce(hints[key], value, f"{where}.{raw_key}")
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:  # pragma: no cover - all fields have defaults
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def _coerce(tp: Any, value: Any, where: str) -> Any:
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a table")
+        return _build(tp, value, where)  # type: ignore[arg-type]
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            choices = ", ".join(repr(a) for a in typing.get_args(tp))
+            raise ConfigError(f"{where}: expected one of {choices}, got {value!r}")
+        return value
+    if isinstance(tp, types.UnionType):  # pragma: no cover - no unions in configs yet
+        raise ConfigError(f"{where}: unsupported type")
+    if tp is bool:
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        if type(value) is not bool:
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, str):
+            try:
+                value = int(value)
+            except ValueError:
+                raise ConfigError(f"{where}: expected an integer, got {value!r}") from None
+        if type(value) is not int:
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        if value < 0:
+            raise ConfigError(f"{where}: must not be negative")
+        return value
+    if tp is float:
+        if isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                raise ConfigError(f"{where}: expected a number, got {value!r}") from None
+        if type(value) not in (int, float) or value < 0:
+            raise ConfigError(f"{where}: expected a non-negative number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{where}: unsupported type {tp}")  # pragma: no cover
+
+
+def _set_path(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for p in parts[:-1]:
+        child = node.setdefault(p, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {dotted}: {p} is not a table")
+        node = child
+    node[parts[-1]] = value
+
+
+def load(cls: type[T], path: str | None, overrides: dict[str, Any] | None = None) -> T:
+    """Build ``cls`` from the TOML file at ``path`` (its table named after the role, plus
+    ``[engine...]`` for workers) and ``overrides`` (``"a.b": value``), validating all."""
+    tree: dict[str, Any] = {}
+    where = "defaults"
+    if path:
+        where = path
+        try:
+            with Path(path).open("rb") as f:
+                tree = tomllib.load(f)
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    role = {ProxyConfig: "proxy", WorkerConfig: "worker", ClientConfig: "client"}.get(cls)  # type: ignore[call-overload]
+    if role is None:
+        raise ConfigError(f"no role for {cls}")
+    section = dict(tree.pop(role, {}))
+    if "engine" in tree:
+        section["engine"] = tree.pop("engine")
+    if tree:
+        raise ConfigError(f"{where}: unknown table(s) {', '.join(sorted(tree))}")
+    for dotted, value in (overrides or {}).items():
+        if value is not None:
+            _set_path(section, dotted, value)
+    return _build(cls, section, f"{where}[{role}]")

@@ -1,0 +1,28 @@
+"""Engines behind one interface: embedded llama.cpp, any OpenAI-HTTP upstream, a fake."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+from cocoon.engines.base import Engine, EngineOutput, InferenceJob
+from cocoon.engines.fake import FakeEngine, FakeEngineConfig
+
+if TYPE_CHECKING:
+    from cocoon.config import EngineConfig
+
+__all__ = ["Engine", "EngineOutput", "FakeEngine", "FakeEngineConfig", "InferenceJob",
+           "build_engine"]
+
+
+async def build_engine(config: EngineConfig) -> Engine:
+    """Make the configured engine ready to serve (loads the model, checks the upstream)."""
+    if config.kind == "fake":
+        return FakeEngine(config.fake)
+    if config.kind == "llama-cpp":
+        from cocoon.engines.llama_cpp import LlamaCppEngine
+
+        return await asyncio.to_thread(LlamaCppEngine, config.llama_cpp)
+    from cocoon.engines.openai_http import OpenAIHttpEngine
+
+    return await OpenAIHttpEngine.connect(config.openai_http)

@@ -1,0 +1,96 @@
+"""A deterministic engine for tests and benchmarks (COCOON's bench shape: 50 chunks x 128 B).
+
+Each chunk is one token; ``max_tokens`` caps the chunk count like a real engine would. The
+prompt token count is a fixed function of the request text (1 token per 4 bytes of message
+content, at least 1), so billing tests can predict it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from cocoon.engines.base import EngineOutput, InferenceJob, require
+from cocoon.openai import protocol as oa
+
+__all__ = ["FakeEngine", "FakeEngineConfig"]
+
+
+@dataclass(frozen=True, slots=True)
+class FakeEngineConfig:
+    model: str = "fake"
+    chunks: int = 50
+    chunk_bytes: int = 128
+    delay_ms: float = 0.0
+
+
+def prompt_tokens_of(job: InferenceJob) -> int:
+    """Deterministic prompt size: a quarter of the UTF-8 bytes of the prompt text, >= 1."""
+    body = job.body
+    if job.endpoint == "chat":
+        text = "".join(
+            m["content"] if isinstance(m.get("content"), str) else json.dumps(m.get("content"))
+            for m in body["messages"]
+        )
+    else:
+        p = body["prompt"]
+        text = p if isinstance(p, str) else json.dumps(p)
+    return max(1, len(text.encode()) // 4)
+
+
+class FakeEngine:
+    name = "fake"
+
+    def __init__(self, config: FakeEngineConfig | None = None) -> None:
+        self.config = config or FakeEngineConfig()
+        self.models = (self.config.model,)
+        self.cancelled = 0  # generations stopped early, for tests
+
+    async def generate(self, job: InferenceJob) -> AsyncIterator[EngineOutput]:
+        cfg = self.config
+        require(job.body.get("n", 1) == 1, "the fake engine generates one choice (n=1)", "n")
+        cap = oa.max_tokens_of(job.body)
+        count = cfg.chunks if cap is None else min(cfg.chunks, cap)
+        finish = "length" if cap is not None and cap < cfg.chunks else "stop"
+        usage = oa.Usage(prompt_tokens=prompt_tokens_of(job), completion_tokens=count)
+        rid = oa.new_id(job.endpoint, job.request_id)
+        created = oa.now()
+        piece = ("x" * (cfg.chunk_bytes - 1)) + " "
+        delay = cfg.delay_ms / 1000.0
+        finished = False
+        try:
+            if not job.stream:
+                if delay:
+                    await asyncio.sleep(delay * count)
+                make = oa.chat_completion if job.endpoint == "chat" else oa.completion
+                yield oa.dumps(make(rid, created, job.model, piece * count, finish, usage))
+                finished = True
+                yield usage
+                return
+            # Pre-render the chunk once: the bench measures the network, not json.dumps.
+            if job.endpoint == "chat":
+                first = oa.chat_chunk(rid, created, job.model, {"role": "assistant",
+                                                                "content": ""}, None)
+                body: dict[str, Any] = oa.chat_chunk(rid, created, job.model,
+                                                     {"content": piece}, None)
+                last = oa.chat_chunk(rid, created, job.model, {}, finish)
+                yield oa.dumps(first)
+            else:
+                body = oa.completion_chunk(rid, created, job.model, piece, None)
+                last = oa.completion_chunk(rid, created, job.model, "", finish)
+            rendered = oa.dumps(body)
+            for _ in range(count):
+                if delay:
+                    await asyncio.sleep(delay)
+                yield rendered
+            yield oa.dumps(last)
+            if oa.wants_usage(job.body):
+                yield oa.dumps(oa.usage_chunk(job.endpoint, rid, created, job.model, usage))
+            finished = True
+            yield usage
+        finally:
+            if not finished:
+                self.cancelled += 1

@@ -1,0 +1,231 @@
+"""Any OpenAI-compatible HTTP server as the engine: vLLM, SGLang, llama-server, llama_cpp.server.
+
+Requests go upstream as the app sent them (every field passes through; the upstream decides
+what it honours), with two changes: ``model`` becomes the upstream's model name when it
+differs, and streams always ask for ``stream_options.include_usage`` so the upstream's own
+token counts arrive in a final usage chunk. That chunk is forwarded only if the app asked
+for it. Upstreams that ignore ``include_usage`` (llama_cpp.server does) get their usage
+*estimated* (one token per content-bearing chunk, one prompt token per 4 prompt bytes) and
+counted in ``usage_estimated``; ``usage_fallback = "error"`` refuses such upstreams instead.
+
+Closing the iterator closes the upstream HTTP response, which vLLM/SGLang treat as abort.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import aiohttp
+
+from cocoon.engines.base import EngineOutput, InferenceJob
+from cocoon.engines.fake import prompt_tokens_of
+from cocoon.errors import (
+    BadRequest,
+    EngineError,
+    ModelNotFound,
+    RequestTimeout,
+    UpstreamError,
+)
+from cocoon.openai import protocol as oa
+from cocoon.openai.sse import DONE, SseDecoder
+
+__all__ = ["OpenAIHttpConfig", "OpenAIHttpEngine"]
+
+log = logging.getLogger(__name__)
+
+_PATHS = {"chat": "/v1/chat/completions", "completions": "/v1/completions"}
+
+
+@dataclass(frozen=True, slots=True)
+class OpenAIHttpConfig:
+    base_url: str = "http://127.0.0.1:8000"
+    model: str = ""  # the name we announce; empty: ask the upstream's /v1/models
+    upstream_model: str = ""  # the name the upstream knows; empty: same as ``model``
+    api_key: str = ""
+    timeout_s: float = 600.0
+    connect_timeout_s: float = 10.0
+    usage_fallback: Literal["estimate", "error"] = "estimate"
+
+
+class OpenAIHttpEngine:
+    name = "openai-http"
+
+    def __init__(self, config: OpenAIHttpConfig, models: tuple[str, ...]) -> None:
+        self.config = config
+        self.models = models
+        self._session: aiohttp.ClientSession | None = None
+        self.usage_estimated = 0
+        self.cancelled = 0
+
+    @classmethod
+    async def connect(cls, config: OpenAIHttpConfig) -> OpenAIHttpEngine:
+        """Check the upstream answers and learn its model name if none is configured."""
+        engine = cls(config, (config.model,) if config.model else ())
+        if not config.model:
+            data = await engine._get_json("/v1/models")
+            ids = [m.get("id") for m in data.get("data", []) if isinstance(m, dict)]
+            ids = [i for i in ids if isinstance(i, str)]
+            if not ids:
+                raise UpstreamError(f"upstream {config.base_url} serves no models")
+            engine.models = (ids[0],)
+        return engine
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            headers = {"Authorization": f"Bearer {self.config.api_key}"} \
+                if self.config.api_key else {}
+            self._session = aiohttp.ClientSession(
+                base_url=self.config.base_url.rstrip("/") + "/",
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=self.config.timeout_s,
+                                              sock_connect=self.config.connect_timeout_s),
+                connector=aiohttp.TCPConnector(limit=0),
+            )
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    async def _get_json(self, path: str) -> dict[str, Any]:
+        try:
+            async with self._client().get(path.lstrip("/")) as resp:
+                if resp.status != 200:
+                    raise UpstreamError(f"upstream {path} answered HTTP {resp.status}")
+                data = await resp.json(content_type=None)
+        except aiohttp.ClientError as exc:
+            raise UpstreamError(f"upstream {self.config.base_url} unreachable: {exc}") from None
+        if not isinstance(data, dict):
+            raise UpstreamError(f"upstream {path} did not answer a JSON object")
+        return data
+
+    async def generate(self, job: InferenceJob) -> AsyncIterator[EngineOutput]:
+        body = dict(job.body)
+        if self.config.upstream_model:
+            body["model"] = self.config.upstream_model
+        app_wants_usage = oa.wants_usage(job.body)
+        if job.stream:
+            body["stream_options"] = {**(body.get("stream_options") or {}),
+                                      "include_usage": True}
+        path = _PATHS[job.endpoint].lstrip("/")
+        finished = False
+        try:
+            async with self._client().post(path, json=body) as resp:
+                if resp.status != 200:
+                    raise await _upstream_error(resp)
+                if not job.stream:
+                    raw = await resp.read()
+                    try:
+                        usage = oa.Usage.from_openai(json.loads(raw).get("usage"))
+                    except (ValueError, AttributeError):
+                        raise UpstreamError("upstream response has no valid usage") from None
+                    yield raw
+                    finished = True
+                    yield usage
+                    return
+                usage_seen: oa.Usage | None = None
+                content_chunks = 0
+                decoder = SseDecoder()
+                done = False
+                async for piece in resp.content.iter_any():
+                    for data in decoder.feed(piece):
+                        if data == DONE:
+                            done = True
+                            break
+                        try:
+                            obj = json.loads(data)
+                        except ValueError:
+                            raise UpstreamError("upstream sent a non-JSON event") from None
+                        if not isinstance(obj, dict):
+                            raise UpstreamError("upstream sent a non-object event")
+                        if "error" in obj and "choices" not in obj:
+                            raise UpstreamError(f"upstream error: {_message_of(obj)}")
+                        u = obj.get("usage")
+                        if u is not None:
+                            try:
+                                usage_seen = oa.Usage.from_openai(u)
+                            except ValueError:
+                                raise UpstreamError("upstream sent invalid usage") from None
+                        choices = obj.get("choices")
+                        if not choices:
+                            if u is not None and app_wants_usage:
+                                yield data
+                            continue
+                        if _has_content(choices):
+                            content_chunks += 1
+                        if u is not None and not app_wants_usage:
+                            obj["usage"] = None
+                            yield oa.dumps(obj)
+                        else:
+                            yield data
+                    if done:
+                        break
+                if not done:
+                    raise UpstreamError("upstream stream ended without [DONE]")
+                if usage_seen is None:
+                    usage_seen = self._estimate(job, content_chunks)
+                    if app_wants_usage:
+                        yield oa.dumps(oa.usage_chunk(job.endpoint, "", oa.now(), job.model,
+                                                      usage_seen))
+                finished = True
+                yield usage_seen
+        except TimeoutError:
+            raise RequestTimeout(f"upstream did not answer within {self.config.timeout_s:g}s") \
+                from None
+        except aiohttp.ClientError as exc:
+            raise UpstreamError(f"upstream {self.config.base_url} failed: {exc}") from None
+        finally:
+            if not finished:
+                self.cancelled += 1
+
+    def _estimate(self, job: InferenceJob, content_chunks: int) -> oa.Usage:
+        if self.config.usage_fallback == "error":
+            raise UpstreamError("upstream did not report token usage for a stream")
+        self.usage_estimated += 1
+        log.warning("upstream did not report usage for a stream; estimating it")
+        return oa.Usage(prompt_tokens=prompt_tokens_of(job), completion_tokens=content_chunks)
+
+
+def _has_content(choices: Any) -> bool:
+    for c in choices if isinstance(choices, list) else ():
+        if not isinstance(c, dict):
+            continue
+        delta = c.get("delta")
+        if isinstance(delta, dict) and (delta.get("content") or delta.get("tool_calls")
+                                        or delta.get("reasoning_content")):
+            return True
+        if c.get("text"):
+            return True
+    return False
+
+
+def _message_of(obj: Any) -> str:
+    err = obj.get("error") if isinstance(obj, dict) else None
+    if isinstance(err, dict):
+        return str(err.get("message", err))[:500]
+    if isinstance(err, str):
+        return err[:500]
+    if isinstance(obj, dict) and isinstance(obj.get("detail"), str | list):
+        return str(obj["detail"])[:500]
+    return "unknown error"
+
+
+async def _upstream_error(resp: aiohttp.ClientResponse) -> Exception:
+    try:
+        obj = json.loads(await resp.read())
+    except ValueError:
+        obj = None
+    msg = _message_of(obj)
+    if resp.status in (400, 422):
+        return BadRequest(f"upstream rejected the request: {msg}")
+    if resp.status == 404:
+        return ModelNotFound(f"upstream: {msg}")
+    if resp.status == 504 or resp.status == 408:
+        return RequestTimeout(f"upstream timed out: {msg}")
+    if resp.status >= 500:
+        return UpstreamError(f"upstream failed with HTTP {resp.status}: {msg}")
+    return EngineError(f"upstream answered HTTP {resp.status}: {msg}")

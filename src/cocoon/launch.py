@@ -1,0 +1,309 @@
+"""Start a whole local network as separate processes: ``cocoon up``, e2e tests, the bench.
+
+Each role runs as ``python -m cocoon ROLE`` with its ports chosen by the OS (port 0) and
+reported through a ready file, so several networks can run side by side. Readiness is
+polled from health endpoints with a deadline, never slept for.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cocoon.errors import CocoonError
+
+__all__ = ["LaunchError", "LocalNetwork", "Role", "add_up_arguments", "run_up"]
+
+
+class LaunchError(CocoonError):
+    """A role failed to start or died."""
+
+
+def http_json(url: str, timeout: float = 2.0) -> tuple[int, Any]:
+    """GET ``url``; (status, parsed JSON or None). Connection errors give status 0."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return resp.status, json.loads(resp.read() or b"null")
+    except urllib.error.HTTPError as exc:
+        try:
+            return exc.code, json.loads(exc.read() or b"null")
+        except ValueError:
+            return exc.code, None
+    except (OSError, ValueError):
+        return 0, None
+
+
+@dataclass
+class Role:
+    name: str
+    args: list[str]
+    log_path: Path
+    ready_path: Path
+    proc: subprocess.Popen[bytes] | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def http(self) -> str:
+        return str(self.info["http"])
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log_tail(self, lines: int = 15) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace").splitlines()
+        except OSError:
+            return "(no log)"
+        return "\n".join(text[-lines:])
+
+
+class LocalNetwork:
+    """One proxy, N workers and one client on this machine."""
+
+    def __init__(
+        self,
+        *,
+        workers: int = 1,
+        engine: str = "llama-cpp",
+        upstream: str | None = None,
+        host: str = "127.0.0.1",
+        client_port: int = 0,
+        worker_sets: list[str] | None = None,
+        proxy_sets: list[str] | None = None,
+        client_sets: list[str] | None = None,
+        log_dir: str | Path | None = None,
+        startup_timeout: float = 120.0,
+    ) -> None:
+        if workers < 1:
+            raise LaunchError("--workers must be at least 1")
+        if engine == "openai-http" and not upstream:
+            raise LaunchError("--engine openai-http needs --upstream URL")
+        self.host = host
+        self.engine = engine
+        self.n_workers = workers
+        self.upstream = upstream
+        self.client_port = client_port
+        self.worker_sets = worker_sets or []
+        self.proxy_sets = proxy_sets or []
+        self.client_sets = client_sets or []
+        self.startup_timeout = startup_timeout
+        self._tmp = tempfile.TemporaryDirectory(prefix="cocoon-up-")
+        self.log_dir = Path(log_dir) if log_dir else Path(self._tmp.name)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.proxy: Role | None = None
+        self.workers: list[Role] = []
+        self.client: Role | None = None
+
+    # --- processes ----------------------------------------------------------------------
+
+    def _spawn(self, name: str, role: str, args: list[str]) -> Role:
+        ready = Path(self._tmp.name) / f"{name}.ready"
+        ready.unlink(missing_ok=True)
+        r = Role(name, args, self.log_dir / f"{name}.log", ready)
+        cmd = [sys.executable, "-m", "cocoon", role, "--ready-file", str(ready), *args]
+        log = r.log_path.open("ab")
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        r.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                  stdin=subprocess.DEVNULL, start_new_session=True)
+        log.close()
+        return r
+
+    def _wait(self, role: Role, check: Callable[[], bool], what: str, deadline: float) -> None:
+        while time.monotonic() < deadline:
+            if not role.alive():
+                raise LaunchError(f"{role.name} exited while {what}:\n{role.log_tail()}")
+            if check():
+                return
+            time.sleep(0.05)
+        raise LaunchError(f"{role.name} not {what} within {self.startup_timeout:g}s:\n"
+                          f"{role.log_tail()}")
+
+    @staticmethod
+    def _read_ready(role: Role) -> bool:
+        try:
+            role.info = json.loads(role.ready_path.read_text())
+            return True
+        except (OSError, ValueError):
+            return False
+
+    def start(self, progress: Callable[[str], None] = lambda s: None) -> None:
+        """Start every role and wait until the client serves all workers' models."""
+        deadline = time.monotonic() + self.startup_timeout
+        sets = lambda items: [a for s in items for a in ("--set", s)]  # noqa: E731
+        try:
+            progress("starting proxy")
+            self.proxy = self._spawn("proxy", "proxy", [
+                "--listen", f"{self.host}:0", "--http", f"{self.host}:0",
+                *sets(self.proxy_sets)])
+            self._wait(self.proxy, lambda: self._read_ready(self.proxy), "ready",  # type: ignore[arg-type]
+                       deadline)
+            proxy_addr = f"{self.host}:{self.proxy.info['listen_port']}"
+            progress(f"proxy listening on {proxy_addr}")
+            for i in range(self.n_workers):
+                args = ["--proxy", proxy_addr, "--http", f"{self.host}:0",
+                        "--engine", self.engine, *sets(self.worker_sets),
+                        "--set", f"node_id=worker-{i + 1}"]
+                if self.upstream:
+                    args += ["--upstream", self.upstream]
+                self.workers.append(self._spawn(f"worker-{i + 1}", "worker", args))
+            for w in self.workers:
+                progress(f"{w.name}: loading engine {self.engine}")
+                self._wait(w, lambda w=w: self._read_ready(w), "ready", deadline)  # type: ignore[misc]
+                self._wait(w, lambda w=w: http_json(w.http + "/healthz")[0] == 200,  # type: ignore[misc]
+                           "connected to the proxy", deadline)
+                status, stats = http_json(w.http + "/stats")
+                models = ", ".join(stats["engine"]["models"]) if status == 200 else "?"
+                progress(f"{w.name}: ready, serving {models}")
+            progress("starting client")
+            self.client = self._spawn("client", "client", [
+                "--proxy", proxy_addr, "--http", f"{self.host}:{self.client_port}",
+                *sets(self.client_sets)])
+            self._wait(self.client, lambda: self._read_ready(self.client), "ready",  # type: ignore[arg-type]
+                       deadline)
+
+            def serving() -> bool:
+                status, body = http_json(self.client.http + "/healthz")  # type: ignore[union-attr]
+                if status != 200:
+                    return False
+                _, stats = http_json(self.proxy.http + "/stats")  # type: ignore[union-attr]
+                return bool(body["models"]) and len(stats["workers"]) == self.n_workers
+
+            self._wait(self.client, serving, "serving models", deadline)
+        except BaseException:
+            self.stop()
+            raise
+
+    @property
+    def base_url(self) -> str:
+        assert self.client is not None
+        return self.client.http + "/v1"
+
+    def models(self) -> list[str]:
+        assert self.client is not None
+        _, body = http_json(self.client.http + "/v1/models")
+        return [m["id"] for m in body["data"]] if body else []
+
+    def roles(self) -> list[Role]:
+        return [r for r in (self.proxy, *self.workers, self.client) if r is not None]
+
+    def dead(self) -> list[Role]:
+        return [r for r in self.roles() if not r.alive()]
+
+    def stop(self, grace: float = 5.0) -> None:
+        """SIGTERM every role (client first), then SIGKILL what is left after ``grace``."""
+        order = [r for r in (self.client, *reversed(self.workers), self.proxy) if r]
+        for r in order:
+            if r.alive():
+                assert r.proc is not None
+                with contextlib.suppress(ProcessLookupError):
+                    r.proc.send_signal(signal.SIGTERM)
+        end = time.monotonic() + grace
+        for r in order:
+            if r.proc is None:
+                continue
+            try:
+                r.proc.wait(timeout=max(0.0, end - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                r.proc.kill()
+                r.proc.wait()
+
+    def close(self) -> None:
+        self.stop()
+        self._tmp.cleanup()
+
+    def __enter__(self) -> LocalNetwork:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# --- cocoon up -------------------------------------------------------------------------
+
+def add_up_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--port", type=int, default=10000, help="client API port (default 10000)")
+    p.add_argument("--host", default="127.0.0.1", help="address every role binds")
+    p.add_argument("--workers", type=int, default=1, help="number of workers (default 1)")
+    p.add_argument("--engine", choices=["llama-cpp", "openai-http", "fake"],
+                   default="llama-cpp", help="worker engine (default llama-cpp + SmolLM2)")
+    p.add_argument("--upstream", help="OpenAI-compatible base URL for --engine openai-http")
+    p.add_argument("--worker-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="worker config override, e.g. engine.fake.delay_ms=20")
+    p.add_argument("--log-dir", default=".cocoon/logs", help="where role logs go")
+    p.add_argument("--timeout", type=float, default=300.0, help="start-up deadline (s)")
+
+
+def _snippets(base: str, model: str) -> str:
+    return f"""
+  OpenAI API:  {base}
+  model:       {model}
+
+  curl {base}/chat/completions -H 'Content-Type: application/json' \\
+    -d '{{"model": "{model}", "stream": true, "messages": [{{"role": "user", "content": "Hello!"}}]}}'
+
+  python - <<'EOF'
+from openai import OpenAI
+client = OpenAI(base_url="{base}", api_key="unused")
+for chunk in client.chat.completions.create(
+        model="{model}", stream=True,
+        messages=[{{"role": "user", "content": "Hello!"}}]):
+    print(chunk.choices[0].delta.content or "", end="", flush=True)
+print()
+EOF
+"""
+
+
+def run_up(args: argparse.Namespace) -> int:
+    started = time.monotonic()
+
+    def progress(msg: str) -> None:
+        print(f"[{time.monotonic() - started:6.1f}s] {msg}", flush=True)
+
+    net = LocalNetwork(workers=args.workers, engine=args.engine, upstream=args.upstream,
+                       host=args.host, client_port=args.port, worker_sets=args.worker_set,
+                       log_dir=args.log_dir, startup_timeout=args.timeout)
+    interrupted = False
+
+    def on_term(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)
+    try:
+        net.start(progress)
+        models = net.models()
+        progress(f"network up: 1 proxy, {args.workers} worker(s), 1 client; "
+                 f"logs in {net.log_dir}")
+        print(_snippets(net.base_url, models[0] if models else "?"), flush=True)
+        print("Press Ctrl-C to stop.", flush=True)
+        while True:
+            time.sleep(0.5)
+            dead = net.dead()
+            if dead:
+                for r in dead:
+                    print(f"{r.name} exited unexpectedly:\n{r.log_tail()}", file=sys.stderr)
+                return 1
+    except KeyboardInterrupt:
+        interrupted = True
+        return 0
+    except LaunchError as exc:
+        print(f"cocoon up: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        if interrupted:
+            progress("stopping")
+        net.close()
+        if interrupted:
+            progress("stopped")

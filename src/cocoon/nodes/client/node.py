@@ -1,0 +1,266 @@
+"""The client: an OpenAI-compatible HTTP API for apps, relaying each request to the proxy.
+
+The HTTP response is committed at the first chunk, so any failure before it (validation,
+routing, engine refusal) reaches the app as a proper OpenAI error with its HTTP status.
+A failure after it ends the SSE stream with an ``error`` event, as OpenAI does. An app that
+disconnects cancels its request all the way to the engine; the client also arms its own
+deadline, so a lost answer never hangs an app.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from cocoon.config import ClientConfig
+from cocoon.errors import (
+    NoWorkerAvailable,
+    RequestError,
+    RequestTimeout,
+    TransportError,
+    WorkerLost,
+    request_error_from_code,
+)
+from cocoon.nodes.common import HttpServer, dial_forever, json_response, uptime_since
+from cocoon.openai import ENDPOINTS, DONE, encode_event, parse_request
+from cocoon.openai.protocol import dumps
+from cocoon.transport import Connector, OutgoingStream, Peer, TcpConnector, Watchdog
+from cocoon.wire import Catalog, CatalogEntry, Chunk, Connection, End, Error, Head, Message, Request
+
+__all__ = ["ClientNode"]
+
+log = logging.getLogger(__name__)
+
+_MAX_BODY = 16 * 1024 * 1024
+_SSE_HEADERS = {
+    "Content-Type": "text/event-stream",
+    "Cache-Control": "no-cache",
+    "X-Accel-Buffering": "no",
+}
+_DONE_EVENT = encode_event(DONE)
+
+
+@dataclass(slots=True)
+class ClientStats:
+    requests: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    invalid: int = 0
+    disconnected: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+def error_response(err: RequestError) -> web.Response:
+    return json_response(err.to_openai(), err.status)
+
+
+class ClientNode:
+    def __init__(self, config: ClientConfig, connector: Connector | None = None) -> None:
+        self.config = config
+        self.node_id = config.node_id or f"client-{os.getpid()}"
+        self._connector = connector or TcpConnector()
+        self.proxy: Peer | None = None
+        self.proxy_state = "starting"
+        self.catalog: tuple[CatalogEntry, ...] = ()
+        self.stats = ClientStats()
+        self._watchdog = Watchdog()
+        self._started = time.monotonic()
+        self.http = HttpServer(self._http_app(), config.http, "client.http")
+
+    # --- proxy connection -------------------------------------------------------------
+
+    def _connection(self) -> Connection:
+        return Connection(role="client", node_id=self.node_id)
+
+    async def _on_proxy(self, peer: Peer) -> None:
+        self.proxy = peer
+
+    def _set_state(self, state: str) -> None:
+        self.proxy_state = state
+        if state != "connected":
+            self.proxy = None
+
+    async def on_message(self, peer: Peer, msg: Message) -> None:
+        if isinstance(msg, Catalog):
+            self.catalog = msg.entries
+        else:
+            log.warning("ignoring unexpected %s from the proxy", type(msg).__name__)
+
+    async def run(self, stop: asyncio.Event, on_ready: Any = None) -> None:
+        await self.http.start()
+        if on_ready is not None:
+            on_ready(self)
+        try:
+            async with asyncio.TaskGroup() as tg:
+                dial = tg.create_task(dial_forever(self._connector, self.config.proxy,
+                                                   self._connection, self._on_proxy, self,
+                                                   self._set_state))
+                watchdog = tg.create_task(self._watchdog.run())
+                await stop.wait()
+                dial.cancel()
+                watchdog.cancel()
+        finally:
+            await self.http.stop()
+
+    # --- OpenAI HTTP ------------------------------------------------------------------
+
+    async def _completions(self, request: web.Request) -> web.StreamResponse:
+        endpoint = ENDPOINTS[request.path]
+        self.stats.requests += 1
+        try:
+            raw = await request.read()
+            body = parse_request(endpoint, raw)
+        except RequestError as exc:
+            self.stats.invalid += 1
+            return error_response(exc)
+        peer = self.proxy
+        if peer is None or peer.closed:
+            self.stats.failed += 1
+            return error_response(NoWorkerAvailable(
+                f"the client is not connected to the proxy ({self.proxy_state}); retry shortly"))
+        timeout = self.config.request_timeout_s
+        streaming = body.get("stream") is True
+        try:
+            stream = peer.open_stream(lambda rid: Request(
+                rid, endpoint, body["model"], streaming, int(timeout * 1000), raw))
+        except TransportError:
+            self.stats.failed += 1
+            return error_response(NoWorkerAvailable("the connection to the proxy was lost"))
+        # Our own deadline, a little past the proxy's, so its precise error wins the race.
+        self._watchdog.watch(stream, timeout + 2.0, timeout + 2.0)
+        try:
+            if streaming:
+                return await self._stream(request, stream)
+            return await self._unary(stream)
+        except (asyncio.CancelledError, ConnectionResetError):
+            self.stats.disconnected += 1
+            raise
+        finally:
+            self._watchdog.forget(stream)
+            stream.cancel("app disconnected")
+
+    def _failure(self, ev: Error | TransportError | RequestTimeout) -> RequestError:
+        self.stats.failed += 1
+        if isinstance(ev, Error):
+            return request_error_from_code(ev.code, ev.message, ev.param or None)
+        if isinstance(ev, TransportError):
+            return WorkerLost("the connection to the proxy was lost mid-request")
+        return ev
+
+    def _count(self, end: End) -> None:
+        self.stats.succeeded += 1
+        self.stats.prompt_tokens += end.prompt_tokens
+        self.stats.completion_tokens += end.completion_tokens
+
+    async def _unary(self, stream: OutgoingStream) -> web.Response:
+        body = b""
+        while True:
+            ev = await stream.next()
+            if type(ev) is Chunk:
+                body += ev.data
+                stream.consumed()
+            elif type(ev) is Head:
+                continue
+            elif type(ev) is End:
+                self._count(ev)
+                return web.Response(body=body, content_type="application/json")
+            else:
+                return error_response(self._failure(ev))  # type: ignore[arg-type]
+
+    async def _stream(self, request: web.Request, stream: OutgoingStream) -> web.StreamResponse:
+        response: web.StreamResponse | None = None
+        while True:
+            ev = await stream.next()
+            kind = type(ev)
+            if kind is Chunk:
+                if response is None:
+                    response = web.StreamResponse(headers=_SSE_HEADERS)
+                    await response.prepare(request)
+                await response.write(encode_event(ev.data))  # type: ignore[union-attr]
+                stream.consumed()
+            elif kind is Head:
+                continue
+            elif kind is End:
+                self._count(ev)  # type: ignore[arg-type]
+                if response is None:
+                    response = web.StreamResponse(headers=_SSE_HEADERS)
+                    await response.prepare(request)
+                await response.write(_DONE_EVENT)
+                await response.write_eof()
+                return response
+            else:
+                err = self._failure(ev)  # type: ignore[arg-type]
+                if response is None:
+                    return error_response(err)
+                await response.write(encode_event(dumps(err.to_openai())))
+                await response.write_eof()
+                return response
+
+    async def _models(self, _: web.Request) -> web.Response:
+        return json_response({
+            "object": "list",
+            "data": [
+                {"id": e.model, "object": "model", "created": 0, "owned_by": "cocoon",
+                 "workers": e.workers, "active": e.active, "capacity": e.capacity}
+                for e in self.catalog
+            ],
+        })
+
+    def snapshot(self) -> dict[str, Any]:
+        s = self.stats
+        return {
+            "role": "client",
+            "node_id": self.node_id,
+            "uptime_s": uptime_since(self._started),
+            "proxy": {"address": self.config.proxy, "state": self.proxy_state},
+            "api": self.http.url + "/v1",
+            "requests": {"total": s.requests, "succeeded": s.succeeded, "failed": s.failed,
+                         "invalid": s.invalid, "disconnected": s.disconnected},
+            "tokens": {"prompt": s.prompt_tokens, "completion": s.completion_tokens},
+            "models": [{"id": e.model, "workers": e.workers, "capacity": e.capacity}
+                       for e in self.catalog],
+        }
+
+    def _http_app(self) -> web.Application:
+        app = web.Application(client_max_size=_MAX_BODY, middlewares=[_openai_errors])
+
+        async def health(_: web.Request) -> web.Response:
+            ok = self.proxy is not None and not self.proxy.closed
+            return json_response({"status": "ok" if ok else "degraded",
+                                  "proxy": self.proxy_state,
+                                  "models": [e.model for e in self.catalog]},
+                                 200 if ok else 503)
+
+        async def stats(_: web.Request) -> web.Response:
+            return json_response(self.snapshot())
+
+        app.router.add_get("/v1/models", self._models)
+        for path in ENDPOINTS:
+            app.router.add_post(path, self._completions)
+        app.router.add_get("/healthz", health)
+        app.router.add_get("/stats", stats)
+        app.router.add_get("/jsonstats", stats)
+        return app
+
+
+@web.middleware
+async def _openai_errors(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Unknown paths, wrong methods and oversize bodies answer in OpenAI's error shape."""
+    try:
+        return await handler(request)  # type: ignore[no-any-return]
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        err = RequestError(f"{exc.reason}: {request.method} {request.path}")
+        err.status = exc.status
+        err.type = "invalid_request_error"
+        err.code = {404: "not_found", 405: "method_not_allowed",
+                    413: "request_too_large"}.get(exc.status, "http_error")
+        return error_response(err)

@@ -1,0 +1,145 @@
+"""Plumbing every role shares: the stats/health HTTP server, dialing with back-off,
+ready files, and signal handling."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from cocoon.config import parse_hostport
+from cocoon.errors import CocoonError, ProtocolError, TransportError
+from cocoon.transport import Connector, Handler, Peer
+from cocoon.wire import Connection
+
+__all__ = [
+    "HttpServer",
+    "dial_forever",
+    "json_response",
+    "run_until_signal",
+    "write_ready_file",
+]
+
+log = logging.getLogger(__name__)
+
+
+def json_response(obj: Any, status: int = 200) -> web.Response:
+    return web.Response(body=json.dumps(obj, indent=None).encode(), status=status,
+                        content_type="application/json")
+
+
+class HttpServer:
+    """An aiohttp app bound to ``host:port`` (port 0: any free port; see ``port``)."""
+
+    def __init__(self, app: web.Application, hostport: str, what: str) -> None:
+        self._app = app
+        self.host, self._port = parse_hostport(hostport, what)
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+
+    async def start(self) -> None:
+        self._runner = web.AppRunner(self._app, handler_cancellation=True, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self._port, backlog=1024)
+        try:
+            await site.start()
+        except OSError as exc:
+            raise TransportError(
+                f"cannot listen on {self.host}:{self._port}: {exc.strerror or exc}"
+            ) from None
+        server = site._server
+        assert server is not None
+        sockets = getattr(server, "sockets", None) or []
+        self.port = sockets[0].getsockname()[1] if sockets else self._port
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+
+def write_ready_file(path: str | None, info: dict[str, Any]) -> None:
+    """Atomically write ``info`` as JSON: a parent process polls for it."""
+    if not path:
+        return
+    target = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".ready-")
+    with os.fdopen(fd, "w") as f:
+        json.dump(info, f)
+    os.replace(tmp, target)
+
+
+async def dial_forever(
+    connector: Connector,
+    hostport: str,
+    make_connection: Callable[[], Connection],
+    on_peer: Callable[[Peer], Awaitable[None]],
+    handler: Handler,
+    on_state: Callable[[str], None] = lambda s: None,
+) -> None:
+    """Keep one connection to ``hostport`` up: connect, handshake, ``on_peer``, serve;
+    on loss wait (0.1 s doubling to 5 s) and again. Never returns; cancel to stop."""
+    host, port = parse_hostport(hostport, "proxy address")
+    backoff = 0.1
+    while True:
+        on_state("connecting")
+        try:
+            reader, writer = await connector.connect(host, port)
+            peer = Peer(reader, writer, make_connection())
+            try:
+                await peer.handshake()
+            except BaseException:
+                peer.close()
+                raise
+            backoff = 0.1
+            log.info("connected to %s:%s", host, port)
+            on_state("connected")
+            await _serve(peer, on_peer, handler)
+            on_state("disconnected")
+            log.warning("lost connection to %s:%s%s", host, port,
+                        f" ({peer.close_reason})" if peer.close_reason else "")
+        except (TransportError, ProtocolError) as exc:
+            on_state("disconnected")
+            log.warning("proxy %s:%s: %s; retrying in %.1fs", host, port, exc, backoff)
+        await asyncio.sleep(backoff)
+        backoff = min(backoff * 2, 5.0)
+
+
+async def _serve(peer: Peer, on_peer: Callable[[Peer], Awaitable[None]],
+                 handler: Handler) -> None:
+    async with asyncio.TaskGroup() as tg:
+        run = tg.create_task(peer.run(handler))
+        try:
+            await on_peer(peer)
+        except CocoonError as exc:
+            log.error("setting up the connection failed: %s", exc)
+            peer.close(str(exc))
+        await run
+
+
+async def run_until_signal(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
+    """Run ``main(stop)``; SIGINT/SIGTERM set ``stop`` so the role can shut down cleanly."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    await main(stop)
+
+
+def uptime_since(start: float) -> float:
+    return round(time.monotonic() - start, 3)

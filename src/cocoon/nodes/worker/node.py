@@ -1,0 +1,203 @@
+"""The worker: keeps a connection to the proxy, announces its models, runs requests on its
+engine and streams the results back under flow control."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from cocoon.config import WorkerConfig
+from cocoon.engines import Engine, InferenceJob
+from cocoon.errors import BadRequest, NoWorkerAvailable, RequestError, TransportError
+from cocoon.nodes.common import HttpServer, dial_forever, json_response, uptime_since
+from cocoon.openai import Usage, parse_request
+from cocoon.transport import Connector, Peer, TcpConnector
+from cocoon.wire import Announce, Cancel, Connection, End, Error, Head, Message, Request
+
+__all__ = ["WorkerNode"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class WorkerStats:
+    received: int = 0
+    completed: int = 0
+    failed: int = 0
+    rejected: int = 0
+    cancelled: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    chunks: int = 0
+    errors: dict[str, int] = field(default_factory=dict)
+
+
+class WorkerNode:
+    def __init__(self, config: WorkerConfig, engine: Engine,
+                 connector: Connector | None = None) -> None:
+        self.config = config
+        self.engine = engine
+        self.node_id = config.node_id or f"worker-{os.getpid()}"
+        self._connector = connector or TcpConnector()
+        self.stats = WorkerStats()
+        self.active = 0
+        self.proxy_state = "starting"
+        self._jobs: dict[tuple[int, int], asyncio.Task[None]] = {}
+        self._seq = 0
+        self._started = time.monotonic()
+        self.http = HttpServer(self._http_app(), config.http, "worker.http")
+
+    # --- proxy connection -------------------------------------------------------------
+
+    def _connection(self) -> Connection:
+        return Connection(role="worker", node_id=self.node_id)
+
+    async def _announce(self, peer: Peer) -> None:
+        peer.send(Announce(tuple(self.engine.models), self.config.max_concurrent,
+                           self.engine.name))
+
+    def _set_state(self, state: str) -> None:
+        self.proxy_state = state
+
+    async def run(self, stop: asyncio.Event, on_ready: Any = None) -> None:
+        await self.http.start()
+        if on_ready is not None:
+            on_ready(self)
+        try:
+            async with asyncio.TaskGroup() as tg:
+                dial = tg.create_task(dial_forever(self._connector, self.config.proxy,
+                                                   self._connection, self._announce, self,
+                                                   self._set_state))
+                await stop.wait()
+                dial.cancel()
+        finally:
+            await self.http.stop()
+            close = getattr(self.engine, "close", None)
+            if close is not None:
+                await close()
+
+    async def on_message(self, peer: Peer, msg: Message) -> None:
+        if isinstance(msg, Request):
+            self.stats.received += 1
+            if self.active >= self.config.max_concurrent:
+                self.stats.rejected += 1
+                peer.finish(Error(msg.req_id, NoWorkerAvailable.code,
+                                  f"worker {self.node_id} is at capacity", ""))
+                return
+            self.active += 1
+            key = (id(peer), msg.req_id)
+            self._jobs[key] = peer.spawn(self._job(peer, msg, key), f"job-{msg.req_id}")
+        elif isinstance(msg, Cancel):
+            task = self._jobs.get((id(peer), msg.req_id))
+            if task is not None:
+                task.cancel()
+        else:
+            log.warning("ignoring unexpected %s from the proxy", type(msg).__name__)
+
+    async def _job(self, peer: Peer, req: Request, key: tuple[int, int]) -> None:
+        rid = req.req_id
+        try:
+            peer.send(Head(rid, self.node_id))
+            body = parse_request(req.endpoint, req.body) if req.endpoint in (
+                "chat", "completions") else None
+            if body is None:
+                raise BadRequest(f"unsupported endpoint {req.endpoint!r}")
+            if body["model"] != req.model:
+                raise BadRequest("model in the body does not match the request", param="model")
+            if req.model not in self.engine.models:
+                raise BadRequest(f"this worker does not serve model {req.model!r}",
+                                 param="model")
+            self._seq += 1
+            job = InferenceJob(req.endpoint, body, (os.getpid() << 32) | self._seq)
+            usage = await self._generate(peer, rid, job, req.timeout_ms / 1000.0)
+            peer.finish(End(rid, usage.prompt_tokens, usage.completion_tokens,
+                            usage.cached_tokens, usage.reasoning_tokens))
+            self.stats.completed += 1
+            self.stats.prompt_tokens += usage.prompt_tokens
+            self.stats.completion_tokens += usage.completion_tokens
+        except asyncio.CancelledError:
+            self.stats.cancelled += 1
+            peer.finish(Error(rid, "cancelled", "cancelled by the requester", ""))
+            raise
+        except TransportError:
+            self.stats.failed += 1
+        except RequestError as exc:
+            self._count_error(exc.code)
+            peer.finish(Error(rid, exc.code, exc.message, exc.param or ""))
+        except Exception as exc:
+            log.exception("request %s failed inside the worker", rid)
+            self._count_error("engine_error")
+            peer.finish(Error(rid, "engine_error", f"worker error: {type(exc).__name__}", ""))
+        finally:
+            self.active -= 1
+            self._jobs.pop(key, None)
+
+    def _count_error(self, code: str) -> None:
+        self.stats.failed += 1
+        self.stats.errors[code] = self.stats.errors.get(code, 0) + 1
+
+    async def _generate(self, peer: Peer, rid: int, job: InferenceJob,
+                        timeout: float) -> Usage:
+        usage: Usage | None = None
+        outputs = self.engine.generate(job)
+        try:
+            async with asyncio.timeout(timeout if timeout > 0 else None):
+                async for out in outputs:
+                    if isinstance(out, Usage):
+                        usage = out
+                    else:
+                        await peer.send_chunk(rid, out)
+                        self.stats.chunks += 1
+        except TimeoutError:
+            from cocoon.errors import RequestTimeout
+
+            raise RequestTimeout(f"generation did not finish within {timeout:g}s") from None
+        finally:
+            await outputs.aclose()  # type: ignore[attr-defined]
+        if usage is None:
+            raise RequestError("engine finished without reporting usage")
+        return usage
+
+    # --- health and stats -------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        s = self.stats
+        return {
+            "role": "worker",
+            "node_id": self.node_id,
+            "uptime_s": uptime_since(self._started),
+            "proxy": {"address": self.config.proxy, "state": self.proxy_state},
+            "engine": {"name": self.engine.name, "models": list(self.engine.models),
+                       "cancelled": getattr(self.engine, "cancelled", None),
+                       "usage_estimated": getattr(self.engine, "usage_estimated", None)},
+            "active": self.active,
+            "max_concurrent": self.config.max_concurrent,
+            "requests": {"received": s.received, "completed": s.completed,
+                         "failed": s.failed, "rejected": s.rejected,
+                         "cancelled": s.cancelled, "errors": dict(s.errors)},
+            "tokens": {"prompt": s.prompt_tokens, "completion": s.completion_tokens},
+            "chunks_sent": s.chunks,
+        }
+
+    def _http_app(self) -> web.Application:
+        app = web.Application()
+
+        async def health(_: web.Request) -> web.Response:
+            ok = self.proxy_state == "connected"
+            return json_response({"status": "ok" if ok else "degraded",
+                                  "proxy": self.proxy_state}, 200 if ok else 503)
+
+        async def stats(_: web.Request) -> web.Response:
+            return json_response(self.snapshot())
+
+        app.router.add_get("/healthz", health)
+        app.router.add_get("/stats", stats)
+        app.router.add_get("/jsonstats", stats)
+        return app
+

@@ -1,0 +1,315 @@
+"""OpenAI request validation and response objects (pure).
+
+Validation checks the *types and ranges* of the fields OpenAI defines, so a wrong type gets
+a 400 naming the parameter, exactly where OpenAI itself would answer 400. Fields we do not
+know are passed through untouched: whether an engine can honour them is the engine's call
+(:class:`~cocoon.errors.EngineUnsupported`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Final, Literal
+
+from cocoon.errors import BadRequest
+
+__all__ = [
+    "ENDPOINTS",
+    "Endpoint",
+    "Usage",
+    "chat_chunk",
+    "chat_completion",
+    "completion",
+    "completion_chunk",
+    "dumps",
+    "new_id",
+    "parse_request",
+    "usage_chunk",
+    "wants_usage",
+]
+
+Endpoint = Literal["chat", "completions"]
+ENDPOINTS: Final[dict[str, Endpoint]] = {
+    "/v1/chat/completions": "chat",
+    "/v1/completions": "completions",
+}
+_ROLES: Final = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Token counts exactly as the engine counted them."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int = 0
+    reasoning_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    def to_openai(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.total_tokens,
+        }
+        if self.cached_tokens:
+            out["prompt_tokens_details"] = {"cached_tokens": self.cached_tokens}
+        if self.reasoning_tokens:
+            out["completion_tokens_details"] = {"reasoning_tokens": self.reasoning_tokens}
+        return out
+
+    @classmethod
+    def from_openai(cls, obj: Any) -> Usage:
+        """Read an OpenAI ``usage`` object; raises ValueError if it is not one."""
+        if not isinstance(obj, dict):
+            raise ValueError("usage is not an object")
+
+        def count(d: Any, key: str) -> int:
+            v = d.get(key, 0) if isinstance(d, dict) else 0
+            if v is None:
+                return 0
+            if type(v) is not int or v < 0:
+                raise ValueError(f"usage.{key} is not a non-negative integer")
+            return v
+
+        if type(obj.get("prompt_tokens")) is not int:
+            raise ValueError("usage.prompt_tokens missing")
+        return cls(
+            prompt_tokens=count(obj, "prompt_tokens"),
+            completion_tokens=count(obj, "completion_tokens"),
+            cached_tokens=count(obj.get("prompt_tokens_details"), "cached_tokens"),
+            reasoning_tokens=count(obj.get("completion_tokens_details"), "reasoning_tokens"),
+        )
+
+
+# --- validation ------------------------------------------------------------------------
+
+def _is_int(v: Any) -> bool:
+    return type(v) is int
+
+
+def _is_num(v: Any) -> bool:
+    return (type(v) is int or type(v) is float) and math.isfinite(v)
+
+
+def _fail(param: str, what: str) -> BadRequest:
+    return BadRequest(f"Invalid type or value for '{param}': expected {what}.", param=param)
+
+
+def _check_optional(body: dict[str, Any], param: str, ok: Callable[[Any], bool], what: str) -> None:
+    if param in body and body[param] is not None and not ok(body[param]):
+        raise _fail(param, what)
+
+
+def _range(lo: float, hi: float) -> Callable[[Any], bool]:
+    return lambda v: _is_num(v) and lo <= v <= hi
+
+
+def _int_min(lo: int) -> Callable[[Any], bool]:
+    return lambda v: _is_int(v) and v >= lo
+
+
+def _is_stop(v: Any) -> bool:
+    return isinstance(v, str) or (
+        isinstance(v, list) and len(v) <= 4 and all(isinstance(s, str) for s in v)
+    )
+
+
+def _is_prompt(v: Any) -> bool:
+    if isinstance(v, str):
+        return True
+    if not isinstance(v, list) or not v:
+        return False
+    return (
+        all(isinstance(x, str) for x in v)
+        or all(_is_int(x) for x in v)
+        or all(isinstance(x, list) and all(_is_int(t) for t in x) for x in v)
+    )
+
+
+_COMMON: Final[tuple[tuple[str, Callable[[Any], bool], str], ...]] = (
+    ("stream", lambda v: type(v) is bool, "a boolean"),
+    ("max_tokens", _int_min(1), "an integer >= 1"),
+    ("temperature", _range(0, 2), "a number between 0 and 2"),
+    ("top_p", _range(0, 1), "a number between 0 and 1"),
+    ("n", lambda v: _is_int(v) and 1 <= v <= 128, "an integer between 1 and 128"),
+    ("stop", _is_stop, "a string or an array of at most 4 strings"),
+    ("seed", _is_int, "an integer"),
+    ("presence_penalty", _range(-2, 2), "a number between -2 and 2"),
+    ("frequency_penalty", _range(-2, 2), "a number between -2 and 2"),
+    ("logit_bias", lambda v: isinstance(v, dict), "an object"),
+    ("user", lambda v: isinstance(v, str), "a string"),
+    ("stream_options", lambda v: isinstance(v, dict), "an object"),
+)
+
+_CHAT: Final[tuple[tuple[str, Callable[[Any], bool], str], ...]] = (
+    ("max_completion_tokens", _int_min(1), "an integer >= 1"),
+    ("logprobs", lambda v: type(v) is bool, "a boolean"),
+    ("top_logprobs", lambda v: _is_int(v) and 0 <= v <= 20, "an integer between 0 and 20"),
+    ("tools", lambda v: isinstance(v, list), "an array"),
+    ("tool_choice", lambda v: isinstance(v, str | dict), "a string or an object"),
+    ("parallel_tool_calls", lambda v: type(v) is bool, "a boolean"),
+    (
+        "response_format",
+        lambda v: isinstance(v, dict) and isinstance(v.get("type"), str),
+        "an object with a string 'type'",
+    ),
+)
+
+_COMPLETIONS: Final[tuple[tuple[str, Callable[[Any], bool], str], ...]] = (
+    ("logprobs", lambda v: _is_int(v) and 0 <= v <= 5, "an integer between 0 and 5"),
+    ("echo", lambda v: type(v) is bool, "a boolean"),
+    ("best_of", _int_min(1), "an integer >= 1"),
+    ("suffix", lambda v: isinstance(v, str), "a string"),
+)
+
+
+def _check_messages(messages: Any) -> None:
+    if not isinstance(messages, list) or not messages:
+        raise _fail("messages", "a non-empty array of message objects")
+    for i, m in enumerate(messages):
+        param = f"messages[{i}]"
+        if not isinstance(m, dict):
+            raise _fail(param, "an object")
+        role = m.get("role")
+        if not isinstance(role, str) or role not in _ROLES:
+            raise _fail(f"{param}.role", "one of " + ", ".join(sorted(_ROLES)))
+        content = m.get("content")
+        if content is not None and not isinstance(content, str | list):
+            raise _fail(f"{param}.content", "a string or an array of content parts")
+
+
+def parse_request(endpoint: Endpoint, raw: bytes) -> dict[str, Any]:
+    """Parse and validate an OpenAI request body; raises BadRequest naming the parameter."""
+    try:
+        body = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BadRequest(f"Request body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise BadRequest("Request body must be a JSON object.")
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise _fail("model", "a non-empty string")
+    for param, ok, what in _COMMON:
+        _check_optional(body, param, ok, what)
+    if endpoint == "chat":
+        _check_messages(body.get("messages"))
+        for param, ok, what in _CHAT:
+            _check_optional(body, param, ok, what)
+    else:
+        if "prompt" not in body or not _is_prompt(body["prompt"]):
+            raise _fail("prompt", "a string, an array of strings or an array of token ids")
+        for param, ok, what in _COMPLETIONS:
+            _check_optional(body, param, ok, what)
+    opts = body.get("stream_options")
+    if opts is not None:
+        if body.get("stream") is not True:
+            raise BadRequest(
+                "The 'stream_options' parameter is only allowed when 'stream' is true.",
+                param="stream_options",
+            )
+        if "include_usage" in opts and type(opts["include_usage"]) is not bool:
+            raise _fail("stream_options.include_usage", "a boolean")
+    return body
+
+
+def wants_usage(body: dict[str, Any]) -> bool:
+    """Whether a streamed response must end with a usage chunk."""
+    opts = body.get("stream_options")
+    return bool(body.get("stream")) and isinstance(opts, dict) and opts.get("include_usage") is True
+
+
+def max_tokens_of(body: dict[str, Any]) -> int | None:
+    """The generation cap the request asks for (``max_completion_tokens`` wins)."""
+    v = body.get("max_completion_tokens")
+    if v is None:
+        v = body.get("max_tokens")
+    return v if _is_int(v) else None
+
+
+# --- response objects ------------------------------------------------------------------
+
+def new_id(endpoint: Endpoint, request_id: int) -> str:
+    return f"{'chatcmpl' if endpoint == 'chat' else 'cmpl'}-{request_id:016x}"
+
+
+def dumps(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def chat_chunk(
+    rid: str, created: int, model: str, delta: dict[str, Any], finish_reason: str | None
+) -> dict[str, Any]:
+    return {
+        "id": rid,
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": model,
+        "choices": [{"index": 0, "delta": delta, "logprobs": None,
+                     "finish_reason": finish_reason}],
+    }
+
+
+def completion_chunk(
+    rid: str, created: int, model: str, text: str, finish_reason: str | None
+) -> dict[str, Any]:
+    return {
+        "id": rid,
+        "object": "text_completion",
+        "created": created,
+        "model": model,
+        "choices": [{"index": 0, "text": text, "logprobs": None,
+                     "finish_reason": finish_reason}],
+    }
+
+
+def usage_chunk(endpoint: Endpoint, rid: str, created: int, model: str,
+                usage: Usage) -> dict[str, Any]:
+    return {
+        "id": rid,
+        "object": "chat.completion.chunk" if endpoint == "chat" else "text_completion",
+        "created": created,
+        "model": model,
+        "choices": [],
+        "usage": usage.to_openai(),
+    }
+
+
+def chat_completion(rid: str, created: int, model: str, content: str, finish_reason: str,
+                    usage: Usage) -> dict[str, Any]:
+    return {
+        "id": rid,
+        "object": "chat.completion",
+        "created": created,
+        "model": model,
+        "choices": [{
+            "index": 0,
+            "message": {"role": "assistant", "content": content},
+            "logprobs": None,
+            "finish_reason": finish_reason,
+        }],
+        "usage": usage.to_openai(),
+    }
+
+
+def completion(rid: str, created: int, model: str, text: str, finish_reason: str,
+               usage: Usage) -> dict[str, Any]:
+    return {
+        "id": rid,
+        "object": "text_completion",
+        "created": created,
+        "model": model,
+        "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}],
+        "usage": usage.to_openai(),
+    }
+
+
+def now() -> int:
+    return int(time.time())
