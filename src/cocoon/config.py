@@ -56,6 +56,12 @@ class ProxyConfig:
     idle_timeout_s: float = 60.0  # longest gap between two messages of a stream
     node_id: str = "proxy"
 
+    def __post_init__(self) -> None:
+        parse_hostport(self.listen, "proxy.listen")
+        parse_hostport(self.http, "proxy.http")
+        _positive(self.request_timeout_s, "proxy.request_timeout_s")
+        _positive(self.idle_timeout_s, "proxy.idle_timeout_s")
+
 
 @dataclass(frozen=True, slots=True)
 class WorkerConfig:
@@ -65,6 +71,11 @@ class WorkerConfig:
     node_id: str = ""  # empty: worker-<pid>
     engine: EngineConfig = field(default_factory=EngineConfig)
 
+    def __post_init__(self) -> None:
+        parse_hostport(self.proxy, "worker.proxy")
+        parse_hostport(self.http, "worker.http")
+        _positive(self.max_concurrent, "worker.max_concurrent")
+
 
 @dataclass(frozen=True, slots=True)
 class ClientConfig:
@@ -72,6 +83,16 @@ class ClientConfig:
     http: str = "127.0.0.1:10000"  # the OpenAI API
     request_timeout_s: float = 120.0
     node_id: str = ""  # empty: client-<pid>
+
+    def __post_init__(self) -> None:
+        parse_hostport(self.proxy, "client.proxy")
+        parse_hostport(self.http, "client.http")
+        _positive(self.request_timeout_s, "client.request_timeout_s")
+
+
+def _positive(value: float, key: str) -> None:
+    if value <= 0:
+        raise ConfigError(f"{key} must be greater than 0, got {value}")
 
 
 T = TypeVar("T")
@@ -89,8 +110,8 @@ def _build(cls: type[T], data: dict[str, Any], where: str) -> T:
         kwargs[key] = _coerce(hints[key], value, f"{where}.{raw_key}")
     try:
         return cls(**kwargs)
-    except TypeError as exc:  # pragma: no cover - all fields have defaults
-        raise ConfigError(f"{where}: {exc}") from None
+    except ConfigError as exc:
+        raise ConfigError(f"{where.split('[')[0]}: {exc}") from None
 
 
 def _coerce(tp: Any, value: Any, where: str) -> Any:
@@ -164,7 +185,7 @@ def load(cls: type[T], path: str | None, overrides: dict[str, Any] | None = None
             raise ConfigError(f"config file {path} does not exist") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: invalid TOML: {exc}") from None
-    role = {ProxyConfig: "proxy", WorkerConfig: "worker", ClientConfig: "client"}.get(cls)  # type: ignore[call-overload]
+    role = {ProxyConfig: "proxy", WorkerConfig: "worker", ClientConfig: "client"}.get(cls)
     if role is None:
         raise ConfigError(f"no role for {cls}")
     section = dict(tree.pop(role, {}))

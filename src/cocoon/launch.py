@@ -142,49 +142,49 @@ class LocalNetwork:
     def start(self, progress: Callable[[str], None] = lambda s: None) -> None:
         """Start every role and wait until the client serves all workers' models."""
         deadline = time.monotonic() + self.startup_timeout
-        sets = lambda items: [a for s in items for a in ("--set", s)]  # noqa: E731
         try:
             progress("starting proxy")
-            self.proxy = self._spawn("proxy", "proxy", [
+            proxy = self.proxy = self._spawn("proxy", "proxy", [
                 "--listen", f"{self.host}:0", "--http", f"{self.host}:0",
-                *sets(self.proxy_sets)])
-            self._wait(self.proxy, lambda: self._read_ready(self.proxy), "ready",  # type: ignore[arg-type]
-                       deadline)
-            proxy_addr = f"{self.host}:{self.proxy.info['listen_port']}"
+                *_sets(self.proxy_sets)])
+            self._wait(proxy, lambda: self._read_ready(proxy), "ready", deadline)
+            proxy_addr = f"{self.host}:{proxy.info['listen_port']}"
             progress(f"proxy listening on {proxy_addr}")
             for i in range(self.n_workers):
                 args = ["--proxy", proxy_addr, "--http", f"{self.host}:0",
-                        "--engine", self.engine, *sets(self.worker_sets),
+                        "--engine", self.engine, *_sets(self.worker_sets),
                         "--set", f"node_id=worker-{i + 1}"]
                 if self.upstream:
                     args += ["--upstream", self.upstream]
                 self.workers.append(self._spawn(f"worker-{i + 1}", "worker", args))
             for w in self.workers:
                 progress(f"{w.name}: loading engine {self.engine}")
-                self._wait(w, lambda w=w: self._read_ready(w), "ready", deadline)  # type: ignore[misc]
-                self._wait(w, lambda w=w: http_json(w.http + "/healthz")[0] == 200,  # type: ignore[misc]
-                           "connected to the proxy", deadline)
+                self._wait_worker(w, deadline)
                 status, stats = http_json(w.http + "/stats")
                 models = ", ".join(stats["engine"]["models"]) if status == 200 else "?"
                 progress(f"{w.name}: ready, serving {models}")
             progress("starting client")
-            self.client = self._spawn("client", "client", [
+            client = self.client = self._spawn("client", "client", [
                 "--proxy", proxy_addr, "--http", f"{self.host}:{self.client_port}",
-                *sets(self.client_sets)])
-            self._wait(self.client, lambda: self._read_ready(self.client), "ready",  # type: ignore[arg-type]
-                       deadline)
+                *_sets(self.client_sets)])
+            self._wait(client, lambda: self._read_ready(client), "ready", deadline)
 
             def serving() -> bool:
-                status, body = http_json(self.client.http + "/healthz")  # type: ignore[union-attr]
+                status, body = http_json(client.http + "/healthz")
                 if status != 200:
                     return False
-                _, stats = http_json(self.proxy.http + "/stats")  # type: ignore[union-attr]
+                _, stats = http_json(proxy.http + "/stats")
                 return bool(body["models"]) and len(stats["workers"]) == self.n_workers
 
-            self._wait(self.client, serving, "serving models", deadline)
+            self._wait(client, serving, "serving models", deadline)
         except BaseException:
             self.stop()
             raise
+
+    def _wait_worker(self, w: Role, deadline: float) -> None:
+        self._wait(w, lambda: self._read_ready(w), "ready", deadline)
+        self._wait(w, lambda: http_json(w.http + "/healthz")[0] == 200,
+                   "connected to the proxy", deadline)
 
     @property
     def base_url(self) -> str:
@@ -229,6 +229,10 @@ class LocalNetwork:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _sets(items: list[str]) -> list[str]:
+    return [a for item in items for a in ("--set", item)]
 
 
 # --- cocoon up -------------------------------------------------------------------------

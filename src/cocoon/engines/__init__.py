@@ -22,7 +22,8 @@ async def build_engine(config: EngineConfig) -> Engine:
     if config.kind == "llama-cpp":
         from cocoon.engines.llama_cpp import LlamaCppEngine
 
-        return await asyncio.to_thread(LlamaCppEngine, config.llama_cpp)
+        llama: Engine = await asyncio.to_thread(LlamaCppEngine, config.llama_cpp)
+        return llama
     from cocoon.engines.openai_http import OpenAIHttpEngine
 
     return await OpenAIHttpEngine.connect(config.openai_http)

@@ -46,7 +46,7 @@ class FakeEngine:
 
     def __init__(self, config: FakeEngineConfig | None = None) -> None:
         self.config = config or FakeEngineConfig()
-        self.models = (self.config.model,)
+        self.models: tuple[str, ...] = (self.config.model,)
         self.cancelled = 0  # generations stopped early, for tests
 
     async def generate(self, job: InferenceJob) -> AsyncIterator[EngineOutput]:

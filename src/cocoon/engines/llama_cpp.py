@@ -87,7 +87,7 @@ class LlamaCppEngine:
             seed=cfg.seed,
             verbose=False,
         )
-        self.models = (cfg.model_name,)
+        self.models: tuple[str, ...] = (cfg.model_name,)
         self._lock = asyncio.Lock()
         self.cancelled = 0
 
@@ -224,7 +224,7 @@ def _settle(fut: asyncio.Future[Any], value: Any, exc: BaseException | None) -> 
 def _counting_llama_class(llama_cpp: Any) -> Any:
     """A Llama whose ``generate`` records [prompt tokens, sampled non-EOG tokens]."""
 
-    class _CountingLlama(llama_cpp.Llama):  # type: ignore[misc,name-defined]
+    class _CountingLlama(llama_cpp.Llama):  # type: ignore[misc]
         counts: list[int]
 
         def generate(self, tokens: Any, *args: Any, **kwargs: Any) -> Iterator[int]:

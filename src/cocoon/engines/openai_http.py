@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -25,6 +26,7 @@ from cocoon.engines.base import EngineOutput, InferenceJob
 from cocoon.engines.fake import prompt_tokens_of
 from cocoon.errors import (
     BadRequest,
+    ConfigError,
     EngineError,
     ModelNotFound,
     RequestTimeout,
@@ -45,7 +47,7 @@ class OpenAIHttpConfig:
     base_url: str = "http://127.0.0.1:8000"
     model: str = ""  # the name we announce; empty: ask the upstream's /v1/models
     upstream_model: str = ""  # the name the upstream knows; empty: same as ``model``
-    api_key: str = ""
+    api_key_file: str = ""  # a file holding the upstream API key; must be mode 0600
     timeout_s: float = 600.0
     connect_timeout_s: float = 10.0
     usage_fallback: Literal["estimate", "error"] = "estimate"
@@ -67,8 +69,8 @@ class OpenAIHttpEngine:
         engine = cls(config, (config.model,) if config.model else ())
         if not config.model:
             data = await engine._get_json("/v1/models")
-            ids = [m.get("id") for m in data.get("data", []) if isinstance(m, dict)]
-            ids = [i for i in ids if isinstance(i, str)]
+            ids = [m["id"] for m in data.get("data", [])
+                   if isinstance(m, dict) and isinstance(m.get("id"), str)]
             if not ids:
                 raise UpstreamError(f"upstream {config.base_url} serves no models")
             engine.models = (ids[0],)
@@ -76,8 +78,8 @@ class OpenAIHttpEngine:
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            headers = {"Authorization": f"Bearer {self.config.api_key}"} \
-                if self.config.api_key else {}
+            key = read_secret(self.config.api_key_file) if self.config.api_key_file else ""
+            headers = {"Authorization": f"Bearer {key}"} if key else {}
             self._session = aiohttp.ClientSession(
                 base_url=self.config.base_url.rstrip("/") + "/",
                 headers=headers,
@@ -188,6 +190,19 @@ class OpenAIHttpEngine:
         self.usage_estimated += 1
         log.warning("upstream did not report usage for a stream; estimating it")
         return oa.Usage(prompt_tokens=prompt_tokens_of(job), completion_tokens=content_chunks)
+
+
+def read_secret(path: str) -> str:
+    """Read a secret from a file that only its owner can read (mode 0600 or stricter)."""
+    p = Path(path)
+    try:
+        mode = p.stat().st_mode
+        if mode & 0o077:
+            raise ConfigError(f"{path} holds a secret but is readable by others "
+                              f"(mode {mode & 0o777:o}); chmod 600 {path}")
+        return p.read_text().strip()
+    except OSError as exc:
+        raise ConfigError(f"cannot read secret file {path}: {exc.strerror}") from None
 
 
 def _has_content(choices: Any) -> bool:

@@ -39,7 +39,8 @@ class TcpConnector:
         except TimeoutError:
             raise TransportError(f"connecting to {host}:{port} timed out") from None
         except OSError as exc:
-            raise TransportError(f"cannot connect to {host}:{port}: {exc.strerror or exc}") from None
+            reason = exc.strerror or exc
+            raise TransportError(f"cannot connect to {host}:{port}: {reason}") from None
 
 
 class TcpListener:

@@ -22,7 +22,8 @@ _HEADER = struct.Struct(">I")
 def encode_frame(payload: bytes, max_frame: int = DEFAULT_MAX_FRAME) -> bytes:
     """Prefix ``payload`` with its length; refuse what the peer would reject."""
     n = len(payload)
-    pass
+    if n == 0:
+        raise ProtocolError("empty frame")
     if n > max_frame:
         raise FrameTooLarge(f"frame of {n} bytes exceeds the limit of {max_frame}")
     return _HEADER.pack(n) + payload

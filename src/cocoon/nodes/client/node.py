@@ -28,7 +28,7 @@ from cocoon.errors import (
     request_error_from_code,
 )
 from cocoon.nodes.common import HttpServer, dial_forever, json_response, uptime_since
-from cocoon.openai import ENDPOINTS, DONE, encode_event, parse_request
+from cocoon.openai import DONE, ENDPOINTS, encode_event, parse_request
 from cocoon.openai.protocol import dumps
 from cocoon.transport import Connector, OutgoingStream, Peer, TcpConnector, Watchdog
 from cocoon.wire import Catalog, CatalogEntry, Chunk, Connection, End, Error, Head, Message, Request

@@ -14,15 +14,23 @@ from aiohttp import web
 
 from cocoon.config import WorkerConfig
 from cocoon.engines import Engine, InferenceJob
-from cocoon.errors import BadRequest, NoWorkerAvailable, RequestError, TransportError
+from cocoon.errors import (
+    BadRequest,
+    NoWorkerAvailable,
+    RequestError,
+    RequestTimeout,
+    TransportError,
+)
 from cocoon.nodes.common import HttpServer, dial_forever, json_response, uptime_since
-from cocoon.openai import Usage, parse_request
+from cocoon.openai import Endpoint, Usage, parse_request
 from cocoon.transport import Connector, Peer, TcpConnector
 from cocoon.wire import Announce, Cancel, Connection, End, Error, Head, Message, Request
 
 __all__ = ["WorkerNode"]
 
 log = logging.getLogger(__name__)
+
+_ENDPOINTS: dict[str, Endpoint] = {"chat": "chat", "completions": "completions"}
 
 
 @dataclass(slots=True)
@@ -104,17 +112,17 @@ class WorkerNode:
         rid = req.req_id
         try:
             peer.send(Head(rid, self.node_id))
-            body = parse_request(req.endpoint, req.body) if req.endpoint in (
-                "chat", "completions") else None
-            if body is None:
+            endpoint = _ENDPOINTS.get(req.endpoint)
+            if endpoint is None:
                 raise BadRequest(f"unsupported endpoint {req.endpoint!r}")
+            body = parse_request(endpoint, req.body)
             if body["model"] != req.model:
                 raise BadRequest("model in the body does not match the request", param="model")
             if req.model not in self.engine.models:
                 raise BadRequest(f"this worker does not serve model {req.model!r}",
                                  param="model")
             self._seq += 1
-            job = InferenceJob(req.endpoint, body, (os.getpid() << 32) | self._seq)
+            job = InferenceJob(endpoint, body, (os.getpid() << 32) | self._seq)
             usage = await self._generate(peer, rid, job, req.timeout_ms / 1000.0)
             peer.finish(End(rid, usage.prompt_tokens, usage.completion_tokens,
                             usage.cached_tokens, usage.reasoning_tokens))
@@ -143,11 +151,11 @@ class WorkerNode:
         self.stats.errors[code] = self.stats.errors.get(code, 0) + 1
 
     async def _generate(self, peer: Peer, rid: int, job: InferenceJob,
-                        timeout: float) -> Usage:
+                        limit_s: float) -> Usage:
         usage: Usage | None = None
         outputs = self.engine.generate(job)
         try:
-            async with asyncio.timeout(timeout if timeout > 0 else None):
+            async with asyncio.timeout(limit_s if limit_s > 0 else None):
                 async for out in outputs:
                     if isinstance(out, Usage):
                         usage = out
@@ -155,9 +163,7 @@ class WorkerNode:
                         await peer.send_chunk(rid, out)
                         self.stats.chunks += 1
         except TimeoutError:
-            from cocoon.errors import RequestTimeout
-
-            raise RequestTimeout(f"generation did not finish within {timeout:g}s") from None
+            raise RequestTimeout(f"generation did not finish within {limit_s:g}s") from None
         finally:
             await outputs.aclose()  # type: ignore[attr-defined]
         if usage is None:
