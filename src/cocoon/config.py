@@ -8,6 +8,7 @@ the key and where it came from.
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 import types
 import typing
@@ -35,9 +36,13 @@ EngineKind = Literal["llama-cpp", "openai-http", "fake"]
 def parse_hostport(value: str, what: str) -> tuple[str, int]:
     """``host:port`` or ``[v6]:port`` -> (host, port); raises ConfigError naming ``what``."""
     host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535 or not host:
-        raise ConfigError(f"{what}: expected HOST:PORT, got {value!r}")
-    return host.strip("[]"), int(port)
+    bracketed = host.startswith("[") and host.endswith("]")
+    if bracketed:
+        host = host[1:-1]
+    if (not sep or not port.isdigit() or not 0 <= int(port) <= 65535 or not host
+            or (":" in host and not bracketed)):
+        raise ConfigError(f"{what}: expected HOST:PORT (IPv6 as [ADDR]:PORT), got {value!r}")
+    return host, int(port)
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +96,7 @@ class ClientConfig:
 
 
 def _positive(value: float, key: str) -> None:
-    if value <= 0:
+    if not math.isfinite(value) or value <= 0:
         raise ConfigError(f"{key} must be greater than 0, got {value}")
 
 
@@ -183,12 +188,17 @@ def load(cls: type[T], path: str | None, overrides: dict[str, Any] | None = None
                 tree = tomllib.load(f)
         except FileNotFoundError:
             raise ConfigError(f"config file {path} does not exist") from None
-        except tomllib.TOMLDecodeError as exc:
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
     role = {ProxyConfig: "proxy", WorkerConfig: "worker", ClientConfig: "client"}.get(cls)
     if role is None:
         raise ConfigError(f"no role for {cls}")
-    section = dict(tree.pop(role, {}))
+    raw_section = tree.pop(role, {})
+    if not isinstance(raw_section, dict):
+        raise ConfigError(f"{where}: {role} must be a table ([{role}])")
+    section = dict(raw_section)
     if "engine" in tree:
         section["engine"] = tree.pop("engine")
     if tree:

@@ -255,8 +255,9 @@ def _snippets(base: str, model: str) -> str:
   OpenAI API:  {base}
   model:       {model}
 
-  curl {base}/chat/completions -H 'Content-Type: application/json' \\
-    -d '{{"model": "{model}", "stream": true, "messages": [{{"role": "user", "content": "Hello!"}}]}}'
+  curl {base}/chat/completions -H 'Content-Type: application/json' -d \\
+    '{{"model": "{model}", "stream": true,
+      "messages": [{{"role": "user", "content": "Hello!"}}]}}'
 
   python - <<'EOF'
 from openai import OpenAI

@@ -604,15 +604,17 @@ def test_cancel_drops_in_flight_and_swallows_final(final: Message) -> None:
     pair.a.send(req(1))
     pair.to_b()
     pair.b.send(Head(1, "w"))
-    pair.b.send(Chunk(1, b"before"))
-    assert pair.to_a() == [Head(1, "w"), Chunk(1, b"before")]
+    before = [Chunk(1, b"before-%d" % i) for i in range(4)]
+    for chunk in before:
+        pair.b.send(chunk)
+    assert pair.to_a() == [Head(1, "w"), *before]
     pair.b.send(Chunk(1, b"in-flight-1"))
     pair.b.send(Chunk(1, b"in-flight-2"))
     pair.a.send(Cancel(1, "client left"))
     assert pair.a.has_outgoing(1)  # kept until the responder ends it
     assert pair.to_a() == []  # in-flight chunks dropped quietly
-    pair.a.consumed(1, 3)
-    assert pair.to_b() == [Cancel(1, "client left")]  # consumed() granted nothing
+    pair.a.consumed(1, 4)  # half a window, but the stream is cancelled: no credit
+    assert pair.to_b() == [Cancel(1, "client left")]
     assert pair.b.has_incoming(1)
     pair.b.send(final)
     assert pair.to_a() == []  # the final End/Error is swallowed too

@@ -180,9 +180,17 @@ def test_unknown_type_id(tid: int) -> None:
     rejects(pack([tid]))
 
 
-@pytest.mark.parametrize("tid", ["11", True, 11.0, None, b"\x0b", [11]])
-def test_type_id_must_be_an_int(tid: object) -> None:
-    rejects(pack([tid, 1]))
+@pytest.mark.parametrize("msg", list(SAMPLES.values()), ids=lambda m: type(m).__name__)
+def test_type_id_must_be_an_int(msg: Any) -> None:
+    tid, *fields = wire_list(msg)
+    for bad in (float(tid), str(tid), bytes([tid]), [tid], None):
+        rejects(pack([bad, *fields]))
+
+
+def test_type_id_true_is_not_hello() -> None:
+    _, *fields = wire_list(SAMPLES[Hello])
+    assert decode(pack([1, *fields])) == SAMPLES[Hello]
+    rejects(pack([True, *fields]))  # True == 1 in Python, but it is not an integer here
 
 
 @pytest.mark.parametrize("msg", list(SAMPLES.values()), ids=lambda m: type(m).__name__)
@@ -275,6 +283,11 @@ def test_map_top_level_with_int_keys() -> None:
 
 def test_empty_array() -> None:
     rejects(pack([]))
+
+
+def test_deep_nesting_rejected() -> None:
+    rejects(b"\x91" * 5000 + b"\xc0")  # [[[[...nil...]]]]
+    rejects(b"\x92\x02" + b"\x91" * 5000 + b"\xc0")  # Announce-like, absurdly deep
 
 
 def test_empty_payload_and_trailing_bytes() -> None:

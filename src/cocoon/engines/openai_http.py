@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import json
 import logging
-from pathlib import Path
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import aiohttp

@@ -190,8 +190,8 @@ def parse_request(endpoint: Endpoint, raw: bytes) -> dict[str, Any]:
     """Parse and validate an OpenAI request body; raises BadRequest naming the parameter."""
     try:
         body = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BadRequest(f"Request body is not valid JSON: {exc}") from None
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError, ...
+        raise BadRequest(f"Request body is not valid JSON: {type(exc).__name__}") from None
     if not isinstance(body, dict):
         raise BadRequest("Request body must be a JSON object.")
     model = body.get("model")

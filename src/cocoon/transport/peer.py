@@ -119,6 +119,7 @@ class Peer:
         self._idle_timeout = idle_timeout
         self._streams: dict[int, OutgoingStream] = {}
         self._credit_waiters: dict[int, asyncio.Future[None]] = {}
+        self._early: list[Message] = []  # arrived in the same read as the peer's Hello
         self._flush_scheduled = False
         self._closed = asyncio.Event()
         self._tasks: asyncio.TaskGroup | None = None
@@ -150,9 +151,11 @@ class Peer:
                     data = await self._reader.read(_READ_SIZE)
                     if not data:
                         raise TransportError(f"{self.address} closed during the handshake")
-                    for msg in self.conn.receive_data(data):
-                        if not isinstance(msg, Hello):  # cannot happen: conn enforces order
-                            raise ProtocolError("message before handshake")
+                    # conn enforces that the Hello comes first. The peer may speak right
+                    # after it (a worker announces its models): what came in the same read
+                    # waits for run().
+                    msgs = self.conn.receive_data(data)
+                    self._early += [m for m in msgs if m is not self.conn.peer]
         except TimeoutError:
             raise TransportError(f"no handshake from {self.address} within "
                                  f"{self._handshake_timeout:g}s") from None
@@ -177,10 +180,19 @@ class Peer:
         finally:
             self._tasks = None
             self._teardown()
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            # Python 3.11's TaskGroup drops a cancel that arrives while it is already
+            # shutting down (the peer closed at the same moment): don't lose it, or the
+            # caller (dial_forever) never learns it was told to stop.
+            raise asyncio.CancelledError
 
     def spawn(self, coro: Awaitable[None], name: str) -> asyncio.Task[None]:
         """Run ``coro`` for as long as this connection lives; its errors are logged."""
         if self._tasks is None:
+            close = getattr(coro, "close", None)
+            if close is not None:
+                close()
             raise TransportError("connection is not running")
         return self._tasks.create_task(_guard(coro, name), name=name)
 
@@ -212,15 +224,20 @@ class Peer:
     async def _read_loop(self, handler: Handler) -> None:
         loop = asyncio.get_running_loop()
         reader = self._reader
+        early, self._early = self._early, []
         while True:
-            try:
-                data = await reader.read(_READ_SIZE)
-            except OSError as exc:
-                raise TransportError(str(exc)) from None
-            if not data:
-                return
-            self._last_rx = loop.time()
-            for msg in self.conn.receive_data(data):
+            if early:
+                msgs, early = early, []
+            else:
+                try:
+                    data = await reader.read(_READ_SIZE)
+                except OSError as exc:
+                    raise TransportError(str(exc)) from None
+                if not data:
+                    return
+                self._last_rx = loop.time()
+                msgs = self.conn.receive_data(data)
+            for msg in msgs:
                 kind = type(msg)
                 if kind is Chunk or kind is Head or kind is End or kind is Error:
                     rid = msg.req_id  # type: ignore[union-attr]
@@ -280,7 +297,7 @@ class Peer:
             if not conn.has_incoming(req_id):
                 raise TransportError(f"stream {req_id} is no longer open")
             fut = self._credit_waiters.get(req_id)
-            if fut is None:
+            if fut is None or fut.done():  # done: a previous waiter was cancelled
                 fut = asyncio.get_running_loop().create_future()
                 self._credit_waiters[req_id] = fut
             await fut
@@ -295,7 +312,9 @@ class Peer:
 
     def finish(self, msg: End | Error) -> None:
         """End an incoming stream (if it is still open)."""
-        self._credit_waiters.pop(msg.req_id, None)
+        fut = self._credit_waiters.pop(msg.req_id, None)
+        if fut is not None and not fut.done():
+            fut.set_result(None)  # a blocked sender wakes and sees the stream closed
         if self.conn.has_incoming(msg.req_id) and not self.closed:
             self.send(msg)
 

@@ -176,7 +176,8 @@ class Pong:
 
 
 Message = (
-    Hello | Announce | Catalog | Request | Head | Chunk | End | Error | Cancel | Credit | Ping | Pong
+    Hello | Announce | Catalog | Request | Head | Chunk | End | Error | Cancel | Credit | Ping
+    | Pong
 )
 
 MESSAGE_TYPES: Final[dict[int, type[Any]]] = {
@@ -226,7 +227,7 @@ def _catalog_entries(v: Any) -> tuple[CatalogEntry, ...]:
         raise ProtocolError("expected list of catalog entries")
     out = []
     for item in v:
-        if len(item) != 4:
+        if type(item) is not list or len(item) != 4:
             raise ProtocolError("catalog entry must be [model, workers, active, capacity]")
         out.append(CatalogEntry(_str(item[0]), _u64(item[1]), _u64(item[2]), _u64(item[3])))
     return tuple(out)

@@ -1,0 +1,113 @@
+#!/usr/bin/env python3
+"""Profile the chain's processes under the bench's load with py-spy.
+
+    .venv/bin/pip install py-spy==0.4.1
+    python bench/profile_chain.py --mode saturation --duration 10 --out /tmp/prof
+
+Starts a LocalNetwork on the fake engine (the bench's config for ``--mode``), runs the bench's
+load generator against the client, and records the client, proxy and worker with
+``py-spy record --nonblocking --format raw``. It prints, for each role, its busy share (the
+samples where it was not idle) and the hottest functions by self time and by inclusive time.
+The collapsed stacks (``ROLE.txt``) are kept in ``--out``, for flame graphs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import shutil
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from cocoon.benchmark.loadgen import LoadGenerator
+from cocoon.benchmark.runner import MODES, expected_events, request_body
+from cocoon.launch import LocalNetwork
+
+
+def summarize(path: Path, rate: int, seconds: float, top: int) -> str:
+    self_t: collections.Counter[str] = collections.Counter()
+    incl: collections.Counter[str] = collections.Counter()
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n = int(count)
+        frames = [f.strip() for f in stack.split(";")]
+        frames = [f for f in frames if not f.startswith("process ") and
+                  not f.startswith("thread ")]
+        if not frames:
+            continue
+        total += n
+        self_t[frames[-1]] += n
+        for f in set(frames):
+            incl[f] += n
+    if not total:
+        return f"{path.stem}: no samples"
+    out = [f"== {path.stem}: {total} busy samples = {total / (rate * seconds):.0%} of one core "
+           f"over {seconds:g} s =="]
+    out.append("  self time:")
+    out += [f"    {n / total:6.1%}  {f}" for f, n in self_t.most_common(top)]
+    out.append("  inclusive time:")
+    out += [f"    {n / total:6.1%}  {f}" for f, n in incl.most_common(top * 2)]
+    return "\n".join(out)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--mode", choices=sorted(MODES), default="saturation")
+    p.add_argument("--duration", type=float, default=10.0)
+    p.add_argument("--streams", type=int)
+    p.add_argument("--rate", type=int, default=200, help="py-spy samples per second")
+    p.add_argument("--top", type=int, default=15)
+    p.add_argument("--out", default="/tmp/cocoon-profile")
+    args = p.parse_args()
+    pyspy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not Path(pyspy).exists():
+        print("py-spy not found: pip install py-spy==0.4.1", file=sys.stderr)
+        return 2
+    spec = MODES[args.mode]
+    if args.streams:
+        spec = replace(spec, streams=args.streams)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    sets = [f"engine.fake.chunks={spec.chunks}", f"engine.fake.chunk_bytes={spec.chunk_bytes}",
+            f"engine.fake.delay_ms={spec.delay_ms!r}", "max_concurrent=1000"]
+    with LocalNetwork(engine="fake", worker_sets=sets) as net:
+        net.start()
+        roles = {r.name: r for r in net.roles()}
+        url = net.base_url + "/chat/completions"
+
+        def spawn_spies() -> list[subprocess.Popen[bytes]]:
+            return [subprocess.Popen(
+                [pyspy, "record", "--pid", str(r.proc.pid), "--duration",
+                 str(int(args.duration)), "--rate", str(args.rate), "--nonblocking",
+                 "--format", "raw", "-o", str(out / f"{name}.txt")],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                for name, r in roles.items() if r.proc is not None]
+
+        async def load(seconds: float) -> None:
+            async with LoadGenerator(url, request_body(), spec.streams,
+                                     expected_events(spec)) as lg:
+                await lg.warm_up()
+                spies = spawn_spies()
+                res = await lg.run(seconds, stagger=spec.chunks * spec.delay_ms / 1000.0)
+                for s in spies:
+                    await asyncio.to_thread(s.wait)
+                print(f"load: {res.stream_rate:.1f} req/s, {res.stream_chunk_rate:.0f} chunks/s, "
+                      f"{res.error_count} errors", flush=True)
+
+        asyncio.run(load(args.duration + 1.0))
+    for name in roles:
+        path = out / f"{name}.txt"
+        if path.exists():
+            print(summarize(path, args.rate, int(args.duration), args.top))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

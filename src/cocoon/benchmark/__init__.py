@@ -1,0 +1,159 @@
+"""``cocoon bench``: the chain (client -> proxy -> worker) against the engine served directly.
+
+Modes (``--mode``):
+
+* ``saturation``: fake engine, no delay, 30 concurrent streams, 50 chunks x 128 B;
+* ``paced``: fake engine, 30 chunks/s per stream (delay 33.3 ms), 200 concurrent streams;
+* ``llama``: SmolLM2 tokens/s through the chain vs llama-cpp-python in-process (skipped,
+  saying why, when llama-cpp-python or the model is missing);
+* ``all`` (default): all three.
+
+For each fake mode the same closed-loop load runs against a direct OpenAI server wrapping the
+fake engine (:mod:`cocoon.benchmark.direct`, its own process) and against a local network on
+the same engine config. Reported: requests/s, chunks/s, TTFT and latency p50/p99, CPU seconds
+per 1,000 chunks for every process (servers and the load generator), and chain/direct ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from cocoon.errors import CocoonError
+
+__all__ = ["add_bench_arguments", "run_bench"]
+
+_QUICK_DURATION = 2.0
+_DEFAULT_DURATION = 10.0
+
+
+def add_bench_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--mode", choices=["saturation", "paced", "llama", "all"], default="all",
+                   help="what to measure (default all: saturation, paced and llama)")
+    p.add_argument("--duration", type=float, metavar="SECONDS",
+                   help=f"load phase length per measurement (default {_DEFAULT_DURATION:g}; "
+                        f"{_QUICK_DURATION:g} with --quick); in-flight requests are drained")
+    p.add_argument("--streams", type=int, metavar="N",
+                   help="concurrent streams (default: 30 saturation, 200 paced)")
+    p.add_argument("--chunks", type=int, metavar="N", help="chunks per response (default 50)")
+    p.add_argument("--chunk-bytes", type=int, metavar="B", help="bytes per chunk (default 128)")
+    p.add_argument("--delay-ms", type=float, metavar="MS",
+                   help="override the per-chunk delay of the selected modes")
+    p.add_argument("--repeat", type=int, default=1, metavar="K",
+                   help="measure each side K times, alternating order; report the median")
+    p.add_argument("--quick", action="store_true",
+                   help="short phases and few llama runs (CI smoke test)")
+    p.add_argument("--llama", action="store_true",
+                   help="add the llama comparison to --mode saturation/paced")
+    p.add_argument("--no-llama", action="store_true", help="leave the llama comparison out")
+    p.add_argument("--llama-runs", type=int, metavar="N",
+                   help="sequential requests per side (default 5; 2 with --quick)")
+    p.add_argument("--llama-max-tokens", type=int, metavar="N",
+                   help="max_tokens of the llama request (default 128; 32 with --quick)")
+    p.add_argument("--json", nargs="?", const="-", metavar="PATH",
+                   help="also write the results as JSON to PATH (to stdout when no PATH, "
+                        "the table then goes to stderr)")
+
+
+def _progress_printer() -> Any:
+    started = time.monotonic()
+
+    def progress(msg: str) -> None:
+        print(f"[{time.monotonic() - started:6.1f}s] {msg}", file=sys.stderr, flush=True)
+
+    return progress
+
+
+def _jsonable(obj: Any) -> Any:
+    """NaN and infinities (no data) become null: the JSON stays strict."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_jsonable(v) for v in obj]
+    return obj
+
+
+def _positive(name: str, value: float | None) -> None:
+    if value is not None and value <= 0:
+        raise CocoonError(f"{name} must be positive")
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    from cocoon.benchmark.llama import run_llama
+    from cocoon.benchmark.report import format_report
+    from cocoon.benchmark.runner import MODES, run_mode
+
+    for name in ("duration", "streams", "chunks", "chunk_bytes", "repeat", "llama_runs",
+                 "llama_max_tokens"):
+        _positive("--" + name.replace("_", "-"), getattr(args, name))
+    if args.delay_ms is not None and args.delay_ms < 0:
+        raise CocoonError("--delay-ms must not be negative")
+    duration = args.duration or (_QUICK_DURATION if args.quick else _DEFAULT_DURATION)
+    fake_modes = (["saturation", "paced"] if args.mode == "all"
+                  else [args.mode] if args.mode in MODES else [])
+    with_llama = not args.no_llama and (args.mode in ("all", "llama") or args.llama)
+    progress = _progress_printer()
+
+    report: dict[str, Any] = {
+        "version": 1,
+        "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "command": " ".join(["cocoon", "bench", *sys.argv[2:]]) if sys.argv[1:2] == ["bench"]
+        else " ".join(sys.argv),
+        "host": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                 "platform": platform.platform(),
+                 "loadavg_start": [round(x, 2) for x in os.getloadavg()]},
+        "params": {"duration_s": duration, "repeat": args.repeat, "quick": args.quick},
+        "modes": {},
+    }
+    failed = False
+    for name in fake_modes:
+        spec = MODES[name]
+        overrides: dict[str, Any] = {}
+        if args.streams:
+            overrides["streams"] = args.streams
+        if args.chunks:
+            overrides["chunks"] = args.chunks
+        if args.chunk_bytes:
+            overrides["chunk_bytes"] = args.chunk_bytes
+        if args.delay_ms is not None:
+            overrides["delay_ms"] = args.delay_ms
+        spec = replace(spec, **overrides)
+        section = run_mode(spec, duration, args.repeat, progress)
+        report["modes"][name] = section
+        for side in ("direct", "chain"):
+            if section[side]["errors"] or not section[side]["requests"]:
+                failed = True
+    if with_llama:
+        runs = args.llama_runs or (2 if args.quick else 5)
+        max_tokens = args.llama_max_tokens or (32 if args.quick else 128)
+        try:
+            report["llama"] = run_llama(runs, max_tokens, progress)
+        except (CocoonError, RuntimeError, OSError, ValueError, KeyError) as exc:
+            progress(f"llama: failed: {type(exc).__name__}: {exc}")
+            report["llama"] = {"error": f"{type(exc).__name__}: {exc}"}
+            failed = True
+    report["ok"] = not failed
+
+    table = format_report(report)
+    data = json.dumps(_jsonable(report), indent=2)
+    if args.json == "-":
+        print(table, file=sys.stderr, flush=True)
+        print(data, flush=True)
+    else:
+        print(table, flush=True)
+        if args.json:
+            path = Path(args.json)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(data + "\n")
+            progress(f"results written to {path}")
+    return 0 if not failed else 1

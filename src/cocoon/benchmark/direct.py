@@ -1,0 +1,176 @@
+"""Any :class:`~cocoon.engines.Engine` served directly over OpenAI HTTP: the bench's baseline.
+
+The response is written exactly as the client node writes it (same aiohttp server settings,
+same SSE headers, one ``data: <json>\\n\\n`` event per engine output, then
+``data: [DONE]\\n\\n``), so the only difference the bench sees against the chain is the
+client -> proxy -> worker relay itself.
+
+Run as its own process so its CPU time can be accounted separately::
+
+    python -m cocoon.benchmark.direct --chunks 50 --chunk-bytes 128 --delay-ms 0 \\
+        --port 0 --ready-file /tmp/direct.ready
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from aiohttp import web
+
+from cocoon.engines import Engine, FakeEngine, FakeEngineConfig, InferenceJob
+from cocoon.errors import CocoonError, EngineError, RequestError
+from cocoon.nodes.common import HttpServer, json_response, run_until_signal, write_ready_file
+from cocoon.openai import DONE, ENDPOINTS, Usage, encode_event, parse_request
+from cocoon.openai.protocol import dumps
+
+__all__ = ["DirectServer", "main", "make_app"]
+
+log = logging.getLogger(__name__)
+
+_MAX_BODY = 16 * 1024 * 1024
+_SSE_HEADERS = {
+    "Content-Type": "text/event-stream",
+    "Cache-Control": "no-cache",
+    "X-Accel-Buffering": "no",
+}
+_DONE_EVENT = encode_event(DONE)
+
+
+def _error(err: RequestError) -> web.Response:
+    return json_response(err.to_openai(), err.status)
+
+
+def make_app(engine: Engine) -> web.Application:
+    """An aiohttp app serving ``engine`` on /v1/chat/completions and /v1/completions."""
+    seq = itertools.count(1)
+    pid = os.getpid()
+
+    async def completions(request: web.Request) -> web.StreamResponse:
+        endpoint = ENDPOINTS[request.path]
+        try:
+            body = parse_request(endpoint, await request.read())
+            if body["model"] not in engine.models:
+                raise RequestError(f"this server does not serve model {body['model']!r}")
+        except RequestError as exc:
+            return _error(exc)
+        job = InferenceJob(endpoint, body, (pid << 32) | next(seq))
+        outputs = engine.generate(job)
+        response: web.StreamResponse | None = None
+        try:
+            if not job.stream:
+                payload = b""
+                async for out in outputs:
+                    if not isinstance(out, Usage):
+                        payload += out
+                return web.Response(body=payload, content_type="application/json")
+            async for out in outputs:
+                if isinstance(out, Usage):
+                    continue
+                if response is None:
+                    response = web.StreamResponse(headers=_SSE_HEADERS)
+                    await response.prepare(request)
+                await response.write(encode_event(out))
+            if response is None:
+                response = web.StreamResponse(headers=_SSE_HEADERS)
+                await response.prepare(request)
+            await response.write(_DONE_EVENT)
+            await response.write_eof()
+            return response
+        except RequestError as exc:
+            if response is None:
+                return _error(exc)
+            await response.write(encode_event(dumps(exc.to_openai())))
+            await response.write_eof()
+            return response
+        except (CocoonError, ValueError) as exc:
+            err = EngineError(f"engine error: {type(exc).__name__}: {exc}")
+            if response is None:
+                return _error(err)
+            await response.write(encode_event(dumps(err.to_openai())))
+            await response.write_eof()
+            return response
+        finally:
+            await outputs.aclose()  # type: ignore[attr-defined]
+
+    async def models(_: web.Request) -> web.Response:
+        return json_response({"object": "list", "data": [
+            {"id": m, "object": "model", "created": 0, "owned_by": "cocoon-direct"}
+            for m in engine.models]})
+
+    async def health(_: web.Request) -> web.Response:
+        return json_response({"status": "ok", "models": list(engine.models)})
+
+    app = web.Application(client_max_size=_MAX_BODY)
+    for path in ENDPOINTS:
+        app.router.add_post(path, completions)
+    app.router.add_get("/v1/models", models)
+    app.router.add_get("/healthz", health)
+    return app
+
+
+class DirectServer:
+    """``make_app(engine)`` on ``host:port`` with the same server settings as the nodes."""
+
+    def __init__(self, engine: Engine, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.engine = engine
+        self.http = HttpServer(make_app(engine), f"{host}:{port}", "direct.http")
+
+    async def run(self, stop: asyncio.Event, ready_file: str | None = None) -> None:
+        await self.http.start()
+        write_ready_file(ready_file, {"role": "direct", "http": self.http.url,
+                                      "pid": os.getpid()})
+        try:
+            await stop.wait()
+        finally:
+            await self.http.stop()
+
+
+def _build_engine(args: argparse.Namespace) -> Engine:
+    if args.engine == "fake":
+        return FakeEngine(FakeEngineConfig(model=args.model, chunks=args.chunks,
+                                           chunk_bytes=args.chunk_bytes,
+                                           delay_ms=args.delay_ms))
+    from cocoon.engines.llama_cpp import LlamaCppConfig, LlamaCppEngine
+
+    return LlamaCppEngine(LlamaCppConfig(model_path=args.model_path))
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m cocoon.benchmark.direct",
+                                description="Serve one engine directly over OpenAI HTTP.")
+    p.add_argument("--engine", choices=["fake", "llama-cpp"], default="fake")
+    p.add_argument("--model", default="fake", help="fake engine: model name")
+    p.add_argument("--chunks", type=int, default=50, help="fake engine: chunks per response")
+    p.add_argument("--chunk-bytes", type=int, default=128, help="fake engine: bytes per chunk")
+    p.add_argument("--delay-ms", type=float, default=0.0,
+                   help="fake engine: delay before each chunk")
+    p.add_argument("--model-path", default="", help="llama-cpp: GGUF path (default SmolLM2)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=0, help="0: any free port")
+    p.add_argument("--ready-file", help="write {http, pid} here as JSON when listening")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        server = DirectServer(_build_engine(args), args.host, args.port)
+        asyncio.run(run_until_signal(lambda stop: server.run(stop, args.ready_file)))
+    except CocoonError as exc:
+        print(f"cocoon direct server: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
