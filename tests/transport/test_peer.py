@@ -345,7 +345,7 @@ async def test_flow_control_blocks_until_consumed() -> None:
         # The requester has all `window` chunks, and nothing more.
         for i in range(window):
             assert await nxt(stream) == Chunk(rid, b"%d" % i)
-        assert stream._queue.empty()
+        assert stream.pending == 0
 
         stream.consumed(1)  # half a window is the credit batch: not yet
         assert await is_blocked(blocked)
@@ -378,7 +378,7 @@ async def test_flow_control_sustained_by_consumer() -> None:
                     break
                 assert isinstance(ev, Chunk)
                 # Besides this chunk, at most window-1 chunks (+ the End) can be queued.
-                assert stream._queue.qsize() <= 2
+                assert stream.pending <= 2
                 got.append(ev.data)
                 stream.consumed()
             await producer
@@ -442,7 +442,7 @@ async def test_cancel_reaches_responder_handler() -> None:
         await asyncio.wait_for(b.send_chunk(rid, b"in flight"), T)
         b.finish(Error(rid, "cancelled", "cancelled by the requester", ""))
         await wait_until(lambda: not a.conn.has_outgoing(rid), "cancelled stream ended")
-        assert stream._queue.empty()
+        assert stream.pending == 0
         assert p.b.handler.queue.empty()
         assert not a.closed and not b.closed
 

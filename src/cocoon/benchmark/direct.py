@@ -1,9 +1,9 @@
 """Any :class:`~cocoon.engines.Engine` served directly over OpenAI HTTP: the bench's baseline.
 
-The response is written exactly as the client node writes it (same aiohttp server settings,
-same SSE headers, one ``data: <json>\\n\\n`` event per engine output, then
-``data: [DONE]\\n\\n``), so the only difference the bench sees against the chain is the
-client -> proxy -> worker relay itself.
+Same aiohttp server settings and SSE framing as the client node: one ``data: <json>\\n\\n``
+event written per engine output (as OpenAI servers such as vLLM do), then
+``data: [DONE]\\n\\n``. The client node differs in one way that is part of what the bench
+measures: chunks that reach it together (one network read) leave in one write.
 
 Run as its own process so its CPU time can be accounted separately::
 

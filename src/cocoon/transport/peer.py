@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Final, Protocol
 
@@ -62,30 +63,55 @@ class OutgoingStream:
     :meth:`consumed` returns credit, and a peer that sends more is disconnected.
     """
 
-    __slots__ = ("_loop", "_peer", "_queue", "done", "last_activity", "req_id")
+    __slots__ = ("_items", "_loop", "_peer", "_waiter", "done", "last_activity", "req_id")
 
     def __init__(self, peer: Peer, req_id: int) -> None:
         self._peer = peer
         self.req_id = req_id
-        self._queue: asyncio.Queue[StreamEvent] = asyncio.Queue()
+        self._items: deque[StreamEvent] = deque()
+        self._waiter: asyncio.Future[None] | None = None
         self.done = False
         self._loop = asyncio.get_running_loop()
         self.last_activity = self._loop.time()
 
     def _deliver(self, ev: StreamEvent) -> None:
         self.last_activity = self._loop.time()
-        self._queue.put_nowait(ev)
+        self._items.append(ev)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def expire(self, err: RequestTimeout) -> None:
-        """Make the reader see ``err`` next (used by Watchdog)."""
-        self._queue.put_nowait(err)
+        """Queue ``err`` after what already arrived (used by Watchdog)."""
+        self._deliver(err)
+
+    @property
+    def pending(self) -> int:
+        """Replies received and not yet taken."""
+        return len(self._items)
 
     async def next(self) -> StreamEvent:
-        """The next reply; End, Error or TransportError is the last one."""
-        ev = await self._queue.get()
-        if not isinstance(ev, Head | Chunk):
+        """The next reply; End, Error, TransportError or RequestTimeout is the last one."""
+        items = self._items
+        while not items:
+            self._waiter = self._loop.create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        ev = items.popleft()
+        if type(ev) is not Chunk and type(ev) is not Head:
             self.done = True
         return ev
+
+    def take_chunks(self, limit: int) -> list[bytes]:
+        """Without waiting, take up to ``limit`` chunk payloads queued at the front, so a
+        caller can forward a burst in one write."""
+        items = self._items
+        out: list[bytes] = []
+        while items and len(out) < limit and type(items[0]) is Chunk:
+            out.append(items.popleft().data)  # type: ignore[union-attr]
+        return out
 
     def consumed(self, n: int = 1) -> None:
         """Tell the peer we passed ``n`` chunks on, so it may send more."""

@@ -256,14 +256,17 @@ def _to_wire(value: Any) -> Any:
     return value
 
 
+_packer = msgpack.Packer(use_bin_type=True)
+
+
 def encode(msg: Message) -> bytes:
     """Serialise one message (without framing)."""
     if type(msg) is Chunk:  # hot path
-        return msgpack.packb((Chunk.TYPE, msg.req_id, msg.data), use_bin_type=True)  # type: ignore[no-any-return]
+        return _packer.pack((6, msg.req_id, msg.data))  # type: ignore[no-any-return]
     values = [msg.TYPE]
     for f in fields(msg):
         values.append(_to_wire(getattr(msg, f.name)))
-    return msgpack.packb(values, use_bin_type=True)  # type: ignore[no-any-return]
+    return _packer.pack(values)  # type: ignore[no-any-return]
 
 
 def decode(payload: bytes) -> Message:
@@ -283,6 +286,9 @@ def decode(payload: bytes) -> Message:
     if type(raw) is not list or not raw:
         raise ProtocolError("message must be a non-empty array")
     tid = raw[0]
+    if (tid == 6 and len(raw) == 3 and type(tid) is int and type(raw[1]) is int
+            and 0 <= raw[1] <= _U64_MAX and type(raw[2]) is bytes):
+        return Chunk(raw[1], raw[2])  # hot path, same checks as the general one
     if type(tid) is not int:
         raise ProtocolError("message type id must be an integer")
     entry = _SCHEMA.get(tid)
