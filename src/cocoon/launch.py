@@ -48,12 +48,26 @@ def http_json(url: str, timeout: float = 2.0) -> tuple[int, Any]:
 
 @dataclass
 class Role:
+    """One child process: ``python -m MODULE ARGS --ready-file F``, logging to ``log_path``."""
+
     name: str
-    args: list[str]
     log_path: Path
     ready_path: Path
     proc: subprocess.Popen[bytes] | None = None
     info: dict[str, Any] = field(default_factory=dict)
+
+    def spawn(self, module: str, args: list[str]) -> None:
+        self.ready_path.unlink(missing_ok=True)
+        cmd = [sys.executable, "-m", module, *args, "--ready-file", str(self.ready_path)]
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                         stdin=subprocess.DEVNULL, start_new_session=True)
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
 
     @property
     def http(self) -> str:
@@ -61,6 +75,41 @@ class Role:
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
+
+    def read_ready(self) -> bool:
+        """Load the ready file the process writes once it serves; False until then."""
+        try:
+            self.info = json.loads(self.ready_path.read_text())
+            return True
+        except (OSError, ValueError):
+            return False
+
+    def wait_until(self, check: Callable[[], bool], what: str, deadline: float) -> None:
+        """Poll ``check`` until it holds; LaunchError (with the log's tail) if the process
+        dies or ``deadline`` (monotonic) passes."""
+        while time.monotonic() < deadline:
+            if not self.alive():
+                raise LaunchError(f"{self.name} exited while {what}:\n{self.log_tail()}")
+            if check():
+                return
+            time.sleep(0.05)
+        raise LaunchError(f"{self.name} not {what} in time:\n{self.log_tail()}")
+
+    def terminate(self) -> None:
+        if self.alive():
+            assert self.proc is not None
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.send_signal(signal.SIGTERM)
+
+    def reap(self, deadline: float) -> None:
+        """Wait for the process to exit until ``deadline`` (monotonic), then SIGKILL it."""
+        if self.proc is None:
+            return
+        try:
+            self.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
 
     def log_tail(self, lines: int = 15) -> str:
         try:
@@ -110,34 +159,9 @@ class LocalNetwork:
     # --- processes ----------------------------------------------------------------------
 
     def _spawn(self, name: str, role: str, args: list[str]) -> Role:
-        ready = Path(self._tmp.name) / f"{name}.ready"
-        ready.unlink(missing_ok=True)
-        r = Role(name, args, self.log_dir / f"{name}.log", ready)
-        cmd = [sys.executable, "-m", "cocoon", role, "--ready-file", str(ready), *args]
-        log = r.log_path.open("ab")
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        r.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                  stdin=subprocess.DEVNULL, start_new_session=True)
-        log.close()
+        r = Role(name, self.log_dir / f"{name}.log", Path(self._tmp.name) / f"{name}.ready")
+        r.spawn("cocoon", [role, *args])
         return r
-
-    def _wait(self, role: Role, check: Callable[[], bool], what: str, deadline: float) -> None:
-        while time.monotonic() < deadline:
-            if not role.alive():
-                raise LaunchError(f"{role.name} exited while {what}:\n{role.log_tail()}")
-            if check():
-                return
-            time.sleep(0.05)
-        raise LaunchError(f"{role.name} not {what} within {self.startup_timeout:g}s:\n"
-                          f"{role.log_tail()}")
-
-    @staticmethod
-    def _read_ready(role: Role) -> bool:
-        try:
-            role.info = json.loads(role.ready_path.read_text())
-            return True
-        except (OSError, ValueError):
-            return False
 
     def start(self, progress: Callable[[str], None] = lambda s: None) -> None:
         """Start every role and wait until the client serves all workers' models."""
@@ -147,7 +171,7 @@ class LocalNetwork:
             proxy = self.proxy = self._spawn("proxy", "proxy", [
                 "--listen", f"{self.host}:0", "--http", f"{self.host}:0",
                 *_sets(self.proxy_sets)])
-            self._wait(proxy, lambda: self._read_ready(proxy), "ready", deadline)
+            proxy.wait_until(proxy.read_ready, "ready", deadline)
             proxy_addr = f"{self.host}:{proxy.info['listen_port']}"
             progress(f"proxy listening on {proxy_addr}")
             for i in range(self.n_workers):
@@ -167,7 +191,7 @@ class LocalNetwork:
             client = self.client = self._spawn("client", "client", [
                 "--proxy", proxy_addr, "--http", f"{self.host}:{self.client_port}",
                 *_sets(self.client_sets)])
-            self._wait(client, lambda: self._read_ready(client), "ready", deadline)
+            client.wait_until(client.read_ready, "ready", deadline)
 
             def serving() -> bool:
                 status, body = http_json(client.http + "/healthz")
@@ -176,15 +200,15 @@ class LocalNetwork:
                 _, stats = http_json(proxy.http + "/stats")
                 return bool(body["models"]) and len(stats["workers"]) == self.n_workers
 
-            self._wait(client, serving, "serving models", deadline)
+            client.wait_until(serving, "serving models", deadline)
         except BaseException:
             self.stop()
             raise
 
     def _wait_worker(self, w: Role, deadline: float) -> None:
-        self._wait(w, lambda: self._read_ready(w), "ready", deadline)
-        self._wait(w, lambda: http_json(w.http + "/healthz")[0] == 200,
-                   "connected to the proxy", deadline)
+        w.wait_until(w.read_ready, "ready", deadline)
+        w.wait_until(lambda: http_json(w.http + "/healthz")[0] == 200,
+                     "connected to the proxy", deadline)
 
     @property
     def base_url(self) -> str:
@@ -206,19 +230,10 @@ class LocalNetwork:
         """SIGTERM every role (client first), then SIGKILL what is left after ``grace``."""
         order = [r for r in (self.client, *reversed(self.workers), self.proxy) if r]
         for r in order:
-            if r.alive():
-                assert r.proc is not None
-                with contextlib.suppress(ProcessLookupError):
-                    r.proc.send_signal(signal.SIGTERM)
+            r.terminate()
         end = time.monotonic() + grace
         for r in order:
-            if r.proc is None:
-                continue
-            try:
-                r.proc.wait(timeout=max(0.0, end - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                r.proc.kill()
-                r.proc.wait()
+            r.reap(end)
 
     def close(self) -> None:
         self.stop()

@@ -26,20 +26,16 @@ from aiohttp import web
 from cocoon.engines import Engine, FakeEngine, FakeEngineConfig, InferenceJob
 from cocoon.errors import CocoonError, EngineError, RequestError
 from cocoon.nodes.common import HttpServer, json_response, run_until_signal, write_ready_file
-from cocoon.openai import DONE, ENDPOINTS, Usage, encode_event, parse_request
+from cocoon.openai import ENDPOINTS, Usage, encode_event, parse_request
 from cocoon.openai.protocol import dumps
+from cocoon.openai.sse import DONE_EVENT, SSE_HEADERS
 
 __all__ = ["DirectServer", "main", "make_app"]
 
 log = logging.getLogger(__name__)
 
 _MAX_BODY = 16 * 1024 * 1024
-_SSE_HEADERS = {
-    "Content-Type": "text/event-stream",
-    "Cache-Control": "no-cache",
-    "X-Accel-Buffering": "no",
-}
-_DONE_EVENT = encode_event(DONE)
+
 
 
 def _error(err: RequestError) -> web.Response:
@@ -73,13 +69,13 @@ def make_app(engine: Engine) -> web.Application:
                 if isinstance(out, Usage):
                     continue
                 if response is None:
-                    response = web.StreamResponse(headers=_SSE_HEADERS)
+                    response = web.StreamResponse(headers=SSE_HEADERS)
                     await response.prepare(request)
                 await response.write(encode_event(out))
             if response is None:
-                response = web.StreamResponse(headers=_SSE_HEADERS)
+                response = web.StreamResponse(headers=SSE_HEADERS)
                 await response.prepare(request)
-            await response.write(_DONE_EVENT)
+            await response.write(DONE_EVENT)
             await response.write_eof()
             return response
         except RequestError as exc:

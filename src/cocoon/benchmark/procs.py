@@ -2,21 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
-import json
-import os
-import signal
-import subprocess
-import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
-from typing import Any
 
 import psutil
 
-from cocoon.launch import LaunchError
+from cocoon.launch import LaunchError, Role, http_json
 
 __all__ = ["CpuMeter", "DirectProcess"]
 
@@ -27,68 +19,33 @@ class DirectProcess:
     def __init__(self, args: list[str], startup_timeout: float = 60.0) -> None:
         self._tmp = tempfile.TemporaryDirectory(prefix="cocoon-bench-direct-")
         tmp = Path(self._tmp.name)
-        self.log_path = tmp / "direct.log"
-        self.ready_path = tmp / "direct.ready"
+        self.role = Role("direct server", tmp / "direct.log", tmp / "direct.ready")
         self.args = args
         self.startup_timeout = startup_timeout
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.info: dict[str, Any] = {}
 
     @property
     def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
+        return self.role.pid
 
     @property
     def http(self) -> str:
-        return str(self.info["http"])
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def log_tail(self, lines: int = 15) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
+        return self.role.http
 
     def start(self) -> None:
-        cmd = [sys.executable, "-m", "cocoon.benchmark.direct",
-               "--ready-file", str(self.ready_path), *self.args]
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                         stdin=subprocess.DEVNULL, start_new_session=True)
+        role = self.role
+        role.spawn("cocoon.benchmark.direct", self.args)
         deadline = time.monotonic() + self.startup_timeout
-        while time.monotonic() < deadline:
-            if not self.alive():
-                raise LaunchError(f"direct server exited while starting:\n{self.log_tail()}")
-            try:
-                self.info = json.loads(self.ready_path.read_text())
-            except (OSError, ValueError):
-                time.sleep(0.05)
-                continue
-            try:
-                with urllib.request.urlopen(self.http + "/healthz", timeout=2.0) as resp:
-                    if resp.status == 200:
-                        return
-            except OSError:
-                pass
-            time.sleep(0.05)
-        self.close()
-        raise LaunchError(f"direct server not ready within {self.startup_timeout:g}s:\n"
-                          f"{self.log_tail()}")
+        try:
+            role.wait_until(role.read_ready, "starting", deadline)
+            role.wait_until(lambda: http_json(role.http + "/healthz")[0] == 200, "healthy",
+                            deadline)
+        except LaunchError:
+            self.close()
+            raise
 
     def close(self, grace: float = 5.0) -> None:
-        if self.proc is not None:
-            if self.alive():
-                with contextlib.suppress(ProcessLookupError):
-                    self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=grace)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        self.role.terminate()
+        self.role.reap(time.monotonic() + grace)
         self._tmp.cleanup()
 
     def __enter__(self) -> DirectProcess:

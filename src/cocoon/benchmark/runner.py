@@ -192,8 +192,8 @@ def run_mode(spec: ModeSpec, duration: float, repeat: int,
                          f"{run['chunks_per_s']:.0f} chunks/s, "
                          f"TTFT p50 {run['ttft_ms']['p50']:.2f} ms, "
                          f"{run['errors']} errors")
-                if not direct.alive():
-                    raise LaunchError(f"the direct server died:\n{direct.log_tail()}")
+                if not direct.role.alive():
+                    raise LaunchError(f"the direct server died:\n{direct.role.log_tail()}")
                 for role in net.dead():
                     raise LaunchError(f"{role.name} died:\n{role.log_tail()}")
     d, c = aggregate(runs["direct"]), aggregate(runs["chain"])

@@ -6,15 +6,25 @@ from typing import Final
 
 from cocoon.errors import UpstreamError
 
-__all__ = ["DONE", "SseDecoder", "encode_event"]
+__all__ = ["DONE", "DONE_EVENT", "SSE_HEADERS", "SseDecoder", "encode_event"]
 
 DONE: Final = b"[DONE]"
 _MAX_EVENT: Final = 8 * 1024 * 1024
 
 
+SSE_HEADERS: Final = {
+    "Content-Type": "text/event-stream",
+    "Cache-Control": "no-cache",
+    "X-Accel-Buffering": "no",
+}
+
+
 def encode_event(data: bytes) -> bytes:
     """One SSE event carrying ``data`` (which must not contain a newline)."""
     return b"data: " + data + b"\n\n"
+
+
+DONE_EVENT: Final = encode_event(DONE)
 
 
 class SseDecoder:

@@ -28,8 +28,9 @@ from cocoon.errors import (
     request_error_from_code,
 )
 from cocoon.nodes.common import HttpServer, dial_forever, json_response, uptime_since
-from cocoon.openai import DONE, ENDPOINTS, encode_event, parse_request
+from cocoon.openai import ENDPOINTS, encode_event, parse_request
 from cocoon.openai.protocol import dumps
+from cocoon.openai.sse import DONE_EVENT, SSE_HEADERS
 from cocoon.transport import Connector, OutgoingStream, Peer, TcpConnector, Watchdog
 from cocoon.wire import Catalog, CatalogEntry, Chunk, Connection, End, Error, Head, Message, Request
 
@@ -38,12 +39,7 @@ __all__ = ["ClientNode"]
 log = logging.getLogger(__name__)
 
 _MAX_BODY = 16 * 1024 * 1024
-_SSE_HEADERS = {
-    "Content-Type": "text/event-stream",
-    "Cache-Control": "no-cache",
-    "X-Accel-Buffering": "no",
-}
-_DONE_EVENT = encode_event(DONE)
+
 _BURST = 64
 
 
@@ -182,7 +178,7 @@ class ClientNode:
             kind = type(ev)
             if kind is Chunk:
                 if response is None:
-                    response = web.StreamResponse(headers=_SSE_HEADERS)
+                    response = web.StreamResponse(headers=SSE_HEADERS)
                     await response.prepare(request)
                 # Forward every chunk already here in one write: one syscall per burst.
                 burst = [ev.data, *stream.take_chunks(_BURST)]  # type: ignore[union-attr]
@@ -193,9 +189,9 @@ class ClientNode:
             elif kind is End:
                 self._count(ev)  # type: ignore[arg-type]
                 if response is None:
-                    response = web.StreamResponse(headers=_SSE_HEADERS)
+                    response = web.StreamResponse(headers=SSE_HEADERS)
                     await response.prepare(request)
-                await response.write(_DONE_EVENT)
+                await response.write(DONE_EVENT)
                 await response.write_eof()
                 return response
             else:
