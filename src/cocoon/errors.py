@@ -10,16 +10,20 @@ same type, whatever hop it crossed: :func:`request_error_from_code` maps it back
 from __future__ import annotations
 
 __all__ = [
+    "AttestationError",
     "BadRequest",
     "CocoonError",
     "ConfigError",
     "EngineError",
     "EngineUnsupported",
+    "EvidenceInvalid",
     "FlowControlError",
     "FrameTooLarge",
     "ModelNotFound",
     "NoWorkerAvailable",
+    "PolicyRejected",
     "ProtocolError",
+    "QuoteFormatError",
     "RequestCancelled",
     "RequestError",
     "RequestTimeout",
@@ -48,6 +52,39 @@ class FrameTooLarge(ProtocolError):
 
 class FlowControlError(ProtocolError):
     """A peer sent more stream data than it had credit for, or we tried to."""
+
+
+class AttestationError(CocoonError):
+    """Evidence is malformed, does not verify, or is refused by policy.
+
+    ``rule`` names the check that failed (e.g. ``quote_signature``, ``pck_chain``,
+    ``image_allowed``), so logs say precisely why; the message shown to a remote peer can stay
+    generic."""
+
+    rule: str = "attestation"
+
+    def __init__(self, message: str, *, rule: str | None = None) -> None:
+        super().__init__(message)
+        if rule is not None:
+            self.rule = rule
+
+
+class QuoteFormatError(AttestationError):
+    """The quote's bytes do not follow the TDX quote layout."""
+
+    rule = "quote_format"
+
+
+class EvidenceInvalid(AttestationError):
+    """A cryptographic or binding check on the evidence failed."""
+
+    rule = "evidence"
+
+
+class PolicyRejected(AttestationError):
+    """The evidence verified but the policy does not accept it."""
+
+    rule = "policy"
 
 
 class TransportError(CocoonError):
