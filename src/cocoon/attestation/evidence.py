@@ -54,12 +54,13 @@ class Claims:
     role: str
     model: str = ""
     config_hash: bytes = b""
+    model_hash: bytes = b""  # hash of the served weights (workers), for model allow-lists
 
     def report_data(self) -> bytes:
         """64 bytes: SHA-512 over a length-prefixed, domain-separated encoding."""
         h = hashlib.sha512(_CLAIMS_DOMAIN)
         for part in (self.public_key, self.role.encode(), self.model.encode(),
-                     self.config_hash):
+                     self.config_hash, self.model_hash):
             h.update(len(part).to_bytes(4, "big"))
             h.update(part)
         return h.digest()
