@@ -74,6 +74,10 @@ def _build_parser() -> argparse.ArgumentParser:
     up = sub.add_parser("up", help="start a whole local network: proxy, workers, client")
     add_up_arguments(up)
 
+    from cocoon.attestation.cli import add_attest_arguments
+
+    add_attest_arguments(sub)
+
     from cocoon.benchmark import add_bench_arguments
 
     bench = sub.add_parser("bench", help="benchmark the chain against the engine served directly")
@@ -137,6 +141,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from cocoon.launch import run_up
 
             return run_up(args)
+        if args.command == "attest":
+            from cocoon.attestation.cli import run_attest
+
+            return run_attest(args)
         if args.command == "bench":
             from cocoon.benchmark import run_bench
 
