@@ -22,6 +22,7 @@ from cocoon.engines.openai_http import OpenAIHttpConfig
 from cocoon.errors import ConfigError
 
 __all__ = [
+    "AttestationConfig",
     "ClientConfig",
     "EngineConfig",
     "ProxyConfig",
@@ -54,12 +55,45 @@ class EngineConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class AttestationConfig:
+    """How a node proves itself and judges its peers (section ``[attestation]``)."""
+
+    mode: Literal["none", "fake", "tdx"] = "none"  # the evidence this node presents
+    tls: bool = True  # false: plain TCP, no identity at all (benchmarks, debugging only)
+    accept: str = ""  # comma-separated tiers accepted from attested peers; "": by mode
+    allow_list_file: str = ""  # TOML with image_hashes / model_hashes; "": any
+    allow_debug: bool = False
+    min_tcb_status: str = "UpToDate"
+    require_tcb_status: bool = False
+    collateral_file: str = ""  # Intel collateral (TCB info, CRLs) as JSON, offline
+    fake_dir: str = ".cocoon/fake-tdx"  # keys of the simulated TDX authority (mode fake)
+    fake_image: str = "cocoon"  # the simulated image whose measurements fake quotes carry
+    cert_lifetime_s: float = 3600.0
+    max_evidence_age_s: float = 86400.0
+
+    def __post_init__(self) -> None:
+        for tier in self.accepted_tiers():
+            if tier not in ("unattested", "fake-tdx", "tdx"):
+                raise ConfigError(f"attestation.accept: unknown tier {tier!r} "
+                                  "(unattested, fake-tdx, tdx)")
+        _positive(self.cert_lifetime_s, "attestation.cert_lifetime_s")
+        _positive(self.max_evidence_age_s, "attestation.max_evidence_age_s")
+
+    def accepted_tiers(self) -> tuple[str, ...]:
+        if self.accept.strip():
+            return tuple(t.strip() for t in self.accept.split(",") if t.strip())
+        return {"none": ("unattested", "fake-tdx", "tdx"), "fake": ("fake-tdx", "tdx"),
+                "tdx": ("tdx",)}[self.mode]
+
+
+@dataclass(frozen=True, slots=True)
 class ProxyConfig:
     listen: str = "127.0.0.1:11100"  # workers and clients connect here
     http: str = "127.0.0.1:11000"  # health and stats
     request_timeout_s: float = 120.0  # longest a request may run, end to end
     idle_timeout_s: float = 60.0  # longest gap between two messages of a stream
     node_id: str = "proxy"
+    attestation: AttestationConfig = field(default_factory=AttestationConfig)
 
     def __post_init__(self) -> None:
         parse_hostport(self.listen, "proxy.listen")
@@ -75,6 +109,7 @@ class WorkerConfig:
     max_concurrent: int = 4
     node_id: str = ""  # empty: worker-<pid>
     engine: EngineConfig = field(default_factory=EngineConfig)
+    attestation: AttestationConfig = field(default_factory=AttestationConfig)
 
     def __post_init__(self) -> None:
         parse_hostport(self.proxy, "worker.proxy")
@@ -88,6 +123,7 @@ class ClientConfig:
     http: str = "127.0.0.1:10000"  # the OpenAI API
     request_timeout_s: float = 120.0
     node_id: str = ""  # empty: client-<pid>
+    attestation: AttestationConfig = field(default_factory=AttestationConfig)
 
     def __post_init__(self) -> None:
         parse_hostport(self.proxy, "client.proxy")
@@ -199,8 +235,9 @@ def load(cls: type[T], path: str | None, overrides: dict[str, Any] | None = None
     if not isinstance(raw_section, dict):
         raise ConfigError(f"{where}: {role} must be a table ([{role}])")
     section = dict(raw_section)
-    if "engine" in tree:
-        section["engine"] = tree.pop("engine")
+    for table in ("engine", "attestation"):
+        if table in tree:
+            section[table] = tree.pop(table)
     if tree:
         raise ConfigError(f"{where}: unknown table(s) {', '.join(sorted(tree))}")
     for dotted, value in (overrides or {}).items():

@@ -25,7 +25,12 @@ from typing import Any
 
 from cocoon.errors import CocoonError
 
-__all__ = ["LaunchError", "LocalNetwork", "Role", "add_up_arguments", "run_up"]
+__all__ = ["ATTESTATION_MODES", "LaunchError", "LocalNetwork", "Role", "add_up_arguments",
+           "run_up"]
+
+# fake: simulated TDX evidence over RA-TLS; none: RA-TLS without evidence (tier unattested);
+# off: plain TCP, no TLS (benchmark baseline only).
+ATTESTATION_MODES = ("fake", "none", "off")
 
 
 class LaunchError(CocoonError):
@@ -135,9 +140,12 @@ class LocalNetwork:
         client_sets: list[str] | None = None,
         log_dir: str | Path | None = None,
         startup_timeout: float = 120.0,
+        attestation: str = "fake",
     ) -> None:
         if workers < 1:
             raise LaunchError("--workers must be at least 1")
+        if attestation not in ATTESTATION_MODES:
+            raise LaunchError(f"--attestation must be one of {', '.join(ATTESTATION_MODES)}")
         if engine == "openai-http" and not upstream:
             raise LaunchError("--engine openai-http needs --upstream URL")
         self.host = host
@@ -152,9 +160,36 @@ class LocalNetwork:
         self._tmp = tempfile.TemporaryDirectory(prefix="cocoon-up-")
         self.log_dir = Path(log_dir) if log_dir else Path(self._tmp.name)
         self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.attestation = attestation
+        self._attestation_sets(attestation)
         self.proxy: Role | None = None
         self.workers: list[Role] = []
         self.client: Role | None = None
+
+    def _attestation_sets(self, mode: str) -> None:
+        """Proxy and workers present ``mode`` evidence; the client (an app's gateway, not a
+        TEE) presents none and accepts the proxy's tier. ``fake``: one simulated TDX
+        authority for this network, its keys 0600 in a private temporary directory."""
+        if mode == "off":
+            sets = ["attestation.tls=false"]
+            self.proxy_sets, self.worker_sets, self.client_sets = (
+                sets + self.proxy_sets, sets + self.worker_sets, sets + self.client_sets)
+            return
+        node = [f"attestation.mode={mode}"]
+        client = ["attestation.mode=none"]
+        if mode == "fake":
+            from datetime import UTC, datetime
+
+            from cocoon.attestation.fake_tdx import FakeTdxAuthority
+
+            fake_dir = Path(self._tmp.name) / "fake-tdx"
+            FakeTdxAuthority.load_or_generate(fake_dir, datetime.now(UTC))
+            shared = [f"attestation.fake_dir={fake_dir}"]
+            node += shared
+            client += [*shared, "attestation.accept=fake-tdx"]
+        self.proxy_sets = node + self.proxy_sets
+        self.worker_sets = node + self.worker_sets
+        self.client_sets = client + self.client_sets
 
     # --- processes ----------------------------------------------------------------------
 
@@ -220,6 +255,18 @@ class LocalNetwork:
         _, body = http_json(self.client.http + "/v1/models")
         return [m["id"] for m in body["data"]] if body else []
 
+    def attestation_summary(self) -> list[str]:
+        """What the client verified about the proxy and the workers (from its stats)."""
+        assert self.client is not None
+        _, stats = http_json(self.client.http + "/stats")
+        if not stats:
+            return []
+        p = stats["proxy"].get("attestation") or {}
+        out = [f"client verified proxy: tier {p.get('tier')}, image {p.get('image_hash')}"]
+        out += [f"proxy verified {w['node_id']}: tier {w['tier']}, image {w['image_hash']}"
+                for w in stats.get("workers", [])]
+        return out
+
     def roles(self) -> list[Role]:
         return [r for r in (self.proxy, *self.workers, self.client) if r is not None]
 
@@ -261,6 +308,9 @@ def add_up_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--upstream", help="OpenAI-compatible base URL for --engine openai-http")
     p.add_argument("--worker-set", action="append", default=[], metavar="KEY=VALUE",
                    help="worker config override, e.g. engine.fake.delay_ms=20")
+    p.add_argument("--attestation", choices=ATTESTATION_MODES, default="fake",
+                   help="fake (default): simulated TDX quotes over RA-TLS; none: RA-TLS, "
+                        "unattested; off: plain TCP")
     p.add_argument("--log-dir", default=".cocoon/logs", help="where role logs go")
     p.add_argument("--timeout", type=float, default=300.0, help="start-up deadline (s)")
 
@@ -294,7 +344,8 @@ def run_up(args: argparse.Namespace) -> int:
 
     net = LocalNetwork(workers=args.workers, engine=args.engine, upstream=args.upstream,
                        host=args.host, client_port=args.port, worker_sets=args.worker_set,
-                       log_dir=args.log_dir, startup_timeout=args.timeout)
+                       log_dir=args.log_dir, startup_timeout=args.timeout,
+                       attestation=args.attestation)
     interrupted = False
 
     def on_term(signum: int, frame: object) -> None:
@@ -305,7 +356,9 @@ def run_up(args: argparse.Namespace) -> int:
         net.start(progress)
         models = net.models()
         progress(f"network up: 1 proxy, {args.workers} worker(s), 1 client; "
-                 f"logs in {net.log_dir}")
+                 f"attestation {args.attestation}; logs in {net.log_dir}")
+        for line in net.attestation_summary():
+            progress(line)
         print(_snippets(net.base_url, models[0] if models else "?"), flush=True)
         print("Press Ctrl-C to stop.", flush=True)
         while True:

@@ -327,7 +327,7 @@ async def test_server_role_mismatch(caplog: pytest.LogCaptureFixture) -> None:
 
 
 async def test_connector_policy(caplog: pytest.LogCaptureFixture) -> None:
-    def attested_only(v: VerifiedEvidence) -> None:
+    def attested_only(v: VerifiedEvidence, claims: object, cert: object) -> None:
         if v.tier == "unattested":
             raise PolicyRejected("unattested peer", rule="tier")
 
@@ -364,7 +364,7 @@ async def test_client_role_mismatch(caplog: pytest.LogCaptureFixture) -> None:
 
 async def test_listener_policy_requires_attested_client(
         caplog: pytest.LogCaptureFixture) -> None:
-    def attested_only(v: VerifiedEvidence) -> None:
+    def attested_only(v: VerifiedEvidence, claims: object, cert: object) -> None:
         if v.tier == "unattested":
             raise PolicyRejected("unattested peer", rule="tier")
 

@@ -30,6 +30,8 @@ from cocoon.wire.messages import (
     Ping,
     Pong,
     Request,
+    Roster,
+    WorkerInfo,
     decode,
     encode,
 )
@@ -42,6 +44,8 @@ u64 = st.integers(min_value=0, max_value=U64_MAX)
 short_text = st.text(max_size=100)
 
 catalog_entries = st.builds(CatalogEntry, short_text, u64, u64, u64)
+worker_infos = st.builds(WorkerInfo, short_text, short_text, st.binary(max_size=48),
+                         st.lists(short_text, max_size=4).map(tuple))
 
 # one strategy per field annotation the schema knows (annotations are strings: PEP 563)
 FIELD_STRATEGIES: dict[str, st.SearchStrategy[Any]] = {
@@ -51,12 +55,14 @@ FIELD_STRATEGIES: dict[str, st.SearchStrategy[Any]] = {
     "bool": st.booleans(),
     "tuple[str, ...]": st.lists(short_text, max_size=8).map(tuple),
     "tuple[CatalogEntry, ...]": st.lists(catalog_entries, max_size=8).map(tuple),
+    "tuple[WorkerInfo, ...]": st.lists(worker_infos, max_size=8).map(tuple),
 }
 
 # The classes this suite knows; a message added to MESSAGE_TYPES but not here fails
 # test_every_message_type_has_a_strategy.
 KNOWN_MESSAGES: tuple[type[Any], ...] = (
     Hello, Announce, Catalog, Request, Head, Chunk, End, Error, Cancel, Credit, Ping, Pong,
+    Roster,
 )
 
 
@@ -82,6 +88,7 @@ SAMPLES: dict[type[Any], Any] = {
     Credit: Credit(1, 32),
     Ping: Ping(7),
     Pong: Pong(7),
+    Roster: Roster((WorkerInfo("w1", "fake-tdx", b"\x01" * 32, ("m1",)),)),
 }
 
 
@@ -123,7 +130,7 @@ def test_every_message_type_has_a_strategy() -> None:
 def test_type_ids_are_stable() -> None:
     assert {tid: cls.__name__ for tid, cls in MESSAGE_TYPES.items()} == {
         1: "Hello", 2: "Announce", 3: "Catalog", 4: "Request", 5: "Head", 6: "Chunk",
-        7: "End", 8: "Error", 9: "Cancel", 10: "Credit", 11: "Ping", 12: "Pong",
+        7: "End", 8: "Error", 9: "Cancel", 10: "Credit", 11: "Ping", 12: "Pong", 13: "Roster",
     }
     for tid, cls in MESSAGE_TYPES.items():
         assert tid == cls.TYPE

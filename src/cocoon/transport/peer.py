@@ -21,7 +21,7 @@ import logging
 import secrets
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Final, Protocol
+from typing import Any, Final, Protocol
 
 from cocoon.errors import CocoonError, ProtocolError, RequestTimeout, TransportError
 from cocoon.wire import (
@@ -159,6 +159,10 @@ class Peer:
     def hello(self) -> Hello:
         assert self.conn.peer is not None, "handshake not done"
         return self.conn.peer
+
+    def extra(self, name: str) -> Any:
+        """Transport facts: ``verified_evidence``, ``peer_claims``, ``channel_binding`` (TLS)."""
+        return self._writer.get_extra_info(name)
 
     @property
     def closed(self) -> bool:

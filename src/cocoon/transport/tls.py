@@ -80,8 +80,9 @@ _BIO_READ_SIZE: Final = 256 * 1024
 _SKEW: Final = timedelta(minutes=5)  # certificates are backdated for peers' clock skew
 _NO_CERT_REASON: Final = "peer did not return a certificate"
 
-Policy = Callable[[VerifiedEvidence], None]
-"""Raises :class:`~cocoon.errors.PolicyRejected` (or another AttestationError) to refuse."""
+Policy = Callable[[VerifiedEvidence, Claims, x509.Certificate], None]
+"""Called with the verified evidence, the peer's claims and its certificate; raises
+:class:`~cocoon.errors.PolicyRejected` (or another AttestationError) to refuse."""
 Clock = Callable[[], datetime]
 OnReject = Callable[[str, CocoonError], None]
 
@@ -90,7 +91,7 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def accept_any(verified: VerifiedEvidence) -> None:
+def accept_any(verified: VerifiedEvidence, claims: Claims, cert: x509.Certificate) -> None:
     """The policy that accepts whatever verified (including tier ``unattested``)."""
 
 
@@ -520,8 +521,8 @@ class _Endpoint:
             assert isinstance(cert, x509.Certificate)
             verified = check_certificate(cert, verifiers=self._verifiers, at=self._clock(),
                                          expect_role=self._expect_role)
-            self._policy(verified)
             claims = read_certificate(cert)[0]
+            self._policy(verified, claims, cert)
         return {
             "peer_certificate": cert,
             "peer_claims": claims,

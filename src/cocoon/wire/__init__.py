@@ -21,6 +21,8 @@ from cocoon.wire.messages import (
     Ping,
     Pong,
     Request,
+    Roster,
+    WorkerInfo,
     decode,
     encode,
 )
@@ -45,7 +47,9 @@ __all__ = [
     "Ping",
     "Pong",
     "Request",
+    "Roster",
     "State",
+    "WorkerInfo",
     "decode",
     "encode",
     "encode_frame",

@@ -40,6 +40,8 @@ __all__ = [
     "Ping",
     "Pong",
     "Request",
+    "Roster",
+    "WorkerInfo",
     "decode",
     "encode",
 ]
@@ -88,6 +90,22 @@ class Catalog:
 
     TYPE: ClassVar[int] = 3
     entries: tuple[CatalogEntry, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerInfo:
+    node_id: str
+    tier: str  # attestation tier the proxy verified: unattested, fake-tdx, tdx
+    image_hash: bytes  # empty when unattested
+    models: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Roster:
+    """Proxy -> client: the connected workers and their verified attestation."""
+
+    TYPE: ClassVar[int] = 13
+    workers: tuple[WorkerInfo, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,13 +195,13 @@ class Pong:
 
 Message = (
     Hello | Announce | Catalog | Request | Head | Chunk | End | Error | Cancel | Credit | Ping
-    | Pong
+    | Pong | Roster
 )
 
 MESSAGE_TYPES: Final[dict[int, type[Any]]] = {
     cls.TYPE: cls
     for cls in (Hello, Announce, Catalog, Request, Head, Chunk, End, Error, Cancel, Credit, Ping,
-                Pong)
+                Pong, Roster)
 }
 
 
@@ -233,6 +251,18 @@ def _catalog_entries(v: Any) -> tuple[CatalogEntry, ...]:
     return tuple(out)
 
 
+def _worker_infos(v: Any) -> tuple[WorkerInfo, ...]:
+    if type(v) is not list or len(v) > _MAX_LIST:
+        raise ProtocolError("expected list of worker infos")
+    out = []
+    for item in v:
+        if type(item) is not list or len(item) != 4:
+            raise ProtocolError("worker info must be [node_id, tier, image_hash, models]")
+        out.append(WorkerInfo(_str(item[0]), _str(item[1]), _bytes(item[2]),
+                              _str_tuple(item[3])))
+    return tuple(out)
+
+
 _BY_ANNOTATION: Final[dict[str, Validator]] = {
     "int": _u64,
     "str": _str,
@@ -240,6 +270,7 @@ _BY_ANNOTATION: Final[dict[str, Validator]] = {
     "bool": _bool,
     "tuple[str, ...]": _str_tuple,
     "tuple[CatalogEntry, ...]": _catalog_entries,
+    "tuple[WorkerInfo, ...]": _worker_infos,
 }
 
 _SCHEMA: Final[dict[int, tuple[type[Any], tuple[Validator, ...]]]] = {
@@ -253,6 +284,8 @@ def _to_wire(value: Any) -> Any:
         return [_to_wire(v) for v in value]
     if isinstance(value, CatalogEntry):
         return [value.model, value.workers, value.active, value.capacity]
+    if isinstance(value, WorkerInfo):
+        return [value.node_id, value.tier, value.image_hash, list(value.models)]
     return value
 
 

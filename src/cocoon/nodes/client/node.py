@@ -18,6 +18,7 @@ from typing import Any
 
 from aiohttp import web
 
+from cocoon.attestation.channels import build_channels, describe_evidence
 from cocoon.config import ClientConfig
 from cocoon.errors import (
     NoWorkerAvailable,
@@ -31,8 +32,20 @@ from cocoon.nodes.common import HttpServer, dial_forever, json_response, uptime_
 from cocoon.openai import ENDPOINTS, encode_event, parse_request
 from cocoon.openai.protocol import dumps
 from cocoon.openai.sse import DONE_EVENT, SSE_HEADERS
-from cocoon.transport import Connector, OutgoingStream, Peer, TcpConnector, Watchdog
-from cocoon.wire import Catalog, CatalogEntry, Chunk, Connection, End, Error, Head, Message, Request
+from cocoon.transport import Connector, OutgoingStream, Peer, Watchdog
+from cocoon.wire import (
+    Catalog,
+    CatalogEntry,
+    Chunk,
+    Connection,
+    End,
+    Error,
+    Head,
+    Message,
+    Request,
+    Roster,
+    WorkerInfo,
+)
 
 __all__ = ["ClientNode"]
 
@@ -62,7 +75,12 @@ class ClientNode:
     def __init__(self, config: ClientConfig, connector: Connector | None = None) -> None:
         self.config = config
         self.node_id = config.node_id or f"client-{os.getpid()}"
-        self._connector = connector or TcpConnector()
+        if connector is None:
+            connector = build_channels(config.attestation, role="client",
+                                       expect_peer_role="proxy").connector
+        self._connector = connector
+        self.proxy_attestation: dict[str, Any] = {}
+        self.roster: tuple[WorkerInfo, ...] = ()
         self.proxy: Peer | None = None
         self.proxy_state = "starting"
         self.catalog: tuple[CatalogEntry, ...] = ()
@@ -78,6 +96,7 @@ class ClientNode:
 
     async def _on_proxy(self, peer: Peer) -> None:
         self.proxy = peer
+        self.proxy_attestation = describe_evidence(peer.extra("verified_evidence"))
 
     def _set_state(self, state: str) -> None:
         self.proxy_state = state
@@ -87,6 +106,8 @@ class ClientNode:
     async def on_message(self, peer: Peer, msg: Message) -> None:
         if isinstance(msg, Catalog):
             self.catalog = msg.entries
+        elif isinstance(msg, Roster):
+            self.roster = msg.workers
         else:
             log.warning("ignoring unexpected %s from the proxy", type(msg).__name__)
 
@@ -218,7 +239,11 @@ class ClientNode:
             "role": "client",
             "node_id": self.node_id,
             "uptime_s": uptime_since(self._started),
-            "proxy": {"address": self.config.proxy, "state": self.proxy_state},
+            "proxy": {"address": self.config.proxy, "state": self.proxy_state,
+                      "attestation": self.proxy_attestation},
+            "workers": [{"node_id": w.node_id, "tier": w.tier,
+                         "image_hash": w.image_hash.hex() or None, "models": list(w.models)}
+                        for w in self.roster],
             "api": self.http.url + "/v1",
             "requests": {"total": s.requests, "succeeded": s.succeeded, "failed": s.failed,
                          "invalid": s.invalid, "disconnected": s.disconnected},

@@ -12,11 +12,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
 
+from cocoon.attestation.channels import build_channels, describe_evidence
 from cocoon.config import ProxyConfig, parse_hostport
 from cocoon.errors import (
     CocoonError,
@@ -28,7 +29,7 @@ from cocoon.errors import (
 )
 from cocoon.nodes.common import HttpServer, json_response, uptime_since
 from cocoon.routing import WorkerView, choose_worker
-from cocoon.transport import Listener, OutgoingStream, Peer, TcpListener, Watchdog
+from cocoon.transport import Listener, OutgoingStream, Peer, Watchdog
 from cocoon.wire import (
     Announce,
     Cancel,
@@ -41,6 +42,8 @@ from cocoon.wire import (
     Head,
     Message,
     Request,
+    Roster,
+    WorkerInfo,
 )
 
 __all__ = ["ProxyNode"]
@@ -59,6 +62,7 @@ class _Worker:
     engine: str = ""
     active: int = 0
     served: int = 0
+    attestation: dict[str, Any] = field(default_factory=dict)
 
     @property
     def node_id(self) -> str:
@@ -85,7 +89,11 @@ class ProxyStats:
 class ProxyNode:
     def __init__(self, config: ProxyConfig, listener: Listener | None = None) -> None:
         self.config = config
-        self._listener = listener or TcpListener()
+        self.attestation: dict[str, Any] = {"tier": "none (plain TCP)"}
+        if listener is None:
+            channels = build_channels(config.attestation, role="proxy")
+            listener, self.attestation = channels.listener, channels.own
+        self._listener = listener
         self.workers: dict[Peer, _Worker] = {}
         self.clients: set[Peer] = set()
         self._known: dict[str, float] = {}
@@ -132,9 +140,16 @@ class ProxyNode:
             log.warning("handshake with %s failed: %s", peer.address, exc)
             peer.close()
             return
+        claims = peer.extra("peer_claims")
+        if claims is not None and claims.role != hello.role:
+            log.warning("peer %s rejected: rule=role: certificate says %r, hello says %r",
+                        peer.address, claims.role, hello.role)
+            peer.close()
+            return
         if hello.role == "worker":
             self._order += 1
-            worker = _Worker(peer, self._order)
+            worker = _Worker(peer, self._order,
+                             attestation=describe_evidence(peer.extra("verified_evidence")))
             self.workers[peer] = worker
             log.info("worker %s connected from %s", hello.node_id, peer.address)
             try:
@@ -146,6 +161,7 @@ class ProxyNode:
         elif hello.role == "client":
             self.clients.add(peer)
             peer.send(self._catalog())
+            peer.send(self._roster())
             try:
                 await peer.run(self)
             finally:
@@ -282,16 +298,24 @@ class ProxyNode:
             for m, ws in sorted(by_model.items())
         ))
 
+    def _roster(self) -> Roster:
+        return Roster(tuple(
+            WorkerInfo(w.node_id, str(w.attestation.get("tier", "")),
+                       bytes.fromhex(w.attestation.get("image_hash") or ""), w.models)
+            for w in self.workers.values()
+        ))
+
     async def _catalog_pusher(self) -> None:
         """Push the catalog to clients when workers come or go (at most 4 times a second)."""
         while True:
             await asyncio.sleep(0.25)
             if self._catalog_dirty:
                 self._catalog_dirty = False
-                catalog = self._catalog()
+                catalog, roster = self._catalog(), self._roster()
                 for c in list(self.clients):
                     if not c.closed:
                         c.send(catalog)
+                        c.send(roster)
 
     # --- health and stats -------------------------------------------------------------
 
@@ -311,10 +335,11 @@ class ProxyNode:
             "workers": [
                 {"node_id": w.node_id, "address": w.peer.address, "models": list(w.models),
                  "engine": w.engine, "active": w.active, "capacity": w.capacity,
-                 "served": w.served}
+                 "served": w.served, "attestation": w.attestation}
                 for w in self.workers.values()
             ],
             "clients": len(self.clients),
+            "attestation": self.attestation,
             "models": [e.model for e in self._catalog().entries],
         }
 

@@ -12,6 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
+from cocoon.attestation.channels import build_channels, describe_evidence
 from cocoon.config import WorkerConfig
 from cocoon.engines import Engine, InferenceJob
 from cocoon.errors import (
@@ -23,7 +24,7 @@ from cocoon.errors import (
 )
 from cocoon.nodes.common import HttpServer, dial_forever, json_response, uptime_since
 from cocoon.openai import Endpoint, Usage, parse_request
-from cocoon.transport import Connector, Peer, TcpConnector
+from cocoon.transport import Connector, Peer
 from cocoon.wire import Announce, Cancel, Connection, End, Error, Head, Message, Request
 
 __all__ = ["WorkerNode"]
@@ -52,7 +53,14 @@ class WorkerNode:
         self.config = config
         self.engine = engine
         self.node_id = config.node_id or f"worker-{os.getpid()}"
-        self._connector = connector or TcpConnector()
+        self.attestation: dict[str, Any] = {"tier": "none (plain TCP)"}
+        if connector is None:
+            channels = build_channels(config.attestation, role="worker",
+                                      model=engine.models[0] if engine.models else "",
+                                      expect_peer_role="proxy")
+            connector, self.attestation = channels.connector, channels.own
+        self._connector = connector
+        self.proxy_attestation: dict[str, Any] = {}
         self.stats = WorkerStats()
         self.active = 0
         self.proxy_state = "starting"
@@ -67,6 +75,7 @@ class WorkerNode:
         return Connection(role="worker", node_id=self.node_id)
 
     async def _announce(self, peer: Peer) -> None:
+        self.proxy_attestation = describe_evidence(peer.extra("verified_evidence"))
         peer.send(Announce(tuple(self.engine.models), self.config.max_concurrent,
                            self.engine.name))
 
@@ -178,7 +187,9 @@ class WorkerNode:
             "role": "worker",
             "node_id": self.node_id,
             "uptime_s": uptime_since(self._started),
-            "proxy": {"address": self.config.proxy, "state": self.proxy_state},
+            "proxy": {"address": self.config.proxy, "state": self.proxy_state,
+                      "attestation": self.proxy_attestation},
+            "attestation": self.attestation,
             "engine": {"name": self.engine.name, "models": list(self.engine.models),
                        "cancelled": getattr(self.engine, "cancelled", None),
                        "usage_estimated": getattr(self.engine, "usage_estimated", None)},

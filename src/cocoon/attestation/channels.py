@@ -1,0 +1,141 @@
+"""Build a node's connector and listener from its ``[attestation]`` config.
+
+This is where the pieces meet: the provider (what this node presents: ``none``, simulated
+``fake`` TDX, or real ``tdx``), the verifiers (which evidence kinds this node can check), and
+the policy (which verified peers it accepts, with allow-lists from an
+:class:`~cocoon.attestation.policy.AllowListSource`). Clients are apps' gateways, not TEEs:
+the proxy authenticates them by their key and accepts them unattested; every other peer
+must pass the policy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+
+from cocoon.attestation.evidence import Claims, EvidenceVerifier, Provider, VerifiedEvidence
+from cocoon.attestation.policy import (
+    AllowLists,
+    AllowListSource,
+    Policy,
+    StaticAllowLists,
+    decide,
+    enforce,
+)
+from cocoon.config import AttestationConfig
+from cocoon.errors import ConfigError
+from cocoon.transport.streams import Connector, Listener, TcpConnector, TcpListener
+
+__all__ = ["Channels", "build_channels", "describe_evidence"]
+
+Clock = Callable[[], datetime]
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class Channels:
+    connector: Connector
+    listener: Listener
+    own: dict[str, Any]  # what this node presents, for stats
+
+
+def describe_evidence(verified: VerifiedEvidence | None) -> dict[str, Any]:
+    if verified is None:
+        return {"tier": "none (plain TCP)", "image_hash": None}
+    image = verified.image_hash
+    return {"tier": verified.tier, "image_hash": image.hex() if image else None,
+            "tcb_status": verified.tcb_status}
+
+
+def _provider(cfg: AttestationConfig, clock: Clock) -> Provider:
+    if cfg.mode == "none":
+        from cocoon.attestation.providers import NoneProvider
+
+        return NoneProvider()
+    if cfg.mode == "fake":
+        from cocoon.attestation.fake_tdx import (
+            FakeTdxAuthority,
+            FakeTdxProvider,
+            fake_measurements,
+        )
+
+        authority = FakeTdxAuthority.load_or_generate(Path(cfg.fake_dir), clock())
+        return FakeTdxProvider(authority, fake_measurements(cfg.fake_image), now=clock)
+    from cocoon.attestation.providers import TdxProvider
+
+    return TdxProvider()
+
+
+def _verifiers(cfg: AttestationConfig) -> dict[str, EvidenceVerifier]:
+    from cocoon.attestation.tdx import TdxVerifier, parse_collateral
+
+    collateral = None
+    if cfg.collateral_file:
+        try:
+            collateral = parse_collateral(Path(cfg.collateral_file).read_bytes())
+        except OSError as exc:
+            raise ConfigError(f"attestation.collateral_file: {exc}") from None
+    out: dict[str, EvidenceVerifier] = {"tdx": TdxVerifier(collateral=collateral)}
+    if "fake-tdx" in cfg.accepted_tiers():
+        from cocoon.attestation.fake_tdx import FakeTdxAuthority
+
+        if not Path(cfg.fake_dir).is_dir():
+            raise ConfigError(f"attestation.accept includes fake-tdx but the fake authority "
+                              f"directory {cfg.fake_dir} does not exist")
+        out["fake-tdx"] = FakeTdxAuthority.load(Path(cfg.fake_dir)).verifier(collateral)
+    return out
+
+
+def build_policy(cfg: AttestationConfig, lists: AllowListSource,
+                 clock: Clock) -> Callable[[VerifiedEvidence, Claims, x509.Certificate], None]:
+    policy = Policy(
+        accepted_tiers=frozenset(cfg.accepted_tiers()),  # type: ignore[arg-type]
+        min_tcb_status=cfg.min_tcb_status,
+        require_tcb_status=cfg.require_tcb_status,
+        allow_debug=cfg.allow_debug,
+        max_evidence_age=timedelta(seconds=cfg.max_evidence_age_s),
+    )
+
+    def check(verified: VerifiedEvidence, claims: Claims, cert: x509.Certificate) -> None:
+        if claims.role == "client":
+            return  # apps' gateways run outside TEEs; their key is their identity
+        enforce(decide(policy, lists.allow_lists(), verified, claims,
+                       issued_at=cert.not_valid_before_utc, now=clock()))
+
+    return check
+
+
+def build_channels(cfg: AttestationConfig, *, role: str, model: str = "",
+                   expect_peer_role: str | None = None,
+                   clock: Clock = _utcnow) -> Channels:
+    """The connector and listener a node of ``role`` uses, per its config."""
+    if not cfg.tls:
+        return Channels(TcpConnector(), TcpListener(), {"tier": "none (plain TCP)"})
+    from cocoon.transport.tls import TlsConnector, TlsIdentity, TlsListener
+
+    provider = _provider(cfg, clock)
+    lists: AllowListSource = (StaticAllowLists.from_file(cfg.allow_list_file)
+                              if cfg.allow_list_file else StaticAllowLists(AllowLists()))
+    verifiers = _verifiers(cfg)
+    policy = build_policy(cfg, lists, clock)
+    identity = TlsIdentity.create(provider, role, model,
+                                  lifetime=timedelta(seconds=cfg.cert_lifetime_s), now=clock())
+    own: dict[str, Any] = {"mode": cfg.mode, "evidence": provider.name,
+                           "accepts": list(cfg.accepted_tiers())}
+    if cfg.mode != "none":
+        own.update(describe_evidence(verifiers.get(provider.name, verifiers["tdx"]).verify(
+            identity.evidence, identity.claims.report_data(), clock())
+            if provider.name in verifiers else None))
+    return Channels(
+        TlsConnector(identity, verifiers, policy, expect_role=expect_peer_role, clock=clock),
+        TlsListener(identity, verifiers, policy, clock=clock),
+        own,
+    )
