@@ -19,6 +19,7 @@ from OpenSSL import SSL
 from tls_support import VERIFIERS, HmacProvider, NoneProvider, T, serve
 
 from cocoon.attestation.evidence import VerifiedEvidence
+from cocoon.attestation.ratls import binding_payload
 from cocoon.errors import (
     AttestationError,
     EvidenceInvalid,
@@ -465,3 +466,80 @@ async def test_handshake_time(capsys: pytest.CaptureFixture[str]) -> None:
     with capsys.disabled():
         print(f"\nRA-TLS handshake (mutual, both sides checked), {n} sequential on loopback: "
               f"mean {mean:.2f} ms")
+
+
+# --- hello bound to the channel ---------------------------------------------------------
+
+
+async def test_hello_binding_verified_over_tls() -> None:
+    async with pair() as (client, server):
+        a = Peer(*client, Connection(role="worker", node_id="w1"))
+        b = Peer(*server, Connection(role="proxy", node_id="p1"))
+        ha, hb = await asyncio.wait_for(asyncio.gather(a.handshake(), b.handshake()), T)
+        assert len(ha.binding) > 0 and len(hb.binding) > 0
+
+
+async def test_hello_from_another_channel_is_rejected() -> None:
+    """A Hello signed for one channel (a relayed handshake) fails on another."""
+    async with serve(identity=proxy_identity(), verifiers=VERIFIERS) as srv:
+        conn = TlsConnector(worker_identity(), VERIFIERS)
+        r1, w1 = await conn.connect("127.0.0.1", srv.port)
+        s1 = await srv.next()
+        r2, w2 = await conn.connect("127.0.0.1", srv.port)
+        s2 = await srv.next()
+        try:
+            # What the worker would sign on channel 1, sent on channel 2.
+            payload = binding_payload(w1.get_extra_info("channel_binding"), "worker", "w1")
+            stolen = w1.get_extra_info("binding_signer")(payload)
+            rogue = Connection(role="worker", node_id="w1")
+            rogue.binding = stolen
+            rogue.initiate()
+            w2.write(rogue.data_to_send())
+            server_peer = Peer(*s2, Connection(role="proxy", node_id="p1"))
+            with pytest.raises(AttestationError) as ei:
+                await asyncio.wait_for(server_peer.handshake(), T)
+            assert ei.value.rule == "channel_binding"
+            # The same Hello is fine on the channel it was signed for.
+            good = Connection(role="worker", node_id="w1")
+            good.binding = stolen
+            good.initiate()
+            w1.write(good.data_to_send())
+            hello = await asyncio.wait_for(Peer(*s1, Connection(role="proxy",
+                                                                node_id="p1")).handshake(), T)
+            assert hello.node_id == "w1"
+        finally:
+            for w in (w1, w2, s1[1], s2[1]):
+                w.close()
+            del r1, r2
+
+
+async def test_unbound_hello_over_tls_is_rejected() -> None:
+    async with pair() as (client, server):
+        bare = Connection(role="worker", node_id="w1")
+        bare.initiate()  # no binding
+        client[1].write(bare.data_to_send())
+        with pytest.raises(AttestationError) as ei:
+            await asyncio.wait_for(
+                Peer(*server, Connection(role="proxy", node_id="p1")).handshake(), T)
+        assert ei.value.rule == "channel_binding"
+
+
+async def test_verified_evidence_cached_per_certificate() -> None:
+    """Reconnecting with the same certificate is not re-verified (cache with TTL); a new
+    certificate is."""
+    from tls_support import HmacVerifier
+
+    server_verifier = HmacVerifier()
+    worker = worker_identity()
+    async with serve(identity=proxy_identity(), verifiers={"fake-tdx": server_verifier}) as srv:
+        conn = TlsConnector(worker, VERIFIERS)
+        for _ in range(3):
+            _, w = await conn.connect("127.0.0.1", srv.port)
+            _, sw = await srv.next()
+            assert sw.get_extra_info("verified_evidence").tier == "fake-tdx"
+            w.close()
+        assert server_verifier.calls == 1
+        _, w = await TlsConnector(worker_identity(), VERIFIERS).connect("127.0.0.1", srv.port)
+        await srv.next()
+        w.close()
+        assert server_verifier.calls == 2

@@ -52,10 +52,13 @@ __all__ = [
     "CLAIMS_OID",
     "COCOON_ARC",
     "EVIDENCE_OID",
+    "binding_payload",
     "check_certificate",
     "make_certificate",
     "public_key_der",
     "read_certificate",
+    "sign_binding",
+    "verify_binding",
 ]
 
 COCOON_ARC: Final = "1.3.6.1.4.1.59995.1"  # provisional, see module docstring
@@ -253,3 +256,30 @@ def check_certificate(cert: x509.Certificate, *, verifiers: Mapping[str, Evidenc
     steps.append(Step("role", True, claims.role))
     return dataclasses.replace(verified, steps=(*steps[:3], *verified.steps, *steps[3:]))
 
+
+
+# --- binding application messages to the channel ----------------------------------------
+
+_BINDING_DOMAIN: Final = b"cocoon-hello-binding-v1"
+
+
+def binding_payload(channel_binding: bytes, role: str, node_id: str) -> bytes:
+    """What a node signs in its Hello: the channel's TLS exporter and who it says it is."""
+    return _encode([_BINDING_DOMAIN, channel_binding, role.encode(), node_id.encode()])
+
+
+def sign_binding(key: ec.EllipticCurvePrivateKey, payload: bytes) -> bytes:
+    return key.sign(payload, ec.ECDSA(hashes.SHA256()))
+
+
+def verify_binding(cert: x509.Certificate, signature: bytes, payload: bytes) -> None:
+    """Check a peer's Hello binding under its certificate key; EvidenceInvalid if it fails
+    (a Hello replayed from another channel, or signed by another key)."""
+    key = cert.public_key()
+    if not isinstance(key, ec.EllipticCurvePublicKey):
+        raise EvidenceInvalid("certificate key is not ECDSA", rule="channel_binding")
+    try:
+        key.verify(signature, payload, ec.ECDSA(hashes.SHA256()))
+    except InvalidSignature:
+        raise EvidenceInvalid("the peer's hello is not bound to this channel",
+                              rule="channel_binding") from None

@@ -18,7 +18,7 @@ from typing import Any
 from aiohttp import web
 
 from cocoon.config import parse_hostport
-from cocoon.errors import CocoonError, ProtocolError, TransportError
+from cocoon.errors import AttestationError, CocoonError, ProtocolError, TransportError
 from cocoon.transport import Connector, Handler, Peer
 from cocoon.wire import Connection
 
@@ -112,6 +112,10 @@ async def dial_forever(
             on_state("disconnected")
             log.warning("lost connection to %s:%s%s", host, port,
                         f" ({peer.close_reason})" if peer.close_reason else "")
+        except AttestationError as exc:
+            on_state("rejected")
+            log.warning("proxy %s:%s rejected: rule=%s: %s; retrying in %.1fs", host, port,
+                        exc.rule, exc, backoff)
         except (TransportError, ProtocolError) as exc:
             on_state("disconnected")
             log.warning("proxy %s:%s: %s; retrying in %.1fs", host, port, exc, backoff)

@@ -23,6 +23,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any, Final, Protocol
 
+from cocoon.attestation.ratls import binding_payload, verify_binding
 from cocoon.errors import CocoonError, ProtocolError, RequestTimeout, TransportError
 from cocoon.wire import (
     Cancel,
@@ -171,7 +172,13 @@ class Peer:
     # --- lifecycle --------------------------------------------------------------------
 
     async def handshake(self) -> Hello:
-        """Exchange Hellos; return the peer's. Raises ProtocolError / TransportError."""
+        """Exchange Hellos; return the peer's. Raises ProtocolError / TransportError, and
+        AttestationError (rule ``channel_binding``) if a TLS peer's Hello is not bound to
+        this channel."""
+        exporter = self.extra("channel_binding")
+        if exporter is not None:
+            self.conn.binding = self.extra("binding_signer")(
+                binding_payload(exporter, self.conn.role, self.conn.node_id))
         self.conn.initiate()
         self._flush()
         loop = asyncio.get_running_loop()
@@ -192,7 +199,14 @@ class Peer:
         except OSError as exc:
             raise TransportError(f"{self.address}: {exc}") from None
         self._last_rx = loop.time()
-        return self.hello
+        hello = self.hello
+        cert = self.extra("peer_certificate")
+        if cert is not None:
+            verify_binding(cert, hello.binding,
+                           binding_payload(exporter, hello.role, hello.node_id))
+        elif hello.binding:
+            raise ProtocolError("hello carries a channel binding on a channel without one")
+        return hello
 
     async def run(self, handler: Handler) -> None:
         """Serve the connection until it ends; then fail every open stream."""

@@ -40,6 +40,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from OpenSSL import SSL
 
@@ -50,11 +51,13 @@ from cocoon.attestation.evidence import (
     Provider,
     VerifiedEvidence,
 )
+from cocoon.attestation.policy import VerificationCache
 from cocoon.attestation.ratls import (
     check_certificate,
     make_certificate,
     public_key_der,
     read_certificate,
+    sign_binding,
 )
 from cocoon.errors import AttestationError, CocoonError, TransportError
 from cocoon.transport.streams import OnConnect, StreamPair
@@ -499,12 +502,14 @@ class _Endpoint:
         self._mutual = mutual
         self._ctx: SSL.Context | None = None
         self._ctx_generation = -1
+        self._cache = VerificationCache(ttl=timedelta(minutes=10))
 
     def _context(self) -> SSL.Context:
         self.identity.refresh_if_needed(self._clock())
         if self._ctx is None or self._ctx_generation != self.identity.generation:
             self._ctx = _make_context(self.identity, server_side=self._server_side,
                                       mutual=self._mutual)
+            self._ctx.set_app_data(self.identity.key)  # the key this context presents
             self._ctx_generation = self.identity.generation
         return self._ctx
 
@@ -519,15 +524,23 @@ class _Endpoint:
                 raise AttestationError("peer presented no certificate", rule="peer_certificate")
         else:
             assert isinstance(cert, x509.Certificate)
-            verified = check_certificate(cert, verifiers=self._verifiers, at=self._clock(),
-                                         expect_role=self._expect_role)
+            now = self._clock()
+            der = cert.public_bytes(serialization.Encoding.DER)
+            fresh = cert.not_valid_before_utc <= now < cert.not_valid_after_utc
+            verified = self._cache.get(der, now) if fresh else None
+            if verified is None:  # quote verification is the expensive part: cache it
+                verified = check_certificate(cert, verifiers=self._verifiers, at=now,
+                                             expect_role=self._expect_role)
+                self._cache.put(der, verified, now)
             claims = read_certificate(cert)[0]
             self._policy(verified, claims, cert)
+        key = proto.conn.get_context().get_app_data()
         return {
             "peer_certificate": cert,
             "peer_claims": claims,
             "verified_evidence": verified,
             "channel_binding": proto.conn.export_keying_material(EXPORTER_LABEL, _EXPORTER_LEN),
+            "binding_signer": lambda payload: sign_binding(key, payload),
             "tls_version": proto.conn.get_protocol_version_name(),
             "cipher": proto.conn.get_cipher_name(),
         }

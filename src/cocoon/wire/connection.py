@@ -96,6 +96,7 @@ class Connection:
             raise ValueError("window must be at least 2")
         self.role = role
         self.node_id = node_id
+        self.binding = b""  # set by the transport before initiate(), see Hello.binding
         self.state = State.IDLE
         self.peer: Hello | None = None
         self._max_frame = max_frame
@@ -118,7 +119,8 @@ class Connection:
     def initiate(self) -> None:
         """Queue our Hello. Call once, right after the transport connects."""
         self._transition("send_hello")
-        hello = Hello(PROTOCOL_VERSION, self.role, self.node_id, self._max_frame, self._window)
+        hello = Hello(PROTOCOL_VERSION, self.role, self.node_id, self._max_frame, self._window,
+                      self.binding)
         self._out += encode_frame(encode(hello), self._max_frame)
 
     @property

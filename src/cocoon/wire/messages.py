@@ -56,7 +56,10 @@ _MAX_LIST: Final = 4096
 @dataclass(frozen=True, slots=True)
 class Hello:
     """First message in each direction. ``window`` is how many unacknowledged ``Chunk``s the
-    sender accepts per stream; ``max_frame`` the largest frame payload it accepts."""
+    sender accepts per stream; ``max_frame`` the largest frame payload it accepts.
+    ``binding`` ties this Hello to the secure channel it travels on: over RA-TLS, a signature
+    by the sender's certificate key over the channel's TLS exporter, role and node id
+    (``attestation.ratls.binding_payload``); empty over plain TCP."""
 
     TYPE: ClassVar[int] = 1
     version: int
@@ -64,6 +67,7 @@ class Hello:
     node_id: str
     max_frame: int
     window: int
+    binding: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)

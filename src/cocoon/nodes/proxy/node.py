@@ -20,6 +20,7 @@ from aiohttp import web
 from cocoon.attestation.channels import build_channels, describe_evidence
 from cocoon.config import ProxyConfig, parse_hostport
 from cocoon.errors import (
+    AttestationError,
     CocoonError,
     ProtocolError,
     RequestError,
@@ -136,6 +137,10 @@ class ProxyNode:
         peer = Peer(reader, writer, Connection(role="proxy", node_id=self.config.node_id))
         try:
             hello = await peer.handshake()
+        except AttestationError as exc:
+            log.warning("peer %s rejected: rule=%s: %s", peer.address, exc.rule, exc)
+            peer.close()
+            return
         except (ProtocolError, TransportError) as exc:
             log.warning("handshake with %s failed: %s", peer.address, exc)
             peer.close()
