@@ -3,6 +3,7 @@
 
     .venv/bin/pip install py-spy==0.4.1
     python bench/profile_chain.py --mode saturation --duration 10 --out /tmp/prof
+    python bench/profile_chain.py --mode paced --attestation off --out /tmp/prof-plain
 
 Starts a LocalNetwork on the fake engine (the bench's config for ``--mode``), runs the bench's
 load generator against the client, and records the client, proxy and worker with
@@ -62,6 +63,8 @@ def main() -> int:
     p.add_argument("--mode", choices=sorted(MODES), default="saturation")
     p.add_argument("--duration", type=float, default=10.0)
     p.add_argument("--streams", type=int)
+    p.add_argument("--attestation", choices=["fake", "none", "off"], default="fake",
+                   help="the chain's attestation (default fake, as cocoon up)")
     p.add_argument("--rate", type=int, default=200, help="py-spy samples per second")
     p.add_argument("--top", type=int, default=15)
     p.add_argument("--out", default="/tmp/cocoon-profile")
@@ -77,7 +80,7 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     sets = [f"engine.fake.chunks={spec.chunks}", f"engine.fake.chunk_bytes={spec.chunk_bytes}",
             f"engine.fake.delay_ms={spec.delay_ms!r}", "max_concurrent=1000"]
-    with LocalNetwork(engine="fake", worker_sets=sets) as net:
+    with LocalNetwork(engine="fake", worker_sets=sets, attestation=args.attestation) as net:
         net.start()
         roles = {r.name: r for r in net.roles()}
         url = net.base_url + "/chat/completions"

@@ -21,6 +21,7 @@ __all__ = [
     "FrameTooLarge",
     "ModelNotFound",
     "NoWorkerAvailable",
+    "PaymentError",
     "PolicyRejected",
     "ProtocolError",
     "QuoteFormatError",
@@ -85,6 +86,13 @@ class PolicyRejected(AttestationError):
     """The evidence verified but the policy does not accept it."""
 
     rule = "policy"
+
+
+class PaymentError(CocoonError):
+    """Root of every payment failure (pricing, vouchers, the proxy's ledger); subclasses live
+    in ``cocoon.ledger.errors``. ``status`` is the HTTP status when it ends a request."""
+
+    status: int = 500
 
 
 class TransportError(CocoonError):

@@ -1,7 +1,8 @@
 """The bench machinery (not performance: no timing is asserted anywhere here).
 
-One short ``cocoon bench --quick`` run over both fake-engine modes checks the JSON report's
-shape and that its counts add up; the pure helpers get unit tests.
+One short ``cocoon bench --mode all --quick`` run (both fake-engine modes with the RA-TLS and
+the plain-TCP chain, and the handshake mode) checks the JSON report's shape and that its
+counts add up; the pure helpers get unit tests.
 """
 
 from __future__ import annotations
@@ -14,14 +15,17 @@ from typing import Any
 import pytest
 
 from cocoon.benchmark.loadgen import percentile
-from cocoon.benchmark.runner import aggregate
+from cocoon.benchmark.runner import aggregate, compare_tls
 from cocoon.cli import main
 
 CHUNKS = 10
 STREAMS = 5
+HANDSHAKES = 5
 EVENTS = CHUNKS + 2  # the fake engine's chat stream: role chunk, N chunks, finish chunk
-ROLES = {"direct": {"direct", "loadgen", "other"},
-         "chain": {"client", "proxy", "worker", "loadgen", "other"}}
+CHAIN_ROLES = {"client", "proxy", "worker", "loadgen", "other"}
+ROLES = {"direct": {"direct", "loadgen", "other"}, "chain": CHAIN_ROLES,
+         "chain_plain": CHAIN_ROLES}
+TIMING_KEYS = {"n", "mean", "p50", "p99", "min", "max"}
 
 
 def _strict_json(text: str) -> Any:
@@ -58,18 +62,41 @@ def _check_side(side: str, r: dict[str, Any]) -> None:
     assert per_k["servers"] == pytest.approx(servers)
 
 
+def _check_ratios(cmp: dict[str, Any], a: dict[str, Any], b: dict[str, Any]) -> None:
+    """``cmp`` compares ``b`` against ``a`` (ratio b/a, b - a)."""
+    assert cmp["throughput_ratio"] == pytest.approx(b["requests_per_s"] / a["requests_per_s"])
+    assert cmp["ttft_p50_added_ms"] == pytest.approx(b["ttft_ms"]["p50"] - a["ttft_ms"]["p50"])
+    assert isinstance(cmp["meets_targets"], bool)
+
+
+def _check_handshake(hs: dict[str, Any]) -> None:
+    assert hs["n"] == HANDSHAKES
+    assert hs["errors"] == 0, hs["error_samples"]
+    assert set(hs["handshakes_ms"]) == {"fake-tdx", "fake-tdx-cached", "none", "tcp"}
+    assert set(hs["operations_ms"]) == {"verify_fake_quote", "make_fake_quote",
+                                        "identity_fake_tdx", "identity_none"}
+    for t in [*hs["handshakes_ms"].values(), *hs["operations_ms"].values()]:
+        assert set(t) == TIMING_KEYS
+        assert t["n"] == HANDSHAKES
+        assert 0 < t["min"] <= t["p50"] <= t["p99"] <= t["max"]
+        assert t["min"] <= t["mean"] <= t["max"]
+    assert hs["fake_tdx_quote_bytes"] > 0
+    assert hs["fake_tdx_cert_bytes"] > hs["fake_tdx_quote_bytes"]
+
+
 @pytest.mark.e2e
-def test_quick_bench_saturation_and_paced(tmp_path: Path,
-                                          capsys: pytest.CaptureFixture[str]) -> None:
+def test_quick_bench_all_modes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "results" / "quick.json"
-    rc = main(["bench", "--mode", "all", "--no-llama", "--quick", "--duration", "1.5",
+    rc = main(["bench", "--mode", "all", "--no-llama", "--quick", "--duration", "1.0",
                "--streams", str(STREAMS), "--chunks", str(CHUNKS), "--chunk-bytes", "64",
-               "--json", str(out)])
+               "--handshakes", str(HANDSHAKES), "--json", str(out)])
     table = capsys.readouterr().out
     report = _strict_json(out.read_text())
     assert rc == 0, table
     assert report["ok"] is True
     assert report["version"] == 1
+    assert report["params"]["attestation"] == "fake"
+    assert report["params"]["tls_compare"] is True
     assert "llama" not in report
     assert set(report["modes"]) == {"saturation", "paced"}
     for name, section in report["modes"].items():
@@ -78,19 +105,48 @@ def test_quick_bench_saturation_and_paced(tmp_path: Path,
         assert cfg["chunks"] == CHUNKS
         assert cfg["chunk_bytes"] == 64
         assert cfg["events_per_request"] == EVENTS
-        assert cfg["duration_s"] == 1.5
+        assert cfg["duration_s"] == 1.0
+        assert cfg["attestation"] == "fake"
+        assert cfg["tls_compare"] is True
         assert (cfg["delay_ms"] > 0) == (name == "paced")
-        for side in ("direct", "chain"):
+        for side in ("direct", "chain", "chain_plain"):
             _check_side(side, section[side])
             assert len(section["runs"][side]) == 1
-        cmp = section["comparison"]
-        assert cmp["throughput_ratio"] == pytest.approx(
-            section["chain"]["requests_per_s"] / section["direct"]["requests_per_s"])
-        assert cmp["ttft_p50_added_ms"] == pytest.approx(
-            section["chain"]["ttft_ms"]["p50"] - section["direct"]["ttft_ms"]["p50"])
-        assert isinstance(cmp["meets_targets"], bool)
+        d, tls, plain = section["direct"], section["chain"], section["chain_plain"]
+        _check_ratios(section["comparison"], d, tls)
+        _check_ratios(section["comparison_plain"], d, plain)
+        _check_ratios(section["tls_comparison"], plain, tls)
+        want = 0.95 if name == "paced" else None
+        assert section["tls_comparison"]["targets"] == {"throughput_ratio_min": want}
         assert f"== {name}:" in table
-    assert table.count("chain/direct:") == 2
+    assert table.count("fake/direct:") == 2
+    assert table.count("off/direct:") == 2
+    assert table.count("fake/off:") == 2
+    _check_handshake(report["handshake"])
+    assert "== handshake:" in table
+    assert "verify one fake quote" in table
+
+
+def test_tls_compare_needs_a_tls_side(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "--mode", "paced", "--tls-compare", "--attestation", "off"]) == 2
+    assert "--tls-compare" in capsys.readouterr().err
+
+
+def test_compare_tls_ratio_and_target() -> None:
+    def side(rps: float, ttft: float) -> dict[str, Any]:
+        return {"requests_per_s": rps, "chunks_per_s": rps * EVENTS,
+                "ttft_ms": {"p50": ttft, "p99": ttft * 2},
+                "latency_ms": {"p50": ttft * 10, "p99": ttft * 20},
+                "cpu_s_per_1k_chunks": {"servers": 1.0}}
+
+    cmp = compare_tls("paced", side(100.0, 2.0), side(96.0, 2.5))
+    assert cmp["throughput_ratio"] == pytest.approx(0.96)
+    assert cmp["ttft_p50_added_ms"] == pytest.approx(0.5)
+    assert cmp["meets_targets"] is True
+    assert compare_tls("paced", side(100.0, 2.0), side(90.0, 2.0))["meets_targets"] is False
+    sat = compare_tls("saturation", side(100.0, 2.0), side(50.0, 2.0))
+    assert sat["targets"]["throughput_ratio_min"] is None
+    assert sat["meets_targets"] is True
 
 
 def test_percentile_nearest_rank() -> None:

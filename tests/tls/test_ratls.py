@@ -182,3 +182,14 @@ def test_identity_create_and_refresh() -> None:
                       expect_role="worker")
     none = TlsIdentity.create(NoneProvider(), "client")
     assert none.evidence == Evidence("none")
+
+
+def test_model_hash_travels_in_the_certificate_and_is_bound() -> None:
+    ident = TlsIdentity.create(HmacProvider(), "worker", "m", b"cfg", model_hash=b"\x05" * 32)
+    claims, _ = read_certificate(ident.certificate)
+    assert claims.model_hash == b"\x05" * 32 and claims == ident.claims
+    # The evidence binds the model hash too: a different one changes the report data.
+    other = Claims(claims.public_key, claims.role, claims.model, claims.config_hash, b"\x06" * 32)
+    assert other.report_data() != claims.report_data()
+    ident.refresh_if_needed(datetime.now(UTC) + timedelta(days=1))
+    assert ident.claims.model_hash == b"\x05" * 32

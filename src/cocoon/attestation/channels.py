@@ -84,13 +84,15 @@ def _verifiers(cfg: AttestationConfig) -> dict[str, EvidenceVerifier]:
         except OSError as exc:
             raise ConfigError(f"attestation.collateral_file: {exc}") from None
     out: dict[str, EvidenceVerifier] = {"tdx": TdxVerifier(collateral=collateral)}
-    if "fake-tdx" in cfg.accepted_tiers():
+    # A fake-tdx verifier whenever the authority is known, even if the tier is not accepted:
+    # then the policy refuses such peers with the precise rule "tier".
+    if Path(cfg.fake_dir).is_dir():
         from cocoon.attestation.fake_tdx import FakeTdxAuthority
 
-        if not Path(cfg.fake_dir).is_dir():
-            raise ConfigError(f"attestation.accept includes fake-tdx but the fake authority "
-                              f"directory {cfg.fake_dir} does not exist")
         out["fake-tdx"] = FakeTdxAuthority.load(Path(cfg.fake_dir)).verifier(collateral)
+    elif "fake-tdx" in [t.strip() for t in cfg.accept.split(",")]:
+        raise ConfigError(f"attestation.accept includes fake-tdx but the fake authority "
+                          f"directory {cfg.fake_dir} does not exist")
     return out
 
 
@@ -114,7 +116,7 @@ def build_policy(cfg: AttestationConfig, lists: AllowListSource,
 
 
 def build_channels(cfg: AttestationConfig, *, role: str, model: str = "",
-                   expect_peer_role: str | None = None,
+                   model_hash: bytes = b"", expect_peer_role: str | None = None,
                    clock: Clock = _utcnow) -> Channels:
     """The connector and listener a node of ``role`` uses, per its config."""
     if not cfg.tls:
@@ -126,7 +128,7 @@ def build_channels(cfg: AttestationConfig, *, role: str, model: str = "",
                               if cfg.allow_list_file else StaticAllowLists(AllowLists()))
     verifiers = _verifiers(cfg)
     policy = build_policy(cfg, lists, clock)
-    identity = TlsIdentity.create(provider, role, model,
+    identity = TlsIdentity.create(provider, role, model, model_hash=model_hash,
                                   lifetime=timedelta(seconds=cfg.cert_lifetime_s), now=clock())
     own: dict[str, Any] = {"mode": cfg.mode, "evidence": provider.name,
                            "accepts": list(cfg.accepted_tiers())}

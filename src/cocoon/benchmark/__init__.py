@@ -6,7 +6,13 @@ Modes (``--mode``):
 * ``paced``: fake engine, 30 chunks/s per stream (delay 33.3 ms), 200 concurrent streams;
 * ``llama``: SmolLM2 tokens/s through the chain vs llama-cpp-python in-process (skipped,
   saying why, when llama-cpp-python or the model is missing);
-* ``all`` (default): all three.
+* ``handshake``: RA-TLS handshake times in-process on loopback (fake-tdx, none, plain TCP),
+  one fake quote verification and one identity creation;
+* ``all`` (default): all of these, with ``--tls-compare``.
+
+``--attestation fake|none|off`` (default fake, as ``cocoon up``) sets the chain's
+attestation. ``--tls-compare`` (on in ``all``) adds a second chain on plain TCP
+(``chain_plain``) to the fake modes and reports RA-TLS / plain.
 
 For each fake mode the same closed-loop load runs against a direct OpenAI server wrapping the
 fake engine (:mod:`cocoon.benchmark.direct`, its own process) and against a local network on
@@ -36,8 +42,21 @@ _DEFAULT_DURATION = 10.0
 
 
 def add_bench_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--mode", choices=["saturation", "paced", "llama", "all"], default="all",
-                   help="what to measure (default all: saturation, paced and llama)")
+    p.add_argument("--mode", choices=["saturation", "paced", "llama", "handshake", "all"],
+                   default="all",
+                   help="what to measure (default all: saturation and paced with "
+                        "--tls-compare, llama, handshake)")
+    p.add_argument("--attestation", choices=["fake", "none", "off"], default="fake",
+                   help="the chain's attestation, as cocoon up (default fake: RA-TLS with "
+                        "simulated TDX quotes; none: RA-TLS without evidence; off: plain TCP)")
+    p.add_argument("--tls-compare", action="store_true",
+                   help="also run each fake mode through a plain-TCP chain (attestation off) "
+                        "and report RA-TLS/plain (on in --mode all)")
+    p.add_argument("--no-tls-compare", action="store_true",
+                   help="leave the plain-TCP chain out of --mode all")
+    p.add_argument("--handshakes", type=int, metavar="N",
+                   help="sequential connections per kind in --mode handshake "
+                        "(default 200; 30 with --quick)")
     p.add_argument("--duration", type=float, metavar="SECONDS",
                    help=f"load phase length per measurement (default {_DEFAULT_DURATION:g}; "
                         f"{_QUICK_DURATION:g} with --quick); in-flight requests are drained")
@@ -89,12 +108,13 @@ def _positive(name: str, value: float | None) -> None:
 
 
 def run_bench(args: argparse.Namespace) -> int:
+    from cocoon.benchmark.handshake import run_handshake
     from cocoon.benchmark.llama import run_llama
     from cocoon.benchmark.report import format_report
     from cocoon.benchmark.runner import MODES, run_mode
 
     for name in ("duration", "streams", "chunks", "chunk_bytes", "repeat", "llama_runs",
-                 "llama_max_tokens"):
+                 "llama_max_tokens", "handshakes"):
         _positive("--" + name.replace("_", "-"), getattr(args, name))
     if args.delay_ms is not None and args.delay_ms < 0:
         raise CocoonError("--delay-ms must not be negative")
@@ -102,6 +122,12 @@ def run_bench(args: argparse.Namespace) -> int:
     fake_modes = (["saturation", "paced"] if args.mode == "all"
                   else [args.mode] if args.mode in MODES else [])
     with_llama = not args.no_llama and (args.mode in ("all", "llama") or args.llama)
+    with_handshake = args.mode in ("all", "handshake")
+    tls_compare = bool(fake_modes) and (
+        args.tls_compare or (args.mode == "all" and not args.no_tls_compare))
+    if tls_compare and args.attestation == "off":
+        raise CocoonError("--tls-compare compares against --attestation off: give fake or "
+                          "none (or --no-tls-compare)")
     progress = _progress_printer()
 
     report: dict[str, Any] = {
@@ -112,7 +138,8 @@ def run_bench(args: argparse.Namespace) -> int:
         "host": {"cpus": os.cpu_count(), "python": platform.python_version(),
                  "platform": platform.platform(),
                  "loadavg_start": [round(x, 2) for x in os.getloadavg()]},
-        "params": {"duration_s": duration, "repeat": args.repeat, "quick": args.quick},
+        "params": {"duration_s": duration, "repeat": args.repeat, "quick": args.quick,
+                   "attestation": args.attestation, "tls_compare": tls_compare},
         "modes": {},
     }
     failed = False
@@ -128,19 +155,28 @@ def run_bench(args: argparse.Namespace) -> int:
         if args.delay_ms is not None:
             overrides["delay_ms"] = args.delay_ms
         spec = replace(spec, **overrides)
-        section = run_mode(spec, duration, args.repeat, progress)
+        section = run_mode(spec, duration, args.repeat, progress,
+                           attestation=args.attestation, tls_compare=tls_compare)
         report["modes"][name] = section
-        for side in ("direct", "chain"):
+        for side in ("direct", "chain", "chain_plain"):
+            if side not in section:
+                continue
             if section[side]["errors"] or not section[side]["requests"]:
                 failed = True
     if with_llama:
         runs = args.llama_runs or (2 if args.quick else 5)
         max_tokens = args.llama_max_tokens or (32 if args.quick else 128)
         try:
-            report["llama"] = run_llama(runs, max_tokens, progress)
+            report["llama"] = run_llama(runs, max_tokens, progress,
+                                        attestation=args.attestation)
         except (CocoonError, RuntimeError, OSError, ValueError, KeyError) as exc:
             progress(f"llama: failed: {type(exc).__name__}: {exc}")
             report["llama"] = {"error": f"{type(exc).__name__}: {exc}"}
+            failed = True
+    if with_handshake:
+        n = args.handshakes or (30 if args.quick else 200)
+        report["handshake"] = run_handshake(n, progress)
+        if report["handshake"]["errors"]:
             failed = True
     report["ok"] = not failed
 

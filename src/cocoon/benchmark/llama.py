@@ -82,7 +82,7 @@ def _summary(rates: list[float]) -> dict[str, Any]:
 
 
 def run_llama(runs: int, max_tokens: int, progress: Progress,
-              prompt: str = DEFAULT_PROMPT) -> dict[str, Any]:
+              prompt: str = DEFAULT_PROMPT, *, attestation: str = "fake") -> dict[str, Any]:
     """Run the comparison; the JSON section (``{"skipped": why}`` when it cannot run)."""
     why = llama_unavailable()
     if why is not None:
@@ -121,7 +121,8 @@ def run_llama(runs: int, max_tokens: int, progress: Progress,
     direct_match = True
     chain_match = True
     chain_tokens = -1
-    with LocalNetwork(engine="llama-cpp", workers=1, startup_timeout=300.0) as net:
+    with LocalNetwork(engine="llama-cpp", workers=1, startup_timeout=300.0,
+                      attestation=attestation) as net:
         net.start(lambda msg: progress(f"llama: chain: {msg}"))
         url = net.base_url + "/chat/completions"
         direct_once()  # warm-up, both sides
@@ -149,6 +150,7 @@ def run_llama(runs: int, max_tokens: int, progress: Progress,
         "max_tokens": max_tokens,
         "temperature": 0.0,
         "runs": runs,
+        "attestation": attestation,
         "direct": {"completion_tokens": ref_tokens, "tokens_per_s": d,
                    "same_text_every_run": direct_match},
         "chain": {"completion_tokens": chain_tokens, "tokens_per_s": c,

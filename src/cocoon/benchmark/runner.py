@@ -9,6 +9,7 @@ which side goes first. CPU time is read per process around each load phase.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 import os
@@ -21,8 +22,8 @@ from cocoon.benchmark.loadgen import LoadGenerator
 from cocoon.benchmark.procs import CpuMeter, DirectProcess
 from cocoon.launch import LaunchError, LocalNetwork, Role
 
-__all__ = ["MODES", "ModeSpec", "aggregate", "compare", "expected_events", "request_body",
-           "run_mode"]
+__all__ = ["MODES", "TLS_TARGETS", "ModeSpec", "aggregate", "compare", "compare_tls",
+           "expected_events", "request_body", "run_mode"]
 
 Progress = Callable[[str], None]
 
@@ -48,6 +49,9 @@ MODES: dict[str, ModeSpec] = {
     "saturation": ModeSpec("saturation", 30, 50, 128, 0.0, 0.5, None),
     "paced": ModeSpec("paced", 200, 50, 128, 1000.0 / 30.0, 0.95, 3.0),
 }
+
+# --tls-compare: RA-TLS chain / plain-TCP chain, requests per second (None: no target)
+TLS_TARGETS: dict[str, float | None] = {"saturation": None, "paced": 0.95}
 
 _PROMPT = "Tell me something."
 _MODEL = "fake"
@@ -152,37 +156,73 @@ def compare(spec: ModeSpec, direct: dict[str, Any], chain: dict[str, Any]) -> di
     }
 
 
+def compare_tls(name: str, plain: dict[str, Any], tls: dict[str, Any]) -> dict[str, Any]:
+    """The RA-TLS chain against the plain-TCP chain (``--tls-compare``)."""
+    tp = _ratio(tls["requests_per_s"], plain["requests_per_s"])
+    target = TLS_TARGETS.get(name)
+    return {
+        "throughput_ratio": tp,
+        "chunks_ratio": _ratio(tls["chunks_per_s"], plain["chunks_per_s"]),
+        "ttft_p50_added_ms": tls["ttft_ms"]["p50"] - plain["ttft_ms"]["p50"],
+        "ttft_p99_added_ms": tls["ttft_ms"]["p99"] - plain["ttft_ms"]["p99"],
+        "latency_p50_added_ms": tls["latency_ms"]["p50"] - plain["latency_ms"]["p50"],
+        "servers_cpu_ratio": _ratio(tls["cpu_s_per_1k_chunks"]["servers"],
+                                    plain["cpu_s_per_1k_chunks"]["servers"]),
+        "targets": {"throughput_ratio_min": target},
+        "meets_targets": target is None or (not math.isnan(tp) and tp >= target),
+    }
+
+
 def _pid(role: Role) -> int:
     assert role.proc is not None
     return role.proc.pid
 
 
-def run_mode(spec: ModeSpec, duration: float, repeat: int,
-             progress: Progress) -> dict[str, Any]:
-    """Measure ``spec`` directly and through the chain; the mode's JSON section."""
-    progress(f"{spec.name}: {spec.describe()}; {duration:g} s per phase x {repeat}")
-    direct_args = ["--chunks", str(spec.chunks), "--chunk-bytes", str(spec.chunk_bytes),
-                   "--delay-ms", repr(spec.delay_ms), "--model", _MODEL, "--port", "0"]
+def _prefixed(progress: Progress, prefix: str) -> Progress:
+    return lambda msg: progress(prefix + msg)
+
+
+def _network(spec: ModeSpec, attestation: str) -> LocalNetwork:
     worker_sets = [f"engine.fake.model={_MODEL}",
                    f"engine.fake.chunks={spec.chunks}",
                    f"engine.fake.chunk_bytes={spec.chunk_bytes}",
                    f"engine.fake.delay_ms={spec.delay_ms!r}",
                    f"max_concurrent={max(1000, spec.streams * 2)}"]
-    runs: dict[str, list[dict[str, Any]]] = {"direct": [], "chain": []}
-    with DirectProcess(direct_args) as direct, \
-            LocalNetwork(engine="fake", workers=1, worker_sets=worker_sets,
-                         startup_timeout=120.0) as net:
-        net.start(lambda msg: progress(f"{spec.name}: chain: {msg}"))
-        assert net.client is not None and net.proxy is not None
+    return LocalNetwork(engine="fake", workers=1, worker_sets=worker_sets,
+                        startup_timeout=120.0, attestation=attestation)
+
+
+def _chain_pids(net: LocalNetwork) -> dict[str, int]:
+    assert net.client is not None and net.proxy is not None
+    return {"client": _pid(net.client), "proxy": _pid(net.proxy),
+            "worker": _pid(net.workers[0])}
+
+
+def run_mode(spec: ModeSpec, duration: float, repeat: int, progress: Progress, *,
+             attestation: str = "fake", tls_compare: bool = False) -> dict[str, Any]:
+    """Measure ``spec`` directly and through the chain (attestation ``attestation``); with
+    ``tls_compare`` also through a second chain on plain TCP (``chain_plain``). The mode's
+    JSON section."""
+    if tls_compare and attestation == "off":
+        raise LaunchError("--tls-compare needs --attestation fake or none (the TLS side)")
+    progress(f"{spec.name}: {spec.describe()}; chain attestation {attestation}"
+             f"{' vs off' if tls_compare else ''}; {duration:g} s per phase x {repeat}")
+    direct_args = ["--chunks", str(spec.chunks), "--chunk-bytes", str(spec.chunk_bytes),
+                   "--delay-ms", repr(spec.delay_ms), "--model", _MODEL, "--port", "0"]
+    names = ["direct", "chain", "chain_plain"] if tls_compare else ["direct", "chain"]
+    runs: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
+    with contextlib.ExitStack() as stack:
+        direct = stack.enter_context(DirectProcess(direct_args))
+        nets = {"chain": stack.enter_context(_network(spec, attestation))}
+        if tls_compare:
+            nets["chain_plain"] = stack.enter_context(_network(spec, "off"))
         sides: dict[str, tuple[str, dict[str, int]]] = {
-            "direct": (direct.http + "/v1/chat/completions", {"direct": direct.pid}),
-            "chain": (net.base_url + "/chat/completions", {
-                "client": _pid(net.client), "proxy": _pid(net.proxy),
-                "worker": _pid(net.workers[0]),
-            }),
-        }
+            "direct": (direct.http + "/v1/chat/completions", {"direct": direct.pid})}
+        for side, net in nets.items():
+            net.start(_prefixed(progress, f"{spec.name}: {side}: "))
+            sides[side] = (net.base_url + "/chat/completions", _chain_pids(net))
         for rep in range(repeat):
-            order = ("direct", "chain") if rep % 2 == 0 else ("chain", "direct")
+            order = names if rep % 2 == 0 else names[::-1]
             for side in order:
                 url, pids = sides[side]
                 progress(f"{spec.name}: {side} run {rep + 1}/{repeat}")
@@ -194,16 +234,22 @@ def run_mode(spec: ModeSpec, duration: float, repeat: int,
                          f"{run['errors']} errors")
                 if not direct.role.alive():
                     raise LaunchError(f"the direct server died:\n{direct.role.log_tail()}")
-                for role in net.dead():
-                    raise LaunchError(f"{role.name} died:\n{role.log_tail()}")
-    d, c = aggregate(runs["direct"]), aggregate(runs["chain"])
-    return {
+                for net in nets.values():
+                    for role in net.dead():
+                        raise LaunchError(f"{role.name} died:\n{role.log_tail()}")
+    agg = {n: aggregate(runs[n]) for n in names}
+    d, c = agg["direct"], agg["chain"]
+    section: dict[str, Any] = {
         "config": {"streams": spec.streams, "chunks": spec.chunks,
                    "chunk_bytes": spec.chunk_bytes, "delay_ms": spec.delay_ms,
                    "duration_s": duration, "repeat": repeat,
-                   "events_per_request": expected_events(spec)},
-        "direct": d,
-        "chain": c,
+                   "events_per_request": expected_events(spec),
+                   "attestation": attestation, "tls_compare": tls_compare},
+        **agg,
         "comparison": compare(spec, d, c),
-        "runs": runs,
     }
+    if tls_compare:
+        section["comparison_plain"] = compare(spec, d, agg["chain_plain"])
+        section["tls_comparison"] = compare_tls(spec.name, agg["chain_plain"], c)
+    section["runs"] = runs
+    return section

@@ -13,6 +13,7 @@ non-streamed call (it reports none for streams).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import importlib.util
 import logging
 import threading
@@ -88,6 +89,7 @@ class LlamaCppEngine:
             verbose=False,
         )
         self.models: tuple[str, ...] = (cfg.model_name,)
+        self.model_hash = _sha256_file(path)  # what model allow-lists name
         self._lock = asyncio.Lock()
         self.cancelled = 0
 
@@ -210,6 +212,14 @@ class LlamaCppEngine:
 
 
 _END: Final = object()
+
+
+def _sha256_file(path: Path) -> bytes:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.digest()
 
 
 def _settle(fut: asyncio.Future[Any], value: Any, exc: BaseException | None) -> None:

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass
@@ -115,21 +116,20 @@ class TlsIdentity:
 
     @classmethod
     def create(cls, provider: Provider, role: str, model: str = "", config_hash: bytes = b"",
-               *, lifetime: timedelta = timedelta(hours=1),
+               *, model_hash: bytes = b"", lifetime: timedelta = timedelta(hours=1),
                now: datetime | None = None) -> TlsIdentity:
         """A fresh P-256 key, evidence from ``provider`` over its claims, the certificate."""
         if lifetime <= timedelta(0):
             raise ValueError("lifetime must be positive")
-        key, claims, evidence, cert = cls._issue(provider, role, model, config_hash, lifetime,
-                                                 now or utcnow())
+        template = Claims(b"", role, model, config_hash, model_hash)
+        key, claims, evidence, cert = cls._issue(provider, template, lifetime, now or utcnow())
         return cls(provider, claims, evidence, key, cert, lifetime)
 
     @staticmethod
-    def _issue(provider: Provider, role: str, model: str, config_hash: bytes,
-               lifetime: timedelta, now: datetime
+    def _issue(provider: Provider, template: Claims, lifetime: timedelta, now: datetime
                ) -> tuple[ec.EllipticCurvePrivateKey, Claims, Evidence, x509.Certificate]:
         key = ec.generate_private_key(ec.SECP256R1())
-        claims = Claims(public_key_der(key.public_key()), role, model, config_hash)
+        claims = dataclasses.replace(template, public_key=public_key_der(key.public_key()))
         evidence = provider.evidence(claims.report_data())
         cert = make_certificate(key, claims, evidence, not_before=now - _SKEW,
                                 lifetime=lifetime + _SKEW)
@@ -148,7 +148,7 @@ class TlsIdentity:
             return False
         c = self.claims
         self.key, self.claims, self.evidence, self.certificate = self._issue(
-            self.provider, c.role, c.model, c.config_hash, self.lifetime, now)
+            self.provider, c, self.lifetime, now)
         self.generation += 1
         return True
 

@@ -57,6 +57,7 @@ class WorkerNode:
         if connector is None:
             channels = build_channels(config.attestation, role="worker",
                                       model=engine.models[0] if engine.models else "",
+                                      model_hash=getattr(engine, "model_hash", b""),
                                       expect_peer_role="proxy")
             connector, self.attestation = channels.connector, channels.own
         self._connector = connector
