@@ -334,6 +334,8 @@ class _TlsProtocol(asyncio.Protocol):
             if not data:
                 break
             out.append(data)
+            if len(data) < _BIO_READ_SIZE:  # the memory BIO is drained: skip a raising call
+                break
         t = self.transport
         if out and t is not None and not t.is_closing():
             t.write(out[0] if len(out) == 1 else b"".join(out))
