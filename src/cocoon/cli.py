@@ -54,7 +54,10 @@ def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cocoon", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = _role_parser(sub, "proxy", "run a proxy")
+    p = _role_parser(sub, "proxy", "run a proxy, or inspect its ledger (cocoon proxy ledger)")
+    p.add_argument("action", nargs="?", choices=["run", "ledger"], default="run",
+                   help="run (default) or ledger: print the ledger's totals and check it")
+    p.add_argument("--json", action="store_true", help="ledger: machine-readable output")
     p.add_argument("--listen", help="HOST:PORT for workers and clients")
     p.add_argument("--http", help="HOST:PORT for health and stats")
 
@@ -129,10 +132,41 @@ async def _run_role(args: argparse.Namespace) -> None:
         await run_until_signal(lambda stop: client.run(stop, _ready_writer(args.ready_file)))
 
 
+def _proxy_ledger(args: argparse.Namespace) -> int:
+    """Print the proxy ledger's totals and invariant check; exit 1 if it is inconsistent."""
+    import dataclasses
+    import json
+    from pathlib import Path
+
+    from cocoon import config as cfg
+    from cocoon.ledger import Ledger
+
+    pc = cfg.load(cfg.ProxyConfig, args.config, _overrides(args, {}))
+    path = Path(pc.billing.ledger_path)
+    if not path.exists():
+        raise CocoonError(f"no ledger at {path} (billing.ledger_path)")
+    with Ledger(path) as ledger:
+        totals = dataclasses.asdict(ledger.totals())
+        problems = ledger.check_invariants()
+        commits = [dataclasses.asdict(c) for c in ledger.commits()]
+    report = {"ledger": str(path), "totals": totals, "commits": len(commits),
+              "consistent": not problems, "problems": problems}
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(f"ledger {path}")
+        for k, v in totals.items():
+            print(f"  {k:<18} {v}")
+        print("  consistent" if not problems else "  INCONSISTENT:\n    " + "\n    ".join(problems))
+    return 0 if not problems else 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _build_parser()
     args = parser.parse_args(argv)
     try:
+        if args.command == "proxy" and args.action == "ledger":
+            return _proxy_ledger(args)
         if args.command in ("proxy", "worker", "client"):
             _setup_logging(args.verbose)
             asyncio.run(_run_role(args))

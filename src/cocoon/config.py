@@ -23,6 +23,7 @@ from cocoon.errors import ConfigError
 
 __all__ = [
     "AttestationConfig",
+    "BillingConfig",
     "ClientConfig",
     "EngineConfig",
     "ProxyConfig",
@@ -87,6 +88,28 @@ class AttestationConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class BillingConfig:
+    """The proxy's prices and ledger (section ``[billing]``). Amounts in nanoTON."""
+
+    enabled: bool = False
+    ledger_path: str = ".cocoon/proxy-ledger.sqlite"
+    signing_key_file: str = ".cocoon/proxy-voucher.key"  # Ed25519, 0600, created if missing
+    price_per_token: int = 2  # what clients pay per adjusted token
+    worker_fee_per_token: int = 1  # what workers earn per adjusted token
+    prompt_mult: int = 10000  # 10000 = 1.0x
+    cached_mult: int = 10000
+    completion_mult: int = 10000
+    reasoning_mult: int = 10000
+    worker_coefficient: int = 1000  # 1000 = 1.0x
+    default_max_tokens: int = 1000  # the cap reserved (and enforced) when a request has none
+
+    def __post_init__(self) -> None:
+        if self.worker_fee_per_token > self.price_per_token:
+            raise ConfigError("billing.worker_fee_per_token must not exceed price_per_token")
+        _positive(self.default_max_tokens, "billing.default_max_tokens")
+
+
+@dataclass(frozen=True, slots=True)
 class ProxyConfig:
     listen: str = "127.0.0.1:11100"  # workers and clients connect here
     http: str = "127.0.0.1:11000"  # health and stats
@@ -94,6 +117,7 @@ class ProxyConfig:
     idle_timeout_s: float = 60.0  # longest gap between two messages of a stream
     node_id: str = "proxy"
     attestation: AttestationConfig = field(default_factory=AttestationConfig)
+    billing: BillingConfig = field(default_factory=BillingConfig)
 
     def __post_init__(self) -> None:
         parse_hostport(self.listen, "proxy.listen")
@@ -123,6 +147,7 @@ class ClientConfig:
     http: str = "127.0.0.1:10000"  # the OpenAI API
     request_timeout_s: float = 120.0
     node_id: str = ""  # empty: client-<pid>
+    key_file: str = ""  # persistent P-256 key = the client's account (0600); "": ephemeral
     attestation: AttestationConfig = field(default_factory=AttestationConfig)
 
     def __post_init__(self) -> None:
@@ -235,7 +260,7 @@ def load(cls: type[T], path: str | None, overrides: dict[str, Any] | None = None
     if not isinstance(raw_section, dict):
         raise ConfigError(f"{where}: {role} must be a table ([{role}])")
     section = dict(raw_section)
-    for table in ("engine", "attestation"):
+    for table in ("engine", "attestation", "billing"):
         if table in tree:
             section[table] = tree.pop(table)
     if tree:

@@ -22,6 +22,7 @@ __all__ = [
     "ModelNotFound",
     "NoWorkerAvailable",
     "PaymentError",
+    "PaymentRequired",
     "PolicyRejected",
     "ProtocolError",
     "QuoteFormatError",
@@ -135,6 +136,14 @@ class EngineUnsupported(BadRequest):
     code = "unsupported_by_engine"
 
 
+class PaymentRequired(RequestError):
+    """The client's balance cannot cover the request's reservation."""
+
+    status = 402
+    type = "insufficient_funds"
+    code = "insufficient_funds"
+
+
 class ModelNotFound(RequestError):
     status = 404
     type = "invalid_request_error"
@@ -192,6 +201,7 @@ _BY_CODE: dict[str, type[RequestError]] = {
         BadRequest,
         EngineUnsupported,
         ModelNotFound,
+        PaymentRequired,
         NoWorkerAvailable,
         WorkerLost,
         UpstreamError,

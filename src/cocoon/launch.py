@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cocoon.attestation.evidence import Claims
 from cocoon.errors import CocoonError
 
 __all__ = ["ATTESTATION_MODES", "LaunchError", "LocalNetwork", "Role", "add_up_arguments",
@@ -141,6 +142,8 @@ class LocalNetwork:
         log_dir: str | Path | None = None,
         startup_timeout: float = 120.0,
         attestation: str = "fake",
+        billing: bool = False,
+        demo_funds: int = 10 * 10**9,
     ) -> None:
         if workers < 1:
             raise LaunchError("--workers must be at least 1")
@@ -162,6 +165,9 @@ class LocalNetwork:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.attestation = attestation
         self._attestation_sets(attestation)
+        self.client_account = ""
+        if billing:
+            self._billing_sets(demo_funds)
         self.proxy: Role | None = None
         self.workers: list[Role] = []
         self.client: Role | None = None
@@ -190,6 +196,31 @@ class LocalNetwork:
         self.proxy_sets = node + self.proxy_sets
         self.worker_sets = node + self.worker_sets
         self.client_sets = client + self.client_sets
+
+    def _billing_sets(self, funds: int) -> None:
+        """Proxy bills every request into a ledger in this network's directory; the client
+        gets a persistent key (its account) funded with ``funds`` nanoTON up front, as the
+        on-chain deposit will do."""
+        from cocoon.attestation.ratls import public_key_der
+        from cocoon.crypto import load_or_create_ec_key
+        from cocoon.ledger import Ledger
+        from cocoon.nodes.proxy.billing import client_account
+
+        d = Path(self._tmp.name)
+        key_file, ledger_path = d / "client.key", d / "proxy-ledger.sqlite"
+        if self.attestation == "off":
+            self.client_account = "node:client-1"
+        else:
+            key = load_or_create_ec_key(key_file)
+            claims = Claims(public_key_der(key.public_key()), "client")
+            self.client_account = client_account(claims, "client-1")
+        with Ledger(ledger_path) as ledger:
+            ledger.deposit(self.client_account, funds)
+        self.ledger_path = ledger_path
+        self.proxy_sets = ["billing.enabled=true", f"billing.ledger_path={ledger_path}",
+                           f"billing.signing_key_file={d / 'proxy-voucher.key'}",
+                           *self.proxy_sets]
+        self.client_sets = [f"key_file={key_file}", "node_id=client-1", *self.client_sets]
 
     # --- processes ----------------------------------------------------------------------
 
@@ -311,6 +342,9 @@ def add_up_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--attestation", choices=ATTESTATION_MODES, default="fake",
                    help="fake (default): simulated TDX quotes over RA-TLS; none: RA-TLS, "
                         "unattested; off: plain TCP")
+    p.add_argument("--demo-funds", type=int, default=10 * 10**9, metavar="NANOTON",
+                   help="the demo client's starting balance (default 10 TON); 0 disables "
+                        "billing")
     p.add_argument("--log-dir", default=".cocoon/logs", help="where role logs go")
     p.add_argument("--timeout", type=float, default=300.0, help="start-up deadline (s)")
 
@@ -345,7 +379,8 @@ def run_up(args: argparse.Namespace) -> int:
     net = LocalNetwork(workers=args.workers, engine=args.engine, upstream=args.upstream,
                        host=args.host, client_port=args.port, worker_sets=args.worker_set,
                        log_dir=args.log_dir, startup_timeout=args.timeout,
-                       attestation=args.attestation)
+                       attestation=args.attestation, billing=args.demo_funds > 0,
+                       demo_funds=args.demo_funds)
     interrupted = False
 
     def on_term(signum: int, frame: object) -> None:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from cocoon.attestation.evidence import Claims, EvidenceVerifier, Provider, VerifiedEvidence
 from cocoon.attestation.policy import (
@@ -117,6 +118,7 @@ def build_policy(cfg: AttestationConfig, lists: AllowListSource,
 
 def build_channels(cfg: AttestationConfig, *, role: str, model: str = "",
                    model_hash: bytes = b"", expect_peer_role: str | None = None,
+                   key: ec.EllipticCurvePrivateKey | None = None,
                    clock: Clock = _utcnow) -> Channels:
     """The connector and listener a node of ``role`` uses, per its config."""
     if not cfg.tls:
@@ -128,7 +130,7 @@ def build_channels(cfg: AttestationConfig, *, role: str, model: str = "",
                               if cfg.allow_list_file else StaticAllowLists(AllowLists()))
     verifiers = _verifiers(cfg)
     policy = build_policy(cfg, lists, clock)
-    identity = TlsIdentity.create(provider, role, model, model_hash=model_hash,
+    identity = TlsIdentity.create(provider, role, model, model_hash=model_hash, key=key,
                                   lifetime=timedelta(seconds=cfg.cert_lifetime_s), now=clock())
     own: dict[str, Any] = {"mode": cfg.mode, "evidence": provider.name,
                            "accepts": list(cfg.accepted_tiers())}

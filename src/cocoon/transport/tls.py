@@ -113,22 +113,28 @@ class TlsIdentity:
     certificate: x509.Certificate
     lifetime: timedelta
     generation: int = 0  # bumped by each renewal
+    fixed_key: bool = False  # renewals keep the key (a persistent identity)
 
     @classmethod
     def create(cls, provider: Provider, role: str, model: str = "", config_hash: bytes = b"",
                *, model_hash: bytes = b"", lifetime: timedelta = timedelta(hours=1),
-               now: datetime | None = None) -> TlsIdentity:
-        """A fresh P-256 key, evidence from ``provider`` over its claims, the certificate."""
+               now: datetime | None = None,
+               key: ec.EllipticCurvePrivateKey | None = None) -> TlsIdentity:
+        """Evidence from ``provider`` over the claims of a key, and the certificate. The key
+        is fresh (and renewed with the certificate) unless ``key`` is given: a persistent
+        key is a client's account identity."""
         if lifetime <= timedelta(0):
             raise ValueError("lifetime must be positive")
         template = Claims(b"", role, model, config_hash, model_hash)
-        key, claims, evidence, cert = cls._issue(provider, template, lifetime, now or utcnow())
-        return cls(provider, claims, evidence, key, cert, lifetime)
+        new_key, claims, evidence, cert = cls._issue(provider, template, lifetime,
+                                                     now or utcnow(), key)
+        return cls(provider, claims, evidence, new_key, cert, lifetime, fixed_key=key is not None)
 
     @staticmethod
-    def _issue(provider: Provider, template: Claims, lifetime: timedelta, now: datetime
+    def _issue(provider: Provider, template: Claims, lifetime: timedelta, now: datetime,
+               key: ec.EllipticCurvePrivateKey | None = None,
                ) -> tuple[ec.EllipticCurvePrivateKey, Claims, Evidence, x509.Certificate]:
-        key = ec.generate_private_key(ec.SECP256R1())
+        key = key or ec.generate_private_key(ec.SECP256R1())
         claims = dataclasses.replace(template, public_key=public_key_der(key.public_key()))
         evidence = provider.evidence(claims.report_data())
         cert = make_certificate(key, claims, evidence, not_before=now - _SKEW,
@@ -148,7 +154,7 @@ class TlsIdentity:
             return False
         c = self.claims
         self.key, self.claims, self.evidence, self.certificate = self._issue(
-            self.provider, c, self.lifetime, now)
+            self.provider, c, self.lifetime, now, self.key if self.fixed_key else None)
         self.generation += 1
         return True
 

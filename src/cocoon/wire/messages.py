@@ -115,7 +115,9 @@ class Roster:
 @dataclass(frozen=True, slots=True)
 class Request:
     """Opens stream ``req_id`` (chosen by the requester, unique among its open streams).
-    ``body`` is the OpenAI request JSON; ``endpoint`` is ``chat`` or ``completions``."""
+    ``body`` is the OpenAI request JSON; ``endpoint`` is ``chat`` or ``completions``.
+    ``max_tokens`` is the generation cap (0: none given); the proxy reserves funds for it and
+    the worker enforces it, so hops that route never parse the body."""
 
     TYPE: ClassVar[int] = 4
     req_id: int
@@ -124,6 +126,7 @@ class Request:
     stream: bool
     timeout_ms: int
     body: bytes
+    max_tokens: int = 0
 
 
 @dataclass(frozen=True, slots=True)

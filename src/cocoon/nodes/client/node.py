@@ -20,6 +20,7 @@ from aiohttp import web
 
 from cocoon.attestation.channels import build_channels, describe_evidence
 from cocoon.config import ClientConfig
+from cocoon.crypto import load_or_create_ec_key
 from cocoon.errors import (
     NoWorkerAvailable,
     RequestError,
@@ -30,7 +31,7 @@ from cocoon.errors import (
 )
 from cocoon.nodes.common import HttpServer, dial_forever, json_response, uptime_since
 from cocoon.openai import ENDPOINTS, encode_event, parse_request
-from cocoon.openai.protocol import dumps
+from cocoon.openai.protocol import dumps, max_tokens_of
 from cocoon.openai.sse import DONE_EVENT, SSE_HEADERS
 from cocoon.transport import Connector, OutgoingStream, Peer, Watchdog
 from cocoon.wire import (
@@ -76,8 +77,9 @@ class ClientNode:
         self.config = config
         self.node_id = config.node_id or f"client-{os.getpid()}"
         if connector is None:
+            key = load_or_create_ec_key(config.key_file) if config.key_file else None
             connector = build_channels(config.attestation, role="client",
-                                       expect_peer_role="proxy").connector
+                                       expect_peer_role="proxy", key=key).connector
         self._connector = connector
         self.proxy_attestation: dict[str, Any] = {}
         self.roster: tuple[WorkerInfo, ...] = ()
@@ -147,7 +149,8 @@ class ClientNode:
         streaming = body.get("stream") is True
         try:
             stream = peer.open_stream(lambda rid: Request(
-                rid, endpoint, body["model"], streaming, int(timeout * 1000), raw))
+                rid, endpoint, body["model"], streaming, int(timeout * 1000), raw,
+                max_tokens_of(body) or 0))
         except TransportError:
             self.stats.failed += 1
             return error_response(NoWorkerAvailable("the connection to the proxy was lost"))

@@ -22,6 +22,7 @@ from cocoon.config import ProxyConfig, parse_hostport
 from cocoon.errors import (
     AttestationError,
     CocoonError,
+    PaymentRequired,
     ProtocolError,
     RequestError,
     RequestTimeout,
@@ -29,6 +30,7 @@ from cocoon.errors import (
     WorkerLost,
 )
 from cocoon.nodes.common import HttpServer, json_response, uptime_since
+from cocoon.nodes.proxy.billing import Billing, client_account
 from cocoon.routing import WorkerView, choose_worker
 from cocoon.transport import Listener, OutgoingStream, Peer, Watchdog
 from cocoon.wire import (
@@ -95,8 +97,10 @@ class ProxyNode:
             channels = build_channels(config.attestation, role="proxy")
             listener, self.attestation = channels.listener, channels.own
         self._listener = listener
+        self.billing = Billing(config.billing) if config.billing.enabled else None
         self.workers: dict[Peer, _Worker] = {}
         self.clients: set[Peer] = set()
+        self._accounts: dict[Peer, str] = {}  # client peer -> ledger account
         self._known: dict[str, float] = {}
         self._order = 0
         self._relays: dict[tuple[int, int], asyncio.Task[None]] = {}
@@ -129,6 +133,8 @@ class ProxyNode:
                 watchdog.cancel()
                 catalog.cancel()
                 await self.http.stop()
+                if self.billing is not None:
+                    self.billing.close()
 
     # --- connections ------------------------------------------------------------------
 
@@ -165,12 +171,14 @@ class ProxyNode:
                 log.info("worker %s disconnected", hello.node_id)
         elif hello.role == "client":
             self.clients.add(peer)
+            self._accounts[peer] = client_account(claims, hello.node_id)
             peer.send(self._catalog())
             peer.send(self._roster())
             try:
                 await peer.run(self)
             finally:
                 self.clients.discard(peer)
+                self._accounts.pop(peer, None)
         else:
             log.warning("peer %s claims unknown role %r; closing", peer.address, hello.role)
             peer.close()
@@ -230,11 +238,26 @@ class ProxyNode:
         worker.served += 1
         stream: OutgoingStream | None = None
         stats = self.stats
+        billing = self.billing
+        bill_id = f"{self.config.node_id}:{id(client):x}:{rid}:{time.time_ns()}"
+        settled = billing is None
+        max_tokens = req.max_tokens
         try:
+            if billing is not None:
+                max_tokens = billing.cap(req.max_tokens)
+                try:
+                    await billing.reserve(bill_id, self._accounts.get(client, "?"),
+                                          "worker:" + worker.node_id, req.max_tokens,
+                                          len(req.body))
+                except PaymentRequired as exc:
+                    stats.rejected += 1
+                    settled = True
+                    client.finish(Error(rid, exc.code, exc.message, ""))
+                    return
             try:
                 stream = worker.peer.open_stream(
                     lambda wid: Request(wid, req.endpoint, req.model, req.stream,
-                                        int(timeout * 950), req.body))
+                                        int(timeout * 950), req.body, max_tokens))
             except TransportError:
                 stats.worker_lost += 1
                 client.finish(Error(rid, WorkerLost.code,
@@ -252,6 +275,9 @@ class ProxyNode:
                     client.send(Head(rid, ev.worker))  # type: ignore[union-attr]
                 elif kind is End:
                     assert isinstance(ev, End)
+                    if billing is not None:
+                        await billing.settle(bill_id, ev)
+                        settled = True
                     client.finish(End(rid, ev.prompt_tokens, ev.completion_tokens,
                                       ev.cached_tokens, ev.reasoning_tokens))
                     stats.completed += 1
@@ -287,6 +313,9 @@ class ProxyNode:
         finally:
             worker.active -= 1
             self._relays.pop(key, None)
+            if not settled and billing is not None:
+                # No usage reported (failure, timeout, cancel): nothing is charged.
+                await asyncio.shield(billing.release(bill_id))
             if stream is not None:
                 self._watchdog.forget(stream)
                 stream.cancel("requester went away")
@@ -355,7 +384,12 @@ class ProxyNode:
             return json_response({"status": "ok", "workers": len(self.workers)})
 
         async def stats(_: web.Request) -> web.Response:
-            return json_response(self.snapshot())
+            snap = self.snapshot()
+            if self.billing is not None:
+                snap["billing"] = await self.billing.snapshot(
+                    sorted(set(self._accounts.values())),
+                    sorted("worker:" + w.node_id for w in self.workers.values()))
+            return json_response(snap)
 
         app.router.add_get("/healthz", health)
         app.router.add_get("/stats", stats)

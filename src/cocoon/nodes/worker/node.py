@@ -24,6 +24,7 @@ from cocoon.errors import (
 )
 from cocoon.nodes.common import HttpServer, dial_forever, json_response, uptime_since
 from cocoon.openai import Endpoint, Usage, parse_request
+from cocoon.openai.protocol import max_tokens_of
 from cocoon.transport import Connector, Peer
 from cocoon.wire import Announce, Cancel, Connection, End, Error, Head, Message, Request
 
@@ -128,6 +129,12 @@ class WorkerNode:
             body = parse_request(endpoint, req.body)
             if body["model"] != req.model:
                 raise BadRequest("model in the body does not match the request", param="model")
+            cap = max_tokens_of(body)
+            if req.max_tokens and (cap is None or cap > req.max_tokens):
+                # Never generate past what the proxy reserved funds for.
+                body["max_tokens"] = req.max_tokens
+                if "max_completion_tokens" in body:
+                    body["max_completion_tokens"] = req.max_tokens
             if req.model not in self.engine.models:
                 raise BadRequest(f"this worker does not serve model {req.model!r}",
                                  param="model")

@@ -1,0 +1,109 @@
+"""The proxy's billing: reserve before forwarding, settle to the worker's usage at the end.
+
+Accounts: a client is its RA-TLS key (``client:`` + SHA-256 of its public key, so it
+survives reconnects when the client keeps its key file); without TLS, its node id. A worker
+is ``worker:`` + its node id. The SQLite ledger is blocking (fsync per transaction), so every
+call runs on one dedicated thread, in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from cocoon.attestation.evidence import Claims
+from cocoon.config import BillingConfig
+from cocoon.crypto import load_or_create_ed25519_key
+from cocoon.errors import PaymentError, PaymentRequired
+from cocoon.ledger import Ledger, Prices, TokenCounts, price_usage, reservation_for
+from cocoon.ledger.errors import InsufficientFunds
+from cocoon.wire import End
+
+__all__ = ["Billing", "client_account"]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# Chat templates add tokens the body's bytes do not show; a token is at least one byte
+# otherwise, so body bytes + this margin bound the prompt (any excess is logged as overage).
+_TEMPLATE_MARGIN = 64
+
+
+def client_account(claims: Claims | None, node_id: str) -> str:
+    if claims is not None:
+        return "client:" + hashlib.sha256(claims.public_key).hexdigest()[:40]
+    return "node:" + node_id
+
+
+class Billing:
+    def __init__(self, config: BillingConfig) -> None:
+        self.config = config
+        self.prices = Prices(config.price_per_token, config.worker_fee_per_token,
+                             config.prompt_mult, config.cached_mult, config.completion_mult,
+                             config.reasoning_mult)
+        self._key = load_or_create_ed25519_key(config.signing_key_file)
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger")
+        self.ledger: Ledger = self._pool.submit(Ledger, config.ledger_path).result()
+
+    async def _run(self, fn: Any, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+    def cap(self, max_tokens: int) -> int:
+        return max_tokens or self.config.default_max_tokens
+
+    async def reserve(self, request_id: str, client: str, worker: str, max_tokens: int,
+                      body_bytes: int) -> int:
+        """Reserve the worst case of this request; PaymentRequired if the client can't."""
+        amount = reservation_for(self.cap(max_tokens), body_bytes + _TEMPLATE_MARGIN,
+                                 self.config.worker_coefficient, self.prices)
+        try:
+            await self._run(self.ledger.reserve, request_id, client, worker, amount)
+        except InsufficientFunds as exc:
+            raise PaymentRequired(
+                f"client balance is too low: {exc.available} nanoTON available, this request "
+                f"reserves {amount} nanoTON (max_tokens {self.cap(max_tokens)} at "
+                f"{self.prices.price_per_token} nanoTON per token); top up the client's "
+                f"account or lower max_tokens") from None
+        return int(amount)
+
+    async def settle(self, request_id: str, end: End) -> int:
+        """Charge the usage the worker reported; returns the client's cost."""
+        prompt = end.prompt_tokens
+        completion = end.completion_tokens
+        counts = TokenCounts(prompt, min(end.cached_tokens, prompt), completion,
+                             min(end.reasoning_tokens, completion))
+        bill = price_usage(counts, self.config.worker_coefficient, self.prices)
+        settlement = await self._run(self.ledger.settle, request_id, bill, self._key)
+        if settlement.overage:
+            log.warning("request %s used more than reserved: %d nanoTON not charged",
+                        request_id, settlement.overage)
+        return int(settlement.bill.client_cost)
+
+    async def release(self, request_id: str) -> None:
+        try:
+            await self._run(self.ledger.release, request_id)
+        except PaymentError as exc:
+            log.warning("releasing %s failed: %s", request_id, exc)
+
+    async def snapshot(self, clients: list[str], workers: list[str]) -> dict[str, Any]:
+        def read() -> dict[str, Any]:
+            totals = self.ledger.totals()
+            return {
+                "enabled": True,
+                "price_per_token": self.prices.price_per_token,
+                "worker_fee_per_token": self.prices.worker_fee_per_token,
+                "totals": dataclasses.asdict(totals),
+                "clients": {c: dataclasses.asdict(self.ledger.balance(c)) for c in clients},
+                "workers": {w: dataclasses.asdict(self.ledger.earnings(w)) for w in workers},
+            }
+
+        return await self._run(read)  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        self._pool.submit(self.ledger.close).result()
+        self._pool.shutdown()
