@@ -46,6 +46,9 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
                    default="all",
                    help="what to measure (default all: saturation and paced with "
                         "--tls-compare, llama, handshake)")
+    p.add_argument("--billing", action="store_true",
+                   help="bill every chain request into the proxy's SQLite ledger (reserve + "
+                        "settle, fsync each), to measure what billing costs")
     p.add_argument("--attestation", choices=["fake", "none", "off"], default="fake",
                    help="the chain's attestation, as cocoon up (default fake: RA-TLS with "
                         "simulated TDX quotes; none: RA-TLS without evidence; off: plain TCP)")
@@ -139,7 +142,8 @@ def run_bench(args: argparse.Namespace) -> int:
                  "platform": platform.platform(),
                  "loadavg_start": [round(x, 2) for x in os.getloadavg()]},
         "params": {"duration_s": duration, "repeat": args.repeat, "quick": args.quick,
-                   "attestation": args.attestation, "tls_compare": tls_compare},
+                   "attestation": args.attestation, "tls_compare": tls_compare,
+                   "billing": args.billing},
         "modes": {},
     }
     failed = False
@@ -156,7 +160,8 @@ def run_bench(args: argparse.Namespace) -> int:
             overrides["delay_ms"] = args.delay_ms
         spec = replace(spec, **overrides)
         section = run_mode(spec, duration, args.repeat, progress,
-                           attestation=args.attestation, tls_compare=tls_compare)
+                           attestation=args.attestation, tls_compare=tls_compare,
+                           billing=args.billing)
         report["modes"][name] = section
         for side in ("direct", "chain", "chain_plain"):
             if side not in section:

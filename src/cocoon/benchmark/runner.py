@@ -182,14 +182,15 @@ def _prefixed(progress: Progress, prefix: str) -> Progress:
     return lambda msg: progress(prefix + msg)
 
 
-def _network(spec: ModeSpec, attestation: str) -> LocalNetwork:
+def _network(spec: ModeSpec, attestation: str, billing: bool = False) -> LocalNetwork:
     worker_sets = [f"engine.fake.model={_MODEL}",
                    f"engine.fake.chunks={spec.chunks}",
                    f"engine.fake.chunk_bytes={spec.chunk_bytes}",
                    f"engine.fake.delay_ms={spec.delay_ms!r}",
                    f"max_concurrent={max(1000, spec.streams * 2)}"]
     return LocalNetwork(engine="fake", workers=1, worker_sets=worker_sets,
-                        startup_timeout=120.0, attestation=attestation)
+                        startup_timeout=120.0, attestation=attestation, billing=billing,
+                        demo_funds=10**17)
 
 
 def _chain_pids(net: LocalNetwork) -> dict[str, int]:
@@ -199,7 +200,8 @@ def _chain_pids(net: LocalNetwork) -> dict[str, int]:
 
 
 def run_mode(spec: ModeSpec, duration: float, repeat: int, progress: Progress, *,
-             attestation: str = "fake", tls_compare: bool = False) -> dict[str, Any]:
+             attestation: str = "fake", tls_compare: bool = False,
+             billing: bool = False) -> dict[str, Any]:
     """Measure ``spec`` directly and through the chain (attestation ``attestation``); with
     ``tls_compare`` also through a second chain on plain TCP (``chain_plain``). The mode's
     JSON section."""
@@ -213,7 +215,7 @@ def run_mode(spec: ModeSpec, duration: float, repeat: int, progress: Progress, *
     runs: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
     with contextlib.ExitStack() as stack:
         direct = stack.enter_context(DirectProcess(direct_args))
-        nets = {"chain": stack.enter_context(_network(spec, attestation))}
+        nets = {"chain": stack.enter_context(_network(spec, attestation, billing))}
         if tls_compare:
             nets["chain_plain"] = stack.enter_context(_network(spec, "off"))
         sides: dict[str, tuple[str, dict[str, int]]] = {
