@@ -394,6 +394,10 @@ def run_up(args: argparse.Namespace) -> int:
                  f"attestation {args.attestation}; logs in {net.log_dir}")
         for line in net.attestation_summary():
             progress(line)
+        if net.client_account:
+            progress(f"billing on: demo client {net.client_account} funded with "
+                     f"{args.demo_funds} nanoTON; `cocoon proxy ledger --set "
+                     f"billing.ledger_path={net.ledger_path}` shows the books")
         print(_snippets(net.base_url, models[0] if models else "?"), flush=True)
         print("Press Ctrl-C to stop.", flush=True)
         while True:
