@@ -49,6 +49,17 @@ class Billing:
         self._key = load_or_create_ed25519_key(config.signing_key_file)
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger")
         self.ledger: Ledger = self._pool.submit(Ledger, config.ledger_path).result()
+        self.recovered = self._pool.submit(self._release_stale).result()
+
+    def _release_stale(self) -> int:
+        """Reservations still open at start-up belong to requests that died with the
+        previous process (no usage was ever reported): release them, charge nothing."""
+        stale = self.ledger.open_reservations()
+        for r in stale:
+            self.ledger.release(r.request_id)
+        if stale:
+            log.warning("released %d reservation(s) left open by a previous run", len(stale))
+        return len(stale)
 
     async def _run(self, fn: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)

@@ -1,0 +1,50 @@
+"""The proxy's billing adapter: prices from config, reservations bound usage, restarts
+release what a dead process left open."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cocoon.config import BillingConfig
+from cocoon.errors import PaymentRequired
+from cocoon.ledger import Ledger
+from cocoon.nodes.proxy.billing import Billing
+from cocoon.wire import End
+
+
+def config(tmp_path: Path, **kw: object) -> BillingConfig:
+    return BillingConfig(enabled=True, ledger_path=str(tmp_path / "l.sqlite"),
+                         signing_key_file=str(tmp_path / "k.pem"), **kw)  # type: ignore[arg-type]
+
+
+async def test_reserve_settle_and_402(tmp_path: Path) -> None:
+    b = Billing(config(tmp_path))
+    try:
+        await b._run(b.ledger.deposit, "c", 10_000)
+        amount = await b.reserve("r1", "c", "w", 100, 50)
+        assert amount > 0
+        cost = await b.settle("r1", End(0, 30, 40, 10, 5))
+        assert cost == (30 + 40) * 2  # multipliers 1.0x: adjusted = prompt + completion
+        with pytest.raises(PaymentRequired) as ei:
+            await b.reserve("r2", "c", "w", 10**6, 50)
+        assert ei.value.status == 402 and "top up" in ei.value.message
+        assert (tmp_path / "k.pem").stat().st_mode & 0o777 == 0o600
+    finally:
+        b.close()
+
+
+async def test_restart_releases_reservations_left_open(tmp_path: Path) -> None:
+    cfg = config(tmp_path)
+    with Ledger(cfg.ledger_path) as ledger:
+        ledger.deposit("c", 10_000)
+        ledger.reserve("dead", "c", "w", 500)
+    b = Billing(cfg)
+    try:
+        assert b.recovered == 1
+        assert await b._run(b.ledger.open_reservations) == []
+        assert (await b._run(b.ledger.balance, "c")).available == 10_000
+        assert await b._run(b.ledger.check_invariants) == []
+    finally:
+        b.close()
