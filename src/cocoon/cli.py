@@ -61,14 +61,21 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--listen", help="HOST:PORT for workers and clients")
     p.add_argument("--http", help="HOST:PORT for health and stats")
 
-    p = _role_parser(sub, "worker", "run a worker")
+    p = _role_parser(sub, "worker", "run a worker, or show its earnings (cocoon worker earnings)")
+    p.add_argument("action", nargs="?", choices=["run", "earnings"], default="run",
+                   help="run (default) or earnings: the worker's verified copy of its account")
+    p.add_argument("--json", action="store_true", help="earnings: machine-readable output")
     p.add_argument("--proxy", help="proxy HOST:PORT")
     p.add_argument("--http", help="HOST:PORT for health and stats")
     p.add_argument("--engine", choices=["llama-cpp", "openai-http", "fake"])
     p.add_argument("--upstream", help="base URL of the OpenAI-compatible upstream")
     p.add_argument("--max-concurrent", type=int)
 
-    p = _role_parser(sub, "client", "run a client (the OpenAI API for apps)")
+    p = _role_parser(sub, "client", "run a client (the OpenAI API for apps), or show its "
+                                    "balance (cocoon client balance)")
+    p.add_argument("action", nargs="?", choices=["run", "balance"], default="run",
+                   help="run (default) or balance: the client's verified copy of its account")
+    p.add_argument("--json", action="store_true", help="balance: machine-readable output")
     p.add_argument("--proxy", help="proxy HOST:PORT")
     p.add_argument("--http", help="HOST:PORT of the OpenAI API")
 
@@ -132,6 +139,35 @@ async def _run_role(args: argparse.Namespace) -> None:
         await run_until_signal(lambda stop: client.run(stop, _ready_writer(args.ready_file)))
 
 
+def _account(args: argparse.Namespace) -> int:
+    """Ask a running client or worker (its --http address) for its copy of its account."""
+    import json
+
+    from cocoon import config as cfg
+    from cocoon.launch import http_json
+
+    overrides = _overrides(args, {"http": "http"})
+    http = (cfg.load(cfg.ClientConfig, args.config, overrides).http if args.command == "client"
+            else cfg.load(cfg.WorkerConfig, args.config, overrides).http)
+    host, port = cfg.parse_hostport(http, f"{args.command}.http")
+    status, stats = http_json(f"http://{host}:{port}/stats")
+    if status != 200 or not isinstance(stats, dict):
+        raise CocoonError(f"no {args.command} answering on {host}:{port} (--http HOST:PORT)")
+    account = stats.get("billing") or {}
+    if args.json:
+        print(json.dumps(account, indent=2))
+    elif account.get("voucher") is None:
+        print("no statement from the proxy yet (billing off, or no paid request so far)")
+    else:
+        for k, v in account.items():
+            if k != "voucher":
+                print(f"{k:<20} {v}")
+        v = account["voucher"]
+        print(f"{'voucher':<20} seqno {v['seqno']}, {v['cumulative_nanoton']} nanoTON, "
+              f"{v['cumulative_tokens']} tokens, signed by proxy key {v['proxy_key'][:16]}...")
+    return 0
+
+
 def _proxy_ledger(args: argparse.Namespace) -> int:
     """Print the proxy ledger's totals and invariant check; exit 1 if it is inconsistent."""
     import dataclasses
@@ -167,6 +203,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "proxy" and args.action == "ledger":
             return _proxy_ledger(args)
+        if args.command in ("client", "worker") and args.action != "run":
+            return _account(args)
         if args.command in ("proxy", "worker", "client"):
             _setup_logging(args.verbose)
             asyncio.run(_run_role(args))

@@ -109,3 +109,42 @@ def test_cocoon_proxy_ledger_command(net: LocalNetwork) -> None:
     report = json.loads(out.stdout)
     assert report["consistent"] is True
     assert report["totals"] == billing(net)["totals"]
+
+
+def test_client_and_worker_keep_verified_copies(net: LocalNetwork) -> None:
+    """After paid requests, the client's and the worker's own copies hold the proxy-signed
+    voucher whose amount equals the ledger's, and the CLI shows them."""
+    import subprocess
+    import sys
+
+    client = openai.OpenAI(base_url=net.base_url, api_key="unused", max_retries=0)
+    client.chat.completions.create(model="fake", max_tokens=3,
+                                   messages=[{"role": "user", "content": "copy"}])
+    assert net.client is not None
+    ledger = billing(net)
+    acct = ledger["clients"][net.client_account]
+    earned = ledger["workers"]["worker:worker-1"]["earned"]
+
+    def node_stats(url: str) -> dict[str, Any]:
+        with urllib.request.urlopen(url + "/stats", timeout=5) as resp:
+            return json.load(resp)["billing"]  # type: ignore[no-any-return]
+
+    mine = node_stats(net.client.http)
+    assert mine["rejected_statements"] == 0
+    assert mine["charged"] == acct["charged"] == mine["voucher"]["cumulative_nanoton"]
+    assert mine["available"] == acct["deposited"] - acct["charged"] - acct["reserved"]
+    worker = node_stats(net.workers[0].http)
+    assert worker["earned"] == earned == worker["voucher"]["cumulative_nanoton"]
+    assert worker["voucher"]["proxy_key"] == mine["voucher"]["proxy_key"]
+
+    host_port = net.client.http.removeprefix("http://")
+    out = subprocess.run([sys.executable, "-m", "cocoon", "client", "balance", "--json",
+                          "--http", host_port], capture_output=True, text=True, timeout=30,
+                         check=False)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["charged"] == acct["charged"]
+    out = subprocess.run([sys.executable, "-m", "cocoon", "worker", "earnings", "--json",
+                          "--http", net.workers[0].http.removeprefix("http://")],
+                         capture_output=True, text=True, timeout=30, check=False)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["earned"] == earned

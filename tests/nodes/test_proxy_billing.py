@@ -26,7 +26,10 @@ async def test_reserve_settle_and_402(tmp_path: Path) -> None:
         amount = await b.reserve("r1", "c", "w", 100, 50)
         assert amount > 0
         cost = await b.settle("r1", End(0, 30, 40, 10, 5))
-        assert cost == (30 + 40) * 2  # multipliers 1.0x: adjusted = prompt + completion
+        to_client, to_worker = cost
+        assert to_client is not None and to_worker is not None
+        assert to_client.charged == (30 + 40) * 2  # multipliers 1.0x: prompt + completion
+        assert to_worker.earned == 30 + 40
         with pytest.raises(PaymentRequired) as ei:
             await b.reserve("r2", "c", "w", 10**6, 50)
         assert ei.value.status == 402 and "top up" in ei.value.message

@@ -31,6 +31,7 @@ from cocoon.wire.messages import (
     Pong,
     Request,
     Roster,
+    Statement,
     WorkerInfo,
     decode,
     encode,
@@ -62,7 +63,7 @@ FIELD_STRATEGIES: dict[str, st.SearchStrategy[Any]] = {
 # test_every_message_type_has_a_strategy.
 KNOWN_MESSAGES: tuple[type[Any], ...] = (
     Hello, Announce, Catalog, Request, Head, Chunk, End, Error, Cancel, Credit, Ping, Pong,
-    Roster,
+    Roster, Statement,
 )
 
 
@@ -89,6 +90,7 @@ SAMPLES: dict[type[Any], Any] = {
     Ping: Ping(7),
     Pong: Pong(7),
     Roster: Roster((WorkerInfo("w1", "fake-tdx", b"\x01" * 32, ("m1",)),)),
+    Statement: Statement(b"voucher", 100, 40, 10, 0),
 }
 
 
@@ -131,6 +133,7 @@ def test_type_ids_are_stable() -> None:
     assert {tid: cls.__name__ for tid, cls in MESSAGE_TYPES.items()} == {
         1: "Hello", 2: "Announce", 3: "Catalog", 4: "Request", 5: "Head", 6: "Chunk",
         7: "End", 8: "Error", 9: "Cancel", 10: "Credit", 11: "Ping", 12: "Pong", 13: "Roster",
+        14: "Statement",
     }
     for tid, cls in MESSAGE_TYPES.items():
         assert tid == cls.TYPE

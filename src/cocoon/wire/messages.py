@@ -41,6 +41,7 @@ __all__ = [
     "Pong",
     "Request",
     "Roster",
+    "Statement",
     "WorkerInfo",
     "decode",
     "encode",
@@ -110,6 +111,20 @@ class Roster:
 
     TYPE: ClassVar[int] = 13
     workers: tuple[WorkerInfo, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Statement:
+    """Proxy -> client or worker after each settlement: the newest signed cumulative voucher
+    for its account (``cocoon.ledger.vouchers.SignedVoucher`` bytes) and the account's
+    figures in nanoTON, so each side keeps and checks its own copy."""
+
+    TYPE: ClassVar[int] = 14
+    voucher: bytes
+    deposited: int
+    charged: int
+    reserved: int
+    earned: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,13 +217,13 @@ class Pong:
 
 Message = (
     Hello | Announce | Catalog | Request | Head | Chunk | End | Error | Cancel | Credit | Ping
-    | Pong | Roster
+    | Pong | Roster | Statement
 )
 
 MESSAGE_TYPES: Final[dict[int, type[Any]]] = {
     cls.TYPE: cls
     for cls in (Hello, Announce, Catalog, Request, Head, Chunk, End, Error, Cancel, Credit, Ping,
-                Pong, Roster)
+                Pong, Roster, Statement)
 }
 
 

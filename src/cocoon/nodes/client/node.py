@@ -23,12 +23,14 @@ from cocoon.config import ClientConfig
 from cocoon.crypto import load_or_create_ec_key
 from cocoon.errors import (
     NoWorkerAvailable,
+    PaymentError,
     RequestError,
     RequestTimeout,
     TransportError,
     WorkerLost,
     request_error_from_code,
 )
+from cocoon.ledger.copies import AccountCopy
 from cocoon.nodes.common import HttpServer, dial_forever, json_response, uptime_since
 from cocoon.openai import ENDPOINTS, encode_event, parse_request
 from cocoon.openai.protocol import dumps, max_tokens_of
@@ -45,6 +47,7 @@ from cocoon.wire import (
     Message,
     Request,
     Roster,
+    Statement,
     WorkerInfo,
 )
 
@@ -83,6 +86,7 @@ class ClientNode:
         self._connector = connector
         self.proxy_attestation: dict[str, Any] = {}
         self.roster: tuple[WorkerInfo, ...] = ()
+        self.account = AccountCopy("client_charge")
         self.proxy: Peer | None = None
         self.proxy_state = "starting"
         self.catalog: tuple[CatalogEntry, ...] = ()
@@ -110,6 +114,8 @@ class ClientNode:
             self.catalog = msg.entries
         elif isinstance(msg, Roster):
             self.roster = msg.workers
+        elif isinstance(msg, Statement):
+            self._statement(msg)
         else:
             log.warning("ignoring unexpected %s from the proxy", type(msg).__name__)
 
@@ -128,6 +134,15 @@ class ClientNode:
                 watchdog.cancel()
         finally:
             await self.http.stop()
+
+    def _statement(self, msg: Statement) -> None:
+        """Keep our own copy of the account; a statement that does not check out is logged
+        and counted, never adopted."""
+        try:
+            self.account.accept(msg.voucher, deposited=msg.deposited, charged=msg.charged,
+                                reserved=msg.reserved, earned=msg.earned)
+        except PaymentError as exc:
+            log.error("proxy statement rejected: %s", exc)
 
     # --- OpenAI HTTP ------------------------------------------------------------------
 
@@ -253,6 +268,7 @@ class ClientNode:
             "tokens": {"prompt": s.prompt_tokens, "completion": s.completion_tokens},
             "models": [{"id": e.model, "workers": e.workers, "capacity": e.capacity}
                        for e in self.catalog],
+            "billing": self.account.snapshot(),
         }
 
     def _http_app(self) -> web.Application:

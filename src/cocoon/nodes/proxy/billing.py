@@ -21,7 +21,7 @@ from cocoon.crypto import load_or_create_ed25519_key
 from cocoon.errors import PaymentError, PaymentRequired
 from cocoon.ledger import Ledger, Prices, TokenCounts, price_usage, reservation_for
 from cocoon.ledger.errors import InsufficientFunds
-from cocoon.wire import End
+from cocoon.wire import End, Statement
 
 __all__ = ["Billing", "client_account"]
 
@@ -82,18 +82,32 @@ class Billing:
                 f"account or lower max_tokens") from None
         return int(amount)
 
-    async def settle(self, request_id: str, end: End) -> int:
-        """Charge the usage the worker reported; returns the client's cost."""
+    async def settle(self, request_id: str, end: End) -> tuple[Statement | None,
+                                                                Statement | None]:
+        """Charge the usage the worker reported; returns the statements for the client and
+        the worker (None when nothing was charged, e.g. zero tokens)."""
         prompt = end.prompt_tokens
         completion = end.completion_tokens
         counts = TokenCounts(prompt, min(end.cached_tokens, prompt), completion,
                              min(end.reasoning_tokens, completion))
         bill = price_usage(counts, self.config.worker_coefficient, self.prices)
-        settlement = await self._run(self.ledger.settle, request_id, bill, self._key)
-        if settlement.overage:
-            log.warning("request %s used more than reserved: %d nanoTON not charged",
-                        request_id, settlement.overage)
-        return int(settlement.bill.client_cost)
+
+        def settle() -> tuple[Statement | None, Statement | None]:
+            s = self.ledger.settle(request_id, bill, self._key)
+            if s.overage:
+                log.warning("request %s used more than reserved: %d nanoTON not charged",
+                            request_id, s.overage)
+            to_client = to_worker = None
+            if s.client_voucher is not None:
+                c = self.ledger.balance(s.client)
+                to_client = Statement(s.client_voucher.to_bytes(), c.deposited, c.charged,
+                                      c.reserved, 0)
+            if s.worker_voucher is not None:
+                w = self.ledger.earnings(s.worker)
+                to_worker = Statement(s.worker_voucher.to_bytes(), 0, 0, 0, w.earned)
+            return to_client, to_worker
+
+        return await self._run(settle)  # type: ignore[no-any-return]
 
     async def release(self, request_id: str) -> None:
         try:

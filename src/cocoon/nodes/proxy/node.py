@@ -276,8 +276,12 @@ class ProxyNode:
                 elif kind is End:
                     assert isinstance(ev, End)
                     if billing is not None:
-                        await billing.settle(bill_id, ev)
+                        to_client, to_worker = await billing.settle(bill_id, ev)
                         settled = True
+                        if to_worker is not None and not worker.peer.closed:
+                            worker.peer.send(to_worker)
+                        if to_client is not None:
+                            client.send(to_client)
                     client.finish(End(rid, ev.prompt_tokens, ev.completion_tokens,
                                       ev.cached_tokens, ev.reasoning_tokens))
                     stats.completed += 1

@@ -18,15 +18,27 @@ from cocoon.engines import Engine, InferenceJob
 from cocoon.errors import (
     BadRequest,
     NoWorkerAvailable,
+    PaymentError,
     RequestError,
     RequestTimeout,
     TransportError,
 )
+from cocoon.ledger.copies import AccountCopy
 from cocoon.nodes.common import HttpServer, dial_forever, json_response, uptime_since
 from cocoon.openai import Endpoint, Usage, parse_request
 from cocoon.openai.protocol import max_tokens_of
 from cocoon.transport import Connector, Peer
-from cocoon.wire import Announce, Cancel, Connection, End, Error, Head, Message, Request
+from cocoon.wire import (
+    Announce,
+    Cancel,
+    Connection,
+    End,
+    Error,
+    Head,
+    Message,
+    Request,
+    Statement,
+)
 
 __all__ = ["WorkerNode"]
 
@@ -64,6 +76,7 @@ class WorkerNode:
         self._connector = connector
         self.proxy_attestation: dict[str, Any] = {}
         self.stats = WorkerStats()
+        self.account = AccountCopy("worker_payout")
         self.active = 0
         self.proxy_state = "starting"
         self._jobs: dict[tuple[int, int], asyncio.Task[None]] = {}
@@ -116,6 +129,8 @@ class WorkerNode:
             task = self._jobs.get((id(peer), msg.req_id))
             if task is not None:
                 task.cancel()
+        elif isinstance(msg, Statement):
+            self._statement(msg)
         else:
             log.warning("ignoring unexpected %s from the proxy", type(msg).__name__)
 
@@ -187,6 +202,15 @@ class WorkerNode:
             raise RequestError("engine finished without reporting usage")
         return usage
 
+    def _statement(self, msg: Statement) -> None:
+        """Keep our own copy of the account; a statement that does not check out is logged
+        and counted, never adopted."""
+        try:
+            self.account.accept(msg.voucher, deposited=msg.deposited, charged=msg.charged,
+                                reserved=msg.reserved, earned=msg.earned)
+        except PaymentError as exc:
+            log.error("proxy statement rejected: %s", exc)
+
     # --- health and stats -------------------------------------------------------------
 
     def snapshot(self) -> dict[str, Any]:
@@ -208,6 +232,7 @@ class WorkerNode:
                          "cancelled": s.cancelled, "errors": dict(s.errors)},
             "tokens": {"prompt": s.prompt_tokens, "completion": s.completion_tokens},
             "chunks_sent": s.chunks,
+            "billing": self.account.snapshot(),
         }
 
     def _http_app(self) -> web.Application:
