@@ -194,3 +194,13 @@ def test_llama_section_skipped_with_reason(monkeypatch: pytest.MonkeyPatch) -> N
                           "modes": {}, "llama": section})
     assert "llama: skipped" in text
     assert "llama-cpp-python is missing" in text
+
+
+def test_ledger_mode_reports_throughput_and_invariants() -> None:
+    from cocoon.benchmark.ledger import format_ledger, run_ledger
+
+    r = run_ledger(50, lambda msg: None)
+    assert r["requests"] == 50 and r["invariant_problems"] == []
+    assert r["reserve_per_s"] > 0 and r["settle_per_s"] > 0
+    assert r["paid_requests_per_s"] < min(r["reserve_per_s"], r["settle_per_s"])
+    assert any("invariants: hold" in line for line in format_ledger(r))

@@ -42,7 +42,8 @@ _DEFAULT_DURATION = 10.0
 
 
 def add_bench_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--mode", choices=["saturation", "paced", "llama", "handshake", "all"],
+    p.add_argument("--mode", choices=["saturation", "paced", "llama", "handshake", "ledger",
+                                      "all"],
                    default="all",
                    help="what to measure (default all: saturation and paced with "
                         "--tls-compare, llama, handshake)")
@@ -126,6 +127,7 @@ def run_bench(args: argparse.Namespace) -> int:
                   else [args.mode] if args.mode in MODES else [])
     with_llama = not args.no_llama and (args.mode in ("all", "llama") or args.llama)
     with_handshake = args.mode in ("all", "handshake")
+    with_ledger = args.mode in ("all", "ledger")
     tls_compare = bool(fake_modes) and (
         args.tls_compare or (args.mode == "all" and not args.no_tls_compare))
     if tls_compare and args.attestation == "off":
@@ -182,6 +184,12 @@ def run_bench(args: argparse.Namespace) -> int:
         n = args.handshakes or (30 if args.quick else 200)
         report["handshake"] = run_handshake(n, progress)
         if report["handshake"]["errors"]:
+            failed = True
+    if with_ledger:
+        from cocoon.benchmark.ledger import run_ledger
+
+        report["ledger"] = run_ledger(300 if args.quick else 3000, progress)
+        if report["ledger"]["invariant_problems"]:
             failed = True
     report["ok"] = not failed
 

@@ -157,6 +157,11 @@ def format_report(report: dict[str, Any]) -> str:
     if "llama" in report:
         lines.append("")
         lines.extend(_llama_lines(report["llama"]))
+    if "ledger" in report:
+        from cocoon.benchmark.ledger import format_ledger
+
+        lines.append("")
+        lines.extend(format_ledger(report["ledger"]))
     if "handshake" in report:
         lines.append("")
         lines.extend(_handshake_lines(report["handshake"]))
