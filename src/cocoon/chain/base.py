@@ -1,0 +1,164 @@
+"""The chain interface the proxy, client and worker use.
+
+One small :class:`Chain` protocol; backends: :mod:`cocoon.chain.embedded` (default, an
+in-process local chain running the compiled contracts in the TVM emulator).  Amounts are
+nanoTON ints, addresses raw strings ``"0:<hex>"``.  A *wallet* is a name the backend can send
+from (embedded: a funded sandbox treasury); :meth:`Chain.wallet` gives its address.
+
+Every mutating call returns a :class:`TxResult` on success and raises a
+:class:`cocoon.chain.errors.ContractRejected` subclass (a ``PaymentError``) carrying the exit
+code when the contract rejects the message.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+from cocoon.chain.vouchers import ChainVoucher, ChannelKind
+
+__all__ = [
+    "DEFAULT_MSG_VALUE",
+    "TOPUP_FEE",
+    "Chain",
+    "ChannelSpec",
+    "ChannelState",
+    "ChannelStatus",
+    "OutMessage",
+    "TxInfo",
+    "TxResult",
+]
+
+TOPUP_FEE = 10_000_000
+"""Value a top-up must carry above its amount (0.01 TON); it stays in the channel's reserve."""
+DEFAULT_MSG_VALUE = 50_000_000
+"""Value attached to control messages (vouchers, close, withdraw): 0.05 TON."""
+
+
+class ChannelStatus(enum.IntEnum):
+    OPEN = 0
+    CLOSING = 1
+    CLOSED = 2
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelSpec:
+    """Everything that fixes a channel's initial data, hence its address."""
+
+    kind: ChannelKind
+    funder: str
+    payee: str
+    signer_pubkey: bytes
+    payee_pubkey: bytes
+    close_delay: int
+    channel_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelState:
+    """``get_channel_state()`` of a channel contract."""
+
+    status: ChannelStatus
+    balance: int
+    charged: int
+    last_seqno: int
+    close_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class OutMessage:
+    to: str
+    value: int
+    fwd_fee: int
+    op: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class TxInfo:
+    """One transaction of a message's trace."""
+
+    address: str
+    exit_code: int | None
+    aborted: bool | None
+    total_fees: int
+    in_value: int
+    out_messages: tuple[OutMessage, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class TxResult:
+    """The trace of one sent message; ``exit_code`` is that of the destination's transaction."""
+
+    to: str
+    exit_code: int | None
+    success: bool
+    transactions: tuple[TxInfo, ...]
+
+    def on(self, address: str) -> tuple[TxInfo, ...]:
+        return tuple(t for t in self.transactions if t.address == address)
+
+    def sent_by(self, address: str) -> tuple[OutMessage, ...]:
+        """Internal messages sent by ``address`` in this trace."""
+        return tuple(m for t in self.on(address) for m in t.out_messages)
+
+    def fees_of(self, address: str) -> int:
+        return sum(t.total_fees for t in self.on(address))
+
+    def balance_delta(self, address: str) -> int:
+        """Exact change of ``address``'s balance in this trace (nanoTON): incoming values minus
+        fees minus what it sent (value + forward fee of each outgoing message)."""
+        return sum(
+            t.in_value - t.total_fees - sum(m.value + m.fwd_fee for m in t.out_messages)
+            for t in self.on(address)
+        )
+
+
+@runtime_checkable
+class Chain(Protocol):
+    """Payment-channel operations on TON (real or emulated)."""
+
+    async def wallet(self, name: str) -> str:
+        """Address of the named wallet this backend sends from."""
+        ...
+
+    async def deploy_channel(self, spec: ChannelSpec, *, sender: str, deposit: int) -> TxResult:
+        """Deploy the channel (StateInit + a top-up of ``deposit``); ``result.to`` is the
+        channel's address."""
+        ...
+
+    async def deposit(self, channel: str, amount: int, *, sender: str) -> TxResult:
+        """Top up ``amount`` (sends ``amount + TOPUP_FEE``)."""
+        ...
+
+    async def submit_voucher(self, channel: str, voucher: ChainVoucher, *, sender: str) -> TxResult:
+        """Redeem a signed voucher: pays ``cumulative - charged`` to the payee."""
+        ...
+
+    async def request_close(self, channel: str, *, sender: str) -> TxResult:
+        """Funder: open -> closing, closeAt = now + closeDelay."""
+        ...
+
+    async def close(self, channel: str, *, sender: str) -> TxResult:
+        """Funder: finalize the close once ``now >= closeAt``."""
+        ...
+
+    async def withdraw(self, channel: str, *, sender: str) -> TxResult:
+        """Funder, after close: the whole account balance goes back to the funder."""
+        ...
+
+    async def channel_state(self, channel: str) -> ChannelState: ...
+
+    async def balance(self, address: str) -> int:
+        """Account balance in nanoTON (0 for an unknown account)."""
+        ...
+
+    async def now(self) -> int:
+        """The chain's current unixtime."""
+        ...
+
+    async def advance_time(self, seconds: int) -> int:
+        """Tests only: move the chain clock forward; returns the new time."""
+        ...
+
+    async def aclose(self) -> None: ...

@@ -1,0 +1,148 @@
+"""Errors of the chain layer.
+
+Contract rejections are :class:`cocoon.errors.PaymentError` subclasses carrying the compute
+phase exit code and its meaning from contracts/README.md ("Exit codes").  Use
+:func:`rejection_for` to get the right class for an exit code.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cocoon.errors import CocoonError, ConfigError, PaymentError
+
+__all__ = [
+    "EXIT_MEANINGS",
+    "BadVoucherSignature",
+    "ChainError",
+    "ChainUnavailable",
+    "ContractRejected",
+    "EarlyClose",
+    "InsufficientChannelBalance",
+    "InsufficientValue",
+    "UnknownOp",
+    "VoucherAmountDecreased",
+    "VoucherReplayed",
+    "VoucherWrongChannel",
+    "VoucherWrongKind",
+    "WrongSender",
+    "WrongState",
+    "rejection_for",
+]
+
+EXIT_MEANINGS: dict[int, str] = {
+    100: "wrong sender (not the funder / payee / registry owner)",
+    101: "bad voucher signature",
+    102: "replay: voucher seqno not newer than the last accepted",
+    103: "voucher cumulative amount below the already charged amount",
+    104: "insufficient balance for the voucher's delta",
+    105: "early close: finalize before closeAt",
+    106: "wrong state for this op",
+    107: "insufficient value attached to a top-up (< amount + 0.01 TON)",
+    108: "voucher is for another channel address",
+    109: "voucher of the other kind (client charge vs worker payout)",
+    110: "registry: hash already present",
+    111: "registry: hash not present",
+    112: "proxy: stake below the minimum",
+    0xFFFF: "unknown op",
+    9: "malformed message/params cell (TVM cell underflow)",
+}
+
+
+class ChainError(CocoonError):
+    """The chain backend failed (process died, protocol error, bad command)."""
+
+
+class ChainUnavailable(ConfigError):
+    """The chain backend cannot start (missing node / contracts toolchain)."""
+
+
+class ContractRejected(PaymentError):
+    """A contract's compute phase failed; ``exit_code`` and ``meaning`` say why."""
+
+    status = 402
+    exit_code: int = -1
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        exit_code: int | None,
+        address: str = "",
+        result: Any = None,
+    ) -> None:
+        code = -1 if exit_code is None else exit_code
+        self.exit_code = code
+        self.meaning = EXIT_MEANINGS.get(code, "transaction failed")
+        self.address = address
+        self.result = result
+        super().__init__(f"{message}: exit code {code} ({self.meaning})")
+
+
+class WrongSender(ContractRejected):
+    exit_code = 100
+
+
+class BadVoucherSignature(ContractRejected):
+    exit_code = 101
+
+
+class VoucherReplayed(ContractRejected):
+    exit_code = 102
+
+
+class VoucherAmountDecreased(ContractRejected):
+    exit_code = 103
+
+
+class InsufficientChannelBalance(ContractRejected):
+    exit_code = 104
+
+
+class EarlyClose(ContractRejected):
+    exit_code = 105
+
+
+class WrongState(ContractRejected):
+    exit_code = 106
+
+
+class InsufficientValue(ContractRejected):
+    exit_code = 107
+
+
+class VoucherWrongChannel(ContractRejected):
+    exit_code = 108
+
+
+class VoucherWrongKind(ContractRejected):
+    exit_code = 109
+
+
+class UnknownOp(ContractRejected):
+    exit_code = 0xFFFF
+
+
+_BY_CODE: dict[int, type[ContractRejected]] = {
+    cls.exit_code: cls
+    for cls in (
+        WrongSender,
+        BadVoucherSignature,
+        VoucherReplayed,
+        VoucherAmountDecreased,
+        InsufficientChannelBalance,
+        EarlyClose,
+        WrongState,
+        InsufficientValue,
+        VoucherWrongChannel,
+        VoucherWrongKind,
+        UnknownOp,
+    )
+}
+
+
+def rejection_for(exit_code: int | None) -> type[ContractRejected]:
+    """The :class:`ContractRejected` subclass for an exit code (the base class if unmapped)."""
+    if exit_code is None:
+        return ContractRejected
+    return _BY_CODE.get(exit_code, ContractRejected)

@@ -1,0 +1,169 @@
+"""On-chain voucher cells for the channel contracts (contracts/README.md, "Vouchers").
+
+The layout is the one the Tolk contracts check, copied from the reference encoder
+``contracts/python/voucher_reference.py`` (pytoniq-core 0.2.1)::
+
+    VoucherPayload (one cell, no refs)
+      op:uint32 | channel:MsgAddressInt (std) | seqno:uint64 | cumulative:Coins
+    signature = Ed25519(signer key, representation hash of the VoucherPayload cell)
+    body      = op:uint32 query_id:uint64 signature:bits512 ^VoucherPayload
+
+This is distinct from the off-chain byte payload of :mod:`cocoon.ledger.vouchers`: the
+on-chain signature covers the cell hash, so a ledger voucher is re-signed with
+:func:`from_ledger` before it is submitted to a contract.
+"""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass, field
+from typing import Literal
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from pytoniq_core.boc.address import Address
+from pytoniq_core.boc.builder import Builder
+from pytoniq_core.boc.cell import Cell
+
+from cocoon.ledger.vouchers import Voucher
+
+__all__ = [
+    "OP_CLIENT_CHARGE",
+    "OP_WORKER_PAYOUT",
+    "VOUCHER_OPS",
+    "ChainVoucher",
+    "ChannelKind",
+    "cell_boc",
+    "from_ledger",
+    "public_key",
+    "sign_payload",
+    "sign_voucher",
+    "voucher_message",
+    "voucher_payload",
+]
+
+ChannelKind = Literal["client", "worker"]
+
+OP_CLIENT_CHARGE = 0xBB63FF93
+OP_WORKER_PAYOUT = 0xA040AD28
+VOUCHER_OPS: dict[ChannelKind, int] = {"client": OP_CLIENT_CHARGE, "worker": OP_WORKER_PAYOUT}
+_LEDGER_KIND: dict[str, ChannelKind] = {"client_charge": "client", "worker_payout": "worker"}
+
+
+def voucher_payload(op: int, channel: Address | str, seqno: int, cumulative_nano: int) -> Cell:
+    """VoucherPayload: op:uint32 channel:MsgAddressInt(std) seqno:uint64 cumulative:Coins."""
+    addr = channel if isinstance(channel, Address) else Address(channel)
+    cell: Cell = (
+        Builder()
+        .store_uint(op, 32)
+        .store_address(addr)
+        .store_uint(seqno, 64)
+        .store_coins(cumulative_nano)
+        .end_cell()
+    )
+    return cell
+
+
+def cell_boc(cell: Cell) -> bytes:
+    """The standard BOC serialisation of a cell (what the chain server accepts as a body)."""
+    return bytes(cell.to_boc())  # type: ignore[no-untyped-call]
+
+
+def _key(key: Ed25519PrivateKey | bytes) -> Ed25519PrivateKey:
+    if isinstance(key, Ed25519PrivateKey):
+        return key
+    if len(key) != 32:
+        raise ValueError("an Ed25519 seed is 32 bytes")
+    return Ed25519PrivateKey.from_private_bytes(key)
+
+
+def sign_payload(payload: Cell, key: Ed25519PrivateKey | bytes) -> bytes:
+    """Ed25519 signature over the 32-byte representation hash of the payload cell."""
+    return _key(key).sign(payload.hash)
+
+
+def voucher_message(op: int, query_id: int, signature: bytes, payload: Cell) -> Cell:
+    """Message body to submit: op:uint32 query_id:uint64 signature:bits512 ^VoucherPayload."""
+    if len(signature) != 64:
+        raise ValueError("an Ed25519 signature is 64 bytes")
+    cell: Cell = (
+        Builder()
+        .store_uint(op, 32)
+        .store_uint(query_id, 64)
+        .store_bytes(signature)
+        .store_ref(payload)
+        .end_cell()
+    )
+    return cell
+
+
+def public_key(key: Ed25519PrivateKey | bytes) -> bytes:
+    """The 32 raw bytes of the public key of an Ed25519 private key (or 32-byte seed)."""
+    return (
+        _key(key)
+        .public_key()
+        .public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ChainVoucher:
+    """A signed on-chain voucher, ready to submit to the channel contract."""
+
+    kind: ChannelKind
+    channel: str
+    seqno: int
+    cumulative: int
+    signature: bytes = field(repr=False)
+    query_id: int = 0
+
+    @property
+    def op(self) -> int:
+        return VOUCHER_OPS[self.kind]
+
+    def payload(self) -> Cell:
+        return voucher_payload(self.op, self.channel, self.seqno, self.cumulative)
+
+    def body(self) -> Cell:
+        return voucher_message(self.op, self.query_id, self.signature, self.payload())
+
+    def body_boc(self) -> bytes:
+        return cell_boc(self.body())
+
+    def body_b64(self) -> str:
+        return base64.b64encode(self.body_boc()).decode()
+
+
+def sign_voucher(
+    key: Ed25519PrivateKey | bytes,
+    kind: ChannelKind,
+    channel: str,
+    seqno: int,
+    cumulative: int,
+    *,
+    query_id: int | None = None,
+) -> ChainVoucher:
+    """Sign ``(kind, channel, seqno, cumulative)``; ``query_id`` defaults to the seqno."""
+    if not 0 <= seqno < 1 << 64:
+        raise ValueError(f"seqno out of u64 range: {seqno}")
+    if not 0 <= cumulative < 1 << 120:
+        raise ValueError(f"cumulative out of Coins range: {cumulative}")
+    payload = voucher_payload(VOUCHER_OPS[kind], channel, seqno, cumulative)
+    return ChainVoucher(
+        kind=kind,
+        channel=channel,
+        seqno=seqno,
+        cumulative=cumulative,
+        signature=sign_payload(payload, key),
+        query_id=seqno if query_id is None else query_id,
+    )
+
+
+def from_ledger(voucher: Voucher, key: Ed25519PrivateKey | bytes) -> ChainVoucher:
+    """The on-chain form of a :class:`cocoon.ledger.vouchers.Voucher` (``channel`` must be the
+    channel contract's address), signed over the cell hash with ``key``."""
+    if public_key(key) != voucher.signer_pubkey:
+        raise ValueError("key does not match the voucher's signer_pubkey")
+    return sign_voucher(
+        key, _LEDGER_KIND[voucher.kind], voucher.channel, voucher.seqno, voucher.cumulative_nanoton
+    )
