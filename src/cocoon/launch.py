@@ -271,6 +271,42 @@ class LocalNetwork:
             self.stop()
             raise
 
+    def restart_proxy(self, kill: bool = True, timeout: float | None = None) -> Role:
+        """Stop the proxy (SIGKILL when ``kill``, else SIGTERM) and start it again with the
+        same settings on the same listen and HTTP ports, so the workers and the client, which
+        redial the same address, find it. Returns once it is ready and every worker and the
+        client are connected to it again (LaunchError past ``timeout`` seconds)."""
+        from urllib.parse import urlsplit
+
+        old = self.proxy
+        assert old is not None and old.info, "restart_proxy needs a started network"
+        deadline = time.monotonic() + (self.startup_timeout if timeout is None else timeout)
+        listen_port, http_port = old.info["listen_port"], urlsplit(old.http).port
+        if old.alive():
+            assert old.proc is not None
+            if kill:
+                with contextlib.suppress(ProcessLookupError):
+                    old.proc.kill()
+            else:
+                old.terminate()
+        old.reap(deadline)
+        proxy = self.proxy = self._spawn("proxy", "proxy", [
+            "--listen", f"{self.host}:{listen_port}", "--http", f"{self.host}:{http_port}",
+            *_sets(self.proxy_sets)])
+        proxy.wait_until(proxy.read_ready, "ready after a restart", deadline)
+
+        def reconnected() -> bool:
+            _, stats = http_json(proxy.http + "/stats")
+            if (not stats or len(stats["workers"]) != self.n_workers
+                    or not all(w["models"] for w in stats["workers"])):
+                return False
+            if self.client is None:
+                return True
+            return bool(stats["clients"]) and http_json(self.client.http + "/healthz")[0] == 200
+
+        proxy.wait_until(reconnected, "rejoined by the workers and the client", deadline)
+        return proxy
+
     def _wait_worker(self, w: Role, deadline: float) -> None:
         w.wait_until(w.read_ready, "ready", deadline)
         w.wait_until(lambda: http_json(w.http + "/healthz")[0] == 200,

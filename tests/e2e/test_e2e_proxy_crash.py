@@ -1,0 +1,209 @@
+"""Crash test: kill -9 the proxy at 50 random points of a request stream; after each restart
+the workers and the client reconnect, and the ledger stays consistent.
+
+Every request carries a unique prompt size (``k`` prompt tokens, fake engine: a quarter of
+the prompt's bytes) and a fixed completion, so each settled reservation's token count names
+the request it charged. That lets the test check, request by request, that
+
+* nothing is charged twice (no two settlements for one request, no retry behind the app);
+* every response the app saw complete was charged (the proxy settles before it passes the
+  End on, so a completion the app saw was committed before any later kill);
+* nothing is charged for a request the app did not see fail or complete (a charge without a
+  completion is only allowed for a request in flight when its proxy died);
+* the money adds up: charged == price x settled tokens == earned + commission, and
+  ``Ledger.check_invariants()`` finds nothing;
+* nothing stays reserved: reservations left open by a killed proxy are released when the
+  next one starts, so after the last restart no reservation is open and no balance is held.
+"""
+
+from __future__ import annotations
+
+import collections
+import random
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass, field
+
+import openai
+import pytest
+from openai.types.chat import ChatCompletionMessageParam
+
+from cocoon.launch import LocalNetwork
+from cocoon.ledger import Ledger
+
+pytestmark = pytest.mark.e2e
+
+PRICE, FEE = 2, 1  # BillingConfig defaults: nanoTON per adjusted token (1.0x multipliers)
+CHUNKS = 8  # completion tokens of every request (fake engine: one token per chunk)
+DELAY_MS = 15  # per chunk: a request streams for ~120 ms, so kills land mid-stream
+KILLS = 50
+THREADS = 4
+SEED = 20240607
+
+
+@dataclass
+class Traffic:
+    """What the app saw, per request (keyed by its unique prompt token count ``k``)."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    next_k: int = 1
+    in_flight: set[int] = field(default_factory=set)
+    completed: dict[int, int] = field(default_factory=dict)  # k -> prompt + completion
+    failed: dict[int, str] = field(default_factory=dict)  # k -> error
+    truncated: set[int] = field(default_factory=set)  # stream ended, no error, no usage
+    wrong_usage: dict[int, tuple[int, int]] = field(default_factory=dict)
+
+    def start(self) -> int:
+        with self.lock:
+            k = self.next_k
+            self.next_k += 1
+            self.in_flight.add(k)
+            return k
+
+    def done(self, k: int, usage: tuple[int, int] | None, error: str | None) -> None:
+        with self.lock:
+            self.in_flight.discard(k)
+            if error is not None:
+                self.failed[k] = error
+            elif usage is None:
+                self.truncated.add(k)
+            else:
+                if usage != (k, CHUNKS):
+                    self.wrong_usage[k] = usage
+                self.completed[k] = sum(usage)
+
+
+def _one_request(client: openai.OpenAI, traffic: Traffic, stream: bool) -> bool:
+    """Send one request; True if it failed (the caller backs off a little)."""
+    k = traffic.start()
+    messages: list[ChatCompletionMessageParam] = [{"role": "user", "content": "x" * (4 * k)}]
+    usage: tuple[int, int] | None = None
+    try:
+        if stream:
+            for chunk in client.chat.completions.create(
+                    model="fake", messages=messages, max_tokens=CHUNKS, stream=True,
+                    stream_options={"include_usage": True}):
+                if chunk.usage is not None:
+                    usage = (chunk.usage.prompt_tokens, chunk.usage.completion_tokens)
+        else:
+            r = client.chat.completions.create(model="fake", messages=messages,
+                                               max_tokens=CHUNKS)
+            assert r.usage is not None
+            usage = (r.usage.prompt_tokens, r.usage.completion_tokens)
+    except Exception as exc:  # any failure while the proxy dies is allowed
+        traffic.done(k, None, f"{type(exc).__name__}: {exc}"[:200])
+        return True
+    traffic.done(k, usage, None)
+    return False
+
+
+def _drive(base_url: str, traffic: Traffic, stop: threading.Event, seed: int) -> None:
+    rng = random.Random(seed)
+    client = openai.OpenAI(base_url=base_url, api_key="unused", max_retries=0, timeout=10.0)
+    try:
+        while not stop.is_set():
+            if _one_request(client, traffic, stream=rng.random() < 0.7):
+                stop.wait(0.05)  # the proxy is down: don't spin
+    finally:
+        client.close()
+
+
+def _settled_tokens(ledger_path: object) -> tuple[list[int], collections.Counter[str]]:
+    conn = sqlite3.connect(f"file:{ledger_path}?mode=ro", uri=True)
+    try:
+        tokens = [row[0] for row in conn.execute(
+            "SELECT adjusted_tokens FROM reservations WHERE state = 'settled'")]
+        states = collections.Counter(row[0] for row in conn.execute(
+            "SELECT state FROM reservations"))
+    finally:
+        conn.close()
+    return tokens, states
+
+
+def test_kill_proxy_at_random_points_keeps_the_ledger_consistent() -> None:
+    rng = random.Random(SEED)
+    started = time.monotonic()
+    with LocalNetwork(engine="fake", billing=True, demo_funds=10**12,
+                      worker_sets=[f"engine.fake.chunks={CHUNKS}",
+                                   f"engine.fake.delay_ms={DELAY_MS}"],
+                      startup_timeout=60.0) as net:
+        net.start()
+        traffic = Traffic()
+        stop = threading.Event()
+        threads = [threading.Thread(target=_drive, args=(net.base_url, traffic, stop, SEED + i),
+                                    daemon=True, name=f"app-{i}") for i in range(THREADS)]
+        for t in threads:
+            t.start()
+        hit_mid_request = 0
+        try:
+            for _ in range(KILLS):
+                # A random point of the stream: up to ~3 request lengths after the restart.
+                stop.wait(rng.uniform(0.0, 3 * CHUNKS * DELAY_MS / 1000.0))
+                with traffic.lock:
+                    hit_mid_request += bool(traffic.in_flight)
+                net.restart_proxy(kill=True, timeout=20.0)
+            # The network still serves after the last restart.
+            before = len(traffic.completed)
+            deadline = time.monotonic() + 10.0
+            while len(traffic.completed) < before + THREADS and time.monotonic() < deadline:
+                stop.wait(0.05)
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(timeout=15.0)
+        assert not any(t.is_alive() for t in threads), "a request hung"
+        assert net.proxy is not None and net.proxy.alive()
+        assert len(traffic.completed) >= before + THREADS, "no traffic after the last restart"
+        assert not traffic.in_flight
+        assert traffic.truncated == set(), "streams ended without an error or usage"
+        assert traffic.wrong_usage == {}
+
+        with Ledger(net.ledger_path) as ledger:
+            # A relay releases a failed request's reservation just after it answers the app.
+            deadline = time.monotonic() + 5.0
+            while ledger.open_reservations() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            settled, states = _settled_tokens(net.ledger_path)
+            problems = ledger.check_invariants()
+            totals = ledger.totals()
+            account = ledger.balance(net.client_account)
+            open_left = ledger.open_reservations()
+
+    sent = traffic.next_k - 1
+    by_tokens = collections.Counter(settled)
+    charged_twice = sorted(t for t, n in by_tokens.items() if n > 1)
+    completed_tokens = set(traffic.completed.values())
+    failed_tokens = {k + CHUNKS for k in traffic.failed}
+    summary = (f"{sent} requests: {len(traffic.completed)} complete, {len(traffic.failed)} "
+               f"failed; {len(settled)} settled; reservations {dict(states)}; kills mid-request "
+               f"{hit_mid_request}/{KILLS}; {time.monotonic() - started:.1f}s")
+    print(summary)
+
+    assert problems == [], problems
+    # No request charged twice, none charged that the app didn't send.
+    assert charged_twice == [], f"requests charged more than once (tokens): {charged_twice}"
+    # Every completion the app saw was committed before the proxy passed it on.
+    uncharged = sorted(completed_tokens - set(settled))
+    assert uncharged == [], f"completed but never charged (tokens): {uncharged}"
+    # A charge without a completion: only a request that failed when its proxy died.
+    phantom = sorted(set(settled) - completed_tokens - failed_tokens)
+    assert phantom == [], f"charged requests the app neither completed nor saw fail: {phantom}"
+    assert len(traffic.completed) <= len(settled) <= len(traffic.completed) + len(traffic.failed)
+    # At most one reservation per request the app sent (the client retries nothing itself).
+    assert sum(states.values()) <= sent
+    # The money adds up to the settled tokens.
+    tokens = sum(settled)
+    assert totals.settled_requests == len(settled)
+    assert account.deposited == 10**12
+    assert account.charged == totals.charged == PRICE * tokens
+    assert account.tokens == tokens
+    assert totals.earned == FEE * tokens
+    assert totals.commission == (PRICE - FEE) * tokens
+    assert totals.charged == totals.earned + totals.commission
+    # Nothing reserved forever: each restart released what its killed predecessor held.
+    assert open_left == [] and totals.open_reservations == 0, open_left
+    assert account.reserved == 0 and totals.reserved == 0
+    # The kills did land mid-stream, and the test exercised real traffic.
+    assert hit_mid_request >= KILLS // 2, summary
+    assert len(traffic.completed) >= KILLS, summary
