@@ -102,11 +102,13 @@ class BillingConfig:
     reasoning_mult: int = 10000
     worker_coefficient: int = 1000  # 1000 = 1.0x
     default_max_tokens: int = 1000  # the cap reserved (and enforced) when a request has none
+    commit_interval_s: float = 60.0  # how often the proxy commits its totals (a state commit)
 
     def __post_init__(self) -> None:
         if self.worker_fee_per_token > self.price_per_token:
             raise ConfigError("billing.worker_fee_per_token must not exceed price_per_token")
         _positive(self.default_max_tokens, "billing.default_max_tokens")
+        _positive(self.commit_interval_s, "billing.commit_interval_s")
 
 
 @dataclass(frozen=True, slots=True)

@@ -148,3 +148,24 @@ def test_client_and_worker_keep_verified_copies(net: LocalNetwork) -> None:
                          capture_output=True, text=True, timeout=30, check=False)
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["earned"] == earned
+
+
+def test_proxy_commits_state_periodically() -> None:
+    """With a short interval, the proxy records numbered commits of its totals after paid
+    traffic, and the last one equals the ledger's totals."""
+    import time
+
+    with LocalNetwork(engine="fake", billing=True, demo_funds=10**6, attestation="off",
+                      proxy_sets=["billing.commit_interval_s=0.2"]) as n:
+        n.start()
+        client = openai.OpenAI(base_url=n.base_url, api_key="unused", max_retries=0)
+        client.completions.create(model="fake", prompt="commit me", max_tokens=4)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and billing(n)["commits"] < 1:
+            time.sleep(0.05)
+        with Ledger(n.ledger_path) as ledger:
+            commits = ledger.commits()
+            totals = ledger.totals()
+        assert commits and [c.seqno for c in commits] == list(range(1, len(commits) + 1))
+        assert (commits[-1].charged, commits[-1].earned) == (totals.charged, totals.earned)
+        assert totals.charged > 0

@@ -12,6 +12,7 @@ import asyncio
 import dataclasses
 import hashlib
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -109,6 +110,24 @@ class Billing:
 
         return await self._run(settle)  # type: ignore[no-any-return]
 
+    async def commit_forever(self) -> None:
+        """Commit the totals every ``commit_interval_s`` when they changed: the state the
+        proxy will publish on chain (proxy stake contract), numbered and never decreasing."""
+        last = await self._run(self._commit_if_changed, None, False)  # the state at start-up
+        while True:
+            await asyncio.sleep(self.config.commit_interval_s)
+            last = await self._run(self._commit_if_changed, last)
+
+    def _commit_if_changed(self, last: tuple[int, int, int] | None,
+                           commit: bool = True) -> tuple[int, int, int]:
+        t = self.ledger.totals()
+        now = (t.charged, t.earned, t.commission)
+        if commit and now != last:
+            c = self.ledger.commit(int(time.time()))
+            log.info("state commit %d: charged %d, earned %d, commission %d",
+                     c.seqno, c.charged, c.earned, c.commission)
+        return now
+
     async def release(self, request_id: str) -> None:
         try:
             await self._run(self.ledger.release, request_id)
@@ -123,6 +142,7 @@ class Billing:
                 "price_per_token": self.prices.price_per_token,
                 "worker_fee_per_token": self.prices.worker_fee_per_token,
                 "totals": dataclasses.asdict(totals),
+                "commits": len(self.ledger.commits()),
                 "clients": {c: dataclasses.asdict(self.ledger.balance(c)) for c in clients},
                 "workers": {w: dataclasses.asdict(self.ledger.earnings(w)) for w in workers},
             }

@@ -121,6 +121,7 @@ class ProxyNode:
             await self.http.start()
             watchdog = tg.create_task(self._watchdog.run())
             catalog = tg.create_task(self._catalog_pusher())
+            commits = tg.create_task(self.billing.commit_forever()) if self.billing else None
             log.info("proxy listening on %s:%s", host, self.port)
             if on_ready is not None:
                 on_ready(self)
@@ -132,6 +133,8 @@ class ProxyNode:
                     peer.close("proxy shutting down")
                 watchdog.cancel()
                 catalog.cancel()
+                if commits is not None:
+                    commits.cancel()
                 await self.http.stop()
                 if self.billing is not None:
                     self.billing.close()
