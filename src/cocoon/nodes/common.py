@@ -11,22 +11,31 @@ import os
 import signal
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
 from cocoon.config import parse_hostport
-from cocoon.errors import AttestationError, CocoonError, ProtocolError, TransportError
+from cocoon.errors import (
+    AttestationError,
+    CocoonError,
+    PaymentError,
+    ProtocolError,
+    TransportError,
+)
+from cocoon.ledger.copies import AccountCopy
 from cocoon.transport import Connector, Handler, Peer
-from cocoon.wire import Connection
+from cocoon.wire import Connection, Statement
 
 __all__ = [
     "HttpServer",
     "dial_forever",
     "json_response",
+    "keep_statement",
     "run_until_signal",
+    "serve_until_stopped",
     "write_ready_file",
 ]
 
@@ -133,6 +142,32 @@ async def _serve(peer: Peer, on_peer: Callable[[Peer], Awaitable[None]],
             log.error("setting up the connection failed: %s", exc)
             peer.close(str(exc))
         await run
+
+
+async def serve_until_stopped(http: HttpServer, node: Any, on_ready: Any,
+                              stop: asyncio.Event, *tasks: Coroutine[Any, Any, None]) -> None:
+    """Start ``http``, announce readiness, run ``tasks`` until ``stop``; always stop http."""
+    await http.start()
+    if on_ready is not None:
+        on_ready(node)
+    try:
+        async with asyncio.TaskGroup() as tg:
+            running = [tg.create_task(t) for t in tasks]
+            await stop.wait()
+            for t in running:
+                t.cancel()
+    finally:
+        await http.stop()
+
+
+def keep_statement(account: AccountCopy, msg: Statement) -> None:
+    """Keep our own copy of the account; a statement that does not check out is logged and
+    counted, never adopted."""
+    try:
+        account.accept(msg.voucher, deposited=msg.deposited, charged=msg.charged,
+                       reserved=msg.reserved, earned=msg.earned)
+    except PaymentError as exc:
+        log.error("proxy statement rejected: %s", exc)
 
 
 async def run_until_signal(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:

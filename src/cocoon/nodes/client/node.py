@@ -23,7 +23,6 @@ from cocoon.config import ClientConfig
 from cocoon.crypto import load_or_create_ec_key
 from cocoon.errors import (
     NoWorkerAvailable,
-    PaymentError,
     RequestError,
     RequestTimeout,
     TransportError,
@@ -31,7 +30,14 @@ from cocoon.errors import (
     request_error_from_code,
 )
 from cocoon.ledger.copies import AccountCopy
-from cocoon.nodes.common import HttpServer, dial_forever, json_response, uptime_since
+from cocoon.nodes.common import (
+    HttpServer,
+    dial_forever,
+    json_response,
+    keep_statement,
+    serve_until_stopped,
+    uptime_since,
+)
 from cocoon.openai import ENDPOINTS, encode_event, parse_request
 from cocoon.openai.protocol import dumps, max_tokens_of
 from cocoon.openai.sse import DONE_EVENT, SSE_HEADERS
@@ -115,34 +121,16 @@ class ClientNode:
         elif isinstance(msg, Roster):
             self.roster = msg.workers
         elif isinstance(msg, Statement):
-            self._statement(msg)
+            keep_statement(self.account, msg)
         else:
             log.warning("ignoring unexpected %s from the proxy", type(msg).__name__)
 
     async def run(self, stop: asyncio.Event, on_ready: Any = None) -> None:
-        await self.http.start()
-        if on_ready is not None:
-            on_ready(self)
-        try:
-            async with asyncio.TaskGroup() as tg:
-                dial = tg.create_task(dial_forever(self._connector, self.config.proxy,
-                                                   self._connection, self._on_proxy, self,
-                                                   self._set_state))
-                watchdog = tg.create_task(self._watchdog.run())
-                await stop.wait()
-                dial.cancel()
-                watchdog.cancel()
-        finally:
-            await self.http.stop()
-
-    def _statement(self, msg: Statement) -> None:
-        """Keep our own copy of the account; a statement that does not check out is logged
-        and counted, never adopted."""
-        try:
-            self.account.accept(msg.voucher, deposited=msg.deposited, charged=msg.charged,
-                                reserved=msg.reserved, earned=msg.earned)
-        except PaymentError as exc:
-            log.error("proxy statement rejected: %s", exc)
+        await serve_until_stopped(
+            self.http, self, on_ready, stop,
+            dial_forever(self._connector, self.config.proxy, self._connection, self._on_proxy,
+                         self, self._set_state),
+            self._watchdog.run())
 
     # --- OpenAI HTTP ------------------------------------------------------------------
 

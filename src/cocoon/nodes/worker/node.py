@@ -18,13 +18,19 @@ from cocoon.engines import Engine, InferenceJob
 from cocoon.errors import (
     BadRequest,
     NoWorkerAvailable,
-    PaymentError,
     RequestError,
     RequestTimeout,
     TransportError,
 )
 from cocoon.ledger.copies import AccountCopy
-from cocoon.nodes.common import HttpServer, dial_forever, json_response, uptime_since
+from cocoon.nodes.common import (
+    HttpServer,
+    dial_forever,
+    json_response,
+    keep_statement,
+    serve_until_stopped,
+    uptime_since,
+)
 from cocoon.openai import Endpoint, Usage, parse_request
 from cocoon.openai.protocol import max_tokens_of
 from cocoon.transport import Connector, Peer
@@ -98,18 +104,12 @@ class WorkerNode:
         self.proxy_state = state
 
     async def run(self, stop: asyncio.Event, on_ready: Any = None) -> None:
-        await self.http.start()
-        if on_ready is not None:
-            on_ready(self)
         try:
-            async with asyncio.TaskGroup() as tg:
-                dial = tg.create_task(dial_forever(self._connector, self.config.proxy,
-                                                   self._connection, self._announce, self,
-                                                   self._set_state))
-                await stop.wait()
-                dial.cancel()
+            await serve_until_stopped(
+                self.http, self, on_ready, stop,
+                dial_forever(self._connector, self.config.proxy, self._connection,
+                             self._announce, self, self._set_state))
         finally:
-            await self.http.stop()
             close = getattr(self.engine, "close", None)
             if close is not None:
                 await close()
@@ -130,7 +130,7 @@ class WorkerNode:
             if task is not None:
                 task.cancel()
         elif isinstance(msg, Statement):
-            self._statement(msg)
+            keep_statement(self.account, msg)
         else:
             log.warning("ignoring unexpected %s from the proxy", type(msg).__name__)
 
@@ -201,15 +201,6 @@ class WorkerNode:
         if usage is None:
             raise RequestError("engine finished without reporting usage")
         return usage
-
-    def _statement(self, msg: Statement) -> None:
-        """Keep our own copy of the account; a statement that does not check out is logged
-        and counted, never adopted."""
-        try:
-            self.account.accept(msg.voucher, deposited=msg.deposited, charged=msg.charged,
-                                reserved=msg.reserved, earned=msg.earned)
-        except PaymentError as exc:
-            log.error("proxy statement rejected: %s", exc)
 
     # --- health and stats -------------------------------------------------------------
 
