@@ -31,6 +31,7 @@ from cocoon.wire import Connection, Statement
 
 __all__ = [
     "HttpServer",
+    "add_health_routes",
     "dial_forever",
     "json_response",
     "keep_statement",
@@ -79,6 +80,18 @@ class HttpServer:
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}"
+
+
+RouteHandler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def add_health_routes(app: web.Application, health: RouteHandler,
+                      stats: RouteHandler) -> None:
+    """Every role's operational surface: ``/healthz``, and JSON stats at ``/stats`` (also
+    ``/jsonstats``, COCOON's name for it)."""
+    app.router.add_get("/healthz", health)
+    app.router.add_get("/stats", stats)
+    app.router.add_get("/jsonstats", stats)
 
 
 def write_ready_file(path: str | None, info: dict[str, Any]) -> None:

@@ -399,7 +399,3 @@ async def _guard(coro: Awaitable[None], name: str) -> None:
         raise
     except Exception:
         log.exception("task %s failed", name)
-
-
-# Callable so nodes can pass factories around without importing asyncio types.
-PeerFactory = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Peer]

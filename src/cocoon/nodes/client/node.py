@@ -32,6 +32,7 @@ from cocoon.errors import (
 from cocoon.ledger.copies import AccountCopy
 from cocoon.nodes.common import (
     HttpServer,
+    add_health_routes,
     dial_forever,
     json_response,
     keep_statement,
@@ -275,9 +276,7 @@ class ClientNode:
         app.router.add_get("/v1/models", self._models)
         for path in ENDPOINTS:
             app.router.add_post(path, self._completions)
-        app.router.add_get("/healthz", health)
-        app.router.add_get("/stats", stats)
-        app.router.add_get("/jsonstats", stats)
+        add_health_routes(app, health, stats)
         return app
 
 

@@ -29,7 +29,7 @@ from cocoon.errors import (
     TransportError,
     WorkerLost,
 )
-from cocoon.nodes.common import HttpServer, json_response, uptime_since
+from cocoon.nodes.common import HttpServer, add_health_routes, json_response, uptime_since
 from cocoon.nodes.proxy.billing import Billing, client_account
 from cocoon.routing import WorkerView, choose_worker
 from cocoon.transport import Listener, OutgoingStream, Peer, Watchdog
@@ -398,7 +398,5 @@ class ProxyNode:
                     sorted("worker:" + w.node_id for w in self.workers.values()))
             return json_response(snap)
 
-        app.router.add_get("/healthz", health)
-        app.router.add_get("/stats", stats)
-        app.router.add_get("/jsonstats", stats)
+        add_health_routes(app, health, stats)
         return app

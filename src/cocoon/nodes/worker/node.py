@@ -25,6 +25,7 @@ from cocoon.errors import (
 from cocoon.ledger.copies import AccountCopy
 from cocoon.nodes.common import (
     HttpServer,
+    add_health_routes,
     dial_forever,
     json_response,
     keep_statement,
@@ -237,8 +238,6 @@ class WorkerNode:
         async def stats(_: web.Request) -> web.Response:
             return json_response(self.snapshot())
 
-        app.router.add_get("/healthz", health)
-        app.router.add_get("/stats", stats)
-        app.router.add_get("/jsonstats", stats)
+        add_health_routes(app, health, stats)
         return app
 
