@@ -247,6 +247,17 @@ async function main() {
             const st = c.accountState ? c.accountState.type : 'nonexist';
             return { balance: c.balance.toString(), state: st };
         },
+        // The account's current code and data (what a liteserver's getAccountState returns).
+        async account(p) {
+            const c = await bc.getContract(addr(p.address));
+            const st = c.accountState;
+            if (!st || st.type !== 'active') return { state: st ? st.type : 'nonexist', balance: c.balance.toString() };
+            return {
+                state: 'active', balance: c.balance.toString(),
+                code: st.state.code ? st.state.code.toBoc().toString('base64') : null,
+                data: st.state.data ? st.state.data.toBoc().toString('base64') : null,
+            };
+        },
         async set_time(p) {
             bc.now = Number(p.now);
             return { now: bc.now };

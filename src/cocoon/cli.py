@@ -62,8 +62,9 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--http", help="HOST:PORT for health and stats")
 
     p = _role_parser(sub, "worker", "run a worker, or show its earnings (cocoon worker earnings)")
-    p.add_argument("action", nargs="?", choices=["run", "earnings"], default="run",
-                   help="run (default) or earnings: the worker's verified copy of its account")
+    p.add_argument("action", nargs="?", choices=["run", "earnings", "withdraw"], default="run",
+                   help="run (default); earnings: the worker's verified copy of its account; "
+                        "withdraw: cash out its newest payout voucher on chain")
     p.add_argument("--json", action="store_true", help="earnings: machine-readable output")
     p.add_argument("--proxy", help="proxy HOST:PORT")
     p.add_argument("--http", help="HOST:PORT for health and stats")
@@ -73,8 +74,13 @@ def _build_parser() -> argparse.ArgumentParser:
 
     p = _role_parser(sub, "client", "run a client (the OpenAI API for apps), or show its "
                                     "balance (cocoon client balance)")
-    p.add_argument("action", nargs="?", choices=["run", "balance"], default="run",
-                   help="run (default) or balance: the client's verified copy of its account")
+    p.add_argument("action", nargs="?",
+                   choices=["run", "balance", "topup", "close", "withdraw"], default="run",
+                   help="run (default); balance: the client's verified copy of its account; "
+                        "topup AMOUNT: deposit AMOUNT TON into its payment channel; close: "
+                        "request the channel's close; withdraw: after the close delay, take "
+                        "back what is left")
+    p.add_argument("amount", nargs="?", help="topup: amount in TON, e.g. 2.5")
     p.add_argument("--json", action="store_true", help="balance: machine-readable output")
     p.add_argument("--proxy", help="proxy HOST:PORT")
     p.add_argument("--http", help="HOST:PORT of the OpenAI API")
@@ -87,6 +93,10 @@ def _build_parser() -> argparse.ArgumentParser:
     from cocoon.attestation.cli import add_attest_arguments
 
     add_attest_arguments(sub)
+
+    from cocoon.chain.cli import add_chain_arguments
+
+    add_chain_arguments(sub)
 
     from cocoon.benchmark import add_bench_arguments
 
@@ -139,25 +149,41 @@ async def _run_role(args: argparse.Namespace) -> None:
         await run_until_signal(lambda stop: client.run(stop, _ready_writer(args.ready_file)))
 
 
+def _on_chain(role_cfg: Any) -> dict[str, Any]:
+    """The role's channel as the chain sees it."""
+    from cocoon.chain.cli import channel_report
+    from cocoon.chain.connect import open_chain
+
+    async def read() -> dict[str, Any]:
+        chain = await open_chain(role_cfg.chain)
+        try:
+            return await channel_report(chain, role_cfg.chain.contract)
+        finally:
+            await chain.aclose()
+
+    return asyncio.run(read())
+
+
 def _account(args: argparse.Namespace) -> int:
     """Ask a running client or worker (its --http address) for its copy of its account."""
     import json
 
     from cocoon import config as cfg
-    from cocoon.launch import http_json
 
     overrides = _overrides(args, {"http": "http"})
-    http = (cfg.load(cfg.ClientConfig, args.config, overrides).http if args.command == "client"
-            else cfg.load(cfg.WorkerConfig, args.config, overrides).http)
-    host, port = cfg.parse_hostport(http, f"{args.command}.http")
-    status, stats = http_json(f"http://{host}:{port}/stats")
-    if status != 200 or not isinstance(stats, dict):
-        raise CocoonError(f"no {args.command} answering on {host}:{port} (--http HOST:PORT)")
+    role_cfg: Any = (cfg.load(cfg.ClientConfig, args.config, overrides)
+                     if args.command == "client"
+                     else cfg.load(cfg.WorkerConfig, args.config, overrides))
+    stats = _stats(args, role_cfg.http)
     account = stats.get("billing") or {}
+    if role_cfg.chain.enabled and role_cfg.chain.contract:
+        account["on_chain"] = _on_chain(role_cfg)
     if args.json:
         print(json.dumps(account, indent=2))
     elif account.get("voucher") is None:
         print("no statement from the proxy yet (billing off, or no paid request so far)")
+        if "on_chain" in account:
+            print(f"{'on_chain':<20} {account['on_chain']}")
     else:
         for k, v in account.items():
             if k != "voucher":
@@ -166,6 +192,30 @@ def _account(args: argparse.Namespace) -> int:
         print(f"{'voucher':<20} seqno {v['seqno']}, {v['cumulative_nanoton']} nanoTON, "
               f"{v['cumulative_tokens']} tokens, signed by proxy key {v['proxy_key'][:16]}...")
     return 0
+
+
+def _chain_action(args: argparse.Namespace) -> int:
+    """client topup|close|withdraw, worker withdraw: act on chain from the role's wallet."""
+    from cocoon import config as cfg
+    from cocoon.chain import cli as chain_cli
+
+    overrides = _overrides(args, {"http": "http"})
+    if args.command == "client":
+        return chain_cli.client_chain_command(
+            args, cfg.load(cfg.ClientConfig, args.config, overrides))
+    wc = cfg.load(cfg.WorkerConfig, args.config, overrides)
+    return chain_cli.worker_withdraw(args, wc, _stats(args, wc.http))
+
+
+def _stats(args: argparse.Namespace, http: str) -> dict[str, Any]:
+    from cocoon import config as cfg
+    from cocoon.launch import http_json
+
+    host, port = cfg.parse_hostport(http, f"{args.command}.http")
+    status, stats = http_json(f"http://{host}:{port}/stats")
+    if status != 200 or not isinstance(stats, dict):
+        raise CocoonError(f"no {args.command} answering on {host}:{port} (--http HOST:PORT)")
+    return stats
 
 
 def _proxy_ledger(args: argparse.Namespace) -> int:
@@ -203,8 +253,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "proxy" and args.action == "ledger":
             return _proxy_ledger(args)
-        if args.command in ("client", "worker") and args.action != "run":
+        if args.command in ("client", "worker") and args.action in ("balance", "earnings"):
             return _account(args)
+        if args.command in ("client", "worker") and args.action != "run":
+            return _chain_action(args)
+        if args.command == "chain":
+            from cocoon.chain.cli import run_chain
+
+            _setup_logging(args.verbose)
+            return run_chain(args)
         if args.command in ("proxy", "worker", "client"):
             _setup_logging(args.verbose)
             asyncio.run(_run_role(args))

@@ -24,10 +24,12 @@ from cocoon.errors import ConfigError
 __all__ = [
     "AttestationConfig",
     "BillingConfig",
+    "ChainConfig",
     "ClientConfig",
     "EngineConfig",
     "ProxyConfig",
     "WorkerConfig",
+    "dump_toml",
     "load",
     "parse_hostport",
 ]
@@ -103,12 +105,45 @@ class BillingConfig:
     worker_coefficient: int = 1000  # 1000 = 1.0x
     default_max_tokens: int = 1000  # the cap reserved (and enforced) when a request has none
     commit_interval_s: float = 60.0  # how often the proxy commits its totals (a state commit)
+    max_unsigned: int = 1_000_000_000  # chain: charges a client may owe unsigned (nanoTON)
 
     def __post_init__(self) -> None:
         if self.worker_fee_per_token > self.price_per_token:
             raise ConfigError("billing.worker_fee_per_token must not exceed price_per_token")
         _positive(self.default_max_tokens, "billing.default_max_tokens")
         _positive(self.commit_interval_s, "billing.commit_interval_s")
+
+
+@dataclass(frozen=True, slots=True)
+class ChainConfig:
+    """Where a node finds the TON chain and its own contracts (section ``[chain]``).
+
+    ``backend = "none"``: no chain (balances are ledger entries only). ``embedded``: the local
+    chain served by ``cocoon chain run`` at ``url`` (what ``cocoon up`` starts); ``wallet`` names
+    the sandbox wallet this node sends from. ``ton``: testnet/mainnet through liteservers, the
+    wallet from ``mnemonic_file`` (0600)."""
+
+    backend: Literal["none", "embedded", "ton"] = "none"
+    url: str = ""  # embedded: the chain service, e.g. http://127.0.0.1:11200
+    wallet: str = ""  # embedded: the named wallet this node sends from
+    mnemonic_file: str = ""  # ton: 24 words, 0600
+    network_config: str = ""  # ton: liteserver global config JSON ("": pytoniq's testnet one)
+    registry: str = ""  # root registry address ("0:<hex>"): prices and allow-lists
+    contract: str = ""  # proxy: its stake contract; client/worker: its payment channel
+    key_file: str = ""  # client: Ed25519 key that signs its charge vouchers (0600)
+    registry_refresh_s: float = 30.0  # how often allow-lists are re-read from the registry
+
+    def __post_init__(self) -> None:
+        if self.backend == "embedded" and not self.url:
+            raise ConfigError("chain.url is required with chain.backend = \"embedded\" "
+                              "(the address `cocoon chain run` prints)")
+        if self.backend == "ton" and not self.mnemonic_file:
+            raise ConfigError("chain.mnemonic_file is required with chain.backend = \"ton\"")
+        _positive(self.registry_refresh_s, "chain.registry_refresh_s")
+
+    @property
+    def enabled(self) -> bool:
+        return self.backend != "none"
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +154,7 @@ class ProxyConfig:
     idle_timeout_s: float = 60.0  # longest gap between two messages of a stream
     node_id: str = "proxy"
     attestation: AttestationConfig = field(default_factory=AttestationConfig)
+    chain: ChainConfig = field(default_factory=ChainConfig)
     billing: BillingConfig = field(default_factory=BillingConfig)
 
     def __post_init__(self) -> None:
@@ -136,6 +172,7 @@ class WorkerConfig:
     node_id: str = ""  # empty: worker-<pid>
     engine: EngineConfig = field(default_factory=EngineConfig)
     attestation: AttestationConfig = field(default_factory=AttestationConfig)
+    chain: ChainConfig = field(default_factory=ChainConfig)
 
     def __post_init__(self) -> None:
         parse_hostport(self.proxy, "worker.proxy")
@@ -151,6 +188,7 @@ class ClientConfig:
     node_id: str = ""  # empty: client-<pid>
     key_file: str = ""  # persistent P-256 key = the client's account (0600); "": ephemeral
     attestation: AttestationConfig = field(default_factory=AttestationConfig)
+    chain: ChainConfig = field(default_factory=ChainConfig)
 
     def __post_init__(self) -> None:
         parse_hostport(self.proxy, "client.proxy")
@@ -262,7 +300,7 @@ def load(cls: type[T], path: str | None, overrides: dict[str, Any] | None = None
     if not isinstance(raw_section, dict):
         raise ConfigError(f"{where}: {role} must be a table ([{role}])")
     section = dict(raw_section)
-    for table in ("engine", "attestation", "billing"):
+    for table in ("engine", "attestation", "billing", "chain"):
         if table in tree:
             section[table] = tree.pop(table)
     if tree:
@@ -271,3 +309,40 @@ def load(cls: type[T], path: str | None, overrides: dict[str, Any] | None = None
         if value is not None:
             _set_path(section, dotted, value)
     return _build(cls, section, f"{where}[{role}]")
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int | float):
+        return repr(v)
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(v, tuple | list):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    raise ConfigError(f"cannot write {type(v).__name__} to TOML")
+
+
+def dump_toml(config: Any) -> str:
+    """The TOML that :func:`load` reads back into ``config`` (only non-default values)."""
+    role = {ProxyConfig: "proxy", WorkerConfig: "worker", ClientConfig: "client"}[type(config)]
+    out: list[str] = []
+
+    def table(name: str, obj: Any) -> None:
+        scalars, nested = [], []
+        default = type(obj)()
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            if dataclasses.is_dataclass(value):
+                nested.append((f.name, value))
+            elif value != getattr(default, f.name):
+                scalars.append(f"{f.name} = {_toml_value(value)}")
+        if scalars:
+            out.append(f"[{name}]")
+            out.extend(scalars)
+            out.append("")
+        for sub, value in nested:
+            table(sub if name == role else f"{name}.{sub}", value)
+
+    table(role, config)
+    return "\n".join(out)

@@ -32,6 +32,9 @@ __all__ = ["ATTESTATION_MODES", "LaunchError", "LocalNetwork", "Role", "add_up_a
 # fake: simulated TDX evidence over RA-TLS; none: RA-TLS without evidence (tier unattested);
 # off: plain TCP, no TLS (benchmark baseline only).
 ATTESTATION_MODES = ("fake", "none", "off")
+# embedded: a local TON chain (TVM emulator) with the network's contracts; none: balances
+# are ledger entries only.
+CHAIN_MODES = ("embedded", "none")
 
 
 class LaunchError(CocoonError):
@@ -144,6 +147,8 @@ class LocalNetwork:
         attestation: str = "fake",
         billing: bool = False,
         demo_funds: int = 10 * 10**9,
+        chain: str = "none",
+        commit_interval_s: float | None = None,
     ) -> None:
         if workers < 1:
             raise LaunchError("--workers must be at least 1")
@@ -151,6 +156,10 @@ class LocalNetwork:
             raise LaunchError(f"--attestation must be one of {', '.join(ATTESTATION_MODES)}")
         if engine == "openai-http" and not upstream:
             raise LaunchError("--engine openai-http needs --upstream URL")
+        if chain not in CHAIN_MODES:
+            raise LaunchError(f"--chain must be one of {', '.join(CHAIN_MODES)}")
+        if chain != "none" and not billing:
+            raise LaunchError("an on-chain network needs billing (--demo-funds > 0)")
         self.host = host
         self.engine = engine
         self.n_workers = workers
@@ -166,8 +175,16 @@ class LocalNetwork:
         self.attestation = attestation
         self._attestation_sets(attestation)
         self.client_account = ""
+        self.chain_mode = chain
+        self.demo_funds = demo_funds
+        self.deployment: Any = None  # cocoon.chain.localnet.LocalDeployment once deployed
+        self.chain_url = ""
+        self.chain_role: Role | None = None
         if billing:
             self._billing_sets(demo_funds)
+            if commit_interval_s is not None:
+                self.proxy_sets = [f"billing.commit_interval_s={commit_interval_s}",
+                                   *self.proxy_sets]
         self.proxy: Role | None = None
         self.workers: list[Role] = []
         self.client: Role | None = None
@@ -208,14 +225,17 @@ class LocalNetwork:
 
         d = Path(self._tmp.name)
         key_file, ledger_path = d / "client.key", d / "proxy-ledger.sqlite"
-        if self.attestation == "off":
+        if self.chain_mode != "none":
+            pass  # the client's account is its channel; deposits come from the chain
+        elif self.attestation == "off":
             self.client_account = "node:client-1"
         else:
             key = load_or_create_ec_key(key_file)
             claims = Claims(public_key_der(key.public_key()), "client")
             self.client_account = client_account(claims, "client-1")
-        with Ledger(ledger_path) as ledger:
-            ledger.deposit(self.client_account, funds)
+        if self.chain_mode == "none":
+            with Ledger(ledger_path) as ledger:
+                ledger.deposit(self.client_account, funds)
         self.ledger_path = ledger_path
         self.proxy_sets = ["billing.enabled=true", f"billing.ledger_path={ledger_path}",
                            f"billing.signing_key_file={d / 'proxy-voucher.key'}",
@@ -229,10 +249,95 @@ class LocalNetwork:
         r.spawn("cocoon", [role, *args])
         return r
 
+    def _start_chain(self, deadline: float, progress: Callable[[str], None]) -> None:
+        """Start the embedded chain service and deploy this network's contracts on it."""
+        import asyncio
+
+        d = Path(self._tmp.name)
+        progress("starting the embedded chain (TVM emulator)")
+        role = self.chain_role = Role("chain", self.log_dir / "chain.log", d / "chain.ready")
+        role.spawn("cocoon", ["chain", "run", "--state", str(d / "chain-state.json"),
+                              "--http", f"{self.host}:0"])
+        role.wait_until(role.read_ready, "ready", deadline)
+        self.chain_url = role.http
+        progress(f"chain at {self.chain_url}: deploying registry, proxy stake, channels")
+        self.deployment = asyncio.run(self._deploy())
+        dep = self.deployment
+        common = ["chain.backend=embedded", f"chain.url={self.chain_url}"]
+        if self.attestation == "fake":  # allow-lists from the registry
+            common.append(f"chain.registry={dep.registry}")
+        self.proxy_sets = [*common, "chain.wallet=proxy", f"chain.contract={dep.proxy_stake}",
+                           *self.proxy_sets]
+        self.client_sets = [*common, "chain.wallet=client",
+                            f"chain.contract={dep.client_channel}",
+                            f"chain.key_file={d / 'client-voucher.key'}", *self.client_sets]
+        self.worker_sets = [*common, *self.worker_sets]
+        self.client_account = "channel:" + dep.client_channel
+        progress(f"registry {dep.registry}; client channel {dep.client_channel} holds "
+                 f"{self.demo_funds} nanoTON")
+
+    async def _deploy(self) -> Any:
+        from cocoon.attestation.fake_tdx import fake_measurements
+        from cocoon.chain.embedded import EmbeddedChain
+        from cocoon.chain.localnet import deploy_local_network
+        from cocoon.config import BillingConfig, ProxyConfig, load
+        from cocoon.crypto import load_or_create_ed25519_key
+
+        d = Path(self._tmp.name)
+        billing = load(ProxyConfig, None, dict(
+            s.split("=", 1) for s in self.proxy_sets if s.startswith("billing."))).billing
+        assert isinstance(billing, BillingConfig)
+        images = ([fake_measurements("cocoon").image_hash] if self.attestation == "fake"
+                  else [])
+        chain = await EmbeddedChain.connect(self.chain_url)
+        try:
+            return await deploy_local_network(
+                chain, billing=billing,
+                proxy_key=load_or_create_ed25519_key(d / "proxy-voucher.key"),
+                client_key=load_or_create_ed25519_key(d / "client-voucher.key"),
+                workers=self.n_workers, client_funds=self.demo_funds, image_hashes=images)
+        finally:
+            await chain.aclose()
+
+    def role_config(self, name: str) -> str:
+        """The TOML config of a started role (its HTTP address and chain settings), what the
+        ``cocoon client|worker|proxy`` commands take with ``-c``."""
+        from cocoon import config as cfg
+
+        role = {r.name: r for r in self.roles()}[name]
+        kind, sets = (("client", self.client_sets) if name == "client" else
+                      ("proxy", self.proxy_sets) if name == "proxy" else
+                      ("worker", [*self.worker_sets, *self._worker_chain_sets(name)]))
+        cls = {"client": cfg.ClientConfig, "proxy": cfg.ProxyConfig,
+               "worker": cfg.WorkerConfig}[kind]
+        overrides = dict(s.split("=", 1) for s in sets)
+        overrides["http"] = role.http.removeprefix("http://")
+        overrides.pop("node_id", None)
+        return cfg.dump_toml(cfg.load(cls, None, overrides))
+
+    def _worker_chain_sets(self, name: str) -> list[str]:
+        if self.deployment is None:
+            return []
+        i = int(name.rpartition("-")[2])
+        return [f"chain.wallet={name}", f"chain.contract={self.deployment.worker_channels[i - 1]}"]
+
+    def write_role_configs(self) -> dict[str, Path]:
+        """Write each role's TOML next to its log; returns name -> path."""
+        out = {}
+        for r in self.roles():
+            if r is self.chain_role:
+                continue
+            path = self.log_dir / f"{r.name}.toml"
+            path.write_text(self.role_config(r.name))
+            out[r.name] = path
+        return out
+
     def start(self, progress: Callable[[str], None] = lambda s: None) -> None:
         """Start every role and wait until the client serves all workers' models."""
         deadline = time.monotonic() + self.startup_timeout
         try:
+            if self.chain_mode == "embedded":
+                self._start_chain(deadline, progress)
             progress("starting proxy")
             proxy = self.proxy = self._spawn("proxy", "proxy", [
                 "--listen", f"{self.host}:0", "--http", f"{self.host}:0",
@@ -243,6 +348,7 @@ class LocalNetwork:
             for i in range(self.n_workers):
                 args = ["--proxy", proxy_addr, "--http", f"{self.host}:0",
                         "--engine", self.engine, *_sets(self.worker_sets),
+                        *_sets(self._worker_chain_sets(f"worker-{i + 1}")),
                         "--set", f"node_id=worker-{i + 1}"]
                 if self.upstream:
                     args += ["--upstream", self.upstream]
@@ -335,7 +441,8 @@ class LocalNetwork:
         return out
 
     def roles(self) -> list[Role]:
-        return [r for r in (self.proxy, *self.workers, self.client) if r is not None]
+        return [r for r in (self.chain_role, self.proxy, *self.workers, self.client)
+                if r is not None]
 
     def dead(self) -> list[Role]:
         return [r for r in self.roles() if not r.alive()]
@@ -343,6 +450,8 @@ class LocalNetwork:
     def stop(self, grace: float = 5.0) -> None:
         """SIGTERM every role (client first), then SIGKILL what is left after ``grace``."""
         order = [r for r in (self.client, *reversed(self.workers), self.proxy) if r]
+        if self.chain_role is not None:
+            order.append(self.chain_role)  # last: the proxy may still be committing
         for r in order:
             r.terminate()
         end = time.monotonic() + grace
@@ -381,7 +490,11 @@ def add_up_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--demo-funds", type=int, default=10 * 10**9, metavar="NANOTON",
                    help="the demo client's starting balance (default 10 TON); 0 disables "
                         "billing")
-    p.add_argument("--log-dir", default=".cocoon/logs", help="where role logs go")
+    p.add_argument("--chain", choices=CHAIN_MODES, default="embedded",
+                   help="embedded (default): a local TON chain running the network's "
+                        "contracts in the TVM emulator (needs Node.js and `npm ci` in "
+                        "contracts/, which scripts/setup does); none: ledger balances only")
+    p.add_argument("--log-dir", default=".cocoon/logs", help="where role logs and configs go")
     p.add_argument("--timeout", type=float, default=300.0, help="start-up deadline (s)")
 
 
@@ -416,7 +529,9 @@ def run_up(args: argparse.Namespace) -> int:
                        host=args.host, client_port=args.port, worker_sets=args.worker_set,
                        log_dir=args.log_dir, startup_timeout=args.timeout,
                        attestation=args.attestation, billing=args.demo_funds > 0,
-                       demo_funds=args.demo_funds)
+                       demo_funds=args.demo_funds,
+                       chain=args.chain if args.demo_funds > 0 else "none",
+                       commit_interval_s=5.0)
     interrupted = False
 
     def on_term(signum: int, frame: object) -> None:
@@ -434,6 +549,14 @@ def run_up(args: argparse.Namespace) -> int:
             progress(f"billing on: demo client {net.client_account} funded with "
                      f"{args.demo_funds} nanoTON; `cocoon proxy ledger --set "
                      f"billing.ledger_path={net.ledger_path}` shows the books")
+            configs = net.write_role_configs()
+            c, w = configs["client"], configs["worker-1"]
+            progress(f"accounts: `cocoon client balance -c {c}`, "
+                     f"`cocoon worker earnings -c {w}`")
+            if net.deployment is not None:
+                progress(f"on chain: `cocoon client topup 1 -c {c}`, `cocoon client close "
+                         f"-c {c}`, `cocoon client withdraw -c {c}`, "
+                         f"`cocoon worker withdraw -c {w}`")
         print(_snippets(net.base_url, models[0] if models else "?"), flush=True)
         print("Press Ctrl-C to stop.", flush=True)
         while True:

@@ -597,9 +597,10 @@ def test_asymmetric_windows() -> None:
 # --- cancel ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("final", [end(1), Error(1, "cancelled", "gone", "")],
-                         ids=["end", "error"])
-def test_cancel_drops_in_flight_and_swallows_final(final: Message) -> None:
+@pytest.mark.parametrize("final", [end(1), Error(1, "cancelled", "gone", ""),
+                                   Error(1, "cancelled", "gone", "", 5, 6, 1, 2)],
+                         ids=["end", "error", "error-with-usage"])
+def test_cancel_drops_in_flight_but_delivers_final(final: Message) -> None:
     pair = make_pair(window_a=8)
     pair.a.send(req(1))
     pair.to_b()
@@ -617,7 +618,7 @@ def test_cancel_drops_in_flight_and_swallows_final(final: Message) -> None:
     assert pair.to_b() == [Cancel(1, "client left")]
     assert pair.b.has_incoming(1)
     pair.b.send(final)
-    assert pair.to_a() == []  # the final End/Error is swallowed too
+    assert pair.to_a() == [final]  # the final End/Error still arrives: it reports usage
     assert not pair.a.has_outgoing(1)
     assert pair.a.open_streams == 0
     # forgotten: anything more on that stream is a protocol error
@@ -713,7 +714,8 @@ EXPECTED_CONVERSATION: list[tuple[str, list[Message]]] = [
            *[c for i in range(4) for c in (Chunk(1, b"s1-%d" % i), Chunk(2, b"s2-%d" % i))],
            req(9)]),
     ("b", [Credit(1, 2), Cancel(2, "enough"), Chunk(9, b"reverse"), End(9, 1, 1, 0, 0)]),
-    ("a", [Chunk(1, b"s1-4"), Chunk(1, b"s1-5"), End(1, 3, 6, 0, 0), Pong(6)]),
+    ("a", [Chunk(1, b"s1-4"), Chunk(1, b"s1-5"), End(1, 3, 6, 0, 0),
+           Error(2, "cancelled", "ok", ""), Pong(6)]),
     ("b", []),
 ]
 
@@ -889,8 +891,11 @@ class FlowMachine(RuleBasedStateMachine):
                 s.unconsumed += 1
             elif isinstance(msg, End):
                 s = self.streams[msg.req_id]
-                assert not s.cancelled and not s.ended
-                assert len(s.received) == s.planned == msg.completion_tokens
+                assert not s.ended
+                if s.cancelled:  # its final still arrives: the answer to the Cancel
+                    assert msg.completion_tokens in (0, s.planned)
+                else:
+                    assert len(s.received) == s.planned == msg.completion_tokens
                 s.ended = True
             else:
                 raise AssertionError(f"unexpected {msg}")

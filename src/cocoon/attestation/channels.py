@@ -119,15 +119,17 @@ def build_policy(cfg: AttestationConfig, lists: AllowListSource,
 def build_channels(cfg: AttestationConfig, *, role: str, model: str = "",
                    model_hash: bytes = b"", expect_peer_role: str | None = None,
                    key: ec.EllipticCurvePrivateKey | None = None,
-                   clock: Clock = _utcnow) -> Channels:
-    """The connector and listener a node of ``role`` uses, per its config."""
+                   clock: Clock = _utcnow, lists: AllowListSource | None = None) -> Channels:
+    """The connector and listener a node of ``role`` uses, per its config; ``lists``
+    (e.g. the root registry's) replaces ``attestation.allow_list_file``."""
     if not cfg.tls:
         return Channels(TcpConnector(), TcpListener(), {"tier": "none (plain TCP)"})
     from cocoon.transport.tls import TlsConnector, TlsIdentity, TlsListener
 
     provider = _provider(cfg, clock)
-    lists: AllowListSource = (StaticAllowLists.from_file(cfg.allow_list_file)
-                              if cfg.allow_list_file else StaticAllowLists(AllowLists()))
+    if lists is None:
+        lists = (StaticAllowLists.from_file(cfg.allow_list_file)
+                 if cfg.allow_list_file else StaticAllowLists(AllowLists()))
     verifiers = _verifiers(cfg)
     policy = build_policy(cfg, lists, clock)
     identity = TlsIdentity.create(provider, role, model, model_hash=model_hash, key=key,

@@ -5,6 +5,9 @@ in-process local chain running the compiled contracts in the TVM emulator).  Amo
 nanoTON ints, addresses raw strings ``"0:<hex>"``.  A *wallet* is a name the backend can send
 from (embedded: a funded sandbox treasury); :meth:`Chain.wallet` gives its address.
 
+Message bodies and initial data are built by :mod:`cocoon.chain.messages` (the one encoder of
+the contracts' layouts); every backend sends exactly those cells.
+
 Every mutating call returns a :class:`TxResult` on success and raises a
 :class:`cocoon.chain.errors.ContractRejected` subclass (a ``PaymentError``) carrying the exit
 code when the contract rejects the message.
@@ -13,9 +16,13 @@ code when the contract rejects the message.
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
+from pytoniq_core.boc.cell import Cell
+
+from cocoon.chain.messages import ProxyStakeSpec, RegistryParams
 from cocoon.chain.vouchers import ChainVoucher, ChannelKind
 
 __all__ = [
@@ -26,12 +33,17 @@ __all__ = [
     "ChannelState",
     "ChannelStatus",
     "OutMessage",
+    "ProxyStakeSpec",
+    "ProxyState",
+    "ProxyStatus",
+    "RegistryParams",
     "TxInfo",
     "TxResult",
 ]
 
 TOPUP_FEE = 10_000_000
-"""Value a top-up must carry above its amount (0.01 TON); it stays in the channel's reserve."""
+"""Value a top-up (or add-stake) must carry above its amount (0.01 TON); it stays in the
+contract's reserve."""
 DEFAULT_MSG_VALUE = 50_000_000
 """Value attached to control messages (vouchers, close, withdraw): 0.05 TON."""
 
@@ -64,6 +76,24 @@ class ChannelState:
     charged: int
     last_seqno: int
     close_at: int
+
+
+class ProxyStatus(enum.IntEnum):
+    ACTIVE = 0
+    UNSTAKING = 1
+    CLOSED = 2
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyState:
+    """``get_proxy_state()`` of a proxy stake contract; ``commit_hash`` is 32 bytes."""
+
+    state: ProxyStatus
+    stake: int
+    unlock_at: int
+    commit_seqno: int
+    commit_hash: bytes
+    committed_at: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +178,65 @@ class Chain(Protocol):
         ...
 
     async def channel_state(self, channel: str) -> ChannelState: ...
+
+    # ---- root registry ----
+
+    async def deploy_registry(
+        self,
+        owner: str,
+        params: RegistryParams,
+        image_hashes: Iterable[bytes] = (),
+        model_hashes: Iterable[bytes] = (),
+        *,
+        sender: str,
+    ) -> TxResult:
+        """Deploy a registry owned by address ``owner`` (initial hashes are allowed at once);
+        ``result.to`` is its address."""
+        ...
+
+    async def registry_update(self, registry: str, body: Cell, *, sender: str) -> TxResult:
+        """Send an owner op built by :mod:`cocoon.chain.messages` (``update_params_body``,
+        ``add_image_hash_body``, ..., ``change_owner_body``)."""
+        ...
+
+    async def registry_params(self, registry: str) -> RegistryParams: ...
+
+    async def registry_versions(self, registry: str) -> tuple[int, int]:
+        """``(version, params_version)``."""
+        ...
+
+    async def registry_owner(self, registry: str) -> str: ...
+
+    async def image_hash_allowed(self, registry: str, h: bytes) -> bool: ...
+
+    async def model_hash_allowed(self, registry: str, h: bytes) -> bool: ...
+
+    # ---- proxy stake ----
+
+    async def deploy_proxy_stake(
+        self, spec: ProxyStakeSpec, *, sender: str, stake: int
+    ) -> TxResult:
+        """Deploy the stake contract with an initial ``stake`` (sends ``stake + TOPUP_FEE``;
+        0: a plain deploy); ``result.to`` is its address."""
+        ...
+
+    async def add_stake(self, proxy: str, amount: int, *, sender: str) -> TxResult:
+        """Add ``amount`` to the stake (sends ``amount + TOPUP_FEE``)."""
+        ...
+
+    async def commit_state(self, proxy: str, body: Cell, *, sender: str) -> TxResult:
+        """Submit a signed state commit (:func:`cocoon.chain.messages.sign_commit`)."""
+        ...
+
+    async def request_unstake(self, proxy: str, *, sender: str) -> TxResult:
+        """Owner: active -> unstaking, unlockAt = now + unstakeDelay."""
+        ...
+
+    async def unstake(self, proxy: str, *, sender: str) -> TxResult:
+        """Owner, once ``now >= unlockAt``: closed, the whole balance goes to the owner."""
+        ...
+
+    async def proxy_state(self, proxy: str) -> ProxyState: ...
 
     async def balance(self, address: str) -> int:
         """Account balance in nanoTON (0 for an unknown account)."""

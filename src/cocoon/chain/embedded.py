@@ -19,9 +19,13 @@ import itertools
 import json
 import os
 import shutil
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from pytoniq_core.boc.cell import Cell
+
+from cocoon.chain import messages as m
 from cocoon.chain.base import (
     DEFAULT_MSG_VALUE,
     TOPUP_FEE,
@@ -29,26 +33,23 @@ from cocoon.chain.base import (
     ChannelState,
     ChannelStatus,
     OutMessage,
+    ProxyStakeSpec,
+    ProxyState,
+    ProxyStatus,
+    RegistryParams,
     TxInfo,
     TxResult,
 )
 from cocoon.chain.errors import ChainError, ChainUnavailable, rejection_for
+from cocoon.chain.messages import default_contracts_dir
 from cocoon.chain.vouchers import ChainVoucher
 
 __all__ = ["CONTRACT_NAMES", "EmbeddedChain", "default_contracts_dir", "find_toolchain"]
 
-CONTRACT_NAMES = {"client": "client_channel", "worker": "worker_channel"}
+CONTRACT_NAMES = m.CHANNEL_CONTRACTS
 _START_TIMEOUT = 60.0
 _CALL_TIMEOUT = 60.0
 _LINE_LIMIT = 64 * 1024 * 1024
-
-
-def default_contracts_dir() -> Path:
-    """``$COCOON_CONTRACTS_DIR`` or the repository's ``contracts/`` next to ``src/``."""
-    env = os.environ.get("COCOON_CONTRACTS_DIR")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[3] / "contracts"
 
 
 def find_toolchain(contracts_dir: Path | None = None) -> tuple[str, Path]:
@@ -85,22 +86,108 @@ def _tx(d: dict[str, Any]) -> TxInfo:
     )
 
 
+def _hash_int(h: bytes) -> int:
+    if len(h) != 32:
+        raise ValueError(f"a hash is 32 bytes, got {len(h)}")
+    return int.from_bytes(h, "big")
+
+
 def _int(item: dict[str, Any]) -> int:
     if item.get("type") != "int":
         raise ChainError(f"expected an int on the stack, got {item.get('type')}")
     return int(item["value"])
 
 
-class EmbeddedChain:
-    """A :class:`cocoon.chain.base.Chain` backed by ``@ton/sandbox`` in a Node child process."""
+class _PipeTransport:
+    """JSON-RPC lines to the chain server over its stdin/stdout (the owning process)."""
 
-    def __init__(self, proc: asyncio.subprocess.Process, state_path: Path | None) -> None:
-        self._proc = proc
-        self.state_path = state_path
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
         self._ids = itertools.count(1)
         self._lock = asyncio.Lock()
         self._stderr: collections.deque[str] = collections.deque(maxlen=50)
         self._stderr_task = asyncio.create_task(self._drain_stderr())
+
+    async def _drain_stderr(self) -> None:
+        assert self.proc.stderr is not None
+        async for raw in self.proc.stderr:
+            self._stderr.append(raw.decode(errors="replace").rstrip())
+
+    async def readline(self) -> str:
+        assert self.proc.stdout is not None
+        raw = await self.proc.stdout.readline()
+        if not raw:
+            await asyncio.sleep(0.05)  # let stderr drain
+            tail = "\n".join(self._stderr)
+            raise ChainError(f"embedded chain process exited ({self.proc.returncode}): {tail}")
+        return raw.decode()
+
+    async def call(self, cmd: str, params: dict[str, Any]) -> dict[str, Any]:
+        async with self._lock:
+            assert self.proc.stdin is not None
+            rid = next(self._ids)
+            line = json.dumps({"id": rid, "cmd": cmd, **params}) + "\n"
+            try:
+                self.proc.stdin.write(line.encode())
+                await self.proc.stdin.drain()
+            except (BrokenPipeError, ConnectionResetError) as exc:
+                raise ChainError(f"embedded chain process is gone: {exc}") from exc
+            resp: dict[str, Any] = json.loads(
+                await asyncio.wait_for(self.readline(), _CALL_TIMEOUT))
+        if resp.get("id") != rid:
+            raise ChainError(f"embedded chain: response id {resp.get('id')} != {rid}")
+        return resp
+
+    async def close(self, *, kill: bool) -> None:
+        if kill and self.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.kill()
+        try:
+            await asyncio.wait_for(self.proc.wait(), 10)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.kill()
+            await self.proc.wait()
+        self._stderr_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._stderr_task
+
+
+class _HttpTransport:
+    """The same JSON-RPC, posted to a chain service (``cocoon chain run``) over HTTP."""
+
+    def __init__(self, url: str, timeout: float) -> None:
+        import aiohttp
+
+        self.url = url.rstrip("/") + "/rpc"
+        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout))
+        self._errors: tuple[type[BaseException], ...] = (aiohttp.ClientError, TimeoutError)
+
+    async def call(self, cmd: str, params: dict[str, Any]) -> dict[str, Any]:
+        try:
+            async with self._session.post(self.url, json={"cmd": cmd, **params}) as resp:
+                body: dict[str, Any] = await resp.json(content_type=None)
+        except self._errors as exc:
+            raise ChainUnavailable(
+                f"chain service at {self.url} is unreachable ({type(exc).__name__}: {exc}); "
+                "is `cocoon chain run` (or `cocoon up`) running?") from exc
+        except ValueError as exc:
+            raise ChainError(f"chain service at {self.url}: malformed response: {exc}") from exc
+        return body
+
+    async def close(self, *, kill: bool) -> None:
+        await self._session.close()
+
+
+class EmbeddedChain:
+    """A :class:`cocoon.chain.base.Chain` backed by ``@ton/sandbox``: in a Node child process
+    this object owns (:meth:`start`), or through the chain service of another process
+    (:meth:`connect`, ``cocoon chain run``)."""
+
+    def __init__(self, transport: _PipeTransport | _HttpTransport,
+                 state_path: Path | None) -> None:
+        self._transport = transport
+        self.state_path = state_path
         self._closed = False
 
     # ---- lifecycle -------------------------------------------------------------------------
@@ -131,9 +218,10 @@ class EmbeddedChain:
             stderr=asyncio.subprocess.PIPE,
             limit=_LINE_LIMIT,
         )
-        chain = cls(proc, path)
+        transport = _PipeTransport(proc)
+        chain = cls(transport, path)
         try:
-            line = await asyncio.wait_for(chain._readline(), _START_TIMEOUT)
+            line = await asyncio.wait_for(transport.readline(), _START_TIMEOUT)
             ready = json.loads(line)
             if not ready.get("ready"):
                 raise ChainError(f"embedded chain: unexpected greeting {line!r}")
@@ -143,49 +231,42 @@ class EmbeddedChain:
             raise
         return chain
 
+    @classmethod
+    async def connect(cls, url: str, *, timeout: float = _CALL_TIMEOUT) -> EmbeddedChain:
+        """Use the embedded chain another process serves at ``url`` (``cocoon chain run``);
+        raises :class:`ChainUnavailable` when nothing answers there."""
+        chain = cls(_HttpTransport(url, timeout), None)
+        try:
+            await chain.now()
+        except BaseException:
+            await chain.aclose()
+            raise
+        return chain
+
     restored: bool = False
     """Whether :meth:`start` loaded an existing state file."""
 
-    async def _drain_stderr(self) -> None:
-        assert self._proc.stderr is not None
-        async for raw in self._proc.stderr:
-            self._stderr.append(raw.decode(errors="replace").rstrip())
-
-    async def _readline(self) -> str:
-        assert self._proc.stdout is not None
-        raw = await self._proc.stdout.readline()
-        if not raw:
-            await asyncio.sleep(0.05)  # let stderr drain
-            tail = "\n".join(self._stderr)
-            raise ChainError(f"embedded chain process exited ({self._proc.returncode}): {tail}")
-        return raw.decode()
+    @property
+    def pid(self) -> int | None:
+        """The chain server's process id when this object owns it."""
+        t = self._transport
+        return t.proc.pid if isinstance(t, _PipeTransport) else None
 
     async def aclose(self) -> None:
-        """Stop the server cleanly (state is already on disk after every mutation)."""
+        """Stop the server cleanly (state is already on disk after every mutation); for a
+        connection to a chain service, just disconnect."""
         if self._closed:
             return
-        with contextlib.suppress(ChainError, OSError, TimeoutError):
-            await asyncio.wait_for(self._call("shutdown"), 10)
+        if isinstance(self._transport, _PipeTransport):
+            with contextlib.suppress(ChainError, OSError, TimeoutError):
+                await asyncio.wait_for(self._call("shutdown"), 10)
         self._closed = True
-        try:
-            await asyncio.wait_for(self._proc.wait(), 10)
-        except TimeoutError:
-            await self.kill()
-        await self._stop_stderr()
+        await self._transport.close(kill=False)
 
     async def kill(self) -> None:
         """Kill the server at once (tests: simulate a crash)."""
         self._closed = True
-        if self._proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                self._proc.kill()
-            await self._proc.wait()
-        await self._stop_stderr()
-
-    async def _stop_stderr(self) -> None:
-        self._stderr_task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._stderr_task
+        await self._transport.close(kill=True)
 
     async def __aenter__(self) -> EmbeddedChain:
         return self
@@ -195,21 +276,15 @@ class EmbeddedChain:
 
     # ---- RPC -------------------------------------------------------------------------------
 
-    async def _call(self, cmd: str, **params: Any) -> dict[str, Any]:
+    async def rpc(self, cmd: str, params: dict[str, Any]) -> dict[str, Any]:
+        """One raw JSON-RPC exchange: the response object ``{"ok", "result"|"error"}``
+        (the chain service forwards these unchanged)."""
         if self._closed:
             raise ChainError("embedded chain is closed")
-        async with self._lock:
-            assert self._proc.stdin is not None
-            rid = next(self._ids)
-            line = json.dumps({"id": rid, "cmd": cmd, **params}) + "\n"
-            try:
-                self._proc.stdin.write(line.encode())
-                await self._proc.stdin.drain()
-            except (BrokenPipeError, ConnectionResetError) as exc:
-                raise ChainError(f"embedded chain process is gone: {exc}") from exc
-            resp = json.loads(await asyncio.wait_for(self._readline(), _CALL_TIMEOUT))
-        if resp.get("id") != rid:
-            raise ChainError(f"embedded chain: response id {resp.get('id')} != {rid}")
+        return await self._transport.call(cmd, params)
+
+    async def _call(self, cmd: str, **params: Any) -> dict[str, Any]:
+        resp = await self.rpc(cmd, params)
         if not resp.get("ok"):
             raise ChainError(f"embedded chain {cmd}: {resp.get('error')}")
         result: dict[str, Any] = resp["result"]
@@ -270,59 +345,74 @@ class EmbeddedChain:
         await self._call("snapshot", path=os.fspath(path))
 
     # ---- Chain -----------------------------------------------------------------------------
+    # Every body and every initial data cell comes from cocoon.chain.messages, so what the
+    # emulator executes is exactly what a liteserver backend sends.
+
+    async def _deploy(
+        self, sender: str, contract: str, data: Cell, value: int, body: Cell | None
+    ) -> TxResult:
+        """Deploy ``contract`` with ``data`` (StateInit) by a message of ``value`` carrying
+        ``body`` (None: empty body)."""
+        params: dict[str, Any] = {
+            "contract": contract,
+            "from": sender,
+            "dataBoc": base64.b64encode(m.boc(data)).decode(),
+            "value": str(value),
+        }
+        if body is not None:
+            params["body"] = base64.b64encode(m.boc(body)).decode()
+        r = await self._call("deploy", **params)
+        return self._result(str(r["address"]), r, f"deploy {contract}")
+
+    async def _send_cell(
+        self, sender: str, to: str, body: Cell, *, what: str, value: int = DEFAULT_MSG_VALUE
+    ) -> TxResult:
+        return await self.send(sender, to, value, body=m.boc(body), what=what)
+
+    async def _ints(self, address: str, method: str, *args: int) -> list[int]:
+        stack = await self.get(address, method, [{"type": "int", "value": str(a)} for a in args])
+        return [_int(item) for item in stack]
+
+    # channels
 
     async def deploy_channel(self, spec: ChannelSpec, *, sender: str, deposit: int) -> TxResult:
-        data = {
-            "funder": spec.funder,
-            "payee": spec.payee,
-            "signerPubkey": spec.signer_pubkey.hex(),
-            "payeePubkey": spec.payee_pubkey.hex(),
-            "closeDelay": spec.close_delay,
-            "channelId": str(spec.channel_id),
-        }
-        params: dict[str, Any] = {
-            "contract": CONTRACT_NAMES[spec.kind],
-            "from": sender,
-            "data": data,
-        }
+        contract = CONTRACT_NAMES[spec.kind]
         if deposit > 0:
-            params["value"] = str(deposit + TOPUP_FEE)
-            params["op"] = {"name": "topup", "amount": str(deposit)}
-        else:
-            params["value"] = str(DEFAULT_MSG_VALUE)
-        r = await self._call("deploy", **params)
-        return self._result(str(r["address"]), r, "deploy")
+            body = m.topup_body(deposit)
+            return await self._deploy(
+                sender, contract, m.channel_data(spec), deposit + TOPUP_FEE, body
+            )
+        return await self._deploy(sender, contract, m.channel_data(spec), DEFAULT_MSG_VALUE, None)
 
-    async def deposit(self, channel: str, amount: int, *, sender: str) -> TxResult:
-        return await self.send(
+    async def deposit(
+        self, channel: str, amount: int, *, sender: str, query_id: int = 0
+    ) -> TxResult:
+        return await self._send_cell(
             sender,
             channel,
-            amount + TOPUP_FEE,
-            op={"name": "topup", "amount": str(amount)},
+            m.topup_body(amount, query_id=query_id),
+            value=amount + TOPUP_FEE,
             what="top-up",
         )
 
     async def submit_voucher(self, channel: str, voucher: ChainVoucher, *, sender: str) -> TxResult:
-        return await self.send(
-            sender, channel, DEFAULT_MSG_VALUE, body=voucher.body_boc(), what="voucher"
-        )
-
-    async def _simple(self, channel: str, name: str, sender: str, query_id: int) -> TxResult:
-        return await self.send(
-            sender, channel, DEFAULT_MSG_VALUE, op={"name": name, "queryId": query_id}, what=name
-        )
+        return await self._send_cell(sender, channel, voucher.body(), what="voucher")
 
     async def request_close(self, channel: str, *, sender: str, query_id: int = 0) -> TxResult:
-        return await self._simple(channel, "request_close", sender, query_id)
+        body = m.request_close_body(query_id=query_id)
+        return await self._send_cell(sender, channel, body, what="request close")
 
     async def close(self, channel: str, *, sender: str, query_id: int = 0) -> TxResult:
-        return await self._simple(channel, "finalize_close", sender, query_id)
+        body = m.finalize_close_body(query_id=query_id)
+        return await self._send_cell(sender, channel, body, what="finalize close")
 
     async def payee_close(self, channel: str, *, sender: str, query_id: int = 0) -> TxResult:
-        return await self._simple(channel, "payee_close", sender, query_id)
+        body = m.payee_close_body(query_id=query_id)
+        return await self._send_cell(sender, channel, body, what="payee close")
 
     async def withdraw(self, channel: str, *, sender: str, query_id: int = 0) -> TxResult:
-        return await self._simple(channel, "withdraw", sender, query_id)
+        body = m.withdraw_body(query_id=query_id)
+        return await self._send_cell(sender, channel, body, what="withdraw")
 
     async def channel_state(self, channel: str) -> ChannelState:
         s = await self.get(channel, "get_channel_state")
@@ -333,6 +423,92 @@ class EmbeddedChain:
             last_seqno=_int(s[3]),
             close_at=_int(s[4]),
         )
+
+    # root registry
+
+    async def deploy_registry(
+        self,
+        owner: str,
+        params: RegistryParams,
+        image_hashes: Iterable[bytes] = (),
+        model_hashes: Iterable[bytes] = (),
+        *,
+        sender: str,
+    ) -> TxResult:
+        data = m.registry_data(owner, params, image_hashes, model_hashes)
+        return await self._deploy(sender, m.REGISTRY_CONTRACT, data, DEFAULT_MSG_VALUE, None)
+
+    async def registry_update(self, registry: str, body: Cell, *, sender: str) -> TxResult:
+        return await self._send_cell(sender, registry, body, what="registry update")
+
+    async def registry_params(self, registry: str) -> RegistryParams:
+        return RegistryParams(*await self._ints(registry, "get_params"))
+
+    async def registry_versions(self, registry: str) -> tuple[int, int]:
+        version, params_version = await self._ints(registry, "get_versions")
+        return version, params_version
+
+    async def registry_owner(self, registry: str) -> str:
+        (item,) = await self.get(registry, "get_owner")
+        if "address" not in item:
+            raise ChainError(f"get_owner on {registry}: expected an address, got {item}")
+        return str(item["address"])
+
+    async def image_hash_allowed(self, registry: str, h: bytes) -> bool:
+        (version,) = await self._ints(registry, "image_hash_version", _hash_int(h))
+        return version != 0
+
+    async def model_hash_allowed(self, registry: str, h: bytes) -> bool:
+        (version,) = await self._ints(registry, "model_hash_version", _hash_int(h))
+        return version != 0
+
+    # proxy stake
+
+    async def deploy_proxy_stake(
+        self, spec: ProxyStakeSpec, *, sender: str, stake: int
+    ) -> TxResult:
+        data = m.proxy_stake_data(spec)
+        if stake > 0:
+            body = m.add_stake_body(stake)
+            return await self._deploy(sender, m.PROXY_STAKE_CONTRACT, data, stake + TOPUP_FEE, body)
+        return await self._deploy(sender, m.PROXY_STAKE_CONTRACT, data, DEFAULT_MSG_VALUE, None)
+
+    async def add_stake(
+        self, proxy: str, amount: int, *, sender: str, query_id: int = 0
+    ) -> TxResult:
+        return await self._send_cell(
+            sender,
+            proxy,
+            m.add_stake_body(amount, query_id=query_id),
+            value=amount + TOPUP_FEE,
+            what="add stake",
+        )
+
+    async def commit_state(self, proxy: str, body: Cell, *, sender: str) -> TxResult:
+        return await self._send_cell(sender, proxy, body, what="state commit")
+
+    async def request_unstake(self, proxy: str, *, sender: str, query_id: int = 0) -> TxResult:
+        body = m.request_unstake_body(query_id=query_id)
+        return await self._send_cell(sender, proxy, body, what="request unstake")
+
+    async def unstake(self, proxy: str, *, sender: str, query_id: int = 0) -> TxResult:
+        body = m.unstake_body(query_id=query_id)
+        return await self._send_cell(sender, proxy, body, what="unstake")
+
+    async def proxy_state(self, proxy: str) -> ProxyState:
+        state, stake, unlock_at, seqno, commit_hash, committed_at = await self._ints(
+            proxy, "get_proxy_state"
+        )
+        return ProxyState(
+            state=ProxyStatus(state),
+            stake=stake,
+            unlock_at=unlock_at,
+            commit_seqno=seqno,
+            commit_hash=commit_hash.to_bytes(32, "big"),
+            committed_at=committed_at,
+        )
+
+    # accounts and time
 
     async def balance(self, address: str) -> int:
         r = await self._call("balance", address=address)
@@ -350,3 +526,8 @@ class EmbeddedChain:
         if seconds < 0:
             raise ValueError("time only moves forward")
         return await self.set_time(await self.now() + seconds)
+
+    async def account(self, address: str) -> dict[str, Any]:
+        """The account's state (``state``, ``balance``, and for an active one its ``code``
+        and ``data`` as base64 BOCs), as a liteserver's account-state query gives it."""
+        return await self._call("account", address=address)

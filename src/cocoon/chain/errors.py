@@ -18,8 +18,11 @@ __all__ = [
     "ChainUnavailable",
     "ContractRejected",
     "EarlyClose",
+    "HashAlreadyPresent",
+    "HashNotPresent",
     "InsufficientChannelBalance",
     "InsufficientValue",
+    "StakeTooLow",
     "UnknownOp",
     "VoucherAmountDecreased",
     "VoucherReplayed",
@@ -32,15 +35,15 @@ __all__ = [
 
 EXIT_MEANINGS: dict[int, str] = {
     100: "wrong sender (not the funder / payee / registry owner)",
-    101: "bad voucher signature",
-    102: "replay: voucher seqno not newer than the last accepted",
+    101: "bad voucher / state commit signature",
+    102: "replay: voucher / commit seqno not newer than the last accepted",
     103: "voucher cumulative amount below the already charged amount",
     104: "insufficient balance for the voucher's delta",
     105: "early close: finalize before closeAt",
     106: "wrong state for this op",
     107: "insufficient value attached to a top-up (< amount + 0.01 TON)",
-    108: "voucher is for another channel address",
-    109: "voucher of the other kind (client charge vs worker payout)",
+    108: "voucher / commit is for another contract address",
+    109: "voucher of the other kind (client charge vs worker payout), or wrong commit op",
     110: "registry: hash already present",
     111: "registry: hash not present",
     112: "proxy: stake below the minimum",
@@ -119,6 +122,18 @@ class VoucherWrongKind(ContractRejected):
     exit_code = 109
 
 
+class HashAlreadyPresent(ContractRejected):
+    exit_code = 110
+
+
+class HashNotPresent(ContractRejected):
+    exit_code = 111
+
+
+class StakeTooLow(ContractRejected):
+    exit_code = 112
+
+
 class UnknownOp(ContractRejected):
     exit_code = 0xFFFF
 
@@ -136,6 +151,9 @@ _BY_CODE: dict[int, type[ContractRejected]] = {
         InsufficientValue,
         VoucherWrongChannel,
         VoucherWrongKind,
+        HashAlreadyPresent,
+        HashNotPresent,
+        StakeTooLow,
         UnknownOp,
     )
 }

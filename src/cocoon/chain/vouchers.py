@@ -19,12 +19,14 @@ import base64
 from dataclasses import dataclass, field
 from typing import Literal
 
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from pytoniq_core.boc.address import Address
 from pytoniq_core.boc.builder import Builder
 from pytoniq_core.boc.cell import Cell
 
+from cocoon.ledger.errors import VoucherInvalid
 from cocoon.ledger.vouchers import Voucher
 
 __all__ = [
@@ -35,9 +37,11 @@ __all__ = [
     "ChannelKind",
     "cell_boc",
     "from_ledger",
+    "parse_voucher",
     "public_key",
     "sign_payload",
     "sign_voucher",
+    "verify_voucher",
     "voucher_message",
     "voucher_payload",
 ]
@@ -167,3 +171,52 @@ def from_ledger(voucher: Voucher, key: Ed25519PrivateKey | bytes) -> ChainVouche
     return sign_voucher(
         key, _LEDGER_KIND[voucher.kind], voucher.channel, voucher.seqno, voucher.cumulative_nanoton
     )
+
+
+_KIND_BY_OP: dict[int, ChannelKind] = {op: kind for kind, op in VOUCHER_OPS.items()}
+
+
+def parse_voucher(body_boc: bytes) -> ChainVoucher:
+    """Parse a voucher message body (what :meth:`ChainVoucher.body_boc` gives) the way the
+    contract does; VoucherInvalid for anything malformed.  Does not check the signature."""
+    try:
+        cells = Cell.from_boc(body_boc)
+        if len(cells) != 1:
+            raise ValueError("expected one root cell")
+        body = cells[0].begin_parse()  # type: ignore[no-untyped-call]
+        op = body.load_uint(32)
+        query_id = body.load_uint(64)
+        signature = body.load_bytes(64)
+        payload_cell = body.load_ref()
+        if body.remaining_bits or body.remaining_refs:
+            raise ValueError("trailing data in the body")
+        payload = payload_cell.begin_parse()
+        inner_op = payload.load_uint(32)
+        channel = payload.load_address()
+        seqno = payload.load_uint(64)
+        cumulative = payload.load_coins()
+        if payload.remaining_bits or payload.remaining_refs:
+            raise ValueError("trailing data in the payload")
+        if op != inner_op or op not in _KIND_BY_OP or channel is None:
+            raise ValueError("unknown or mismatched voucher op")
+        voucher = ChainVoucher(kind=_KIND_BY_OP[op], channel=channel.to_str(is_user_friendly=False),
+                               seqno=seqno, cumulative=cumulative, signature=bytes(signature),
+                               query_id=query_id)
+    except VoucherInvalid:
+        raise
+    except Exception as exc:  # pytoniq-core raises assorted errors on malformed cells
+        raise VoucherInvalid(f"malformed on-chain voucher: {type(exc).__name__}: {exc}") from None
+    if voucher.payload().hash != payload_cell.hash:
+        raise VoucherInvalid("malformed on-chain voucher: non-canonical payload cell")
+    return voucher
+
+
+def verify_voucher(voucher: ChainVoucher, pubkey: bytes) -> ChainVoucher:
+    """The voucher if ``pubkey`` signed its payload cell hash (what the contract checks),
+    else VoucherInvalid."""
+    try:
+        Ed25519PublicKey.from_public_bytes(pubkey).verify(voucher.signature,
+                                                          voucher.payload().hash)
+    except (InvalidSignature, ValueError) as exc:
+        raise VoucherInvalid("on-chain voucher: bad signature") from exc
+    return voucher

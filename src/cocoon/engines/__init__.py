@@ -5,14 +5,14 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
-from cocoon.engines.base import Engine, EngineOutput, InferenceJob
+from cocoon.engines.base import Engine, EngineOutput, InferenceJob, UsageMeter
 from cocoon.engines.fake import FakeEngine, FakeEngineConfig
 
 if TYPE_CHECKING:
     from cocoon.config import EngineConfig
 
 __all__ = ["Engine", "EngineOutput", "FakeEngine", "FakeEngineConfig", "InferenceJob",
-           "build_engine"]
+           "UsageMeter", "build_engine"]
 
 
 async def build_engine(config: EngineConfig) -> Engine:

@@ -2,7 +2,10 @@
 
 Each chunk is one token; ``max_tokens`` caps the chunk count like a real engine would. The
 prompt token count is a fixed function of the request text (1 token per 4 bytes of message
-content, at least 1), so billing tests can predict it.
+content, at least 1), so billing tests can predict it. The job's meter counts the prompt at
+the start and each token as it is generated (every ``delay_ms``, streamed or not), so an
+early end reports exactly the tokens produced; ``fail_after`` makes the engine fail after
+that many tokens, for fault and billing tests.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cocoon.engines.base import EngineOutput, InferenceJob, require
+from cocoon.errors import EngineError
 from cocoon.openai import protocol as oa
 
 __all__ = ["FakeEngine", "FakeEngineConfig"]
@@ -25,6 +29,7 @@ class FakeEngineConfig:
     chunks: int = 50
     chunk_bytes: int = 128
     delay_ms: float = 0.0
+    fail_after: int = 0  # fail (EngineError) after this many tokens; 0: never
 
 
 def prompt_tokens_of(job: InferenceJob) -> int:
@@ -60,11 +65,20 @@ class FakeEngine:
         created = oa.now()
         piece = ("x" * (cfg.chunk_bytes - 1)) + " "
         delay = cfg.delay_ms / 1000.0
+        fail_after = cfg.fail_after
+        meter = job.meter
+        meter.prompt_tokens = usage.prompt_tokens  # the prompt is "evaluated" at once
         finished = False
         try:
             if not job.stream:
-                if delay:
-                    await asyncio.sleep(delay * count)
+                # Tokens are generated one by one here too, so a cancel mid-way is metered.
+                for _ in range(count if delay or fail_after else 0):
+                    if fail_after and meter.completion_tokens >= fail_after:
+                        raise EngineError(f"fake engine failed after {fail_after} tokens")
+                    if delay:
+                        await asyncio.sleep(delay)
+                    meter.completion_tokens += 1
+                meter.set(usage)
                 make = oa.chat_completion if job.endpoint == "chat" else oa.completion
                 yield oa.dumps(make(rid, created, job.model, piece * count, finish, usage))
                 finished = True
@@ -83,8 +97,11 @@ class FakeEngine:
                 last = oa.completion_chunk(rid, created, job.model, "", finish)
             rendered = oa.dumps(body)
             for _ in range(count):
+                if fail_after and meter.completion_tokens >= fail_after:
+                    raise EngineError(f"fake engine failed after {fail_after} tokens")
                 if delay:
                     await asyncio.sleep(delay)
+                meter.completion_tokens += 1
                 yield rendered
             yield oa.dumps(last)
             if oa.wants_usage(job.body):

@@ -7,7 +7,9 @@ bounded hand-off, so a slow reader pauses generation instead of piling up text.
 
 Token counts are exact: ``_CountingLlama`` counts the prompt tokens llama.cpp evaluates and
 every non-end-of-generation token it samples, the same numbers llama-cpp-python reports for a
-non-streamed call (it reports none for streams).
+non-streamed call (it reports none for streams). A generation that ends early (cancelled or
+failed) leaves the same counts in the job's meter once its thread has stopped: the tokens
+sampled so far, including up to ``_HANDOFF`` the consumer had not taken yet.
 """
 
 from __future__ import annotations
@@ -197,6 +199,7 @@ class LlamaCppEngine:
                 counts = done.result()
                 assert counts is not None
                 usage = oa.Usage(prompt_tokens=counts[0], completion_tokens=counts[1])
+                job.meter.set(usage)
                 if include_usage:
                     yield oa.dumps(oa.usage_chunk(job.endpoint, rid or "", created,
                                                   job.model, usage))
@@ -209,6 +212,8 @@ class LlamaCppEngine:
                     # The thread notices within one token (or 0.1 s); wait so the next
                     # request never shares the llama context with this one.
                     await asyncio.to_thread(thread.join)
+                    # Stopped: the counts are final, and still this job's (we hold the lock).
+                    job.meter.prompt_tokens, job.meter.completion_tokens = llm.counts
 
 
 _END: Final = object()

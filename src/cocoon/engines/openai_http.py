@@ -8,6 +8,12 @@ for it. Upstreams that ignore ``include_usage`` (llama_cpp.server does) get thei
 *estimated* (one token per content-bearing chunk, one prompt token per 4 prompt bytes) and
 counted in ``usage_estimated``; ``usage_fallback = "error"`` refuses such upstreams instead.
 
+An upstream reports usage only at the end, so a generation that ends early (cancelled,
+failed, timed out) is metered with that same estimate, marked ``estimated`` in the job's
+meter: once the upstream accepts the request, one prompt token per 4 prompt bytes; then one
+completion token per content-bearing chunk received. A non-streamed request cut short
+counts no completion tokens: the upstream's partial work cannot be seen from here.
+
 Closing the iterator closes the upstream HTTP response, which vLLM/SGLang treat as abort.
 """
 
@@ -114,17 +120,21 @@ class OpenAIHttpEngine:
             body["stream_options"] = {**(body.get("stream_options") or {}),
                                       "include_usage": True}
         path = _PATHS[job.endpoint].lstrip("/")
+        meter = job.meter
         finished = False
         try:
             async with self._client().post(path, json=body) as resp:
                 if resp.status != 200:
                     raise await _upstream_error(resp)
+                # Accepted: the upstream evaluates the prompt. Estimated until it reports.
+                meter.prompt_tokens, meter.estimated = prompt_tokens_of(job), True
                 if not job.stream:
                     raw = await resp.read()
                     try:
                         usage = oa.Usage.from_openai(json.loads(raw).get("usage"))
                     except (ValueError, AttributeError):
                         raise UpstreamError("upstream response has no valid usage") from None
+                    meter.set(usage)
                     yield raw
                     finished = True
                     yield usage
@@ -152,6 +162,7 @@ class OpenAIHttpEngine:
                                 usage_seen = oa.Usage.from_openai(u)
                             except ValueError:
                                 raise UpstreamError("upstream sent invalid usage") from None
+                            meter.set(usage_seen)
                         choices = obj.get("choices")
                         if not choices:
                             if u is not None and app_wants_usage:
@@ -159,6 +170,8 @@ class OpenAIHttpEngine:
                             continue
                         if _has_content(choices):
                             content_chunks += 1
+                            if usage_seen is None:
+                                meter.completion_tokens = content_chunks
                         if u is not None and not app_wants_usage:
                             obj["usage"] = None
                             yield oa.dumps(obj)
@@ -170,6 +183,8 @@ class OpenAIHttpEngine:
                     raise UpstreamError("upstream stream ended without [DONE]")
                 if usage_seen is None:
                     usage_seen = self._estimate(job, content_chunks)
+                    meter.set(usage_seen)
+                    meter.estimated = True
                     if app_wants_usage:
                         yield oa.dumps(oa.usage_chunk(job.endpoint, "", oa.now(), job.model,
                                                       usage_seen))

@@ -26,6 +26,7 @@ from cocoon.ledger.store import (
     Ledger,
     Reservation,
     Settlement,
+    SignedCharge,
     Totals,
     WorkerAccount,
 )
@@ -54,6 +55,7 @@ __all__ = [
     "Reservation",
     "ReservationError",
     "Settlement",
+    "SignedCharge",
     "SignedVoucher",
     "TokenCounts",
     "Totals",

@@ -17,6 +17,7 @@ what the client has been charged so far, the worker-payout voucher what the work
 
 from __future__ import annotations
 
+import hashlib
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -30,6 +31,8 @@ from cocoon.ledger.errors import (
     LedgerError,
     PaymentError,
     ReservationError,
+    VoucherRegression,
+    VoucherReplay,
 )
 from cocoon.ledger.pricing import Bill, Prices
 from cocoon.ledger.vouchers import (
@@ -48,11 +51,12 @@ __all__ = [
     "Ledger",
     "Reservation",
     "Settlement",
+    "SignedCharge",
     "Totals",
     "WorkerAccount",
 ]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _MAX_INT = (1 << 63) - 1
 
 _SCHEMA = """
@@ -105,6 +109,17 @@ CREATE TABLE commits (
     earned     INTEGER NOT NULL,
     commission INTEGER NOT NULL,
     at         INTEGER NOT NULL
+) STRICT;
+"""
+
+# Version 2: the client's own signatures (on-chain charge vouchers the proxy redeems).
+_SCHEMA_V2 = """
+CREATE TABLE client_signed (
+    client     TEXT PRIMARY KEY REFERENCES clients (client),
+    channel    TEXT NOT NULL,
+    seqno      INTEGER NOT NULL CHECK (seqno >= 0),
+    cumulative INTEGER NOT NULL CHECK (cumulative >= 0),
+    voucher    BLOB NOT NULL
 ) STRICT;
 """
 
@@ -176,12 +191,32 @@ class Totals:
 
 
 @dataclass(frozen=True, slots=True)
+class SignedCharge:
+    """A client's own signature over its cumulative charge (an on-chain voucher BOC)."""
+
+    client: str
+    channel: str
+    seqno: int
+    cumulative: int
+    voucher: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class Commit:
     seqno: int
     charged: int
     earned: int
     commission: int
     at: int
+
+    def state_hash(self) -> bytes:
+        """What the proxy publishes on chain for this commit: SHA-256 over
+        ``b"cocoon-commit\\x00\\x01" || seqno u64 || charged, earned, commission u128 || at u64``
+        (big-endian), so anyone holding the ledger's totals can check the published hash."""
+        return hashlib.sha256(
+            b"cocoon-commit\x00\x01" + self.seqno.to_bytes(8, "big")
+            + self.charged.to_bytes(16, "big") + self.earned.to_bytes(16, "big")
+            + self.commission.to_bytes(16, "big") + self.at.to_bytes(8, "big")).digest()
 
 
 class Ledger:
@@ -228,6 +263,11 @@ class Ledger:
                 for statement in _SCHEMA.split(";"):
                     if statement.strip():
                         conn.execute(statement)
+                version = 1
+            if version == 1:
+                for statement in _SCHEMA_V2.split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
                 conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             elif version != SCHEMA_VERSION:
                 raise LedgerError(
@@ -246,6 +286,57 @@ class Ledger:
                 "UPDATE clients SET deposited = deposited + ? WHERE client = ?", (amount, client)
             )
             return self._client(conn, client)
+
+    def sync_deposit(self, client: str, total: int) -> ClientAccount:
+        """Raise ``client``'s deposits to ``total`` (what its on-chain channel has received in
+        all: unspent balance + charged). Never lowers them: a stale reading changes nothing."""
+        _amount("total", total)
+        with self._tx() as conn:
+            conn.execute("INSERT OR IGNORE INTO clients (client) VALUES (?)", (client,))
+            conn.execute(
+                "UPDATE clients SET deposited = MAX(deposited, ?) WHERE client = ?",
+                (total, client),
+            )
+            return self._client(conn, client)
+
+    def record_signed(self, client: str, channel: str, seqno: int, cumulative: int,
+                      voucher: bytes) -> SignedCharge:
+        """Keep the client's newest signed charge voucher (already verified by the caller).
+
+        Refuses (VoucherReplay) a seqno not above the stored one, (VoucherRegression) a lower
+        cumulative amount, and (ReservationError) more than the client has been charged."""
+        _amount("cumulative", cumulative)
+        with self._tx() as conn:
+            charged = self._client(conn, client).charged
+            if cumulative > charged:
+                raise ReservationError(
+                    f"client {client!r} signed {cumulative} nanoTON but was charged {charged}")
+            old = self._signed(conn, client)
+            if old is not None:
+                if seqno <= old.seqno:
+                    raise VoucherReplay(f"client voucher seqno {seqno} is not above {old.seqno}")
+                if cumulative < old.cumulative:
+                    raise VoucherRegression(
+                        f"client voucher lowers the signed amount {old.cumulative} -> {cumulative}")
+            conn.execute("INSERT OR IGNORE INTO clients (client) VALUES (?)", (client,))
+            conn.execute(
+                "INSERT INTO client_signed (client, channel, seqno, cumulative, voucher)"
+                " VALUES (?, ?, ?, ?, ?) ON CONFLICT (client) DO UPDATE SET"
+                " channel = excluded.channel, seqno = excluded.seqno,"
+                " cumulative = excluded.cumulative, voucher = excluded.voucher",
+                (client, channel, seqno, cumulative, voucher),
+            )
+            return SignedCharge(client, channel, seqno, cumulative, voucher)
+
+    def signed(self, client: str) -> SignedCharge | None:
+        """The client's newest signed charge voucher, if any."""
+        return self._signed(self._conn, client)
+
+    def all_signed(self) -> list[SignedCharge]:
+        rows = self._conn.execute(
+            "SELECT client, channel, seqno, cumulative, voucher FROM client_signed"
+            " ORDER BY client").fetchall()
+        return [SignedCharge(*r) for r in rows]
 
     def reserve(self, request_id: str, client: str, worker: str, amount: int) -> Reservation:
         """Hold ``amount`` of ``client``'s balance for a request served by ``worker``.
@@ -481,6 +572,9 @@ class Ledger:
                 if tok != settled_tok:
                     out.append(f"client {client!r}: tokens {tok} != settled tokens {settled_tok}")
                 out += self._check_voucher(conn, "client_charge", client, chg, tok, pubkey)
+                signed = self._signed(conn, client)
+                if signed is not None and signed.cumulative > chg:
+                    out.append(f"client {client!r}: signed {signed.cumulative} > charged {chg}")
             for worker, earned, tok, settled_income, settled_tok in conn.execute(
                 "SELECT w.worker, w.earned, w.tokens,"
                 " (SELECT COALESCE(SUM(worker_income), 0) FROM reservations r"
@@ -570,6 +664,13 @@ class Ledger:
             (kind, channel, seqno, nanoton, tokens, signed.to_bytes()),
         )
         return signed
+
+    @staticmethod
+    def _signed(conn: sqlite3.Connection, client: str) -> SignedCharge | None:
+        row = conn.execute(
+            "SELECT client, channel, seqno, cumulative, voucher FROM client_signed"
+            " WHERE client = ?", (client,)).fetchone()
+        return None if row is None else SignedCharge(*row)
 
     @staticmethod
     def _client(conn: sqlite3.Connection, client: str) -> ClientAccount:

@@ -13,11 +13,11 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from cocoon.config import parse_hostport
+from cocoon.config import ChainConfig, parse_hostport
 from cocoon.errors import (
     AttestationError,
     CocoonError,
@@ -29,12 +29,17 @@ from cocoon.ledger.copies import AccountCopy
 from cocoon.transport import Connector, Handler, Peer
 from cocoon.wire import Connection, Statement
 
+if TYPE_CHECKING:
+    from cocoon.chain.registry import RegistryAllowLists
+
 __all__ = [
     "HttpServer",
     "add_health_routes",
     "dial_forever",
+    "follow_registry",
     "json_response",
     "keep_statement",
+    "registry_lists",
     "run_until_signal",
     "serve_until_stopped",
     "write_ready_file",
@@ -173,14 +178,40 @@ async def serve_until_stopped(http: HttpServer, node: Any, on_ready: Any,
         await http.stop()
 
 
-def keep_statement(account: AccountCopy, msg: Statement) -> None:
+def registry_lists(config: ChainConfig) -> RegistryAllowLists | None:
+    """The root registry's allow-lists when ``chain.registry`` names one (else None: the
+    attestation config's own allow-list file applies)."""
+    if not (config.enabled and config.registry):
+        return None
+    from cocoon.chain.registry import RegistryAllowLists
+
+    return RegistryAllowLists(config.registry)
+
+
+async def follow_registry(config: ChainConfig, lists: RegistryAllowLists | None,
+                          chain: Any = None) -> Coroutine[Any, Any, None] | None:
+    """Read the registry once (a node serves nobody before it knows the allow-lists) and
+    return the task that keeps re-reading it; None without a registry."""
+    if lists is None:
+        return None
+    if chain is None:
+        from cocoon.chain.connect import open_chain
+
+        chain = await open_chain(config)
+    await lists.refresh(chain)
+    return lists.refresh_forever(chain, config.registry_refresh_s)
+
+
+def keep_statement(account: AccountCopy, msg: Statement) -> bool:
     """Keep our own copy of the account; a statement that does not check out is logged and
-    counted, never adopted."""
+    counted, never adopted (False)."""
     try:
         account.accept(msg.voucher, deposited=msg.deposited, charged=msg.charged,
                        reserved=msg.reserved, earned=msg.earned)
     except PaymentError as exc:
         log.error("proxy statement rejected: %s", exc)
+        return False
+    return True
 
 
 async def run_until_signal(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:

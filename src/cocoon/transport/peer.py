@@ -124,6 +124,13 @@ class OutgoingStream:
             self.done = True
             self._peer._cancel(self.req_id, reason)
 
+    def stop(self, reason: str) -> None:
+        """Ask the responder to stop but keep listening: chunks still in flight are dropped,
+        and its final End or Error, which reports what it generated before stopping, still
+        arrives through :meth:`next` (or a TransportError if the connection ends first).
+        Also after a Watchdog's RequestTimeout; a no-op once the responder has ended it."""
+        self._peer._stop(self.req_id, reason)
+
 
 class Peer:
     """One live connection to another node."""
@@ -384,6 +391,9 @@ class Peer:
 
     def _cancel(self, req_id: int, reason: str) -> None:
         self._streams.pop(req_id, None)
+        self._stop(req_id, reason)
+
+    def _stop(self, req_id: int, reason: str) -> None:
         if not self.closed:
             self.send(Cancel(req_id, reason[:200]))
 

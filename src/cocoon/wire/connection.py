@@ -14,7 +14,9 @@ Owns three concerns, all without I/O:
   hold at most ``window`` chunks per stream, and ``max_streams`` streams per connection.
 
 A cancelled outgoing stream stays known until the responder ends it (it must answer every
-Cancel with End or Error), so chunks already in flight are dropped quietly, not errors.
+Cancel with End or Error), so chunks already in flight are dropped quietly, not errors. That
+final End or Error is still delivered: it reports the tokens generated before the stop, which
+the requester may have to bill.
 """
 
 from __future__ import annotations
@@ -172,10 +174,9 @@ class Connection:
         if self.state is not State.OPEN:
             raise ProtocolError(f"{type(msg).__name__} before the handshake")
         if isinstance(msg, End | Error):
-            out = self._outgoing.pop(msg.req_id, None)
-            if out is None:
+            if self._outgoing.pop(msg.req_id, None) is None:
                 raise ProtocolError(f"{type(msg).__name__} for unknown stream {msg.req_id}")
-            return not out.cancelled
+            return True  # even when cancelled: it carries the usage to bill
         if isinstance(msg, Request):
             if msg.req_id in self._incoming:
                 raise ProtocolError(f"stream {msg.req_id} is already open")

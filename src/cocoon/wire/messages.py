@@ -9,6 +9,12 @@ every message's fields and their exact types, and :func:`decode` rejects anythin
 :class:`~cocoon.errors.ProtocolError`.  Unknown fields are never tolerated silently;
 evolution happens by bumping :data:`PROTOCOL_VERSION`, checked in the ``Hello`` exchange.
 
+The one exception is a message's *optional tail* (``OPTIONAL_TAIL``: its last N fields, each
+with a default): it is left off the wire when every field in it has its default, so the
+message encodes byte for byte as it did before the tail existed and peers that predate it
+still decode it; the decoder takes the array with the whole tail or without it, and refuses
+a tail that is present but all defaults, so every message keeps exactly one encoding.
+
 Request and response bodies travel as opaque ``bytes`` (the OpenAI JSON), so a hop that only
 routes never parses a prompt.
 """
@@ -37,6 +43,7 @@ __all__ = [
     "Head",
     "Hello",
     "Message",
+    "Payment",
     "Ping",
     "Pong",
     "Request",
@@ -76,9 +83,12 @@ class Announce:
     """Worker -> proxy: what it serves and how many requests it runs at once. Re-sent on change."""
 
     TYPE: ClassVar[int] = 2
+    OPTIONAL_TAIL: ClassVar[int] = 1
     models: tuple[str, ...]
     max_concurrent: int
     engine: str
+    channel: str = ""
+    """The worker's on-chain payment channel (funded by the proxy), if it has one."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,11 +130,27 @@ class Statement:
     figures in nanoTON, so each side keeps and checks its own copy."""
 
     TYPE: ClassVar[int] = 14
+    OPTIONAL_TAIL: ClassVar[int] = 1
     voucher: bytes
     deposited: int
     charged: int
     reserved: int
     earned: int
+    chain_voucher: bytes = b""
+    """To a worker with an on-chain channel: the same cumulative amount as a payout voucher
+    its channel contract accepts (``cocoon.chain.vouchers.ChainVoucher`` message body BOC)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Payment:
+    """Client -> proxy: the client's own signature over what it has been charged so far, a
+    charge voucher its channel contract accepts (``ChainVoucher`` message body BOC). Sent on
+    connect (binding the connection to ``channel``: only the channel's key can sign) and
+    after each statement; the proxy redeems the newest one on chain."""
+
+    TYPE: ClassVar[int] = 15
+    channel: str
+    voucher: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,13 +202,27 @@ class End:
 
 @dataclass(frozen=True, slots=True)
 class Error:
-    """Stream failed. ``code`` is a :class:`~cocoon.errors.RequestError` code."""
+    """Stream failed or was cancelled. ``code`` is a :class:`~cocoon.errors.RequestError`
+    code. The token counts are what the worker generated before the stream ended (counted
+    like ``End``'s), so a failed or cancelled request is billed for them; all zero when
+    nothing was generated. They are the optional tail: absent on the wire when all zero."""
 
     TYPE: ClassVar[int] = 8
+    OPTIONAL_TAIL: ClassVar[int] = 4
     req_id: int
     code: str
     message: str
     param: str
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    reasoning_tokens: int = 0
+
+    @property
+    def has_usage(self) -> bool:
+        """The worker reported tokens it generated before the stream ended."""
+        return bool(self.prompt_tokens or self.completion_tokens or self.cached_tokens
+                    or self.reasoning_tokens)
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,13 +257,13 @@ class Pong:
 
 Message = (
     Hello | Announce | Catalog | Request | Head | Chunk | End | Error | Cancel | Credit | Ping
-    | Pong | Roster | Statement
+    | Pong | Roster | Statement | Payment
 )
 
 MESSAGE_TYPES: Final[dict[int, type[Any]]] = {
     cls.TYPE: cls
     for cls in (Hello, Announce, Catalog, Request, Head, Chunk, End, Error, Cancel, Credit, Ping,
-                Pong, Roster, Statement)
+                Pong, Roster, Statement, Payment)
 }
 
 
@@ -300,6 +340,12 @@ _SCHEMA: Final[dict[int, tuple[type[Any], tuple[Validator, ...]]]] = {
     for tid, cls in MESSAGE_TYPES.items()
 }
 
+# type id -> the defaults of its optional tail, in field order (see the module docstring)
+_TAILS: Final[dict[int, tuple[Any, ...]]] = {
+    tid: tuple(f.default for f in fields(cls)[len(fields(cls)) - cls.OPTIONAL_TAIL:])
+    for tid, cls in MESSAGE_TYPES.items() if getattr(cls, "OPTIONAL_TAIL", 0)
+}
+
 
 def _to_wire(value: Any) -> Any:
     if isinstance(value, tuple):
@@ -318,8 +364,12 @@ def encode(msg: Message) -> bytes:
     """Serialise one message (without framing)."""
     if type(msg) is Chunk:  # hot path
         return _packer.pack((6, msg.req_id, msg.data))  # type: ignore[no-any-return]
+    kept = fields(msg)
+    tail = _TAILS.get(msg.TYPE, ())
+    if tail and tuple(getattr(msg, f.name) for f in kept[-len(tail):]) == tail:
+        kept = kept[:-len(tail)]  # an all-default optional tail stays off the wire
     values = [msg.TYPE]
-    for f in fields(msg):
+    for f in kept:
         values.append(_to_wire(getattr(msg, f.name)))
     return _packer.pack(values)  # type: ignore[no-any-return]
 
@@ -350,11 +400,17 @@ def decode(payload: bytes) -> Message:
     if entry is None:
         raise ProtocolError(f"unknown message type {tid}")
     cls, validators = entry
-    if len(raw) != len(validators) + 1:
-        raise ProtocolError(
-            f"{cls.__name__} needs {len(validators)} fields, got {len(raw) - 1}"
-        )
+    tail = _TAILS.get(tid, ())
+    n, full = len(raw) - 1, len(validators)
+    if tail and n == full - len(tail):
+        validators = validators[:n]  # the optional tail left off: its defaults apply
+    elif n != full:
+        shorter = f" (or {full - len(tail)})" if tail else ""
+        raise ProtocolError(f"{cls.__name__} needs {full}{shorter} fields, got {n}")
     try:
-        return cls(*(check(v) for check, v in zip(validators, raw[1:], strict=True)))  # type: ignore[no-any-return]
+        values = [check(v) for check, v in zip(validators, raw[1:], strict=True)]
     except ProtocolError as exc:
         raise ProtocolError(f"{cls.__name__}: {exc}") from None
+    if tail and n == full and tuple(values[-len(tail):]) == tail:
+        raise ProtocolError(f"{cls.__name__}: an all-default optional tail must be left off")
+    return cls(*values)  # type: ignore[no-any-return]

@@ -22,7 +22,9 @@ from cocoon.attestation.channels import build_channels, describe_evidence
 from cocoon.config import ClientConfig
 from cocoon.crypto import load_or_create_ec_key
 from cocoon.errors import (
+    ConfigError,
     NoWorkerAvailable,
+    PaymentError,
     RequestError,
     RequestTimeout,
     TransportError,
@@ -30,12 +32,15 @@ from cocoon.errors import (
     request_error_from_code,
 )
 from cocoon.ledger.copies import AccountCopy
+from cocoon.nodes.client.payments import ChargeSigner
 from cocoon.nodes.common import (
     HttpServer,
     add_health_routes,
     dial_forever,
+    follow_registry,
     json_response,
     keep_statement,
+    registry_lists,
     serve_until_stopped,
     uptime_since,
 )
@@ -52,6 +57,7 @@ from cocoon.wire import (
     Error,
     Head,
     Message,
+    Payment,
     Request,
     Roster,
     Statement,
@@ -86,14 +92,22 @@ class ClientNode:
     def __init__(self, config: ClientConfig, connector: Connector | None = None) -> None:
         self.config = config
         self.node_id = config.node_id or f"client-{os.getpid()}"
+        self._registry = registry_lists(config.chain)
         if connector is None:
             key = load_or_create_ec_key(config.key_file) if config.key_file else None
             connector = build_channels(config.attestation, role="client",
-                                       expect_peer_role="proxy", key=key).connector
+                                       expect_peer_role="proxy", key=key,
+                                       lists=self._registry).connector
         self._connector = connector
         self.proxy_attestation: dict[str, Any] = {}
         self.roster: tuple[WorkerInfo, ...] = ()
         self.account = AccountCopy("client_charge")
+        self.signer: ChargeSigner | None = None
+        if config.chain.contract:
+            if not config.chain.key_file:
+                raise ConfigError("chain.key_file (the key that signs this client's charge "
+                                  "vouchers) is required with chain.contract")
+            self.signer = ChargeSigner(config.chain.key_file, config.chain.contract)
         self.proxy: Peer | None = None
         self.proxy_state = "starting"
         self.catalog: tuple[CatalogEntry, ...] = ()
@@ -110,6 +124,9 @@ class ClientNode:
     async def _on_proxy(self, peer: Peer) -> None:
         self.proxy = peer
         self.proxy_attestation = describe_evidence(peer.extra("verified_evidence"))
+        if self.signer is not None:  # bind this connection to our channel (proves the key)
+            v = self.signer.sign(self.signer.cumulative)
+            peer.send(Payment(v.channel, v.body_boc()))
 
     def _set_state(self, state: str) -> None:
         self.proxy_state = state
@@ -122,16 +139,23 @@ class ClientNode:
         elif isinstance(msg, Roster):
             self.roster = msg.workers
         elif isinstance(msg, Statement):
-            keep_statement(self.account, msg)
+            if keep_statement(self.account, msg) and self.signer is not None:
+                try:
+                    v = self.signer.sign(msg.charged)
+                except PaymentError as exc:
+                    log.error("not signing the proxy's statement: %s", exc)
+                else:
+                    peer.send(Payment(v.channel, v.body_boc()))
         else:
             log.warning("ignoring unexpected %s from the proxy", type(msg).__name__)
 
     async def run(self, stop: asyncio.Event, on_ready: Any = None) -> None:
+        registry = await follow_registry(self.config.chain, self._registry)
         await serve_until_stopped(
             self.http, self, on_ready, stop,
             dial_forever(self._connector, self.config.proxy, self._connection, self._on_proxy,
                          self, self._set_state),
-            self._watchdog.run())
+            self._watchdog.run(), *([registry] if registry is not None else []))
 
     # --- OpenAI HTTP ------------------------------------------------------------------
 
@@ -257,8 +281,14 @@ class ClientNode:
             "tokens": {"prompt": s.prompt_tokens, "completion": s.completion_tokens},
             "models": [{"id": e.model, "workers": e.workers, "capacity": e.capacity}
                        for e in self.catalog],
-            "billing": self.account.snapshot(),
+            "billing": {**self.account.snapshot(), **self._signed()},
         }
+
+    def _signed(self) -> dict[str, Any]:
+        if self.signer is None:
+            return {}
+        return {"channel": self.signer.channel, "signed": {
+            "seqno": self.signer.seqno, "cumulative_nanoton": self.signer.cumulative}}
 
     def _http_app(self) -> web.Application:
         app = web.Application(client_max_size=_MAX_BODY, middlewares=[_openai_errors])

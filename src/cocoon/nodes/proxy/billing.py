@@ -14,7 +14,7 @@ import hashlib
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from cocoon.attestation.evidence import Claims
 from cocoon.config import BillingConfig
@@ -22,7 +22,13 @@ from cocoon.crypto import load_or_create_ed25519_key
 from cocoon.errors import PaymentError, PaymentRequired
 from cocoon.ledger import Ledger, Prices, TokenCounts, price_usage, reservation_for
 from cocoon.ledger.errors import InsufficientFunds
-from cocoon.wire import End, Statement
+from cocoon.ledger.store import Commit
+from cocoon.wire import End, Error, Statement
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from cocoon.nodes.proxy.payments import ProxyPayments
 
 __all__ = ["Billing", "client_account"]
 
@@ -51,6 +57,15 @@ class Billing:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger")
         self.ledger: Ledger = self._pool.submit(Ledger, config.ledger_path).result()
         self.recovered = self._pool.submit(self._release_stale).result()
+        self.payments: ProxyPayments | None = None  # on-chain channels, when configured
+
+    @property
+    def key(self) -> Ed25519PrivateKey:
+        return self._key
+
+    async def run(self, fn: Any, *args: Any) -> Any:
+        """Run a blocking ledger call on the ledger's thread."""
+        return await self._run(fn, *args)
 
     def _release_stale(self) -> int:
         """Reservations still open at start-up belong to requests that died with the
@@ -73,8 +88,16 @@ class Billing:
         """Reserve the worst case of this request; PaymentRequired if the client can't."""
         amount = reservation_for(self.cap(max_tokens), body_bytes + _TEMPLATE_MARGIN,
                                  self.config.worker_coefficient, self.prices)
+        if self.payments is not None:
+            await self.payments.check_signed(client)
         try:
-            await self._run(self.ledger.reserve, request_id, client, worker, amount)
+            try:
+                await self._run(self.ledger.reserve, request_id, client, worker, amount)
+            except InsufficientFunds:
+                if self.payments is None:
+                    raise
+                await self.payments.refresh(client)  # a top-up may have landed on chain
+                await self._run(self.ledger.reserve, request_id, client, worker, amount)
         except InsufficientFunds as exc:
             raise PaymentRequired(
                 f"client balance is too low: {exc.available} nanoTON available, this request "
@@ -83,10 +106,12 @@ class Billing:
                 f"account or lower max_tokens") from None
         return int(amount)
 
-    async def settle(self, request_id: str, end: End) -> tuple[Statement | None,
-                                                                Statement | None]:
-        """Charge the usage the worker reported; returns the statements for the client and
-        the worker (None when nothing was charged, e.g. zero tokens)."""
+    async def settle(self, request_id: str, end: End | Error) -> tuple[Statement | None,
+                                                                        Statement | None]:
+        """Charge the usage the worker reported: its End, or the Error that ended a
+        cancelled or failed stream with what was generated until then. Returns the
+        statements for the client and the worker (None when nothing was charged, e.g. zero
+        tokens)."""
         prompt = end.prompt_tokens
         completion = end.completion_tokens
         counts = TokenCounts(prompt, min(end.cached_tokens, prompt), completion,
@@ -105,7 +130,10 @@ class Billing:
                                       c.reserved, 0)
             if s.worker_voucher is not None:
                 w = self.ledger.earnings(s.worker)
-                to_worker = Statement(s.worker_voucher.to_bytes(), 0, 0, 0, w.earned)
+                data = s.worker_voucher.to_bytes()
+                chain_voucher = (self.payments.worker_voucher(s.worker, data)
+                                 if self.payments is not None else b"")
+                to_worker = Statement(data, 0, 0, 0, w.earned, chain_voucher)
             return to_client, to_worker
 
         return await self._run(settle)  # type: ignore[no-any-return]
@@ -113,20 +141,25 @@ class Billing:
     async def commit_forever(self) -> None:
         """Commit the totals every ``commit_interval_s`` when they changed: the state the
         proxy will publish on chain (proxy stake contract), numbered and never decreasing."""
-        last = await self._run(self._commit_if_changed, None, False)  # the state at start-up
+        last, _ = await self._run(self._commit_if_changed, None, False)  # state at start-up
         while True:
             await asyncio.sleep(self.config.commit_interval_s)
-            last = await self._run(self._commit_if_changed, last)
+            last, commit = await self._run(self._commit_if_changed, last)
+            if self.payments is not None:
+                if commit is not None:
+                    await self.payments.publish(commit)
+                await self.payments.tick()
 
     def _commit_if_changed(self, last: tuple[int, int, int] | None,
-                           commit: bool = True) -> tuple[int, int, int]:
+                           commit: bool = True) -> tuple[tuple[int, int, int], Commit | None]:
         t = self.ledger.totals()
         now = (t.charged, t.earned, t.commission)
+        c = None
         if commit and now != last:
             c = self.ledger.commit(int(time.time()))
             log.info("state commit %d: charged %d, earned %d, commission %d",
                      c.seqno, c.charged, c.earned, c.commission)
-        return now
+        return now, c
 
     async def release(self, request_id: str) -> None:
         try:

@@ -5,6 +5,11 @@ Failures become typed errors for the client: a worker that dies mid-request -> W
 no progress within ``idle_timeout_s`` or no end within ``request_timeout_s`` ->
 RequestTimeout (and the worker is told to stop). A client that goes away cancels its
 requests on the workers.
+
+With billing, every request is settled to the usage the worker reports: its End, or the
+Error that ends a failed or cancelled stream with the tokens generated until then (a stopped
+worker is given ``_LAST_WORD_S`` to say it). Only a request that ends with no usage at all
+(rejected, nothing generated, worker lost or silent) has its reservation released.
 """
 
 from __future__ import annotations
@@ -29,8 +34,16 @@ from cocoon.errors import (
     TransportError,
     WorkerLost,
 )
-from cocoon.nodes.common import HttpServer, add_health_routes, json_response, uptime_since
+from cocoon.nodes.common import (
+    HttpServer,
+    add_health_routes,
+    follow_registry,
+    json_response,
+    registry_lists,
+    uptime_since,
+)
 from cocoon.nodes.proxy.billing import Billing, client_account
+from cocoon.nodes.proxy.payments import channel_account
 from cocoon.routing import WorkerView, choose_worker
 from cocoon.transport import Listener, OutgoingStream, Peer, Watchdog
 from cocoon.wire import (
@@ -44,6 +57,7 @@ from cocoon.wire import (
     Error,
     Head,
     Message,
+    Payment,
     Request,
     Roster,
     WorkerInfo,
@@ -54,6 +68,9 @@ __all__ = ["ProxyNode"]
 log = logging.getLogger(__name__)
 
 _KNOWN_MODEL_TTL = 600.0  # a model served this recently answers 503, not 404, when gone
+# How long a worker told to stop has to report what it generated: it answers a Cancel as
+# soon as its engine stops (within a token), so this only bounds a worker that went silent.
+_LAST_WORD_S = 5.0
 
 
 @dataclass(slots=True)
@@ -92,9 +109,10 @@ class ProxyStats:
 class ProxyNode:
     def __init__(self, config: ProxyConfig, listener: Listener | None = None) -> None:
         self.config = config
+        self._registry = registry_lists(config.chain)
         self.attestation: dict[str, Any] = {"tier": "none (plain TCP)"}
         if listener is None:
-            channels = build_channels(config.attestation, role="proxy")
+            channels = build_channels(config.attestation, role="proxy", lists=self._registry)
             listener, self.attestation = channels.listener, channels.own
         self._listener = listener
         self.billing = Billing(config.billing) if config.billing.enabled else None
@@ -114,14 +132,22 @@ class ProxyNode:
 
     async def run(self, stop: asyncio.Event, on_ready: Any = None) -> None:
         host, port = parse_hostport(self.config.listen, "proxy.listen")
+        # The chain first: no peer is judged before the registry's allow-lists are read.
+        chain = None
+        if self.billing is not None and self.config.chain.enabled:
+            chain = await self._open_payments(self.billing)
+        registry = await follow_registry(self.config.chain, self._registry, chain)
         async with asyncio.TaskGroup() as tg:
             self._tasks = tg
             server = await self._listener.listen(host, port, self._on_connect)
             self.port = server.sockets[0].getsockname()[1]
             await self.http.start()
-            watchdog = tg.create_task(self._watchdog.run())
-            catalog = tg.create_task(self._catalog_pusher())
-            commits = tg.create_task(self.billing.commit_forever()) if self.billing else None
+            background = [tg.create_task(self._watchdog.run()),
+                          tg.create_task(self._catalog_pusher())]
+            if self.billing is not None:
+                background.append(tg.create_task(self.billing.commit_forever()))
+            if registry is not None:
+                background.append(tg.create_task(registry))
             log.info("proxy listening on %s:%s", host, self.port)
             if on_ready is not None:
                 on_ready(self)
@@ -131,13 +157,26 @@ class ProxyNode:
                 server.close()
                 for peer in list(self.workers) + list(self.clients):
                     peer.close("proxy shutting down")
-                watchdog.cancel()
-                catalog.cancel()
-                if commits is not None:
-                    commits.cancel()
+                for task in background:
+                    task.cancel()
                 await self.http.stop()
                 if self.billing is not None:
+                    if self.billing.payments is not None:
+                        await self.billing.payments.chain.aclose()
                     self.billing.close()
+
+    async def _open_payments(self, billing: Billing) -> Any:
+        """Connect to the chain and put the ledger's accounts on its channels."""
+        from cocoon.chain.connect import NodeChain
+        from cocoon.nodes.proxy.payments import ProxyPayments
+
+        chain = await NodeChain.open(self.config.chain)
+        billing.payments = ProxyPayments(chain, billing.key, billing.run, billing.ledger,
+                                         self.config.billing.max_unsigned,
+                                         self.config.chain.contract)
+        log.info("payments on chain (%s): wallet %s, stake contract %s",
+                 self.config.chain.backend, chain.wallet, self.config.chain.contract or "-")
+        return chain.chain
 
     # --- connections ------------------------------------------------------------------
 
@@ -198,6 +237,15 @@ class ProxyNode:
                 self._catalog_dirty = True
                 log.info("worker %s serves %s (capacity %d, engine %s)", worker.node_id,
                          ", ".join(msg.models), msg.max_concurrent, msg.engine)
+                payments = self.billing.payments if self.billing is not None else None
+                if msg.channel and payments is not None:
+                    try:
+                        await payments.bind_worker("worker:" + worker.node_id, msg.channel)
+                        log.info("worker %s is paid on channel %s", worker.node_id,
+                                 msg.channel)
+                    except CocoonError as exc:
+                        log.warning("worker %s channel %s refused: %s", worker.node_id,
+                                    msg.channel, exc)
                 return
         elif peer in self.clients:
             if isinstance(msg, Request):
@@ -208,8 +256,28 @@ class ProxyNode:
                 if task is not None:
                     task.cancel()
                 return
+            if isinstance(msg, Payment):
+                await self._on_payment(peer, msg)
+                return
         raise ProtocolError(f"{type(msg).__name__} is not allowed from a "
                             f"{peer.hello.role}")
+
+    async def _on_payment(self, peer: Peer, msg: Payment) -> None:
+        """A client's signed charge voucher: the first binds the connection to its channel.
+        A bad one is logged and dropped (the client's unsigned debt then stops it)."""
+        payments = self.billing.payments if self.billing is not None else None
+        if payments is None:
+            log.debug("payment from %s ignored: no chain configured", peer.hello.node_id)
+            return
+        account = self._accounts.get(peer, "")
+        try:
+            if account != channel_account(msg.channel):
+                self._accounts[peer] = await payments.bind_client(msg.channel, msg.voucher)
+                log.info("client %s pays through channel %s", peer.hello.node_id, msg.channel)
+            else:
+                await payments.accept(account, msg.voucher)
+        except CocoonError as exc:
+            log.warning("payment from client %s refused: %s", peer.hello.node_id, exc)
 
     # --- routing and relay ------------------------------------------------------------
 
@@ -244,6 +312,7 @@ class ProxyNode:
         billing = self.billing
         bill_id = f"{self.config.node_id}:{id(client):x}:{rid}:{time.time_ns()}"
         settled = billing is None
+        report: End | Error | None = None  # the worker's final word: its usage
         max_tokens = req.max_tokens
         try:
             if billing is not None:
@@ -278,13 +347,10 @@ class ProxyNode:
                     client.send(Head(rid, ev.worker))  # type: ignore[union-attr]
                 elif kind is End:
                     assert isinstance(ev, End)
+                    report = ev
                     if billing is not None:
-                        to_client, to_worker = await billing.settle(bill_id, ev)
-                        settled = True
-                        if to_worker is not None and not worker.peer.closed:
-                            worker.peer.send(to_worker)
-                        if to_client is not None:
-                            client.send(to_client)
+                        settled = True  # the ledger settles even if we are cancelled now
+                        await self._settle(billing, bill_id, ev, client, worker)
                     client.finish(End(rid, ev.prompt_tokens, ev.completion_tokens,
                                       ev.cached_tokens, ev.reasoning_tokens))
                     stats.completed += 1
@@ -293,13 +359,14 @@ class ProxyNode:
                     return
                 elif kind is Error:
                     assert isinstance(ev, Error)
+                    report = ev  # billed in finally, after the client has its answer
                     stats.failed += 1
                     client.finish(Error(rid, ev.code, ev.message, ev.param))
                     return
                 elif isinstance(ev, RequestTimeout):
                     stats.timeouts += 1
-                    stream.cancel("timed out at the proxy")
                     client.finish(Error(rid, ev.code, ev.message, ""))
+                    report = await self._last_word(stream, "timed out at the proxy")
                     return
                 else:  # TransportError: the worker connection is gone
                     stats.worker_lost += 1
@@ -310,9 +377,13 @@ class ProxyNode:
         except asyncio.CancelledError:
             stats.cancelled += 1
             client.finish(Error(rid, "cancelled", "cancelled by the requester", ""))
+            if stream is not None and report is None:
+                report = await self._last_word(stream, "requester went away")
             raise
         except TransportError:
             stats.cancelled += 1  # the client connection went away while we forwarded
+            if stream is not None and report is None:
+                report = await self._last_word(stream, "requester went away")
         except CocoonError as exc:
             stats.failed += 1
             log.warning("relay %s failed: %s", rid, exc)
@@ -321,11 +392,45 @@ class ProxyNode:
             worker.active -= 1
             self._relays.pop(key, None)
             if not settled and billing is not None:
-                # No usage reported (failure, timeout, cancel): nothing is charged.
-                await asyncio.shield(billing.release(bill_id))
+                if report is not None and report.has_usage:
+                    # Failed or cancelled after generating: charge what was generated.
+                    await asyncio.shield(self._settle(billing, bill_id, report, client,
+                                                      worker))
+                else:
+                    # No usage reported (rejected, nothing generated, worker lost or
+                    # silent): nothing is charged.
+                    await asyncio.shield(billing.release(bill_id))
             if stream is not None:
                 self._watchdog.forget(stream)
                 stream.cancel("requester went away")
+
+    async def _settle(self, billing: Billing, bill_id: str, report: End | Error,
+                      client: Peer, worker: _Worker) -> None:
+        """Charge the worker's reported usage; send each side its new statement."""
+        to_client, to_worker = await billing.settle(bill_id, report)
+        if to_worker is not None and not worker.peer.closed:
+            worker.peer.send(to_worker)
+        if to_client is not None and not client.closed:
+            client.send(to_client)
+
+    async def _last_word(self, stream: OutgoingStream, reason: str) -> End | Error | None:
+        """Tell the worker to stop, and wait at most ``_LAST_WORD_S`` for the End or Error
+        that answers: it reports the tokens generated until the stop. None if it never comes
+        (the worker is gone or silent)."""
+        self._watchdog.forget(stream)
+        stream.stop(reason)
+        expiry = asyncio.get_running_loop().call_later(
+            _LAST_WORD_S, stream.expire,
+            RequestTimeout(f"no final report within {_LAST_WORD_S:g}s of the stop"))
+        try:
+            while True:
+                ev = await stream.next()
+                if type(ev) is End or type(ev) is Error:
+                    return ev  # type: ignore[return-value]
+                if type(ev) is not Chunk and type(ev) is not Head:
+                    return None  # TransportError, or our own expiry
+        finally:
+            expiry.cancel()
 
     # --- catalog ----------------------------------------------------------------------
 
@@ -396,6 +501,8 @@ class ProxyNode:
                 snap["billing"] = await self.billing.snapshot(
                     sorted(set(self._accounts.values())),
                     sorted("worker:" + w.node_id for w in self.workers.values()))
+                if self.billing.payments is not None:
+                    snap["billing"]["chain"] = self.billing.payments.snapshot()
             return json_response(snap)
 
         add_health_routes(app, health, stats)

@@ -13,22 +13,27 @@ from typing import Any
 from aiohttp import web
 
 from cocoon.attestation.channels import build_channels, describe_evidence
+from cocoon.chain.vouchers import ChainVoucher, parse_voucher, verify_voucher
 from cocoon.config import WorkerConfig
 from cocoon.engines import Engine, InferenceJob
 from cocoon.errors import (
     BadRequest,
     NoWorkerAvailable,
+    PaymentError,
     RequestError,
     RequestTimeout,
     TransportError,
 )
 from cocoon.ledger.copies import AccountCopy
+from cocoon.ledger.errors import VoucherInvalid
 from cocoon.nodes.common import (
     HttpServer,
     add_health_routes,
     dial_forever,
+    follow_registry,
     json_response,
     keep_statement,
+    registry_lists,
     serve_until_stopped,
     uptime_since,
 )
@@ -74,16 +79,18 @@ class WorkerNode:
         self.engine = engine
         self.node_id = config.node_id or f"worker-{os.getpid()}"
         self.attestation: dict[str, Any] = {"tier": "none (plain TCP)"}
+        self._registry = registry_lists(config.chain)
         if connector is None:
             channels = build_channels(config.attestation, role="worker",
                                       model=engine.models[0] if engine.models else "",
                                       model_hash=getattr(engine, "model_hash", b""),
-                                      expect_peer_role="proxy")
+                                      expect_peer_role="proxy", lists=self._registry)
             connector, self.attestation = channels.connector, channels.own
         self._connector = connector
         self.proxy_attestation: dict[str, Any] = {}
         self.stats = WorkerStats()
         self.account = AccountCopy("worker_payout")
+        self.payout: ChainVoucher | None = None  # newest on-chain payout voucher
         self.active = 0
         self.proxy_state = "starting"
         self._jobs: dict[tuple[int, int], asyncio.Task[None]] = {}
@@ -99,17 +106,19 @@ class WorkerNode:
     async def _announce(self, peer: Peer) -> None:
         self.proxy_attestation = describe_evidence(peer.extra("verified_evidence"))
         peer.send(Announce(tuple(self.engine.models), self.config.max_concurrent,
-                           self.engine.name))
+                           self.engine.name, self.config.chain.contract))
 
     def _set_state(self, state: str) -> None:
         self.proxy_state = state
 
     async def run(self, stop: asyncio.Event, on_ready: Any = None) -> None:
         try:
+            registry = await follow_registry(self.config.chain, self._registry)
             await serve_until_stopped(
                 self.http, self, on_ready, stop,
                 dial_forever(self._connector, self.config.proxy, self._connection,
-                             self._announce, self, self._set_state))
+                             self._announce, self, self._set_state),
+                *([registry] if registry is not None else []))
         finally:
             close = getattr(self.engine, "close", None)
             if close is not None:
@@ -131,12 +140,32 @@ class WorkerNode:
             if task is not None:
                 task.cancel()
         elif isinstance(msg, Statement):
-            keep_statement(self.account, msg)
+            if keep_statement(self.account, msg) and msg.chain_voucher:
+                self._keep_payout(msg)
         else:
             log.warning("ignoring unexpected %s from the proxy", type(msg).__name__)
 
+    def _keep_payout(self, msg: Statement) -> None:
+        """Keep the on-chain payout voucher of a statement we accepted, if it pays exactly
+        what the statement says, on our channel, under the proxy's key."""
+        try:
+            v = verify_voucher(parse_voucher(msg.chain_voucher), self.account.pubkey or b"")
+            if v.kind != "worker" or v.channel != self.config.chain.contract:
+                raise VoucherInvalid(f"payout voucher for {v.kind} channel {v.channel}, not "
+                                     f"ours ({self.config.chain.contract or 'none'})")
+            if v.cumulative != msg.earned:
+                raise VoucherInvalid(f"payout voucher pays {v.cumulative}, statement says "
+                                     f"{msg.earned}")
+            if self.payout is not None and v.seqno <= self.payout.seqno:
+                raise VoucherInvalid(f"payout voucher seqno {v.seqno} is not newer")
+        except PaymentError as exc:
+            log.error("proxy payout voucher rejected: %s", exc)
+            return
+        self.payout = v
+
     async def _job(self, peer: Peer, req: Request, key: tuple[int, int]) -> None:
         rid = req.req_id
+        job: InferenceJob | None = None
         try:
             peer.send(Head(rid, self.node_id))
             endpoint = _ENDPOINTS.get(req.endpoint)
@@ -160,24 +189,41 @@ class WorkerNode:
             peer.finish(End(rid, usage.prompt_tokens, usage.completion_tokens,
                             usage.cached_tokens, usage.reasoning_tokens))
             self.stats.completed += 1
-            self.stats.prompt_tokens += usage.prompt_tokens
-            self.stats.completion_tokens += usage.completion_tokens
+            self._count_tokens(usage)
         except asyncio.CancelledError:
             self.stats.cancelled += 1
-            peer.finish(Error(rid, "cancelled", "cancelled by the requester", ""))
+            peer.finish(self._failed(rid, job, "cancelled", "cancelled by the requester", ""))
             raise
         except TransportError:
             self.stats.failed += 1
         except RequestError as exc:
             self._count_error(exc.code)
-            peer.finish(Error(rid, exc.code, exc.message, exc.param or ""))
+            peer.finish(self._failed(rid, job, exc.code, exc.message, exc.param or ""))
         except Exception as exc:
             log.exception("request %s failed inside the worker", rid)
             self._count_error("engine_error")
-            peer.finish(Error(rid, "engine_error", f"worker error: {type(exc).__name__}", ""))
+            peer.finish(self._failed(rid, job, "engine_error",
+                                     f"worker error: {type(exc).__name__}", ""))
         finally:
             self.active -= 1
             self._jobs.pop(key, None)
+
+    def _failed(self, rid: int, job: InferenceJob | None, code: str, message: str,
+                param: str) -> Error:
+        """The Error that ends a stream early, with the usage of what the engine generated
+        before it stopped (its meter; zero if generation never started), so it is billed."""
+        if job is None:
+            return Error(rid, code, message, param)
+        usage = job.meter.usage()
+        self._count_tokens(usage)
+        if job.meter.estimated and usage.total_tokens:
+            log.info("request %s ended early; its usage is estimated", rid)
+        return Error(rid, code, message, param, usage.prompt_tokens, usage.completion_tokens,
+                     usage.cached_tokens, usage.reasoning_tokens)
+
+    def _count_tokens(self, usage: Usage) -> None:
+        self.stats.prompt_tokens += usage.prompt_tokens
+        self.stats.completion_tokens += usage.completion_tokens
 
     def _count_error(self, code: str) -> None:
         self.stats.failed += 1
@@ -205,6 +251,13 @@ class WorkerNode:
 
     # --- health and stats -------------------------------------------------------------
 
+    def _payout_snapshot(self) -> dict[str, Any]:
+        if not self.config.chain.contract:
+            return {}
+        v = self.payout
+        return {"channel": self.config.chain.contract, "payout_voucher": None if v is None else {
+            "seqno": v.seqno, "cumulative_nanoton": v.cumulative, "boc": v.body_b64()}}
+
     def snapshot(self) -> dict[str, Any]:
         s = self.stats
         return {
@@ -224,7 +277,7 @@ class WorkerNode:
                          "cancelled": s.cancelled, "errors": dict(s.errors)},
             "tokens": {"prompt": s.prompt_tokens, "completion": s.completion_tokens},
             "chunks_sent": s.chunks,
-            "billing": self.account.snapshot(),
+            "billing": {**self.account.snapshot(), **self._payout_snapshot()},
         }
 
     def _http_app(self) -> web.Application:

@@ -1,0 +1,163 @@
+"""The chain commands: ``cocoon chain run``, ``cocoon client topup|withdraw|close`` and
+``cocoon worker withdraw``; each reads the role's ``[chain]`` config (``-c FILE`` or
+``--set chain.KEY=VALUE``), acts from the role's own wallet, and prints what happened (or
+JSON with ``--json``)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from cocoon.errors import CocoonError, ConfigError
+
+__all__ = ["add_chain_arguments", "channel_report", "client_chain_command", "parse_ton",
+           "run_chain", "worker_withdraw"]
+
+NANO = 10**9
+
+
+def parse_ton(text: str) -> int:
+    """``"1.5"`` TON -> 1_500_000_000 nanoTON (exact; at most 9 decimals, > 0)."""
+    try:
+        value = Decimal(text)
+    except InvalidOperation:
+        raise ConfigError(f"not an amount of TON: {text!r}") from None
+    nano = value * NANO
+    if not value.is_finite() or nano != nano.to_integral_value() or nano <= 0:
+        raise ConfigError(f"amount must be a positive number of TON with at most 9 decimals, "
+                          f"got {text!r}")
+    return int(nano)
+
+
+def ton(nano: int) -> str:
+    return f"{Decimal(nano) / NANO:f} TON"
+
+
+def add_chain_arguments(sub: Any) -> None:
+    p: argparse.ArgumentParser = sub.add_parser(
+        "chain", help="run the embedded chain service (what `cocoon up` starts)")
+    p.add_argument("action", choices=["run"], help="run: serve the embedded chain over HTTP")
+    p.add_argument("--state", default=".cocoon/chain-state.json",
+                   help="chain state file (loaded if present, persisted after every change)")
+    p.add_argument("--http", default="127.0.0.1:11200", help="HOST:PORT to serve on")
+    p.add_argument("--clock", choices=["wall", "manual"], default="wall",
+                   help="wall (default): chain time follows the wall clock; manual: only "
+                        "set_time moves it (tests)")
+    p.add_argument("--ready-file", help="write the bound address here as JSON when ready")
+    p.add_argument("-v", "--verbose", action="count", default=1)
+
+
+def run_chain(args: argparse.Namespace) -> int:
+    from cocoon.chain.service import run_service
+    from cocoon.nodes.common import run_until_signal, write_ready_file
+
+    asyncio.run(run_until_signal(lambda stop: run_service(
+        args.state, args.http, args.clock, lambda info: write_ready_file(args.ready_file, info),
+        stop)))
+    return 0
+
+
+def _print(report: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(report, indent=2))
+        return
+    for k, v in report.items():
+        print(f"{k:<16} {ton(v) if isinstance(v, int) and k.endswith('nanoton') else v}")
+
+
+async def channel_report(chain: Any, channel: str) -> dict[str, Any]:
+    st = await chain.channel_state(channel)
+    return {"channel": channel, "status": st.status.name.lower(),
+            "balance_nanoton": st.balance, "charged_nanoton": st.charged,
+            "last_seqno": st.last_seqno, "close_at": st.close_at or None}
+
+
+async def _client_action(cfg: Any, action: str, amount: int) -> dict[str, Any]:
+    from cocoon.chain.base import ChannelStatus
+    from cocoon.chain.connect import NodeChain
+
+    channel = cfg.chain.contract
+    if not channel:
+        raise ConfigError("chain.contract (the client's payment channel) is not configured")
+    nc = await NodeChain.open(cfg.chain)
+    try:
+        chain, me = nc.chain, nc.sender
+        before = await chain.channel_state(channel)
+        report: dict[str, Any] = {"action": action}
+        if action == "topup":
+            await chain.deposit(channel, amount, sender=me)
+            report["deposited_nanoton"] = amount
+        elif action == "close":
+            if before.status != ChannelStatus.OPEN:
+                raise CocoonError(f"channel {channel} is already {before.status.name.lower()}")
+            await chain.request_close(channel, sender=me)
+        elif action == "withdraw":
+            if before.status == ChannelStatus.OPEN:
+                raise CocoonError(f"channel {channel} is open: run `cocoon client close` "
+                                  "first; the proxy may redeem your last voucher during the "
+                                  "close delay, then withdraw returns the rest")
+            if before.status == ChannelStatus.CLOSING:
+                now = await chain.now()
+                if now < before.close_at:
+                    raise CocoonError(f"channel {channel} closes at {before.close_at} (in "
+                                      f"{before.close_at - now} s); withdraw after that")
+                await chain.close(channel, sender=me)
+            wallet_before = await chain.balance(nc.wallet)
+            await chain.withdraw(channel, sender=me)
+            report["wallet_change_nanoton"] = await chain.balance(nc.wallet) - wallet_before
+        report.update(await channel_report(chain, channel))
+        return report
+    finally:
+        await nc.aclose()
+
+
+def client_chain_command(args: argparse.Namespace, cfg: Any) -> int:
+    amount = parse_ton(args.amount) if args.action == "topup" else 0
+    if args.action == "topup" and args.amount is None:
+        raise ConfigError("topup needs an amount of TON, e.g. `cocoon client topup 5`")
+    _print(asyncio.run(_client_action(cfg, args.action, amount)), args.json)
+    return 0
+
+
+async def _worker_withdraw(cfg: Any, voucher_b64: str) -> dict[str, Any]:
+    import base64
+
+    from cocoon.chain.connect import NodeChain
+    from cocoon.chain.vouchers import parse_voucher
+
+    voucher = parse_voucher(base64.b64decode(voucher_b64))
+    if voucher.channel != cfg.chain.contract:
+        raise CocoonError(f"the worker's voucher is for {voucher.channel}, not the configured "
+                          f"channel {cfg.chain.contract}")
+    nc = await NodeChain.open(cfg.chain)
+    try:
+        before = await nc.chain.channel_state(voucher.channel)
+        if voucher.cumulative <= before.charged:
+            report = {"action": "withdraw", "paid_nanoton": 0,
+                      "note": "nothing new to cash out: the channel already paid "
+                              f"{ton(before.charged)}"}
+        else:
+            wallet_before = await nc.chain.balance(nc.wallet)
+            await nc.chain.submit_voucher(voucher.channel, voucher, sender=nc.sender)
+            report = {"action": "withdraw", "paid_nanoton": voucher.cumulative - before.charged,
+                      "wallet_change_nanoton": await nc.chain.balance(nc.wallet)
+                      - wallet_before}
+        report.update(await channel_report(nc.chain, voucher.channel))
+        return report
+    finally:
+        await nc.aclose()
+
+
+def worker_withdraw(args: argparse.Namespace, cfg: Any, stats: dict[str, Any]) -> int:
+    """Cash out the running worker's newest payout voucher (from its /stats) on chain."""
+    billing = stats.get("billing") or {}
+    voucher = billing.get("payout_voucher")
+    if not cfg.chain.contract:
+        raise ConfigError("chain.contract (the worker's payout channel) is not configured")
+    if not voucher:
+        raise CocoonError("the worker holds no payout voucher yet (no paid request so far)")
+    _print(asyncio.run(_worker_withdraw(cfg, voucher["boc"])), args.json)
+    return 0

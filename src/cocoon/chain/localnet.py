@@ -1,0 +1,108 @@
+"""Deploy a whole local network's contracts on the embedded chain (what ``cocoon up`` does).
+
+Wallets (sandbox treasuries, named): ``owner`` (registry owner), ``proxy``, ``client``,
+``worker-N``. Deployed, in order:
+
+1. the root registry: the network's prices and multipliers (from the proxy's billing
+   config), close delays and stakes, the allowed image hashes (and model hashes, if given);
+2. the proxy's stake contract (its voucher key signs state commits), staked at the minimum;
+3. the demo client's payment channel (funder: client wallet, payee: proxy wallet, signer:
+   the client's voucher key), deposited with the demo funds;
+4. one payout channel per worker (funder: proxy wallet, payee: that worker's wallet,
+   signer: the proxy's voucher key), with a float the proxy keeps topped up.
+
+Every amount is nanoTON.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from cocoon.chain.base import Chain, ChannelSpec
+from cocoon.chain.messages import ProxyStakeSpec, RegistryParams
+from cocoon.chain.vouchers import public_key
+from cocoon.config import BillingConfig
+
+__all__ = ["LocalDeployment", "NetworkParams", "deploy_local_network"]
+
+TON = 10**9
+
+
+@dataclass(frozen=True, slots=True)
+class NetworkParams:
+    client_close_delay: int = 60  # seconds between a client's close request and its refund
+    proxy_close_delay: int = 120
+    min_proxy_stake: int = 10 * TON
+    min_client_stake: int = 0
+    worker_close_delay: int = 60
+    worker_float: int = 1 * TON  # each worker channel's initial funding
+
+    def registry_params(self, billing: BillingConfig) -> RegistryParams:
+        return RegistryParams(
+            price_per_token=billing.price_per_token, worker_fee=billing.worker_fee_per_token,
+            prompt_mult=billing.prompt_mult, cached_mult=billing.cached_mult,
+            completion_mult=billing.completion_mult, reasoning_mult=billing.reasoning_mult,
+            proxy_close_delay=self.proxy_close_delay,
+            client_close_delay=self.client_close_delay, min_proxy_stake=self.min_proxy_stake,
+            min_client_stake=self.min_client_stake)
+
+
+@dataclass(frozen=True, slots=True)
+class LocalDeployment:
+    registry: str
+    proxy_wallet: str
+    proxy_stake: str
+    client_wallet: str
+    client_channel: str
+    worker_wallets: tuple[str, ...] = field(default=())
+    worker_channels: tuple[str, ...] = field(default=())
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+async def deploy_local_network(
+    chain: Chain,
+    *,
+    billing: BillingConfig,
+    proxy_key: Ed25519PrivateKey | bytes,
+    client_key: Ed25519PrivateKey | bytes,
+    workers: int,
+    client_funds: int,
+    image_hashes: Sequence[bytes] = (),
+    model_hashes: Sequence[bytes] = (),
+    params: NetworkParams | None = None,
+) -> LocalDeployment:
+    """Deploy registry, proxy stake, the client's channel and each worker's channel."""
+    p = params or NetworkParams()
+    owner = await chain.wallet("owner")
+    proxy = await chain.wallet("proxy")
+    client = await chain.wallet("client")
+    proxy_pub, client_pub = public_key(proxy_key), public_key(client_key)
+
+    registry = (await chain.deploy_registry(
+        owner, p.registry_params(billing), image_hashes, model_hashes, sender="owner")).to
+    stake = (await chain.deploy_proxy_stake(
+        ProxyStakeSpec(owner=proxy, proxy_pubkey=proxy_pub, min_stake=p.min_proxy_stake,
+                       unstake_delay=p.proxy_close_delay),
+        sender="proxy", stake=p.min_proxy_stake)).to
+    client_channel = (await chain.deploy_channel(
+        ChannelSpec(kind="client", funder=client, payee=proxy, signer_pubkey=client_pub,
+                    payee_pubkey=proxy_pub, close_delay=p.client_close_delay, channel_id=1),
+        sender="client", deposit=client_funds)).to
+    wallets, channels = [], []
+    for i in range(1, workers + 1):
+        wallet = await chain.wallet(f"worker-{i}")
+        ch = (await chain.deploy_channel(
+            ChannelSpec(kind="worker", funder=proxy, payee=wallet, signer_pubkey=proxy_pub,
+                        payee_pubkey=bytes(32), close_delay=p.worker_close_delay,
+                        channel_id=i),
+            sender="proxy", deposit=p.worker_float)).to
+        wallets.append(wallet)
+        channels.append(ch)
+    return LocalDeployment(registry, proxy, stake, client, client_channel, tuple(wallets),
+                           tuple(channels))

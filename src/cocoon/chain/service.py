@@ -1,0 +1,100 @@
+"""``cocoon chain run``: the embedded chain as a local service every role can reach.
+
+One process owns the ``@ton/sandbox`` chain (:class:`EmbeddedChain`, state persisted after
+every mutation) and serves its JSON-RPC over HTTP on a loopback address, the way a liteserver
+serves a real chain: ``POST /rpc`` with ``{"cmd": ..., ...params}`` answers the chain server's
+own response object.  Nodes and CLI commands connect with :meth:`EmbeddedChain.connect`.
+
+The clock: with ``clock="wall"`` (the default for a live network) the chain's time follows
+the wall clock, moved forward before every command, so close delays elapse in real time;
+``clock="manual"`` leaves time to ``set_time`` calls (tests).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+from aiohttp import web
+
+from cocoon.chain.embedded import EmbeddedChain
+from cocoon.errors import CocoonError
+
+__all__ = ["REFUSED_COMMANDS", "ChainService"]
+
+log = logging.getLogger(__name__)
+
+REFUSED_COMMANDS = frozenset({"shutdown", "snapshot"})
+"""Commands only the owning process may run (stopping the chain, writing files)."""
+
+Clock = Literal["wall", "manual"]
+
+
+class ChainService:
+    """Serves an owned :class:`EmbeddedChain` at ``/rpc`` (plus ``/healthz``)."""
+
+    def __init__(self, chain: EmbeddedChain, clock: Clock = "wall") -> None:
+        self.chain = chain
+        self.clock = clock
+        self.calls = 0
+        self.started = time.monotonic()
+        self.app = web.Application(client_max_size=16 * 1024 * 1024)
+        self.app.router.add_post("/rpc", self._rpc)
+        self.app.router.add_get("/healthz", self._health)
+        self._lock = asyncio.Lock()
+
+    async def _follow_wall_clock(self) -> None:
+        now = int(time.time())
+        if now > await self.chain.now():
+            await self.chain.set_time(now)
+
+    async def _rpc(self, request: web.Request) -> web.Response:
+        try:
+            body = await request.json()
+            if not isinstance(body, dict) or not isinstance(body.get("cmd"), str):
+                raise ValueError("expected a JSON object with a string 'cmd'")
+        except ValueError as exc:
+            return web.json_response({"ok": False, "error": f"bad request: {exc}"}, status=400)
+        cmd = body.pop("cmd")
+        if cmd in REFUSED_COMMANDS:
+            return web.json_response(
+                {"ok": False, "error": f"command {cmd!r} is not served over HTTP"}, status=403)
+        async with self._lock:  # one command at a time, clock move included
+            try:
+                if self.clock == "wall" and cmd != "set_time":
+                    await self._follow_wall_clock()
+                resp: dict[str, Any] = await self.chain.rpc(cmd, body)
+            except CocoonError as exc:
+                log.error("chain command %s failed: %s", cmd, exc)
+                return web.json_response({"ok": False, "error": str(exc)}, status=502)
+            self.calls += 1
+        return web.json_response(resp)
+
+    async def _health(self, request: web.Request) -> web.Response:
+        return web.json_response({"ok": True, "now": await self.chain.now(), "calls": self.calls,
+                                  "clock": self.clock})
+
+
+async def run_service(state: str, http: str, clock: Clock, ready: Any,
+                      stop: asyncio.Event) -> None:
+    """Own the chain at ``state`` and serve it on ``http`` until ``stop``."""
+    from cocoon.nodes.common import HttpServer
+
+    Path(state).parent.mkdir(parents=True, exist_ok=True)
+    chain = await EmbeddedChain.start(state, now=int(time.time()))
+    try:
+        service = ChainService(chain, clock)
+        server = HttpServer(service.app, http, "chain.http")
+        await server.start()
+        try:
+            log.info("embedded chain (%s, clock %s) serving on %s",
+                     "restored" if chain.restored else "new", clock, server.url)
+            ready({"http": server.url, "restored": chain.restored, "state": state})
+            await stop.wait()
+        finally:
+            await server.stop()
+    finally:
+        await chain.aclose()

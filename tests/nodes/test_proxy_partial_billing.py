@@ -1,0 +1,244 @@
+"""The proxy settles requests that end early to the usage the worker reports, in process:
+a real ProxyNode (billing on, SQLite ledger in tmp) between a scripted worker and a scripted
+client over loopback. Cancelled, timed-out and failed streams are charged what the worker's
+Error reports; a stream that ends with no usage at all is released."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cocoon.config import BillingConfig, ProxyConfig
+from cocoon.ledger import Ledger
+from cocoon.nodes.proxy import node as proxy_node
+from cocoon.nodes.proxy.billing import Billing
+from cocoon.nodes.proxy.node import ProxyNode
+from cocoon.transport import OutgoingStream, Peer, TcpListener
+from cocoon.wire import (
+    Announce,
+    Cancel,
+    Chunk,
+    Connection,
+    Error,
+    Head,
+    Message,
+    Request,
+    Statement,
+)
+
+T = 5.0
+FUNDS = 10**6
+PRICE, FEE = 2, 1  # BillingConfig defaults, 1.0x multipliers
+CLIENT, WORKER = "node:c1", "worker:w1"  # accounts without TLS: node ids
+
+
+@dataclass
+class ScriptedWorker:
+    """Answers each Request with Head and ``chunks`` chunks, then does what ``on_cancel``
+    and ``after_chunks`` say (each gets the peer and the request id)."""
+
+    chunks: int = 3
+    after_chunks: Callable[[Peer, int], None] | None = None
+    on_cancel: Callable[[Peer, int], None] | None = None
+    requests: list[Request] = field(default_factory=list)
+    cancels: asyncio.Queue[int] = field(default_factory=asyncio.Queue)
+
+    async def on_message(self, peer: Peer, msg: Message) -> None:
+        if isinstance(msg, Request):
+            self.requests.append(msg)
+            peer.spawn(self._serve(peer, msg.req_id), "serve")
+        elif isinstance(msg, Cancel):
+            self.cancels.put_nowait(msg.req_id)
+            if self.on_cancel is not None:
+                self.on_cancel(peer, msg.req_id)
+
+    async def _serve(self, peer: Peer, rid: int) -> None:
+        peer.send(Head(rid, "w1"))
+        for i in range(self.chunks):
+            await peer.send_chunk(rid, b'{"n": %d}' % i)
+        if self.after_chunks is not None:
+            self.after_chunks(peer, rid)
+
+
+class Inbox:
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[Message] = asyncio.Queue()
+
+    async def on_message(self, peer: Peer, msg: Message) -> None:
+        self.queue.put_nowait(msg)
+
+
+@dataclass
+class Net:
+    proxy: ProxyNode
+    billing: Billing
+    worker: ScriptedWorker
+    worker_peer: Peer
+    client: Peer
+    inbox: Inbox
+
+    def request(self, timeout_ms: int = 30_000) -> OutgoingStream:
+        return self.client.open_stream(
+            lambda rid: Request(rid, "chat", "m", True, timeout_ms, b'{"model": "m"}', 100))
+
+    async def ledger(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await self.billing._run(fn, *args)
+
+    async def settled(self) -> None:
+        """Wait until the proxy holds no reservation."""
+        for _ in range(int(T / 0.02)):
+            if not await self.ledger(self.billing.ledger.open_reservations):
+                return
+            await asyncio.sleep(0.02)
+        pytest.fail("a reservation stayed open")
+
+    async def charged(self) -> tuple[int, int, int]:
+        """(client charged, client tokens, worker earned)."""
+        c = await self.ledger(self.billing.ledger.balance, CLIENT)
+        w = await self.ledger(self.billing.ledger.earnings, WORKER)
+        return c.charged, c.tokens, w.earned
+
+
+async def dial(port: int, role: str, node_id: str, handler: Any,
+               tasks: list[asyncio.Task[None]]) -> Peer:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    peer = Peer(reader, writer, Connection(role=role, node_id=node_id))
+    await asyncio.wait_for(peer.handshake(), T)
+    tasks.append(asyncio.create_task(peer.run(handler)))
+    return peer
+
+
+@contextlib.asynccontextmanager
+async def network(tmp_path: Path, worker: ScriptedWorker) -> AsyncIterator[Net]:
+    config = ProxyConfig(listen="127.0.0.1:0", http="127.0.0.1:0", node_id="proxy",
+                         billing=BillingConfig(enabled=True,
+                                               ledger_path=str(tmp_path / "ledger.sqlite"),
+                                               signing_key_file=str(tmp_path / "k.pem")))
+    with Ledger(config.billing.ledger_path) as ledger:
+        ledger.deposit(CLIENT, FUNDS)
+    proxy = ProxyNode(config, listener=TcpListener())
+    stop = asyncio.Event()
+    ready = asyncio.Event()
+    runner = asyncio.create_task(proxy.run(stop, lambda _: ready.set()))
+    tasks: list[asyncio.Task[None]] = []
+    try:
+        await asyncio.wait_for(ready.wait(), T)
+        assert proxy.billing is not None
+        worker_peer = await dial(proxy.port, "worker", "w1", worker, tasks)
+        worker_peer.send(Announce(("m",), 4, "scripted"))
+        for _ in range(int(T / 0.01)):
+            if any(w.capacity for w in proxy.workers.values()):
+                break
+            await asyncio.sleep(0.01)
+        inbox = Inbox()
+        client = await dial(proxy.port, "client", "c1", inbox, tasks)
+        yield Net(proxy, proxy.billing, worker, worker_peer, client, inbox)
+    finally:
+        stop.set()
+        await asyncio.wait_for(runner, T)
+        for t in tasks:
+            t.cancel()
+            with contextlib.suppress(BaseException):
+                await t
+
+
+async def chunks_then(stream: OutgoingStream, n: int) -> None:
+    """Take Head and ``n`` chunks."""
+    got = 0
+    while got < n:
+        ev = await asyncio.wait_for(stream.next(), T)
+        assert isinstance(ev, Head | Chunk), ev
+        if isinstance(ev, Chunk):
+            got += 1
+            stream.consumed()
+
+
+def usage_error(code: str, prompt: int, completion: int) -> Callable[[Peer, int], None]:
+    def answer(peer: Peer, rid: int) -> None:
+        peer.finish(Error(rid, code, code, "", prompt, completion, 0, 0))
+    return answer
+
+
+async def test_cancelled_stream_is_charged_what_the_worker_reports(tmp_path: Path) -> None:
+    worker = ScriptedWorker(on_cancel=usage_error("cancelled", 7, 3))
+    async with network(tmp_path, worker) as net:
+        stream = net.request()
+        await chunks_then(stream, 3)
+        stream.cancel("app went away")
+        await asyncio.wait_for(worker.cancels.get(), T)  # the proxy passed the Cancel on
+        await net.settled()
+        assert await net.charged() == ((7 + 3) * PRICE, 10, 10 * FEE)
+        statement = await asyncio.wait_for(net.inbox.queue.get(), T)
+        assert isinstance(statement, Statement) and statement.charged == 10 * PRICE
+        totals = await net.ledger(net.billing.ledger.totals)
+        assert totals.charged == totals.earned + totals.commission
+        assert totals.settled_requests == 1
+        assert net.proxy.stats.cancelled == 1
+
+
+async def test_cancel_the_worker_never_answers_is_released(tmp_path: Path,
+                                                           monkeypatch: Any) -> None:
+    monkeypatch.setattr(proxy_node, "_LAST_WORD_S", 0.3)
+    async with network(tmp_path, ScriptedWorker()) as net:  # ignores the Cancel
+        stream = net.request()
+        await chunks_then(stream, 2)
+        stream.cancel("app went away")
+        await asyncio.wait_for(net.worker.cancels.get(), T)
+        await net.settled()
+        assert await net.charged() == (0, 0, 0)
+        assert (await net.ledger(net.billing.ledger.balance, CLIENT)).reserved == 0
+        assert net.proxy.stats.cancelled == 1 and not net.proxy._relays
+
+
+async def test_proxy_timeout_is_charged_what_the_worker_reports(tmp_path: Path) -> None:
+    worker = ScriptedWorker(chunks=2, on_cancel=usage_error("cancelled", 5, 2))
+    async with network(tmp_path, worker) as net:
+        stream = net.request(timeout_ms=400)  # the worker then goes quiet
+        await chunks_then(stream, 2)
+        ev = await asyncio.wait_for(stream.next(), T)
+        assert isinstance(ev, Error) and ev.code == "timeout"
+        await asyncio.wait_for(worker.cancels.get(), T)
+        await net.settled()
+        assert await net.charged() == (7 * PRICE, 7, 7 * FEE)
+        assert net.proxy.stats.timeouts == 1
+
+
+async def test_worker_error_with_usage_is_charged(tmp_path: Path) -> None:
+    worker = ScriptedWorker(chunks=4, after_chunks=usage_error("engine_error", 6, 4))
+    async with network(tmp_path, worker) as net:
+        stream = net.request()
+        await chunks_then(stream, 4)
+        ev = await asyncio.wait_for(stream.next(), T)
+        # The client hears the failure; the usage is the proxy's business, not on its wire.
+        assert ev == Error(ev.req_id, "engine_error", "engine_error", "")  # type: ignore[union-attr]
+        await net.settled()
+        assert await net.charged() == (10 * PRICE, 10, 10 * FEE)
+
+
+async def test_worker_error_without_usage_is_released(tmp_path: Path) -> None:
+    worker = ScriptedWorker(chunks=0, after_chunks=usage_error("bad_request", 0, 0))
+    async with network(tmp_path, worker) as net:
+        stream = net.request()
+        while not isinstance(ev := await asyncio.wait_for(stream.next(), T), Error):
+            pass
+        await net.settled()
+        assert await net.charged() == (0, 0, 0)
+        totals = await net.ledger(net.billing.ledger.totals)
+        assert totals.settled_requests == 0 and totals.reserved == 0
+
+
+async def test_worker_lost_mid_stream_is_released(tmp_path: Path) -> None:
+    worker = ScriptedWorker(after_chunks=lambda peer, rid: peer.close("killed"))
+    async with network(tmp_path, worker) as net:
+        stream = net.request()
+        await chunks_then(stream, 3)
+        ev = await asyncio.wait_for(stream.next(), T)
+        assert isinstance(ev, Error) and ev.code == "worker_lost"
+        await net.settled()
+        assert await net.charged() == (0, 0, 0)
