@@ -149,6 +149,7 @@ class LocalNetwork:
         demo_funds: int = 10 * 10**9,
         chain: str = "none",
         commit_interval_s: float | None = None,
+        network_params: Any = None,
     ) -> None:
         if workers < 1:
             raise LaunchError("--workers must be at least 1")
@@ -176,6 +177,7 @@ class LocalNetwork:
         self._attestation_sets(attestation)
         self.client_account = ""
         self.chain_mode = chain
+        self.network_params = network_params  # cocoon.chain.localnet.NetworkParams
         self.demo_funds = demo_funds
         self.deployment: Any = None  # cocoon.chain.localnet.LocalDeployment once deployed
         self.chain_url = ""
@@ -295,7 +297,8 @@ class LocalNetwork:
                 chain, billing=billing,
                 proxy_key=load_or_create_ed25519_key(d / "proxy-voucher.key"),
                 client_key=load_or_create_ed25519_key(d / "client-voucher.key"),
-                workers=self.n_workers, client_funds=self.demo_funds, image_hashes=images)
+                workers=self.n_workers, client_funds=self.demo_funds, image_hashes=images,
+                params=self.network_params)
         finally:
             await chain.aclose()
 

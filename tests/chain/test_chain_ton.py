@@ -67,10 +67,11 @@ from cocoon.errors import ConfigError
 TON = 1_000_000_000
 T0 = 1_800_000_000
 # A valid 24-word TON mnemonic made for these tests (holds nothing on any network).
-MNEMONIC = (
-    "burden swim thank upon junior bachelor conduct water between omit blossom chief "
-    "embark twist visual ginger check cable vessel what achieve kit suit woman"
-).split()
+MNEMONIC = [
+    "burden", "swim", "thank", "upon", "junior", "bachelor", "conduct", "water",
+    "between", "omit", "blossom", "chief", "embark", "twist", "visual", "ginger",
+    "check", "cable", "vessel", "what", "achieve", "kit", "suit", "woman",
+]
 DEST = "0:" + "ab" * 32
 
 
@@ -259,6 +260,64 @@ async def test_messages_are_byte_identical_to_the_embedded_chain(embedded: Any) 
     assert len(compared) == 21 == len(rec.sent)
 
 
+async def test_transactions_are_read_like_the_tvm_wrote_them() -> None:
+    """Real TVM transactions (@ton/sandbox, serialised back to cells by @ton/core) parsed
+    with pytoniq and read by the backend: what LiteSender matches on (external in, the
+    wallet's outgoing created_lt, the destination's in-message source and created_lt) and the
+    exit code / success it maps."""
+    reason = _toolchain()
+    if reason is not None:
+        pytest.skip(reason)
+    from pytoniq_core.tlb.transaction import Transaction
+
+    from cocoon.chain.embedded import default_contracts_dir
+    from cocoon.chain.ton import _seen
+
+    spec = ChannelSpec("client", DEST, DEST, public_key(CLIENT_KEY), public_key(PROXY_KEY), 60, 1)
+    deploy = _ton(DEST).deploy_message(
+        "client_channel", m.channel_data(spec), TON + TOPUP_FEE, m.topup_body(TON))
+    assert deploy.state_init is not None
+    si = StateInit.deserialize(deploy.state_init.begin_parse())
+    close = m.request_close_body(query_id=5)  # from a non-funder: exit 100
+    sends = [(deploy.value, deploy.body, True, 0), (DEFAULT_MSG_VALUE, close, False, 100)]
+    req = {
+        "code": base64.b64encode(_boc(si.code)).decode(),
+        "data": base64.b64encode(_boc(si.data)).decode(),
+        "sends": [{"value": str(v), "body": base64.b64encode(_boc(b)).decode(), "init": i}
+                  for v, b, i, _ in sends],
+    }
+    cdir = default_contracts_dir()
+    script = Path(__file__).with_name("sandbox_tx.js")
+    proc = await asyncio.create_subprocess_exec(
+        "node", str(script), json.dumps(req), stdout=asyncio.subprocess.PIPE,
+        env={**os.environ, "NODE_PATH": str(cdir / "node_modules")},
+    )
+    stdout, _ = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0
+    out = json.loads(stdout)
+    wallet, contract = out["wallet"], out["contract"]
+    assert contract == deploy.destination
+    for (value, body, _, exit_code), send in zip(sends, out["sends"], strict=True):
+        seen = [_seen(Transaction.deserialize(_cell(base64.b64decode(t["boc"])).begin_parse()),
+                      0) for t in send["txs"]]
+        assert [t.info.address for t in seen] == [t["address"] for t in send["txs"]]
+        wtx = seen[0]
+        assert wtx.info.address == wallet and wtx.in_external and wtx.success
+        assert wtx.info.exit_code == 0 and wtx.in_src is None
+        ((to, created_lt),) = wtx.out_created
+        assert to == contract and wtx.info.out_messages[0].value == value
+        (ctx,) = [t for t in seen if t.in_src == wallet and t.in_created_lt == created_lt]
+        assert ctx.info.address == contract and ctx.in_body_hash == body.hash
+        assert ctx.info.exit_code == exit_code and ctx.success is (exit_code == 0)
+        assert ctx.info.in_value == value and ctx.info.total_fees > 0
+        if exit_code:
+            assert ctx.info.aborted is True
+            (bounced,) = ctx.info.out_messages  # bounced back to the wallet
+            assert bounced.to == wallet and bounced.op == 0xFFFFFFFF
+        else:
+            assert ctx.info.aborted is False and ctx.info.out_messages == ()
+
+
 # ---- 2. the wallet layer, offline ---------------------------------------------------------
 
 
@@ -429,6 +488,36 @@ async def test_network_config_file(tmp_path: Path) -> None:
         await load_network_config(str(p))
     with pytest.raises(ConfigError):
         await load_network_config(str(tmp_path / "missing.json"))
+
+
+def _loopback_config(port: int, key: bytes) -> dict[str, Any]:
+    zero = base64.b64encode(bytes(32)).decode()
+    return {
+        "liteservers": [{"ip": 0x7F000001, "port": port,
+                         "id": {"@type": "pub.ed25519", "key": base64.b64encode(key).decode()}}],
+        "validator": {"init_block": {"workchain": -1, "shard": -(1 << 63), "seqno": 1,
+                                     "root_hash": zero, "file_hash": zero}},
+    }
+
+
+async def test_liteserver_start_failures() -> None:
+    """The real pytoniq balancer, pointed at a closed loopback port (no liteserver is
+    contacted): ChainUnavailable, and nothing left running; a bad key is a ConfigError."""
+    import socket
+
+    from nacl.signing import SigningKey
+
+    from cocoon.chain.ton import PytoniqLite
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    key = bytes(SigningKey(bytes(range(32))).verify_key)
+    with pytest.raises(ChainUnavailable, match="no liteserver"):
+        await PytoniqLite.start(_loopback_config(port, key))
+    assert [t for t in asyncio.all_tasks() if t is not asyncio.current_task()] == []
+    with pytest.raises(ConfigError, match="malformed liteserver"):
+        await PytoniqLite.start(_loopback_config(port, b"\x01" * 31))
 
 
 # ---- 3b. TonChain over fakes ----------------------------------------------------------------
@@ -675,7 +764,7 @@ async def test_lite_reader_maps_get_method_failures() -> None:
             raise RunGetMethodError()
 
     reader = LiteReader(Failing())  # type: ignore[arg-type]
-    with pytest.raises(ChainError, match="get_channel_state on .*: exit code 11"):
+    with pytest.raises(ChainError, match=r"get_channel_state on .*: exit code 11"):
         await reader.run_get_method(DEST, "get_channel_state", [])
 
 

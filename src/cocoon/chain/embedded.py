@@ -232,10 +232,10 @@ class EmbeddedChain:
         return chain
 
     @classmethod
-    async def connect(cls, url: str, *, timeout: float = _CALL_TIMEOUT) -> EmbeddedChain:
+    async def connect(cls, url: str, *, call_timeout: float = _CALL_TIMEOUT) -> EmbeddedChain:
         """Use the embedded chain another process serves at ``url`` (``cocoon chain run``);
         raises :class:`ChainUnavailable` when nothing answers there."""
-        chain = cls(_HttpTransport(url, timeout), None)
+        chain = cls(_HttpTransport(url, call_timeout), None)
         try:
             await chain.now()
         except BaseException:

@@ -21,8 +21,9 @@ Pointing cocoon at testnet
        $EDITOR ~/.config/cocoon/wallet.mnemonic        # 24 words
        chmod 600 ~/.config/cocoon/wallet.mnemonic      # refused when group/others can read it
 
-   Fund the wallet's address (``cocoon`` prints it; testnet coins come from the testnet
-   faucet bot).  It need not be deployed: the first message carries the wallet's StateInit.
+   Fund the wallet's address (``TonWallet.from_file(path).address``; a wallet app shows
+   the same v4R2 address for these words; testnet coins come from the testnet faucet bot).
+   It need not be deployed: the first message it sends carries the wallet's StateInit.
 2. Liteservers.  ``network_config`` is the path of a TON global config JSON (the
    ``liteservers`` + ``validator.init_block`` file published for each network), or
    ``"testnet"`` / ``"mainnet"`` (also ``""`` = testnet): the config is then downloaded at
@@ -386,18 +387,23 @@ class PytoniqLite:
     async def start(cls, config: dict[str, Any], *, trust_level: int = 2) -> PytoniqLite:
         from pytoniq.liteclient.balancer import LiteBalancer
 
-        balancer = LiteBalancer.from_config(config, trust_level=trust_level)
+        try:
+            balancer = LiteBalancer.from_config(config, trust_level=trust_level)
+        except (KeyError, IndexError, TypeError, ValueError, OSError, RuntimeError) as exc:
+            raise ConfigError(
+                f"chain.network_config: malformed liteserver entry ({exc!r})"
+            ) from None
         try:
             await asyncio.wait_for(balancer.start_up(), _START_TIMEOUT)
         except BaseException as exc:
-            await balancer.close_all()
+            await _close_balancer(balancer)
             if isinstance(exc, (TimeoutError, OSError)):
                 raise ChainUnavailable(
                     f"ton chain: no liteserver of the network config answered ({exc!r})"
                 ) from exc
             raise
         if not balancer.alive_peers_num:
-            await balancer.close_all()
+            await _close_balancer(balancer)
             raise ChainUnavailable("ton chain: no liteserver of the network config is reachable")
         return cls(balancer)
 
@@ -436,7 +442,18 @@ class PytoniqLite:
         return int(r["now"])
 
     async def aclose(self) -> None:
-        await self._b.close_all()
+        await _close_balancer(self._b)
+
+
+async def _close_balancer(balancer: Any) -> None:
+    # LiteBalancer.close_all() assumes start_up() finished (it cancels the peer checker task
+    # start_up creates); after a failed start only the connected peers need closing.
+    if getattr(balancer, "_checker", None) is None:
+        for peer in balancer._peers:
+            if peer.inited:
+                await peer.close()
+        return
+    await balancer.close_all()
 
 
 async def _bounded(aw: Awaitable[T], seconds: float, what: str) -> T:

@@ -57,6 +57,7 @@ def channel_account(channel: str) -> str:
 class _Client:
     channel: str
     signer: bytes
+    status: ChannelStatus = ChannelStatus.OPEN  # as last read from the chain
 
 
 class ProxyPayments:
@@ -121,6 +122,7 @@ class ProxyPayments:
         on-chain balance. PaymentRequired when the channel is closing or closed."""
         client = self.clients[account]
         state = await self.chain.state(client.channel)
+        client.status = state.status
         if state.status != ChannelStatus.OPEN:
             raise PaymentRequired(
                 f"payment channel {client.channel} is {state.status.name.lower()}: it takes no "
@@ -134,6 +136,11 @@ class ProxyPayments:
             raise PaymentRequired(
                 "this client has no payment channel with the proxy: configure chain.contract "
                 "(its channel) and chain.key_file, or top up with `cocoon client topup`")
+        status = self.clients[account].status
+        if status != ChannelStatus.OPEN:
+            raise PaymentRequired(
+                f"payment channel {self.clients[account].channel} is {status.name.lower()}: it "
+                "takes no new requests; open a new channel to continue")
         charged = (await self._run(self._ledger.balance, account)).charged
         signed = await self._run(self._ledger.signed, account)
         unsigned = charged - (signed.cumulative if signed else 0)
@@ -168,7 +175,9 @@ class ProxyPayments:
     async def tick(self) -> None:
         """Redeem new client signatures, keep worker channels funded. Each failure is logged
         and counted; the next tick tries again."""
+        seen = set()
         for signed in await self._run(self._ledger.all_signed):
+            seen.add(signed.client)
             try:
                 state = await self.chain.state(signed.channel)
                 if signed.cumulative > state.charged and state.status != ChannelStatus.CLOSED:
@@ -178,10 +187,21 @@ class ProxyPayments:
                     log.info("redeemed client voucher %d on %s: +%d nanoTON", signed.seqno,
                              signed.channel, signed.cumulative - state.charged)
                 if signed.client in self.clients:
-                    await self.refresh(signed.client)
+                    self.clients[signed.client].status = state.status
+                if state.status == ChannelStatus.OPEN:  # deposits may have grown
+                    await self._run(self._ledger.sync_deposit, signed.client,
+                                    state.balance + state.charged)
             except (CocoonError, OSError) as exc:
                 self.errors += 1
                 log.warning("redeeming the voucher of %s failed: %s", signed.channel, exc)
+        for account in [a for a in self.clients if a not in seen]:  # bound, nothing signed
+            try:
+                await self.refresh(account)
+            except PaymentRequired:
+                pass  # closing: noted in its status
+            except (CocoonError, OSError) as exc:
+                self.errors += 1
+                log.warning("reading the channel of %s failed: %s", account, exc)
         for worker, channel in list(self.workers.items()):
             try:
                 owed = (await self._run(self._ledger.earnings, worker)).earned

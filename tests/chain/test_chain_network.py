@@ -1,0 +1,318 @@
+"""The chain as the network uses it: the chain service (HTTP), a local deployment, the
+registry's allow-lists and the proxy's payments over real contracts in the TVM emulator.
+
+Skipped, with the reason, when `node` or contracts/node_modules is missing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from cocoon.attestation.fake_tdx import fake_measurements
+from cocoon.chain.base import ChannelSpec, ChannelStatus
+from cocoon.chain.connect import NodeChain, channel_parties
+from cocoon.chain.embedded import EmbeddedChain, find_toolchain
+from cocoon.chain.errors import ChainError, ChainUnavailable
+from cocoon.chain.localnet import LocalDeployment, NetworkParams, deploy_local_network
+from cocoon.chain.messages import add_image_hash_body
+from cocoon.chain.registry import RegistryAllowLists, parse_registry, read_registry
+from cocoon.chain.service import ChainService
+from cocoon.chain.vouchers import parse_voucher, public_key, sign_voucher, verify_voucher
+from cocoon.config import BillingConfig, ChainConfig
+from cocoon.errors import PaymentRequired
+from cocoon.ledger import Bill, Ledger
+from cocoon.ledger.errors import VoucherInvalid, VoucherReplay
+from cocoon.nodes.common import HttpServer
+from cocoon.nodes.proxy.payments import WORKER_FLOAT, ProxyPayments, channel_account
+
+try:
+    find_toolchain()
+except ChainUnavailable as exc:  # pragma: no cover - depends on the machine
+    pytest.skip(str(exc), allow_module_level=True)
+
+TON = 10**9
+T0 = 1_800_000_000
+IMAGE = fake_measurements("cocoon").image_hash
+
+
+def _key(name: str) -> Ed25519PrivateKey:
+    return Ed25519PrivateKey.from_private_bytes(hashlib.sha256(name.encode()).digest())
+
+
+PROXY_KEY, CLIENT_KEY, OTHER_KEY = _key("proxy"), _key("client"), _key("mallory")
+
+
+@dataclass
+class Served:
+    owner: EmbeddedChain  # the process that owns the chain
+    url: str
+    chain: EmbeddedChain  # a connection through the service
+    service: ChainService
+
+
+@pytest.fixture
+async def served() -> AsyncIterator[Served]:
+    owner = await EmbeddedChain.start(now=T0)
+    service = ChainService(owner, "manual")
+    http = HttpServer(service.app, "127.0.0.1:0", "chain.http")
+    await http.start()
+    chain = await EmbeddedChain.connect(http.url)
+    try:
+        yield Served(owner, http.url, chain, service)
+    finally:
+        await chain.aclose()
+        await http.stop()
+        await owner.aclose()
+
+
+async def _deploy(chain: EmbeddedChain, workers: int = 1) -> LocalDeployment:
+    return await deploy_local_network(
+        chain, billing=BillingConfig(), proxy_key=PROXY_KEY, client_key=CLIENT_KEY,
+        workers=workers, client_funds=5 * TON, image_hashes=[IMAGE],
+        params=NetworkParams(client_close_delay=30, worker_float=TON))
+
+
+# --- the chain service -------------------------------------------------------------------
+
+
+async def test_service_serves_the_chain(served: Served) -> None:
+    dep = await _deploy(served.chain, workers=2)
+    # what the owner sees is what a connected process sees
+    assert await served.owner.channel_state(dep.client_channel) == \
+        await served.chain.channel_state(dep.client_channel)
+    st = await served.chain.channel_state(dep.client_channel)
+    assert (st.status, st.balance, st.charged) == (ChannelStatus.OPEN, 5 * TON, 0)
+    assert len(set(dep.worker_channels)) == 2
+    assert served.service.calls > 0
+
+
+async def test_service_refuses_owner_only_and_malformed_commands(served: Served) -> None:
+    for cmd in ("shutdown", "snapshot"):
+        resp = await served.chain.rpc(cmd, {"path": "/tmp/x"})
+        assert not resp["ok"] and "not served over HTTP" in resp["error"]
+    assert await served.owner.now() == T0  # still alive
+    async with aiohttp.ClientSession() as s:
+        for body in (b"not json", b"[1, 2]", b'{"cmd": 5}'):
+            async with s.post(served.url + "/rpc", data=body) as r:
+                assert r.status == 400
+                assert not (await r.json())["ok"]
+    with pytest.raises(ChainError, match="unknown command"):
+        await served.chain._call("no_such_command")
+
+
+async def test_wall_clock_moves_chain_time() -> None:
+    owner = await EmbeddedChain.start(now=T0 - 10**8)  # far in the past
+    http = HttpServer(ChainService(owner, "wall").app, "127.0.0.1:0", "chain.http")
+    await http.start()
+    try:
+        chain = await EmbeddedChain.connect(http.url)
+        now = await chain.now()
+        assert now >= T0 - 10**8 + 10**7  # moved to the wall clock (2026+)
+        await chain.aclose()
+    finally:
+        await http.stop()
+        await owner.aclose()
+
+
+async def test_connect_to_nothing_is_a_clear_error() -> None:
+    with pytest.raises(ChainUnavailable, match="cocoon chain run"):
+        await EmbeddedChain.connect("http://127.0.0.1:9", call_timeout=2)
+
+
+# --- the registry ------------------------------------------------------------------------
+
+
+async def test_registry_allow_lists_follow_the_registry(served: Served) -> None:
+    chain = served.chain
+    dep = await _deploy(chain)
+    lists = RegistryAllowLists(dep.registry)
+    assert lists.allow_lists().image_hashes == frozenset()  # fail closed before the read
+    state = await lists.refresh(chain)
+    assert state.image_hashes == {IMAGE} and state.model_hashes == frozenset()
+    assert lists.allow_lists().image_hashes == {IMAGE}
+    assert lists.allow_lists().model_hashes is None  # no model list: any model
+    assert state.params.price_per_token == BillingConfig().price_per_token
+    assert state.owner == await chain.wallet("owner")
+
+    other = hashlib.sha256(b"another image").digest()
+    await chain.registry_update(dep.registry, add_image_hash_body(other), sender="owner")
+    state2 = await lists.refresh(chain)
+    assert state2.version == state.version + 1
+    assert lists.allow_lists().image_hashes == {IMAGE, other}
+    assert lists.allow_lists().version == state2.version
+
+
+async def test_registry_read_rejects_non_registries(served: Served) -> None:
+    dep = await _deploy(served.chain)
+    with pytest.raises(ChainError, match="not a root registry"):
+        await read_registry(served.chain, dep.client_channel)
+    with pytest.raises(ChainError, match="no active root registry"):
+        await read_registry(served.chain, "0:" + "ab" * 32)
+    with pytest.raises(ChainError):
+        parse_registry(b"\x00garbage")
+
+
+async def test_channel_parties(served: Served) -> None:
+    dep = await _deploy(served.chain)
+    p = await channel_parties(served.chain, dep.client_channel)
+    assert (p.kind, p.funder, p.payee) == ("client", dep.client_wallet, dep.proxy_wallet)
+    assert (p.signer_pubkey, p.payee_pubkey) == (public_key(CLIENT_KEY), public_key(PROXY_KEY))
+    w = await channel_parties(served.chain, dep.worker_channels[0])
+    assert (w.kind, w.funder, w.payee) == ("worker", dep.proxy_wallet, dep.worker_wallets[0])
+    with pytest.raises(ChainError):
+        await channel_parties(served.chain, dep.registry)
+
+
+# --- the proxy's payments ----------------------------------------------------------------
+
+
+@dataclass
+class Pay:
+    payments: ProxyPayments
+    ledger: Ledger
+    dep: LocalDeployment
+    chain: EmbeddedChain
+    pool: ThreadPoolExecutor
+
+    def call(self, fn: Any, *args: Any) -> Any:
+        """Run a ledger call on the ledger's own thread (SQLite objects stay on theirs)."""
+        return self.pool.submit(fn, *args).result()
+
+
+@pytest.fixture
+async def pay(served: Served, tmp_path: Path) -> AsyncIterator[Pay]:
+    dep = await _deploy(served.chain)
+    pool = ThreadPoolExecutor(max_workers=1)
+    ledger = pool.submit(Ledger, tmp_path / "ledger.sqlite").result()
+
+    async def run(fn: Any, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
+
+    nc = await NodeChain.open(ChainConfig(backend="embedded", url=served.url, wallet="proxy"))
+    payments = ProxyPayments(nc, PROXY_KEY, run, ledger, max_unsigned=100,
+                             stake_contract=dep.proxy_stake)
+    try:
+        yield Pay(payments, ledger, dep, served.chain, pool)
+    finally:
+        await nc.aclose()
+        pool.submit(ledger.close).result()
+        pool.shutdown()
+
+
+def _voucher(channel: str, seqno: int, amount: int, key: Ed25519PrivateKey = CLIENT_KEY) -> bytes:
+    return sign_voucher(key, "client", channel, seqno, amount).body_boc()
+
+
+def _charge(ledger: Ledger, account: str, n: int, cost: int) -> None:
+    """Charge ``account`` ``cost`` nanoTON as request ``n`` (worker earns half)."""
+    ledger.reserve(f"r{n}", account, "worker:w1", cost)
+    ledger.settle(f"r{n}", Bill(cost // 2, cost, cost // 2, cost - cost // 2, 2, 1), PROXY_KEY)
+
+
+async def test_bind_client_checks_the_channel(pay: Pay) -> None:
+    p, dep = pay.payments, pay.dep
+    # a voucher signed by someone else's key does not bind the channel
+    with pytest.raises(VoucherInvalid):
+        await p.bind_client(dep.client_channel, _voucher(dep.client_channel, 1, 0, OTHER_KEY))
+    # a worker channel is not a client channel
+    with pytest.raises(VoucherInvalid, match="not a client channel"):
+        await p.bind_client(dep.worker_channels[0], _voucher(dep.worker_channels[0], 1, 0))
+    # a client channel paying another wallet is not ours
+    other = await pay.chain.deploy_channel(ChannelSpec(
+        kind="client", funder=dep.client_wallet, payee=dep.client_wallet,
+        signer_pubkey=public_key(CLIENT_KEY), payee_pubkey=public_key(PROXY_KEY),
+        close_delay=30, channel_id=9), sender="client", deposit=TON)
+    with pytest.raises(VoucherInvalid, match="not this proxy"):
+        await p.bind_client(other.to, _voucher(other.to, 1, 0))
+    # the right one binds, and its deposit becomes the ledger's
+    account = await p.bind_client(dep.client_channel, _voucher(dep.client_channel, 1, 0))
+    assert account == channel_account(dep.client_channel)
+    assert pay.call(pay.ledger.balance, account).deposited == 5 * TON
+
+
+async def test_signed_vouchers_are_kept_and_redeemed(pay: Pay) -> None:
+    p, dep, ledger = pay.payments, pay.dep, pay.ledger
+    ch = dep.client_channel
+    account = await p.bind_client(ch, _voucher(ch, 1, 0))
+    await p.check_signed(account)  # nothing owed yet
+    pay.call(_charge, ledger, account, 1, 500)
+    with pytest.raises(PaymentRequired, match="not signed"):
+        await p.check_signed(account)  # 500 unsigned > 100 allowed
+    with pytest.raises(Exception, match="charged"):
+        await p.accept(account, _voucher(ch, 2, 501))  # more than charged
+    await p.accept(account, _voucher(ch, 2, 500))
+    await p.check_signed(account)
+    with pytest.raises(VoucherReplay):
+        await p.accept(account, _voucher(ch, 2, 500 - 1))
+    await p.accept(account, _voucher(ch, 2, 500))  # the same voucher again: a no-op
+    with pytest.raises(VoucherInvalid):
+        await p.accept(account, _voucher(dep.worker_channels[0], 3, 500))
+
+    proxy_before = await pay.chain.balance(dep.proxy_wallet)
+    await p.tick()
+    st = await pay.chain.channel_state(ch)
+    assert (st.charged, st.balance) == (500, 5 * TON - 500)
+    assert p.collected == 500 and p.errors == 0
+    assert await pay.chain.balance(dep.proxy_wallet) > proxy_before - 10**8  # paid, less gas
+    await p.tick()  # nothing new: no second redemption
+    assert p.collected == 500
+    assert pay.call(ledger.check_invariants) == []
+
+
+async def test_top_up_on_chain_is_seen_and_closing_channels_refused(pay: Pay) -> None:
+    p, dep = pay.payments, pay.dep
+    ch = dep.client_channel
+    account = await p.bind_client(ch, _voucher(ch, 1, 0))
+    await pay.chain.deposit(ch, 2 * TON, sender="client")
+    assert await p.refresh(account) == 7 * TON
+    assert pay.call(pay.ledger.balance, account).deposited == 7 * TON
+    await pay.chain.request_close(ch, sender="client")
+    with pytest.raises(PaymentRequired, match="closing"):
+        await p.refresh(account)
+
+
+async def test_worker_vouchers_and_channel_funding(pay: Pay) -> None:
+    p, dep, ledger = pay.payments, pay.dep, pay.ledger
+    wch = dep.worker_channels[0]
+    with pytest.raises(VoucherInvalid):
+        await p.bind_worker("worker:w1", dep.client_channel)
+    await p.bind_worker("worker:w1", wch)
+    account = await p.bind_client(dep.client_channel, _voucher(dep.client_channel, 1, 0))
+    pay.call(_charge, ledger, account, 1, 3 * TON)  # the worker earns 1.5 TON > 1 TON float
+    statement = pay.call(ledger.last_voucher, "worker_payout", "worker:w1")
+    assert statement is not None
+    chain_voucher = parse_voucher(p.worker_voucher("worker:w1", statement.to_bytes()))
+    verify_voucher(chain_voucher, public_key(PROXY_KEY))
+    assert (chain_voucher.channel, chain_voucher.cumulative) == (wch, 3 * TON // 2)
+    assert p.worker_voucher("worker:unknown", statement.to_bytes()) == b""
+
+    await p.tick()  # tops the worker channel up to cover what it owes
+    st = await pay.chain.channel_state(wch)
+    assert st.balance == 3 * TON // 2 + WORKER_FLOAT
+    worker_before = await pay.chain.balance(dep.worker_wallets[0])
+    await pay.chain.submit_voucher(wch, chain_voucher, sender="worker-1")
+    assert (await pay.chain.channel_state(wch)).charged == 3 * TON // 2
+    assert await pay.chain.balance(dep.worker_wallets[0]) > worker_before + TON
+
+
+async def test_commits_are_published(pay: Pay) -> None:
+    p, ledger = pay.payments, pay.ledger
+    account = await p.bind_client(pay.dep.client_channel,
+                                  _voucher(pay.dep.client_channel, 1, 0))
+    pay.call(_charge, ledger, account, 1, 1000)
+    commit = pay.call(ledger.commit, T0)
+    await p.publish(commit)
+    st = await pay.chain.proxy_state(pay.dep.proxy_stake)
+    assert (st.commit_seqno, st.commit_hash) == (commit.seqno, commit.state_hash())
+    await p.publish(commit)  # the same seqno again: refused by the contract, logged, counted
+    assert p.errors == 1 and p.commits_published == 1

@@ -1,0 +1,173 @@
+"""The whole network on the embedded chain, through real processes and the real CLI.
+
+`LocalNetwork(chain="embedded")` is what `cocoon up` runs: a chain service, the registry, the
+proxy's stake, the client's channel and the worker's channel deployed; every request charged
+from the channel the client signs for, the proxy redeeming the client's vouchers and
+publishing its commits, the worker cashing out its payout voucher, the client topping up,
+closing and withdrawing. Skipped when Node or contracts/node_modules is missing.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+
+from cocoon.chain.embedded import find_toolchain
+from cocoon.chain.errors import ChainUnavailable
+from cocoon.chain.localnet import NetworkParams
+from cocoon.launch import LocalNetwork
+
+try:
+    find_toolchain()
+except ChainUnavailable as exc:  # pragma: no cover - depends on the machine
+    pytest.skip(str(exc), allow_module_level=True)
+
+PRICE, FEE = 2, 1  # BillingConfig defaults, also the registry's
+FUNDS = 1_000_000  # nanoTON in the demo client's channel
+CLOSE_DELAY = 3
+
+
+def cocoon(*args: str) -> dict[str, Any]:
+    """Run the real CLI with --json; its parsed output (fails the test on a non-zero exit)."""
+    out = subprocess.run([sys.executable, "-m", "cocoon", *args, "--json"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)  # type: ignore[no-any-return]
+
+
+def cocoon_fails(*args: str) -> str:
+    out = subprocess.run([sys.executable, "-m", "cocoon", *args],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2, (out.stdout, out.stderr)
+    return out.stderr
+
+
+def stats(url: str) -> dict[str, Any]:
+    with urllib.request.urlopen(url + "/stats", timeout=5) as resp:
+        return json.load(resp)  # type: ignore[no-any-return]
+
+
+def wait_for(check: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture(scope="module")
+def net() -> Iterator[LocalNetwork]:
+    with LocalNetwork(engine="fake", billing=True, demo_funds=FUNDS, chain="embedded",
+                      commit_interval_s=0.5, worker_sets=["engine.fake.chunks=20"],
+                      network_params=NetworkParams(client_close_delay=CLOSE_DELAY)) as n:
+        n.start()
+        yield n
+
+
+@pytest.fixture(scope="module")
+def configs(net: LocalNetwork) -> dict[str, Path]:
+    return net.write_role_configs()
+
+
+def test_requests_are_paid_on_chain(net: LocalNetwork, configs: dict[str, Path]) -> None:
+    client_cfg, worker_cfg = str(configs["client"]), str(configs["worker-1"])
+    before_c = cocoon("client", "balance", "-c", client_cfg)
+    before_w = cocoon("worker", "earnings", "-c", worker_cfg)
+    assert before_c["on_chain"]["balance_nanoton"] == FUNDS
+    assert before_c["on_chain"]["status"] == "open"
+
+    app = openai.OpenAI(base_url=net.base_url, api_key="unused", max_retries=0)
+    unary = app.chat.completions.create(
+        model="fake", messages=[{"role": "user", "content": "hello there, worker"}],
+        max_tokens=7)
+    assert unary.usage is not None
+    tokens = unary.usage.total_tokens
+    for chunk in app.chat.completions.create(
+            model="fake", messages=[{"role": "user", "content": "stream please"}],
+            stream=True, stream_options={"include_usage": True}):
+        if chunk.usage is not None:
+            tokens += chunk.usage.total_tokens
+
+    # the client's and the worker's own copies change by exactly usage x price / fee
+    def settled() -> bool:
+        c = cocoon("client", "balance", "-c", client_cfg)
+        return bool(c.get("signed")) and c["signed"]["cumulative_nanoton"] == tokens * PRICE
+
+    wait_for(settled, "the client to sign its charges")
+    c = cocoon("client", "balance", "-c", client_cfg)
+    w = cocoon("worker", "earnings", "-c", worker_cfg)
+    assert c["charged"] - before_c.get("charged", 0) == tokens * PRICE
+    assert w["earned"] - before_w.get("earned", 0) == tokens * FEE
+    assert w["payout_voucher"]["cumulative_nanoton"] == tokens * FEE
+
+    # the proxy redeems the client's signed voucher on chain and publishes a commit
+    assert net.proxy is not None
+    wait_for(lambda: cocoon("client", "balance", "-c", client_cfg)["on_chain"]
+             ["charged_nanoton"] == tokens * PRICE, "the proxy to redeem the client's voucher")
+    on_chain = cocoon("client", "balance", "-c", client_cfg)["on_chain"]
+    assert on_chain["balance_nanoton"] == FUNDS - tokens * PRICE
+    wait_for(lambda: stats(net.proxy.http)["billing"]["chain"]["commits_published"] >= 1,
+             "a published commit")
+
+    # the worker cashes out exactly what it earned
+    out = cocoon("worker", "withdraw", "-c", worker_cfg)
+    assert out["paid_nanoton"] == tokens * FEE
+    assert out["charged_nanoton"] == tokens * FEE
+    again = cocoon("worker", "withdraw", "-c", worker_cfg)
+    assert again["paid_nanoton"] == 0  # nothing new to cash out
+
+
+def test_out_of_funds_then_topup(net: LocalNetwork, configs: dict[str, Path]) -> None:
+    client_cfg = str(configs["client"])
+    app = openai.OpenAI(base_url=net.base_url, api_key="unused", max_retries=0)
+    big = {"model": "fake", "messages": [{"role": "user", "content": "x"}],
+           "max_tokens": FUNDS}  # reserves ~2x FUNDS nanoTON: more than the channel holds
+    with pytest.raises(openai.APIStatusError) as ei:
+        app.chat.completions.create(**big)  # type: ignore[call-overload]
+    assert ei.value.status_code == 402 and "top up" in str(ei.value)
+    assert "positive" in cocoon_fails("client", "topup", "-1", "-c", client_cfg)
+    out = cocoon("client", "topup", "0.01", "-c", client_cfg)  # 10^7 nanoTON
+    assert out["deposited_nanoton"] == 10**7
+    # the proxy sees the top-up on chain when the reservation would fail, and serves it
+    done = app.chat.completions.create(**big)  # type: ignore[call-overload]
+    assert done.usage is not None and done.usage.completion_tokens == 20
+
+
+def test_close_and_withdraw(net: LocalNetwork, configs: dict[str, Path]) -> None:
+    client_cfg = str(configs["client"])
+    assert "close" in cocoon_fails("client", "withdraw", "-c", client_cfg)  # open: close first
+    closing = cocoon("client", "close", "-c", client_cfg)
+    assert closing["status"] == "closing" and closing["close_at"]
+    app = openai.OpenAI(base_url=net.base_url, api_key="unused", max_retries=0)
+    refused: list[openai.APIStatusError] = []
+
+    def refused_once_seen() -> bool:  # the proxy re-reads its channels every tick
+        try:
+            app.chat.completions.create(model="fake", max_tokens=5,
+                                        messages=[{"role": "user", "content": "x"}])
+        except openai.APIStatusError as exc:
+            refused.append(exc)
+            return True
+        return False
+
+    wait_for(refused_once_seen, "the proxy to refuse the closing channel")
+    assert refused[0].status_code == 402 and "closing" in str(refused[0])
+    assert "closes at" in cocoon_fails("client", "withdraw", "-c", client_cfg)
+    time.sleep(CLOSE_DELAY + 1)  # the chain's clock follows the wall clock
+    out = cocoon("client", "withdraw", "-c", client_cfg)
+    assert out["status"] == "closed" and out["balance_nanoton"] == 0
+    assert out["wallet_change_nanoton"] > 0  # what was left came back
+    assert net.proxy is not None
+    books = stats(net.proxy.http)["billing"]
+    assert books["totals"]["charged"] == books["totals"]["earned"] + books["totals"]["commission"]
+    assert books["chain"]["errors"] == 0
