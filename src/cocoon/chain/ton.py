@@ -293,6 +293,8 @@ class AccountSnapshot:
     status: Literal["nonexist", "uninit", "active", "frozen"]
     balance: int
     last_lt: int
+    code: bytes | None = None  # BOCs of an active account's code and data
+    data: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -424,7 +426,12 @@ class PytoniqLite:
         status: Literal["uninit", "active", "frozen"] = (
             "active" if simple.is_active() else "frozen" if simple.is_frozen() else "uninit"
         )
-        return AccountSnapshot(address, status, int(simple.balance), int(shard.last_trans_lt))
+        init = simple.state.state_init if status == "active" else None
+        code = init.code if init is not None else None
+        data = init.data if init is not None else None
+        return AccountSnapshot(address, status, int(simple.balance), int(shard.last_trans_lt),
+                               None if code is None else bytes(code.to_boc()),
+                               None if data is None else bytes(data.to_boc()))
 
     async def transactions(self, address: str, *, after_lt: int) -> list[SeenTx]:
         _, shard = await self._b.raw_get_account_state(address)
@@ -989,6 +996,21 @@ class TonChain:
             self._lite().account(_raw(address)), self.call_timeout, f"account {address}"
         )
         return acc.balance
+
+    async def account(self, address: str) -> dict[str, Any]:
+        """The account's state, balance and (active) code and data as base64 BOCs: the same
+        shape as :meth:`EmbeddedChain.account` (what the registry reader parses)."""
+        import base64
+
+        acc = await _bounded(
+            self._lite().account(_raw(address)), self.call_timeout, f"account {address}"
+        )
+        out: dict[str, Any] = {"state": acc.status, "balance": str(acc.balance)}
+        if acc.code is not None:
+            out["code"] = base64.b64encode(acc.code).decode()
+        if acc.data is not None:
+            out["data"] = base64.b64encode(acc.data).decode()
+        return out
 
     async def now(self) -> int:
         return await _bounded(self._lite().time(), self.call_timeout, "liteserver time")
