@@ -50,6 +50,9 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--billing", action="store_true",
                    help="bill every chain request into the proxy's SQLite ledger (reserve + "
                         "settle, fsync each), to measure what billing costs")
+    p.add_argument("--payments-chain", choices=["none", "embedded"], default="none",
+                   help="with --billing: put the accounts on the embedded chain (client-signed "
+                        "vouchers, redemption and commits on chain), as cocoon up does")
     p.add_argument("--attestation", choices=["fake", "none", "off"], default="fake",
                    help="the chain's attestation, as cocoon up (default fake: RA-TLS with "
                         "simulated TDX quotes; none: RA-TLS without evidence; off: plain TCP)")
@@ -145,7 +148,7 @@ def run_bench(args: argparse.Namespace) -> int:
                  "loadavg_start": [round(x, 2) for x in os.getloadavg()]},
         "params": {"duration_s": duration, "repeat": args.repeat, "quick": args.quick,
                    "attestation": args.attestation, "tls_compare": tls_compare,
-                   "billing": args.billing},
+                   "billing": args.billing, "payments_chain": args.payments_chain},
         "modes": {},
     }
     failed = False
@@ -163,7 +166,7 @@ def run_bench(args: argparse.Namespace) -> int:
         spec = replace(spec, **overrides)
         section = run_mode(spec, duration, args.repeat, progress,
                            attestation=args.attestation, tls_compare=tls_compare,
-                           billing=args.billing)
+                           billing=args.billing, chain=args.payments_chain)
         report["modes"][name] = section
         for side in ("direct", "chain", "chain_plain"):
             if side not in section:

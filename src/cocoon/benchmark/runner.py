@@ -182,7 +182,8 @@ def _prefixed(progress: Progress, prefix: str) -> Progress:
     return lambda msg: progress(prefix + msg)
 
 
-def _network(spec: ModeSpec, attestation: str, billing: bool = False) -> LocalNetwork:
+def _network(spec: ModeSpec, attestation: str, billing: bool = False,
+             chain: str = "none") -> LocalNetwork:
     worker_sets = [f"engine.fake.model={_MODEL}",
                    f"engine.fake.chunks={spec.chunks}",
                    f"engine.fake.chunk_bytes={spec.chunk_bytes}",
@@ -190,7 +191,9 @@ def _network(spec: ModeSpec, attestation: str, billing: bool = False) -> LocalNe
                    f"max_concurrent={max(1000, spec.streams * 2)}"]
     return LocalNetwork(engine="fake", workers=1, worker_sets=worker_sets,
                         startup_timeout=120.0, attestation=attestation, billing=billing,
-                        demo_funds=10**17)
+                        # on chain the demo channel is funded from a sandbox wallet (1M TON)
+                        demo_funds=10**14 if chain != "none" else 10**17,
+                        chain=chain if billing else "none")
 
 
 def _chain_pids(net: LocalNetwork) -> dict[str, int]:
@@ -201,7 +204,7 @@ def _chain_pids(net: LocalNetwork) -> dict[str, int]:
 
 def run_mode(spec: ModeSpec, duration: float, repeat: int, progress: Progress, *,
              attestation: str = "fake", tls_compare: bool = False,
-             billing: bool = False) -> dict[str, Any]:
+             billing: bool = False, chain: str = "none") -> dict[str, Any]:
     """Measure ``spec`` directly and through the chain (attestation ``attestation``); with
     ``tls_compare`` also through a second chain on plain TCP (``chain_plain``). The mode's
     JSON section."""
@@ -215,7 +218,7 @@ def run_mode(spec: ModeSpec, duration: float, repeat: int, progress: Progress, *
     runs: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
     with contextlib.ExitStack() as stack:
         direct = stack.enter_context(DirectProcess(direct_args))
-        nets = {"chain": stack.enter_context(_network(spec, attestation, billing))}
+        nets = {"chain": stack.enter_context(_network(spec, attestation, billing, chain))}
         if tls_compare:
             nets["chain_plain"] = stack.enter_context(_network(spec, "off"))
         sides: dict[str, tuple[str, dict[str, int]]] = {
@@ -246,7 +249,8 @@ def run_mode(spec: ModeSpec, duration: float, repeat: int, progress: Progress, *
                    "chunk_bytes": spec.chunk_bytes, "delay_ms": spec.delay_ms,
                    "duration_s": duration, "repeat": repeat,
                    "events_per_request": expected_events(spec),
-                   "attestation": attestation, "tls_compare": tls_compare},
+                   "attestation": attestation, "tls_compare": tls_compare,
+                   "billing": billing, "payments_chain": chain if billing else "none"},
         **agg,
         "comparison": compare(spec, d, c),
     }
