@@ -8,6 +8,7 @@ the key and where it came from.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import tomllib
 import types
@@ -316,8 +317,8 @@ def _toml_value(v: Any) -> str:
         return "true" if v else "false"
     if isinstance(v, int | float):
         return repr(v)
-    if isinstance(v, str):
-        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(v, str):  # a JSON string is a TOML basic string, once DEL is escaped too
+        return json.dumps(v, ensure_ascii=False).replace("\x7f", "\\u007f")
     if isinstance(v, tuple | list):
         return "[" + ", ".join(_toml_value(x) for x in v) + "]"
     raise ConfigError(f"cannot write {type(v).__name__} to TOML")
@@ -325,7 +326,10 @@ def _toml_value(v: Any) -> str:
 
 def dump_toml(config: Any) -> str:
     """The TOML that :func:`load` reads back into ``config`` (only non-default values)."""
-    role = {ProxyConfig: "proxy", WorkerConfig: "worker", ClientConfig: "client"}[type(config)]
+    role = {ProxyConfig: "proxy", WorkerConfig: "worker", ClientConfig: "client"}.get(
+        type(config))
+    if role is None:
+        raise ConfigError(f"dump_toml: {type(config).__name__} is not a role's config")
     out: list[str] = []
 
     def table(name: str, obj: Any) -> None:

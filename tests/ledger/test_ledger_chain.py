@@ -250,12 +250,6 @@ def test_record_signed_bad_amounts(
     assert ledger.signed("alice") is None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=sqlite3.IntegrityError,
-    reason="src bug: record_signed does not check seqno; a negative one reaches the CHECK "
-    "constraint as a raw sqlite3.IntegrityError instead of a typed refusal",
-)
 def test_record_signed_negative_seqno_is_a_typed_error(ledger: Ledger) -> None:
     charge(ledger, "alice", 100)
     with pytest.raises((ValueError, VoucherReplay)):

@@ -34,6 +34,7 @@ from cocoon.ledger import (
     price_usage,
     reservation_for,
 )
+from cocoon.ledger.store import SCHEMA_VERSION
 from cocoon.ledger.vouchers import public_key_bytes
 
 KEY = Ed25519PrivateKey.from_private_bytes(b"\x07" * 32)
@@ -52,7 +53,7 @@ def test_pragmas_and_schema_version(tmp_path: Path) -> None:
         conn = led._conn
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     raw = sqlite3.connect(path)
     raw.execute("PRAGMA user_version=99")
     raw.commit()

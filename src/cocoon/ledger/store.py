@@ -306,6 +306,8 @@ class Ledger:
         Refuses (VoucherReplay) a seqno not above the stored one, (VoucherRegression) a lower
         cumulative amount, and (ReservationError) more than the client has been charged."""
         _amount("cumulative", cumulative)
+        if not isinstance(seqno, int) or not 0 <= seqno < 1 << 63:
+            raise VoucherReplay(f"client voucher seqno {seqno!r} is out of range")
         with self._tx() as conn:
             charged = self._client(conn, client).charged
             if cumulative > charged:

@@ -34,8 +34,14 @@ class ChargeSigner:
         self.cumulative = 0
         try:
             data = json.loads(self._state.read_text())
+            if not isinstance(data, dict):
+                raise ValueError("not a JSON object")
             if data.get("channel") == channel:
-                self.seqno, self.cumulative = int(data["seqno"]), int(data["cumulative"])
+                seqno, cumulative = data["seqno"], data["cumulative"]
+                if (type(seqno) is not int or type(cumulative) is not int
+                        or not 0 <= seqno < 1 << 64 or not 0 <= cumulative < 1 << 120):
+                    raise ValueError("seqno/cumulative out of range")
+                self.seqno, self.cumulative = seqno, cumulative
         except FileNotFoundError:
             pass
         except (OSError, ValueError, KeyError, TypeError) as exc:
