@@ -98,7 +98,7 @@ async def test_fake_fail_after_fails_with_the_tokens_so_far(stream: bool) -> Non
     j = job("fake", stream)
     seen = 0
     with pytest.raises(EngineError, match="after 7 tokens"):
-        async for out in engine.generate(j):
+        async for _ in engine.generate(j):
             seen += 1
     assert j.meter.usage() == Usage(prompt_tokens_of(j), 7)
     assert seen == (8 if stream else 0)  # role chunk + 7 tokens; nothing when unary
@@ -157,7 +157,7 @@ async def upstream() -> AsyncIterator[tuple[str, dict[str, Any]]]:
 
 
 async def test_openai_http_stream_closed_early_is_estimated(upstream: Any) -> None:
-    url, script = upstream
+    url, _ = upstream
     engine = OpenAIHttpEngine(OpenAIHttpConfig(base_url=url, model="up"), ("up",))
     try:
         j = job("up", True)

@@ -98,6 +98,13 @@ class Net:
             await asyncio.sleep(0.02)
         pytest.fail("a reservation stayed open")
 
+    async def statement(self) -> Statement:
+        """The next Statement the client receives (Catalog and Roster pass by)."""
+        while not isinstance(msg := await asyncio.wait_for(self.inbox.queue.get(), T),
+                             Statement):
+            pass
+        return msg
+
     async def charged(self) -> tuple[int, int, int]:
         """(client charged, client tokens, worker earned)."""
         c = await self.ledger(self.billing.ledger.balance, CLIENT)
@@ -174,8 +181,7 @@ async def test_cancelled_stream_is_charged_what_the_worker_reports(tmp_path: Pat
         await asyncio.wait_for(worker.cancels.get(), T)  # the proxy passed the Cancel on
         await net.settled()
         assert await net.charged() == ((7 + 3) * PRICE, 10, 10 * FEE)
-        statement = await asyncio.wait_for(net.inbox.queue.get(), T)
-        assert isinstance(statement, Statement) and statement.charged == 10 * PRICE
+        assert (await net.statement()).charged == 10 * PRICE
         totals = await net.ledger(net.billing.ledger.totals)
         assert totals.charged == totals.earned + totals.commission
         assert totals.settled_requests == 1
@@ -225,7 +231,7 @@ async def test_worker_error_without_usage_is_released(tmp_path: Path) -> None:
     worker = ScriptedWorker(chunks=0, after_chunks=usage_error("bad_request", 0, 0))
     async with network(tmp_path, worker) as net:
         stream = net.request()
-        while not isinstance(ev := await asyncio.wait_for(stream.next(), T), Error):
+        while not isinstance(await asyncio.wait_for(stream.next(), T), Error):
             pass
         await net.settled()
         assert await net.charged() == (0, 0, 0)
@@ -234,7 +240,10 @@ async def test_worker_error_without_usage_is_released(tmp_path: Path) -> None:
 
 
 async def test_worker_lost_mid_stream_is_released(tmp_path: Path) -> None:
-    worker = ScriptedWorker(after_chunks=lambda peer, rid: peer.close("killed"))
+    def kill(peer: Peer, rid: int) -> None:  # once the chunks are on their way
+        asyncio.get_running_loop().call_later(0.1, peer.close, "killed")
+
+    worker = ScriptedWorker(after_chunks=kill)
     async with network(tmp_path, worker) as net:
         stream = net.request()
         await chunks_then(stream, 3)

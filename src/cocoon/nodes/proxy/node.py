@@ -392,10 +392,13 @@ class ProxyNode:
             worker.active -= 1
             self._relays.pop(key, None)
             if not settled and billing is not None:
-                if report is not None and report.has_usage:
+                if isinstance(report, End) or (report is not None and report.has_usage):
                     # Failed or cancelled after generating: charge what was generated.
-                    await asyncio.shield(self._settle(billing, bill_id, report, client,
-                                                      worker))
+                    try:
+                        await asyncio.shield(self._settle(billing, bill_id, report, client,
+                                                          worker))
+                    except CocoonError as exc:
+                        log.warning("settling %s failed: %s", bill_id, exc)
                 else:
                     # No usage reported (rejected, nothing generated, worker lost or
                     # silent): nothing is charged.
@@ -426,7 +429,7 @@ class ProxyNode:
             while True:
                 ev = await stream.next()
                 if type(ev) is End or type(ev) is Error:
-                    return ev  # type: ignore[return-value]
+                    return ev
                 if type(ev) is not Chunk and type(ev) is not Head:
                     return None  # TransportError, or our own expiry
         finally:
