@@ -7,6 +7,7 @@ Skipped, with the reason, when `node` or contracts/node_modules is missing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
@@ -108,6 +109,18 @@ async def test_service_refuses_owner_only_and_malformed_commands(served: Served)
                 assert not (await r.json())["ok"]
     with pytest.raises(ChainError, match="unknown command"):
         await served.chain._call("no_such_command")
+
+
+async def test_a_cancelled_call_does_not_put_the_pipe_out_of_step(served: Served) -> None:
+    """A caller cancelled mid-exchange (an HTTP client of the service that died) must not
+    leave its answer in the pipe for the next call to read as its own."""
+    for _ in range(5):
+        call = asyncio.create_task(served.owner.channel_state("0:" + "ab" * 32))
+        await asyncio.sleep(0)  # written, waiting for the answer
+        call.cancel()
+        with contextlib.suppress(asyncio.CancelledError, ChainError):
+            await call
+        assert await served.owner.now() == T0  # the next exchange gets its own answer
 
 
 async def test_wall_clock_moves_chain_time() -> None:

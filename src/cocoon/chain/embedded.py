@@ -107,6 +107,7 @@ class _PipeTransport:
         self._lock = asyncio.Lock()
         self._stderr: collections.deque[str] = collections.deque(maxlen=50)
         self._stderr_task = asyncio.create_task(self._drain_stderr())
+        self._broken = ""
 
     async def _drain_stderr(self) -> None:
         assert self.proc.stderr is not None
@@ -123,6 +124,16 @@ class _PipeTransport:
         return raw.decode()
 
     async def call(self, cmd: str, params: dict[str, Any]) -> dict[str, Any]:
+        # Shielded: a caller cancelled mid-exchange (e.g. an HTTP client of the chain service
+        # that went away) must not leave its response unread in the pipe, where the next
+        # call would read it as its own.
+        if self._broken:
+            raise ChainError(f"embedded chain connection is out of step: {self._broken}")
+        fut = asyncio.ensure_future(self._exchange(cmd, params))
+        fut.add_done_callback(lambda f: f.cancelled() or f.exception())  # always retrieved
+        return await asyncio.shield(fut)
+
+    async def _exchange(self, cmd: str, params: dict[str, Any]) -> dict[str, Any]:
         async with self._lock:
             assert self.proc.stdin is not None
             rid = next(self._ids)
@@ -132,8 +143,13 @@ class _PipeTransport:
                 await self.proc.stdin.drain()
             except (BrokenPipeError, ConnectionResetError) as exc:
                 raise ChainError(f"embedded chain process is gone: {exc}") from exc
-            resp: dict[str, Any] = json.loads(
-                await asyncio.wait_for(self.readline(), _CALL_TIMEOUT))
+            try:
+                raw = await asyncio.wait_for(self.readline(), _CALL_TIMEOUT)
+            except TimeoutError:
+                # its answer may still come and would be read as the next call's
+                self._broken = f"no answer to {cmd} within {_CALL_TIMEOUT:g} s"
+                raise ChainError(f"embedded chain: {self._broken}") from None
+            resp: dict[str, Any] = json.loads(raw)
         if resp.get("id") != rid:
             raise ChainError(f"embedded chain: response id {resp.get('id')} != {rid}")
         return resp

@@ -123,20 +123,36 @@ class Billing:
             if s.overage:
                 log.warning("request %s used more than reserved: %d nanoTON not charged",
                             request_id, s.overage)
-            to_client = to_worker = None
-            if s.client_voucher is not None:
-                c = self.ledger.balance(s.client)
-                to_client = Statement(s.client_voucher.to_bytes(), c.deposited, c.charged,
-                                      c.reserved, 0)
-            if s.worker_voucher is not None:
-                w = self.ledger.earnings(s.worker)
-                data = s.worker_voucher.to_bytes()
-                chain_voucher = (self.payments.worker_voucher(s.worker, data)
-                                 if self.payments is not None else b"")
-                to_worker = Statement(data, 0, 0, 0, w.earned, chain_voucher)
+            to_client = (self._client_statement(s.client)
+                         if s.client_voucher is not None else None)
+            to_worker = (self._worker_statement(s.worker)
+                         if s.worker_voucher is not None else None)
             return to_client, to_worker
 
         return await self._run(settle)  # type: ignore[no-any-return]
+
+    def _client_statement(self, client: str) -> Statement | None:
+        v = self.ledger.last_voucher("client_charge", client)
+        if v is None:
+            return None
+        c = self.ledger.balance(client)
+        return Statement(v.to_bytes(), c.deposited, c.charged, c.reserved, 0)
+
+    def _worker_statement(self, worker: str) -> Statement | None:
+        v = self.ledger.last_voucher("worker_payout", worker)
+        if v is None:
+            return None
+        data = v.to_bytes()
+        chain_voucher = (self.payments.worker_voucher(worker, data)
+                         if self.payments is not None else b"")
+        return Statement(data, 0, 0, 0, self.ledger.earnings(worker).earned, chain_voucher)
+
+    async def statement(self, account: str, kind: str) -> Statement | None:
+        """The newest statement of a client or worker account (None before its first
+        charge): re-sent when it (re)connects, so a statement lost with a killed proxy or a
+        dropped connection still reaches it and gets signed."""
+        fn = self._client_statement if kind == "client" else self._worker_statement
+        return await self._run(fn, account)  # type: ignore[no-any-return]
 
     async def commit_forever(self) -> None:
         """Commit the totals every ``commit_interval_s`` when they changed: the state the

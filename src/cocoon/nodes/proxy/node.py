@@ -243,6 +243,8 @@ class ProxyNode:
                         await payments.bind_worker("worker:" + worker.node_id, msg.channel)
                         log.info("worker %s is paid on channel %s", worker.node_id,
                                  msg.channel)
+                        await self._resend_statement(peer, "worker:" + worker.node_id,
+                                                     "worker")
                     except CocoonError as exc:
                         log.warning("worker %s channel %s refused: %s", worker.node_id,
                                     msg.channel, exc)
@@ -262,6 +264,12 @@ class ProxyNode:
         raise ProtocolError(f"{type(msg).__name__} is not allowed from a "
                             f"{peer.hello.role}")
 
+    async def _resend_statement(self, peer: Peer, account: str, kind: str) -> None:
+        assert self.billing is not None
+        statement = await self.billing.statement(account, kind)
+        if statement is not None and not peer.closed:
+            peer.send(statement)
+
     async def _on_payment(self, peer: Peer, msg: Payment) -> None:
         """A client's signed charge voucher: the first binds the connection to its channel.
         A bad one is logged and dropped (the client's unsigned debt then stops it)."""
@@ -274,6 +282,7 @@ class ProxyNode:
             if account != channel_account(msg.channel):
                 self._accounts[peer] = await payments.bind_client(msg.channel, msg.voucher)
                 log.info("client %s pays through channel %s", peer.hello.node_id, msg.channel)
+                await self._resend_statement(peer, self._accounts[peer], "client")
             else:
                 await payments.accept(account, msg.voucher)
         except CocoonError as exc:

@@ -156,6 +156,8 @@ class WorkerNode:
             if v.cumulative != msg.earned:
                 raise VoucherInvalid(f"payout voucher pays {v.cumulative}, statement says "
                                      f"{msg.earned}")
+            if self.payout is not None and v == self.payout:
+                return  # the same voucher again (re-sent on reconnect)
             if self.payout is not None and v.seqno <= self.payout.seqno:
                 raise VoucherInvalid(f"payout voucher seqno {v.seqno} is not newer")
         except PaymentError as exc:
