@@ -259,6 +259,7 @@ async def test_signed_vouchers_are_kept_and_redeemed(pay: Pay) -> None:
     account = await p.bind_client(ch, _voucher(ch, 1, 0))
     await p.check_signed(account)  # nothing owed yet
     pay.call(_charge, ledger, account, 1, 500)
+    p.note_charged(account, 500)  # what Billing tells it after each settlement
     with pytest.raises(PaymentRequired, match="not signed"):
         await p.check_signed(account)  # 500 unsigned > 100 allowed
     with pytest.raises(Exception, match="charged"):
@@ -268,11 +269,14 @@ async def test_signed_vouchers_are_kept_and_redeemed(pay: Pay) -> None:
     with pytest.raises(VoucherReplay):
         await p.accept(account, _voucher(ch, 2, 500 - 1))
     await p.accept(account, _voucher(ch, 2, 500))  # the same voucher again: a no-op
+    assert pay.call(ledger.signed, account) is None  # kept in memory until the tick
     with pytest.raises(VoucherInvalid):
         await p.accept(account, _voucher(dep.worker_channels[0], 3, 500))
 
     proxy_before = await pay.chain.balance(dep.proxy_wallet)
-    await p.tick()
+    await p.tick()  # makes the signature durable, then redeems it
+    kept = pay.call(ledger.signed, account)
+    assert kept is not None and (kept.seqno, kept.cumulative) == (2, 500)
     st = await pay.chain.channel_state(ch)
     assert (st.charged, st.balance) == (500, 5 * TON - 500)
     assert p.collected == 500 and p.errors == 0
@@ -302,6 +306,7 @@ async def test_worker_vouchers_and_channel_funding(pay: Pay) -> None:
     await p.bind_worker("worker:w1", wch)
     account = await p.bind_client(dep.client_channel, _voucher(dep.client_channel, 1, 0))
     pay.call(_charge, ledger, account, 1, 3 * TON)  # the worker earns 1.5 TON > 1 TON float
+    p.note_charged(account, 3 * TON)
     statement = pay.call(ledger.last_voucher, "worker_payout", "worker:w1")
     assert statement is not None
     chain_voucher = parse_voucher(p.worker_voucher("worker:w1", statement.to_bytes()))

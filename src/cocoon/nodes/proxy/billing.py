@@ -125,6 +125,8 @@ class Billing:
                             request_id, s.overage)
             to_client = (self._client_statement(s.client)
                          if s.client_voucher is not None else None)
+            if to_client is not None and self.payments is not None:
+                self.payments.note_charged(s.client, to_client.charged)
             to_worker = (self._worker_statement(s.worker)
                          if s.worker_voucher is not None else None)
             return to_client, to_worker

@@ -35,8 +35,13 @@ from cocoon.chain.errors import ChainError
 from cocoon.chain.vouchers import parse_voucher, sign_voucher, verify_voucher
 from cocoon.errors import CocoonError, PaymentError, PaymentRequired
 from cocoon.ledger import Ledger
-from cocoon.ledger.errors import VoucherInvalid
-from cocoon.ledger.store import Commit
+from cocoon.ledger.errors import (
+    ReservationError,
+    VoucherInvalid,
+    VoucherRegression,
+    VoucherReplay,
+)
+from cocoon.ledger.store import Commit, SignedCharge
 from cocoon.ledger.vouchers import SignedVoucher, public_key_bytes
 
 __all__ = ["ProxyPayments", "channel_account"]
@@ -58,6 +63,9 @@ class _Client:
     channel: str
     signer: bytes
     status: ChannelStatus = ChannelStatus.OPEN  # as last read from the chain
+    charged: int = 0  # what the ledger has charged it (kept current by each settlement)
+    signed: SignedCharge | None = None  # its newest signature (kept, durable at the tick)
+    dirty: bool = False  # ``signed`` is newer than the ledger's copy
 
 
 class ProxyPayments:
@@ -93,7 +101,10 @@ class ProxyPayments:
         if parties.payee_pubkey != self.pubkey:
             raise VoucherInvalid(f"channel {channel} names another proxy key")
         account = channel_account(channel)
-        self.clients[account] = _Client(channel, parties.signer_pubkey)
+        client = _Client(channel, parties.signer_pubkey)
+        client.charged = (await self._run(self._ledger.balance, account)).charged
+        client.signed = await self._run(self._ledger.signed, account)
+        self.clients[account] = client
         await self.accept(account, voucher)
         await self.refresh(account)
         return account
@@ -108,14 +119,43 @@ class ProxyPayments:
         if v.kind != "client" or v.channel != client.channel:
             raise VoucherInvalid(f"voucher is for {v.kind} channel {v.channel}, "
                                  f"not {client.channel}")
-        current = await self._run(self._ledger.signed, account)
+        current = client.signed
         if current is not None and (v.seqno, v.cumulative) == (current.seqno,
                                                                current.cumulative):
             return  # the same voucher again (e.g. re-sent on reconnect)
         if current is None and v.cumulative == 0:
             return  # a key proof only: nothing to redeem
-        await self._run(self._ledger.record_signed, account, v.channel, v.seqno, v.cumulative,
-                        voucher)
+        # The ledger's rules, checked here; the ledger takes it at the next tick (one
+        # transaction per tick, not per request). A signature lost with a crash is signed
+        # again: the statement is re-sent when the client reconnects.
+        if current is not None and v.seqno <= current.seqno:
+            raise VoucherReplay(f"client voucher seqno {v.seqno} is not above {current.seqno}")
+        if current is not None and v.cumulative < current.cumulative:
+            raise VoucherRegression(f"client voucher lowers the signed amount "
+                                    f"{current.cumulative} -> {v.cumulative}")
+        if v.cumulative > client.charged:
+            raise ReservationError(f"client signed {v.cumulative} nanoTON but was charged "
+                                   f"{client.charged}")
+        client.signed = SignedCharge(account, v.channel, v.seqno, v.cumulative, voucher)
+        client.dirty = True
+
+    def note_charged(self, account: str, charged: int) -> None:
+        """A settlement charged ``account`` up to ``charged`` (cumulative)."""
+        client = self.clients.get(account)
+        if client is not None and charged > client.charged:
+            client.charged = charged
+
+    async def flush(self) -> None:
+        """Make the newest client signatures durable (ledger)."""
+        for client in self.clients.values():
+            s = client.signed
+            if client.dirty and s is not None:
+                client.dirty = False
+                try:
+                    await self._run(self._ledger.record_signed, s.client, s.channel, s.seqno,
+                                    s.cumulative, s.voucher)
+                except PaymentError as exc:  # e.g. a newer one is already there
+                    log.warning("keeping the signature of %s failed: %s", s.client, exc)
 
     async def refresh(self, account: str) -> int:
         """Re-read the channel: deposits become balance + charged; returns the unspent
@@ -141,9 +181,8 @@ class ProxyPayments:
             raise PaymentRequired(
                 f"payment channel {self.clients[account].channel} is {status.name.lower()}: it "
                 "takes no new requests; open a new channel to continue")
-        charged = (await self._run(self._ledger.balance, account)).charged
-        signed = await self._run(self._ledger.signed, account)
-        unsigned = charged - (signed.cumulative if signed else 0)
+        client = self.clients[account]
+        unsigned = client.charged - (client.signed.cumulative if client.signed else 0)
         if unsigned > self.max_unsigned:
             raise PaymentRequired(
                 f"{unsigned} nanoTON of this client's charges are not signed yet (limit "
@@ -175,6 +214,7 @@ class ProxyPayments:
     async def tick(self) -> None:
         """Redeem new client signatures, keep worker channels funded. Each failure is logged
         and counted; the next tick tries again."""
+        await self.flush()
         seen = set()
         for signed in await self._run(self._ledger.all_signed):
             seen.add(signed.client)
