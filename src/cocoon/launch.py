@@ -255,6 +255,14 @@ class LocalNetwork:
         """Start the embedded chain service and deploy this network's contracts on it."""
         import asyncio
 
+        from cocoon.chain.embedded import find_toolchain
+        from cocoon.chain.errors import ChainUnavailable
+
+        try:
+            find_toolchain()
+        except ChainUnavailable as exc:
+            raise LaunchError(f"{exc}; or start without a chain: `cocoon up --chain none`"
+                              ) from None
         d = Path(self._tmp.name)
         progress("starting the embedded chain (TVM emulator)")
         role = self.chain_role = Role("chain", self.log_dir / "chain.log", d / "chain.ready")
@@ -549,11 +557,11 @@ def run_up(args: argparse.Namespace) -> int:
         for line in net.attestation_summary():
             progress(line)
         if net.client_account:
-            progress(f"billing on: demo client {net.client_account} funded with "
-                     f"{args.demo_funds} nanoTON; `cocoon proxy ledger --set "
-                     f"billing.ledger_path={net.ledger_path}` shows the books")
             configs = net.write_role_configs()
             c, w = configs["client"], configs["worker-1"]
+            progress(f"billing on: demo client {net.client_account} funded with "
+                     f"{args.demo_funds} nanoTON; `cocoon proxy ledger -c {configs['proxy']}` "
+                     "shows the books")
             progress(f"accounts: `cocoon client balance -c {c}`, "
                      f"`cocoon worker earnings -c {w}`")
             if net.deployment is not None:

@@ -65,7 +65,9 @@ def _print(report: dict[str, Any], as_json: bool) -> None:
         print(json.dumps(report, indent=2))
         return
     for k, v in report.items():
-        print(f"{k:<16} {ton(v) if isinstance(v, int) and k.endswith('nanoton') else v}")
+        if isinstance(v, int) and k.endswith("_nanoton"):
+            k, v = k.removesuffix("_nanoton"), ton(v)
+        print(f"{k:<16} {v}")
 
 
 async def channel_report(chain: Any, channel: str) -> dict[str, Any]:
