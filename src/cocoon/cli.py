@@ -55,9 +55,16 @@ def _build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = _role_parser(sub, "proxy", "run a proxy, or inspect its ledger (cocoon proxy ledger)")
-    p.add_argument("action", nargs="?", choices=["run", "ledger"], default="run",
-                   help="run (default) or ledger: print the ledger's totals and check it")
-    p.add_argument("--json", action="store_true", help="ledger: machine-readable output")
+    p.add_argument("action", nargs="?", choices=["run", "ledger", "open-channel"],
+                   default="run",
+                   help="run (default); ledger: print the ledger's totals and check it; "
+                        "open-channel WORKER_WALLET AMOUNT: deploy a worker's payout channel "
+                        "funded from the proxy's wallet")
+    p.add_argument("worker_wallet", nargs="?", help="open-channel: the worker's wallet address")
+    p.add_argument("amount", nargs="?", help="open-channel: initial funding in TON")
+    p.add_argument("--close-delay", type=int, default=3600,
+                   help="open-channel: seconds between a close request and the close")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--listen", help="HOST:PORT for workers and clients")
     p.add_argument("--http", help="HOST:PORT for health and stats")
 
@@ -75,12 +82,17 @@ def _build_parser() -> argparse.ArgumentParser:
     p = _role_parser(sub, "client", "run a client (the OpenAI API for apps), or show its "
                                     "balance (cocoon client balance)")
     p.add_argument("action", nargs="?",
-                   choices=["run", "balance", "topup", "close", "withdraw"], default="run",
+                   choices=["run", "balance", "open", "topup", "close", "withdraw"],
+                   default="run",
                    help="run (default); balance: the client's verified copy of its account; "
                         "topup AMOUNT: deposit AMOUNT TON into its payment channel; close: "
                         "request the channel's close; withdraw: after the close delay, take "
                         "back what is left")
-    p.add_argument("amount", nargs="?", help="topup: amount in TON, e.g. 2.5")
+    p.add_argument("amount", nargs="?", help="open, topup: amount in TON, e.g. 2.5")
+    p.add_argument("--payee", help="open: the proxy's wallet address (its /stats shows it)")
+    p.add_argument("--payee-key", help="open: the proxy's voucher key, 64 hex (its /stats)")
+    p.add_argument("--close-delay", type=int, default=3600,
+                   help="open: seconds between a close request and the refund")
     p.add_argument("--json", action="store_true", help="balance: machine-readable output")
     p.add_argument("--proxy", help="proxy HOST:PORT")
     p.add_argument("--http", help="HOST:PORT of the OpenAI API")
@@ -253,6 +265,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "proxy" and args.action == "ledger":
             return _proxy_ledger(args)
+        if args.command == "proxy" and args.action == "open-channel":
+            from cocoon import config as cfg
+            from cocoon.chain.cli import proxy_open_channel
+
+            return proxy_open_channel(args, cfg.load(cfg.ProxyConfig, args.config,
+                                                     _overrides(args, {})))
         if args.command in ("client", "worker") and args.action in ("balance", "earnings"):
             return _account(args)
         if args.command in ("client", "worker") and args.action != "run":

@@ -299,6 +299,13 @@ class LocalNetwork:
         assert isinstance(billing, BillingConfig)
         images = ([fake_measurements("cocoon").image_hash] if self.attestation == "fake"
                   else [])
+        models = []
+        if (self.attestation == "fake" and self.engine == "llama-cpp"
+                and not any(x.startswith("engine.llama_cpp.model_path") for x in self.worker_sets)):
+            # the model the workers load (a worker certifies its file's SHA-256)
+            from cocoon.engines.llama_cpp import default_model_path, model_file_hash
+
+            models = [model_file_hash(default_model_path())]
         chain = await EmbeddedChain.connect(self.chain_url)
         try:
             return await deploy_local_network(
@@ -306,7 +313,7 @@ class LocalNetwork:
                 proxy_key=load_or_create_ed25519_key(d / "proxy-voucher.key"),
                 client_key=load_or_create_ed25519_key(d / "client-voucher.key"),
                 workers=self.n_workers, client_funds=self.demo_funds, image_hashes=images,
-                params=self.network_params)
+                model_hashes=models, params=self.network_params)
         finally:
             await chain.aclose()
 

@@ -34,6 +34,7 @@ except ChainUnavailable as exc:  # pragma: no cover - depends on the machine
 PRICE, FEE = 2, 1  # BillingConfig defaults, also the registry's
 FUNDS = 1_000_000  # nanoTON in the demo client's channel
 CLOSE_DELAY = 3
+TON = 10**9
 
 
 def cocoon(*args: str) -> dict[str, Any]:
@@ -171,3 +172,42 @@ def test_close_and_withdraw(net: LocalNetwork, configs: dict[str, Path]) -> None
     books = stats(net.proxy.http)["billing"]
     assert books["totals"]["charged"] == books["totals"]["earned"] + books["totals"]["commission"]
     assert books["chain"]["errors"] == 0
+
+
+def test_open_channels_from_the_cli(net: LocalNetwork, configs: dict[str, Path]) -> None:
+    """A client opens a channel to the proxy, the proxy one to a worker: the parties the
+    contracts hold are what the network's nodes will check."""
+    import asyncio
+
+    from cocoon.chain.connect import channel_parties
+    from cocoon.chain.embedded import EmbeddedChain
+
+    assert net.proxy is not None and net.deployment is not None
+    chain_info = stats(net.proxy.http)["billing"]["chain"]
+    proxy_wallet, proxy_key = chain_info["wallet"], chain_info["voucher_key"]
+    assert "64 hex" in cocoon_fails("client", "open", "0.5", "--payee", proxy_wallet,
+                                    "--payee-key", "abc", "-c", str(configs["client"]))
+    opened = cocoon("client", "open", "0.5", "--payee", proxy_wallet, "--payee-key", proxy_key,
+                    "--close-delay", "120", "-c", str(configs["client"]))
+    assert (opened["status"], opened["balance_nanoton"]) == ("open", TON // 2)
+    assert opened["channel"] != net.deployment.client_channel
+    worker = cocoon("proxy", "open-channel", net.deployment.worker_wallets[0], "0.2",
+                    "-c", str(configs["proxy"]))
+    assert worker["balance_nanoton"] == TON // 5
+
+    async def parties() -> tuple[Any, Any]:
+        chain = await EmbeddedChain.connect(net.chain_url)
+        try:
+            return (await channel_parties(chain, opened["channel"]),
+                    await channel_parties(chain, worker["channel"]))
+        finally:
+            await chain.aclose()
+
+    client_side, worker_side = asyncio.run(parties())
+    assert (client_side.kind, client_side.payee, client_side.payee_pubkey.hex()) == (
+        "client", proxy_wallet, proxy_key)
+    assert client_side.funder == net.deployment.client_wallet
+    assert client_side.close_delay == 120
+    assert (worker_side.kind, worker_side.funder, worker_side.payee) == (
+        "worker", proxy_wallet, net.deployment.worker_wallets[0])
+    assert worker_side.signer_pubkey.hex() == proxy_key

@@ -8,13 +8,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import time
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from cocoon.errors import CocoonError, ConfigError
 
 __all__ = ["add_chain_arguments", "channel_report", "client_chain_command", "parse_ton",
-           "run_chain", "worker_withdraw"]
+           "proxy_open_channel", "run_chain", "worker_withdraw"]
 
 NANO = 10**9
 
@@ -77,6 +78,50 @@ async def channel_report(chain: Any, channel: str) -> dict[str, Any]:
             "last_seqno": st.last_seqno, "close_at": st.close_at or None}
 
 
+def _pubkey_hex(text: str | None, what: str) -> bytes:
+    try:
+        key = bytes.fromhex(text or "")
+    except ValueError:
+        key = b""
+    if len(key) != 32:
+        raise ConfigError(f"{what}: expected 64 hex digits (a raw Ed25519 public key)")
+    return key
+
+
+async def _open(cfg: Any, spec_args: dict[str, Any], amount: int) -> dict[str, Any]:
+    """Deploy a channel from this node's wallet, funded with ``amount``."""
+    from cocoon.chain.base import ChannelSpec
+    from cocoon.chain.connect import NodeChain
+
+    nc = await NodeChain.open(cfg.chain)
+    try:
+        spec = ChannelSpec(funder=nc.wallet, channel_id=time.time_ns() // 1000, **spec_args)
+        res = await nc.chain.deploy_channel(spec, sender=nc.sender, deposit=amount)
+        report: dict[str, Any] = {"action": "open", "kind": spec.kind,
+                                  "deposited_nanoton": amount}
+        report.update(await channel_report(nc.chain, res.to))
+        return report
+    finally:
+        await nc.aclose()
+
+
+def proxy_open_channel(args: argparse.Namespace, cfg: Any) -> int:
+    """Deploy a worker's payout channel: funder the proxy's wallet, signer its voucher key."""
+    from cocoon.chain.vouchers import public_key
+    from cocoon.crypto import load_or_create_ed25519_key
+
+    if not args.worker_wallet or args.amount is None:
+        raise ConfigError("open-channel needs WORKER_WALLET and AMOUNT (TON)")
+    key = load_or_create_ed25519_key(cfg.billing.signing_key_file)
+    report = asyncio.run(_open(cfg, {
+        "kind": "worker", "payee": args.worker_wallet, "signer_pubkey": public_key(key),
+        "payee_pubkey": bytes(32), "close_delay": args.close_delay}, parse_ton(args.amount)))
+    report["next"] = (f"the worker sets chain.contract = \"{report['channel']}\" and "
+                      "announces it; the proxy then pays it through this channel")
+    _print(report, args.json)
+    return 0
+
+
 async def _client_action(cfg: Any, action: str, amount: int) -> dict[str, Any]:
     from cocoon.chain.base import ChannelStatus
     from cocoon.chain.connect import NodeChain
@@ -117,9 +162,28 @@ async def _client_action(cfg: Any, action: str, amount: int) -> dict[str, Any]:
 
 
 def client_chain_command(args: argparse.Namespace, cfg: Any) -> int:
-    amount = parse_ton(args.amount) if args.action == "topup" else 0
-    if args.action == "topup" and args.amount is None:
-        raise ConfigError("topup needs an amount of TON, e.g. `cocoon client topup 5`")
+    if args.action in ("topup", "open") and args.amount is None:
+        raise ConfigError(f"{args.action} needs an amount of TON, e.g. "
+                          f"`cocoon client {args.action} 5`")
+    amount = parse_ton(args.amount) if args.action in ("topup", "open") else 0
+    if args.action == "open":
+        from cocoon.chain.vouchers import public_key
+        from cocoon.crypto import load_or_create_ed25519_key
+
+        if not cfg.chain.key_file:
+            raise ConfigError("chain.key_file (the key that will sign this client's charge "
+                              "vouchers) is not configured")
+        if not args.payee:
+            raise ConfigError("open needs --payee (the proxy's wallet address)")
+        key = load_or_create_ed25519_key(cfg.chain.key_file)
+        report = asyncio.run(_open(cfg, {
+            "kind": "client", "payee": args.payee, "signer_pubkey": public_key(key),
+            "payee_pubkey": _pubkey_hex(args.payee_key, "--payee-key"),
+            "close_delay": args.close_delay}, amount))
+        report["next"] = (f"set chain.contract = \"{report['channel']}\" in the client's "
+                          "config and restart it")
+        _print(report, args.json)
+        return 0
     _print(asyncio.run(_client_action(cfg, args.action, amount)), args.json)
     return 0
 

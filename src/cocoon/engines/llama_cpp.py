@@ -28,7 +28,8 @@ from cocoon.engines.base import EngineOutput, InferenceJob, require
 from cocoon.errors import ConfigError, EngineError
 from cocoon.openai import protocol as oa
 
-__all__ = ["DEFAULT_MODEL_NAME", "LlamaCppConfig", "LlamaCppEngine", "default_model_path"]
+__all__ = ["DEFAULT_MODEL_NAME", "LlamaCppConfig", "LlamaCppEngine", "default_model_path",
+           "model_file_hash"]
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +92,7 @@ class LlamaCppEngine:
             verbose=False,
         )
         self.models: tuple[str, ...] = (cfg.model_name,)
-        self.model_hash = _sha256_file(path)  # what model allow-lists name
+        self.model_hash = model_file_hash(path)  # what model allow-lists name
         self._lock = asyncio.Lock()
         self.cancelled = 0
 
@@ -219,7 +220,8 @@ class LlamaCppEngine:
 _END: Final = object()
 
 
-def _sha256_file(path: Path) -> bytes:
+def model_file_hash(path: Path) -> bytes:
+    """SHA-256 of a model file: the model hash a worker certifies and allow-lists name."""
     h = hashlib.sha256()
     with path.open("rb") as f:
         while block := f.read(1 << 20):

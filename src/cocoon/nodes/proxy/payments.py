@@ -270,7 +270,8 @@ class ProxyPayments:
             log.warning("publishing commit %d failed: %s", commit.seqno, exc)
 
     def snapshot(self) -> dict[str, Any]:
-        return {"wallet": self.chain.wallet, "stake_contract": self.stake_contract,
+        return {"wallet": self.chain.wallet, "voucher_key": self.pubkey.hex(),
+                "stake_contract": self.stake_contract,
                 "client_channels": {a: c.channel for a, c in self.clients.items()},
                 "worker_channels": dict(self.workers), "collected": self.collected,
                 "commits_published": self.commits_published, "errors": self.errors,
