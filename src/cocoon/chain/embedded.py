@@ -19,30 +19,16 @@ import itertools
 import json
 import os
 import shutil
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from pytoniq_core.boc.cell import Cell
 
 from cocoon.chain import messages as m
-from cocoon.chain.base import (
-    DEFAULT_MSG_VALUE,
-    TOPUP_FEE,
-    ChannelSpec,
-    ChannelState,
-    ChannelStatus,
-    OutMessage,
-    ProxyStakeSpec,
-    ProxyState,
-    ProxyStatus,
-    RegistryParams,
-    TxInfo,
-    TxResult,
-)
+from cocoon.chain.base import DEFAULT_MSG_VALUE, OutMessage, TxInfo, TxResult
 from cocoon.chain.errors import ChainError, ChainUnavailable, rejection_for
 from cocoon.chain.messages import default_contracts_dir
-from cocoon.chain.vouchers import ChainVoucher
+from cocoon.chain.ops import ContractOps
 
 __all__ = ["CONTRACT_NAMES", "EmbeddedChain", "default_contracts_dir", "find_toolchain"]
 
@@ -84,12 +70,6 @@ def _tx(d: dict[str, Any]) -> TxInfo:
             for m in d["outMessages"]
         ),
     )
-
-
-def _hash_int(h: bytes) -> int:
-    if len(h) != 32:
-        raise ValueError(f"a hash is 32 bytes, got {len(h)}")
-    return int.from_bytes(h, "big")
 
 
 def _int(item: dict[str, Any]) -> int:
@@ -195,7 +175,7 @@ class _HttpTransport:
         await self._session.close()
 
 
-class EmbeddedChain:
+class EmbeddedChain(ContractOps):
     """A :class:`cocoon.chain.base.Chain` backed by ``@ton/sandbox``: in a Node child process
     this object owns (:meth:`start`), or through the chain service of another process
     (:meth:`connect`, ``cocoon chain run``)."""
@@ -360,15 +340,11 @@ class EmbeddedChain:
         """Write the whole chain state to ``path`` (loadable with ``start(path)``)."""
         await self._call("snapshot", path=os.fspath(path))
 
-    # ---- Chain -----------------------------------------------------------------------------
-    # Every body and every initial data cell comes from cocoon.chain.messages, so what the
-    # emulator executes is exactly what a liteserver backend sends.
+    # ---- primitives of ContractOps (the Chain operations) ---------------------------------
 
     async def _deploy(
         self, sender: str, contract: str, data: Cell, value: int, body: Cell | None
     ) -> TxResult:
-        """Deploy ``contract`` with ``data`` (StateInit) by a message of ``value`` carrying
-        ``body`` (None: empty body)."""
         params: dict[str, Any] = {
             "contract": contract,
             "from": sender,
@@ -388,141 +364,6 @@ class EmbeddedChain:
     async def _ints(self, address: str, method: str, *args: int) -> list[int]:
         stack = await self.get(address, method, [{"type": "int", "value": str(a)} for a in args])
         return [_int(item) for item in stack]
-
-    # channels
-
-    async def deploy_channel(self, spec: ChannelSpec, *, sender: str, deposit: int) -> TxResult:
-        contract = CONTRACT_NAMES[spec.kind]
-        if deposit > 0:
-            body = m.topup_body(deposit)
-            return await self._deploy(
-                sender, contract, m.channel_data(spec), deposit + TOPUP_FEE, body
-            )
-        return await self._deploy(sender, contract, m.channel_data(spec), DEFAULT_MSG_VALUE, None)
-
-    async def deposit(
-        self, channel: str, amount: int, *, sender: str, query_id: int = 0
-    ) -> TxResult:
-        return await self._send_cell(
-            sender,
-            channel,
-            m.topup_body(amount, query_id=query_id),
-            value=amount + TOPUP_FEE,
-            what="top-up",
-        )
-
-    async def submit_voucher(self, channel: str, voucher: ChainVoucher, *, sender: str) -> TxResult:
-        return await self._send_cell(sender, channel, voucher.body(), what="voucher")
-
-    async def request_close(self, channel: str, *, sender: str, query_id: int = 0) -> TxResult:
-        body = m.request_close_body(query_id=query_id)
-        return await self._send_cell(sender, channel, body, what="request close")
-
-    async def close(self, channel: str, *, sender: str, query_id: int = 0) -> TxResult:
-        body = m.finalize_close_body(query_id=query_id)
-        return await self._send_cell(sender, channel, body, what="finalize close")
-
-    async def payee_close(self, channel: str, *, sender: str, query_id: int = 0) -> TxResult:
-        body = m.payee_close_body(query_id=query_id)
-        return await self._send_cell(sender, channel, body, what="payee close")
-
-    async def withdraw(self, channel: str, *, sender: str, query_id: int = 0) -> TxResult:
-        body = m.withdraw_body(query_id=query_id)
-        return await self._send_cell(sender, channel, body, what="withdraw")
-
-    async def channel_state(self, channel: str) -> ChannelState:
-        s = await self.get(channel, "get_channel_state")
-        return ChannelState(
-            status=ChannelStatus(_int(s[0])),
-            balance=_int(s[1]),
-            charged=_int(s[2]),
-            last_seqno=_int(s[3]),
-            close_at=_int(s[4]),
-        )
-
-    # root registry
-
-    async def deploy_registry(
-        self,
-        owner: str,
-        params: RegistryParams,
-        image_hashes: Iterable[bytes] = (),
-        model_hashes: Iterable[bytes] = (),
-        *,
-        sender: str,
-    ) -> TxResult:
-        data = m.registry_data(owner, params, image_hashes, model_hashes)
-        return await self._deploy(sender, m.REGISTRY_CONTRACT, data, DEFAULT_MSG_VALUE, None)
-
-    async def registry_update(self, registry: str, body: Cell, *, sender: str) -> TxResult:
-        return await self._send_cell(sender, registry, body, what="registry update")
-
-    async def registry_params(self, registry: str) -> RegistryParams:
-        return RegistryParams(*await self._ints(registry, "get_params"))
-
-    async def registry_versions(self, registry: str) -> tuple[int, int]:
-        version, params_version = await self._ints(registry, "get_versions")
-        return version, params_version
-
-    async def registry_owner(self, registry: str) -> str:
-        (item,) = await self.get(registry, "get_owner")
-        if "address" not in item:
-            raise ChainError(f"get_owner on {registry}: expected an address, got {item}")
-        return str(item["address"])
-
-    async def image_hash_allowed(self, registry: str, h: bytes) -> bool:
-        (version,) = await self._ints(registry, "image_hash_version", _hash_int(h))
-        return version != 0
-
-    async def model_hash_allowed(self, registry: str, h: bytes) -> bool:
-        (version,) = await self._ints(registry, "model_hash_version", _hash_int(h))
-        return version != 0
-
-    # proxy stake
-
-    async def deploy_proxy_stake(
-        self, spec: ProxyStakeSpec, *, sender: str, stake: int
-    ) -> TxResult:
-        data = m.proxy_stake_data(spec)
-        if stake > 0:
-            body = m.add_stake_body(stake)
-            return await self._deploy(sender, m.PROXY_STAKE_CONTRACT, data, stake + TOPUP_FEE, body)
-        return await self._deploy(sender, m.PROXY_STAKE_CONTRACT, data, DEFAULT_MSG_VALUE, None)
-
-    async def add_stake(
-        self, proxy: str, amount: int, *, sender: str, query_id: int = 0
-    ) -> TxResult:
-        return await self._send_cell(
-            sender,
-            proxy,
-            m.add_stake_body(amount, query_id=query_id),
-            value=amount + TOPUP_FEE,
-            what="add stake",
-        )
-
-    async def commit_state(self, proxy: str, body: Cell, *, sender: str) -> TxResult:
-        return await self._send_cell(sender, proxy, body, what="state commit")
-
-    async def request_unstake(self, proxy: str, *, sender: str, query_id: int = 0) -> TxResult:
-        body = m.request_unstake_body(query_id=query_id)
-        return await self._send_cell(sender, proxy, body, what="request unstake")
-
-    async def unstake(self, proxy: str, *, sender: str, query_id: int = 0) -> TxResult:
-        body = m.unstake_body(query_id=query_id)
-        return await self._send_cell(sender, proxy, body, what="unstake")
-
-    async def proxy_state(self, proxy: str) -> ProxyState:
-        state, stake, unlock_at, seqno, commit_hash, committed_at = await self._ints(
-            proxy, "get_proxy_state"
-        )
-        return ProxyState(
-            state=ProxyStatus(state),
-            stake=stake,
-            unlock_at=unlock_at,
-            commit_seqno=seqno,
-            commit_hash=commit_hash.to_bytes(32, "big"),
-            committed_at=committed_at,
-        )
 
     # accounts and time
 

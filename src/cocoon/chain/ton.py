@@ -58,7 +58,7 @@ import json
 import os
 import stat
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar, runtime_checkable
@@ -71,22 +71,9 @@ from pytoniq_core.crypto.keys import mnemonic_is_valid, mnemonic_to_private_key
 from pytoniq_core.tlb.account import StateInit
 
 from cocoon.chain import messages
-from cocoon.chain.base import (
-    DEFAULT_MSG_VALUE,
-    TOPUP_FEE,
-    ChannelSpec,
-    ChannelState,
-    ChannelStatus,
-    OutMessage,
-    ProxyStakeSpec,
-    ProxyState,
-    ProxyStatus,
-    RegistryParams,
-    TxInfo,
-    TxResult,
-)
+from cocoon.chain.base import DEFAULT_MSG_VALUE, OutMessage, TxInfo, TxResult
 from cocoon.chain.errors import ChainError, ChainUnavailable, rejection_for
-from cocoon.chain.vouchers import ChainVoucher
+from cocoon.chain.ops import ContractOps
 from cocoon.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -707,12 +694,6 @@ def _stack_arg(arg: dict[str, Any]) -> Any:
     raise ChainError(f"bad get-method argument type {t!r}")
 
 
-def _hash_int(h: bytes) -> int:
-    if len(h) != 32:
-        raise ValueError(f"a hash is 32 bytes, got {len(h)}")
-    return int.from_bytes(h, "big")
-
-
 def _int(item: Any, what: str) -> int:
     if isinstance(item, bool) or not isinstance(item, int):
         raise ChainError(f"{what}: expected an int on the stack, got {type(item).__name__}")
@@ -722,7 +703,7 @@ def _int(item: Any, what: str) -> int:
 # ---- the backend ---------------------------------------------------------------------------
 
 
-class TonChain:
+class TonChain(ContractOps):
     """A :class:`cocoon.chain.base.Chain` on TON testnet/mainnet (see the module docstring).
 
     ``sender`` names in the Chain calls are not wallets here: the backend has one wallet
@@ -819,7 +800,7 @@ class TonChain:
         )
         return [_stack_json(x) for x in stack]
 
-    # ---- Chain ---------------------------------------------------------------------------
+    # ---- Chain: the wallet, and the primitives of ContractOps ----------------------------
 
     async def wallet(self, name: str) -> str:
         """This backend's one wallet, whatever ``name``."""
@@ -841,19 +822,12 @@ class TonChain:
         )
 
     async def _deploy(
-        self, sender: str, contract: str, data: Cell, amount: int, credit: Cell
+        self, sender: str, contract: str, data: Cell, value: int, body: Cell | None
     ) -> TxResult:
-        """Deploy with ``credit`` (a top-up / add-stake body) carrying ``amount + TOPUP_FEE``,
-        or, for ``amount == 0``, an empty body carrying 0.05 TON (as the embedded chain)."""
-        if amount > 0:
-            msg = self.deploy_message(contract, data, amount + TOPUP_FEE, credit,
-                                      what=f"deploy {contract}")
-        else:
-            msg = self.deploy_message(contract, data, DEFAULT_MSG_VALUE, None,
-                                      what=f"deploy {contract}")
+        msg = self.deploy_message(contract, data, value, body, what=f"deploy {contract}")
         return await self._send(sender, msg)
 
-    async def _message(
+    async def _send_cell(
         self, sender: str, to: str, body: Cell, *, what: str, value: int = DEFAULT_MSG_VALUE
     ) -> TxResult:
         return await self._send(sender, OutgoingMessage(_raw(to), value, body, what=what))
@@ -861,133 +835,6 @@ class TonChain:
     async def _ints(self, address: str, method: str, *args: int) -> list[int]:
         stack = await self.reader.run_get_method(_raw(address), method, list(args))
         return [_int(x, f"{method} on {address}") for x in stack]
-
-    # channels
-
-    async def deploy_channel(self, spec: ChannelSpec, *, sender: str, deposit: int) -> TxResult:
-        contract = messages.CHANNEL_CONTRACTS[spec.kind]
-        return await self._deploy(
-            sender, contract, messages.channel_data(spec), deposit,
-            messages.topup_body(deposit) if deposit > 0 else _empty_cell(),
-        )
-
-    async def deposit(
-        self, channel: str, amount: int, *, sender: str, query_id: int = 0
-    ) -> TxResult:
-        body = messages.topup_body(amount, query_id=query_id)
-        return await self._message(sender, channel, body, value=amount + TOPUP_FEE,
-                                   what="top-up")
-
-    async def submit_voucher(self, channel: str, voucher: ChainVoucher, *, sender: str) -> TxResult:
-        return await self._message(sender, channel, voucher.body(), what="voucher")
-
-    async def request_close(self, channel: str, *, sender: str, query_id: int = 0) -> TxResult:
-        body = messages.request_close_body(query_id=query_id)
-        return await self._message(sender, channel, body, what="request close")
-
-    async def close(self, channel: str, *, sender: str, query_id: int = 0) -> TxResult:
-        body = messages.finalize_close_body(query_id=query_id)
-        return await self._message(sender, channel, body, what="finalize close")
-
-    async def payee_close(self, channel: str, *, sender: str, query_id: int = 0) -> TxResult:
-        body = messages.payee_close_body(query_id=query_id)
-        return await self._message(sender, channel, body, what="payee close")
-
-    async def withdraw(self, channel: str, *, sender: str, query_id: int = 0) -> TxResult:
-        body = messages.withdraw_body(query_id=query_id)
-        return await self._message(sender, channel, body, what="withdraw")
-
-    async def channel_state(self, channel: str) -> ChannelState:
-        status, balance, charged, last_seqno, close_at = await self._ints(
-            channel, "get_channel_state"
-        )
-        return ChannelState(
-            status=ChannelStatus(status),
-            balance=balance,
-            charged=charged,
-            last_seqno=last_seqno,
-            close_at=close_at,
-        )
-
-    # root registry
-
-    async def deploy_registry(
-        self,
-        owner: str,
-        params: RegistryParams,
-        image_hashes: Iterable[bytes] = (),
-        model_hashes: Iterable[bytes] = (),
-        *,
-        sender: str,
-    ) -> TxResult:
-        data = messages.registry_data(owner, params, image_hashes, model_hashes)
-        return await self._deploy(sender, messages.REGISTRY_CONTRACT, data, 0, _empty_cell())
-
-    async def registry_update(self, registry: str, body: Cell, *, sender: str) -> TxResult:
-        return await self._message(sender, registry, body, what="registry update")
-
-    async def registry_params(self, registry: str) -> RegistryParams:
-        return RegistryParams(*await self._ints(registry, "get_params"))
-
-    async def registry_versions(self, registry: str) -> tuple[int, int]:
-        version, params_version = await self._ints(registry, "get_versions")
-        return version, params_version
-
-    async def registry_owner(self, registry: str) -> str:
-        (item,) = await self.reader.run_get_method(_raw(registry), "get_owner", [])
-        owner = _stack_json(item).get("address")
-        if not isinstance(owner, str):
-            raise ChainError(f"get_owner on {registry}: expected an address on the stack")
-        return owner
-
-    async def image_hash_allowed(self, registry: str, h: bytes) -> bool:
-        (version,) = await self._ints(registry, "image_hash_version", _hash_int(h))
-        return version != 0
-
-    async def model_hash_allowed(self, registry: str, h: bytes) -> bool:
-        (version,) = await self._ints(registry, "model_hash_version", _hash_int(h))
-        return version != 0
-
-    # proxy stake
-
-    async def deploy_proxy_stake(
-        self, spec: ProxyStakeSpec, *, sender: str, stake: int
-    ) -> TxResult:
-        return await self._deploy(
-            sender, messages.PROXY_STAKE_CONTRACT, messages.proxy_stake_data(spec), stake,
-            messages.add_stake_body(stake) if stake > 0 else _empty_cell(),
-        )
-
-    async def add_stake(
-        self, proxy: str, amount: int, *, sender: str, query_id: int = 0
-    ) -> TxResult:
-        body = messages.add_stake_body(amount, query_id=query_id)
-        return await self._message(sender, proxy, body, value=amount + TOPUP_FEE,
-                                   what="add stake")
-
-    async def commit_state(self, proxy: str, body: Cell, *, sender: str) -> TxResult:
-        return await self._message(sender, proxy, body, what="state commit")
-
-    async def request_unstake(self, proxy: str, *, sender: str, query_id: int = 0) -> TxResult:
-        body = messages.request_unstake_body(query_id=query_id)
-        return await self._message(sender, proxy, body, what="request unstake")
-
-    async def unstake(self, proxy: str, *, sender: str, query_id: int = 0) -> TxResult:
-        body = messages.unstake_body(query_id=query_id)
-        return await self._message(sender, proxy, body, what="unstake")
-
-    async def proxy_state(self, proxy: str) -> ProxyState:
-        state, stake, unlock_at, seqno, commit_hash, committed_at = await self._ints(
-            proxy, "get_proxy_state"
-        )
-        return ProxyState(
-            state=ProxyStatus(state),
-            stake=stake,
-            unlock_at=unlock_at,
-            commit_seqno=seqno,
-            commit_hash=commit_hash.to_bytes(32, "big"),
-            committed_at=committed_at,
-        )
 
     # accounts and time
 
