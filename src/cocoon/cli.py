@@ -216,7 +216,11 @@ def _chain_action(args: argparse.Namespace) -> int:
         return chain_cli.client_chain_command(
             args, cfg.load(cfg.ClientConfig, args.config, overrides))
     wc = cfg.load(cfg.WorkerConfig, args.config, overrides)
-    return chain_cli.worker_withdraw(args, wc, _stats(args, wc.http))
+    try:
+        stats: dict[str, Any] | None = _stats(args, wc.http)
+    except CocoonError:
+        stats = None  # not running: the voucher it kept on disk
+    return chain_cli.worker_withdraw(args, wc, stats)
 
 
 def _stats(args: argparse.Namespace, http: str) -> dict[str, Any]:

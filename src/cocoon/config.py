@@ -132,6 +132,7 @@ class ChainConfig:
     registry: str = ""  # root registry address ("0:<hex>"): prices and allow-lists
     contract: str = ""  # proxy: its stake contract; client/worker: its payment channel
     key_file: str = ""  # client: Ed25519 key that signs its charge vouchers (0600)
+    voucher_file: str = ""  # worker: where it keeps its newest payout voucher (withdraw offline)
     registry_refresh_s: float = 30.0  # how often allow-lists are re-read from the registry
 
     def __post_init__(self) -> None:

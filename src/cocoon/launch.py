@@ -337,7 +337,8 @@ class LocalNetwork:
         if self.deployment is None:
             return []
         i = int(name.rpartition("-")[2])
-        return [f"chain.wallet={name}", f"chain.contract={self.deployment.worker_channels[i - 1]}"]
+        return [f"chain.wallet={name}", f"chain.contract={self.deployment.worker_channels[i - 1]}",
+                f"chain.voucher_file={Path(self._tmp.name) / (name + '-payout.boc')}"]
 
     def write_role_configs(self) -> dict[str, Path]:
         """Write each role's TOML next to its log; returns name -> path."""

@@ -211,3 +211,19 @@ def test_open_channels_from_the_cli(net: LocalNetwork, configs: dict[str, Path])
     assert (worker_side.kind, worker_side.funder, worker_side.payee) == (
         "worker", proxy_wallet, net.deployment.worker_wallets[0])
     assert worker_side.signer_pubkey.hex() == proxy_key
+
+
+def test_worker_withdraws_offline_from_its_kept_voucher(net: LocalNetwork,
+                                                        configs: dict[str, Path]) -> None:
+    """A stopped worker still cashes out: its newest payout voucher is kept on disk. (The
+    request after the top-up earned it more than it withdrew in the first test.)"""
+    worker_cfg = str(configs["worker-1"])
+    held = cocoon("worker", "earnings", "-c", worker_cfg)
+    owed = held["payout_voucher"]["cumulative_nanoton"] - held["on_chain"]["charged_nanoton"]
+    assert owed > 0
+    worker = net.workers[0]
+    worker.terminate()
+    worker.reap(time.monotonic() + 10)
+    out = cocoon("worker", "withdraw", "-c", worker_cfg)
+    assert out["paid_nanoton"] == owed
+    assert out["charged_nanoton"] == held["payout_voucher"]["cumulative_nanoton"]

@@ -34,7 +34,7 @@ def test_accepts_newer_and_pins_the_proxy_key() -> None:
 
 
 @pytest.mark.parametrize(("seqno", "nano", "charged", "error"), [
-    (2, 30, 30, VoucherReplay),       # same seqno again
+    (2, 35, 35, VoucherReplay),       # same seqno, other amount
     (1, 5, 5, VoucherReplay),         # older
     (3, 20, 20, VoucherRegression),   # newer seqno, smaller amount
     (3, 40, 41, VoucherInvalid),      # stated figure disagrees with the signed one
@@ -47,6 +47,17 @@ def test_rejects_without_adopting(seqno: int, nano: int, charged: int,
         copy.accept(voucher(seqno, nano), deposited=100, charged=charged, reserved=0,
                     earned=0)
     assert copy.charged == 30 and copy.voucher is not None and copy.voucher.seqno == 2
+
+
+def test_the_same_statement_again_is_a_no_op() -> None:
+    """The proxy re-sends the newest statement when a side reconnects: not a replay."""
+    copy = AccountCopy("client_charge")
+    first = copy.accept(voucher(2, 30), deposited=100, charged=30, reserved=0, earned=0)
+    again = copy.accept(voucher(2, 30), deposited=100, charged=30, reserved=0, earned=0)
+    assert again == first and copy.rejected == 0
+    with pytest.raises(VoucherReplay):  # same voucher, other figures: not the same statement
+        copy.accept(voucher(2, 30), deposited=100, charged=30, reserved=7, earned=0)
+    assert copy.rejected == 1 and copy.reserved == 0
 
 
 def test_tampered_bytes_and_wrong_kind() -> None:

@@ -217,13 +217,23 @@ async def _worker_withdraw(cfg: Any, voucher_b64: str) -> dict[str, Any]:
         await nc.aclose()
 
 
-def worker_withdraw(args: argparse.Namespace, cfg: Any, stats: dict[str, Any]) -> int:
-    """Cash out the running worker's newest payout voucher (from its /stats) on chain."""
-    billing = stats.get("billing") or {}
-    voucher = billing.get("payout_voucher")
+def worker_withdraw(args: argparse.Namespace, cfg: Any, stats: dict[str, Any] | None) -> int:
+    """Cash out the worker's newest payout voucher on chain: the running worker's (its
+    /stats), else the one kept in ``chain.voucher_file``."""
+    import base64
+
+    from cocoon.chain.vouchers import read_voucher_file
+
     if not cfg.chain.contract:
         raise ConfigError("chain.contract (the worker's payout channel) is not configured")
-    if not voucher:
-        raise CocoonError("the worker holds no payout voucher yet (no paid request so far)")
-    _print(asyncio.run(_worker_withdraw(cfg, voucher["boc"])), args.json)
+    voucher = ((stats or {}).get("billing") or {}).get("payout_voucher")
+    boc = voucher["boc"] if voucher else None
+    if boc is None and cfg.chain.voucher_file:
+        kept = read_voucher_file(cfg.chain.voucher_file)
+        boc = base64.b64encode(kept.body_boc()).decode() if kept is not None else None
+    if boc is None:
+        where = "the worker is not running and " if stats is None else ""
+        raise CocoonError(f"no payout voucher to cash out: {where}none was received yet "
+                          "(no paid request so far, or chain.voucher_file is not set)")
+    _print(asyncio.run(_worker_withdraw(cfg, boc)), args.json)
     return 0

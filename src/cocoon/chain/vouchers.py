@@ -39,11 +39,13 @@ __all__ = [
     "from_ledger",
     "parse_voucher",
     "public_key",
+    "read_voucher_file",
     "sign_payload",
     "sign_voucher",
     "verify_voucher",
     "voucher_message",
     "voucher_payload",
+    "write_voucher_file",
 ]
 
 ChannelKind = Literal["client", "worker"]
@@ -220,3 +222,31 @@ def verify_voucher(voucher: ChainVoucher, pubkey: bytes) -> ChainVoucher:
     except (InvalidSignature, ValueError) as exc:
         raise VoucherInvalid("on-chain voucher: bad signature") from exc
     return voucher
+
+
+def write_voucher_file(path: str, voucher: ChainVoucher) -> None:
+    """Keep ``voucher`` (its message body BOC) in ``path``, atomically (temp file + rename)."""
+    import os
+    import tempfile
+    from pathlib import Path
+
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".voucher-")
+    with os.fdopen(fd, "wb") as f:
+        f.write(voucher.body_boc())
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, target)
+
+
+def read_voucher_file(path: str) -> ChainVoucher | None:
+    """The voucher kept in ``path`` (None when there is none yet); VoucherInvalid if the
+    file holds something else."""
+    from pathlib import Path
+
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        return None
+    return parse_voucher(data)

@@ -13,7 +13,13 @@ from typing import Any
 from aiohttp import web
 
 from cocoon.attestation.channels import build_channels, describe_evidence
-from cocoon.chain.vouchers import ChainVoucher, parse_voucher, verify_voucher
+from cocoon.chain.vouchers import (
+    ChainVoucher,
+    parse_voucher,
+    read_voucher_file,
+    verify_voucher,
+    write_voucher_file,
+)
 from cocoon.config import WorkerConfig
 from cocoon.engines import Engine, InferenceJob
 from cocoon.errors import (
@@ -91,6 +97,8 @@ class WorkerNode:
         self.stats = WorkerStats()
         self.account = AccountCopy("worker_payout")
         self.payout: ChainVoucher | None = None  # newest on-chain payout voucher
+        if config.chain.voucher_file:
+            self.payout = read_voucher_file(config.chain.voucher_file)
         self.active = 0
         self.proxy_state = "starting"
         self._jobs: dict[tuple[int, int], asyncio.Task[None]] = {}
@@ -164,6 +172,8 @@ class WorkerNode:
             log.error("proxy payout voucher rejected: %s", exc)
             return
         self.payout = v
+        if self.config.chain.voucher_file:
+            write_voucher_file(self.config.chain.voucher_file, v)
 
     async def _job(self, peer: Peer, req: Request, key: tuple[int, int]) -> None:
         rid = req.req_id
