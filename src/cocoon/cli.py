@@ -55,12 +55,16 @@ def _build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = _role_parser(sub, "proxy", "run a proxy, or inspect its ledger (cocoon proxy ledger)")
-    p.add_argument("action", nargs="?", choices=["run", "ledger", "open-channel"],
+    p.add_argument("action", nargs="?",
+                   choices=["run", "ledger", "open-channel", "stake", "unstake"],
                    default="run",
                    help="run (default); ledger: print the ledger's totals and check it; "
                         "open-channel WORKER_WALLET AMOUNT: deploy a worker's payout channel "
-                        "funded from the proxy's wallet")
-    p.add_argument("worker_wallet", nargs="?", help="open-channel: the worker's wallet address")
+                        "funded from the proxy's wallet; stake AMOUNT: deploy the proxy's "
+                        "stake contract (or add to it); unstake: request it back, then (after "
+                        "the delay) take it")
+    p.add_argument("worker_wallet", nargs="?",
+                   help="open-channel: the worker's wallet address; stake: the amount")
     p.add_argument("amount", nargs="?", help="open-channel: initial funding in TON")
     p.add_argument("--close-delay", type=int, default=3600,
                    help="open-channel: seconds between a close request and the close")
@@ -269,12 +273,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "proxy" and args.action == "ledger":
             return _proxy_ledger(args)
-        if args.command == "proxy" and args.action == "open-channel":
+        if args.command == "proxy" and args.action in ("open-channel", "stake", "unstake"):
             from cocoon import config as cfg
-            from cocoon.chain.cli import proxy_open_channel
+            from cocoon.chain import cli as chain_cli
 
-            return proxy_open_channel(args, cfg.load(cfg.ProxyConfig, args.config,
-                                                     _overrides(args, {})))
+            pc = cfg.load(cfg.ProxyConfig, args.config, _overrides(args, {}))
+            if args.action == "open-channel":
+                return chain_cli.proxy_open_channel(args, pc)
+            return chain_cli.proxy_stake(args, pc)
         if args.command in ("client", "worker") and args.action in ("balance", "earnings"):
             return _account(args)
         if args.command in ("client", "worker") and args.action != "run":

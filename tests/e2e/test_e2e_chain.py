@@ -227,3 +227,29 @@ def test_worker_withdraws_offline_from_its_kept_voucher(net: LocalNetwork,
     out = cocoon("worker", "withdraw", "-c", worker_cfg)
     assert out["paid_nanoton"] == owed
     assert out["charged_nanoton"] == held["payout_voucher"]["cumulative_nanoton"]
+
+
+def test_proxy_stake_from_the_cli(net: LocalNetwork, configs: dict[str, Path],
+                                  tmp_path: Path) -> None:
+    """The proxy adds to its stake; a proxy with another key gets its own stake contract (the
+    address follows from owner, key, minimum and delay) and asks it back: refused before
+    the delay."""
+    proxy_cfg = str(configs["proxy"])
+    assert net.deployment is not None
+    before = cocoon("proxy", "stake", "1", "-c", proxy_cfg)
+    assert before["contract"] == net.deployment.proxy_stake and before["state"] == "active"
+    assert before["commit_seqno"] >= 1  # the proxy has been publishing its commits there
+    again = cocoon("proxy", "stake", "2", "-c", proxy_cfg, "--set", "chain.contract=",
+                   "--set", f"chain.registry={net.deployment.registry}")
+    assert again["contract"] == net.deployment.proxy_stake  # the same key: the same contract
+    assert again["stake_nanoton"] == before["stake_nanoton"] + 2 * TON
+    other_key = ["--set", f"billing.signing_key_file={tmp_path / 'other-proxy.key'}"]
+    fresh = cocoon("proxy", "stake", "12", "-c", proxy_cfg, "--set", "chain.contract=",
+                   "--set", f"chain.registry={net.deployment.registry}", *other_key)
+    assert fresh["contract"] != net.deployment.proxy_stake
+    assert (fresh["state"], fresh["stake_nanoton"]) == ("active", 12 * TON)
+    other = ["-c", proxy_cfg, "--set", f"chain.contract={fresh['contract']}"]
+    unstaking = cocoon("proxy", "unstake", *other)
+    assert unstaking["state"] == "unstaking" and unstaking["unlock_at"]
+    assert "unlocks at" in cocoon_fails("proxy", "unstake", *other)
+    assert "amount" in cocoon_fails("proxy", "stake", "-c", proxy_cfg)

@@ -15,7 +15,7 @@ from typing import Any
 from cocoon.errors import CocoonError, ConfigError
 
 __all__ = ["add_chain_arguments", "channel_report", "client_chain_command", "parse_ton",
-           "proxy_open_channel", "run_chain", "worker_withdraw"]
+           "proxy_open_channel", "proxy_stake", "run_chain", "worker_withdraw"]
 
 NANO = 10**9
 
@@ -119,6 +119,69 @@ def proxy_open_channel(args: argparse.Namespace, cfg: Any) -> int:
     report["next"] = (f"the worker sets chain.contract = \"{report['channel']}\" and "
                       "announces it; the proxy then pays it through this channel")
     _print(report, args.json)
+    return 0
+
+
+async def _stake(cfg: Any, action: str, amount: int) -> dict[str, Any]:
+    from cocoon.chain.base import ProxyStatus
+    from cocoon.chain.connect import NodeChain
+    from cocoon.chain.localnet import NetworkParams
+    from cocoon.chain.messages import ProxyStakeSpec
+    from cocoon.chain.vouchers import public_key
+    from cocoon.crypto import load_or_create_ed25519_key
+
+    nc = await NodeChain.open(cfg.chain)
+    try:
+        chain, me = nc.chain, nc.sender
+        contract = cfg.chain.contract
+        report: dict[str, Any] = {"action": action}
+        if action == "stake" and not contract:
+            # the network's minimum stake and delay: the registry's, else the local defaults
+            defaults = NetworkParams()
+            min_stake, delay = defaults.min_proxy_stake, defaults.proxy_close_delay
+            if cfg.chain.registry:
+                params = await chain.registry_params(cfg.chain.registry)
+                min_stake, delay = params.min_proxy_stake, params.proxy_close_delay
+            key = load_or_create_ed25519_key(cfg.billing.signing_key_file)
+            spec = ProxyStakeSpec(owner=nc.wallet, proxy_pubkey=public_key(key),
+                                  min_stake=min_stake, unstake_delay=delay)
+            contract = (await chain.deploy_proxy_stake(spec, sender=me, stake=amount)).to
+            report["next"] = (f"set chain.contract = \"{contract}\" in the proxy's config: "
+                              "its commits are published there")
+        elif action == "stake":
+            await chain.add_stake(contract, amount, sender=me)
+        else:
+            if not contract:
+                raise ConfigError("chain.contract (the proxy's stake contract) is not "
+                                  "configured")
+            st = await chain.proxy_state(contract)
+            if st.state == ProxyStatus.ACTIVE:
+                await chain.request_unstake(contract, sender=me)
+            elif st.state == ProxyStatus.UNSTAKING:
+                now = await chain.now()
+                if now < st.unlock_at:
+                    raise CocoonError(f"the stake unlocks at {st.unlock_at} (in "
+                                      f"{st.unlock_at - now} s); run unstake again then")
+                await chain.unstake(contract, sender=me)
+            else:
+                raise CocoonError(f"stake contract {contract} is already closed")
+        st = await chain.proxy_state(contract)
+        report.update({"contract": contract, "state": st.state.name.lower(),
+                       "stake_nanoton": st.stake, "unlock_at": st.unlock_at or None,
+                       "commit_seqno": st.commit_seqno})
+        return report
+    finally:
+        await nc.aclose()
+
+
+def proxy_stake(args: argparse.Namespace, cfg: Any) -> int:
+    """``cocoon proxy stake AMOUNT`` / ``cocoon proxy unstake``."""
+    amount = 0
+    if args.action == "stake":
+        if args.worker_wallet is None:  # the first positional holds the amount here
+            raise ConfigError("stake needs an amount of TON, e.g. `cocoon proxy stake 10`")
+        amount = parse_ton(args.worker_wallet)
+    _print(asyncio.run(_stake(cfg, args.action, amount)), args.json)
     return 0
 
 
