@@ -114,6 +114,10 @@ def _build_parser() -> argparse.ArgumentParser:
 
     add_chain_arguments(sub)
 
+    from cocoon.chain.registry_cli import add_registry_arguments
+
+    add_registry_arguments(sub)
+
     from cocoon.benchmark import add_bench_arguments
 
     bench = sub.add_parser("bench", help="benchmark the chain against the engine served directly")
@@ -290,6 +294,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             _setup_logging(args.verbose)
             return run_chain(args)
+        if args.command == "registry":
+            from cocoon.chain.registry_cli import run_registry
+
+            return run_registry(args)
         if args.command in ("proxy", "worker", "client"):
             _setup_logging(args.verbose)
             asyncio.run(_run_role(args))
