@@ -30,9 +30,11 @@ __all__ = [
     "EngineConfig",
     "ProxyConfig",
     "WorkerConfig",
+    "build_table",
     "dump_toml",
     "load",
     "parse_hostport",
+    "read_toml",
 ]
 
 EngineKind = Literal["llama-cpp", "openai-http", "fake"]
@@ -279,22 +281,29 @@ def _set_path(tree: dict[str, Any], dotted: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
+def read_toml(path: str) -> dict[str, Any]:
+    """The TOML file at ``path`` as a dict; ConfigError naming the file otherwise."""
+    try:
+        with Path(path).open("rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+
+
+def build_table(cls: type[T], data: dict[str, Any], where: str) -> T:
+    """One config table (e.g. ``[chain]``) as ``cls``, every key and type checked."""
+    return _build(cls, data, where)
+
+
 def load(cls: type[T], path: str | None, overrides: dict[str, Any] | None = None) -> T:
     """Build ``cls`` from the TOML file at ``path`` (its table named after the role, plus
     ``[engine...]`` for workers) and ``overrides`` (``"a.b": value``), validating all."""
-    tree: dict[str, Any] = {}
-    where = "defaults"
-    if path:
-        where = path
-        try:
-            with Path(path).open("rb") as f:
-                tree = tomllib.load(f)
-        except FileNotFoundError:
-            raise ConfigError(f"config file {path} does not exist") from None
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"{path}: invalid TOML: {exc}") from None
-        except OSError as exc:
-            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    tree: dict[str, Any] = read_toml(path) if path else {}
+    where = path or "defaults"
     role = {ProxyConfig: "proxy", WorkerConfig: "worker", ClientConfig: "client"}.get(cls)
     if role is None:
         raise ConfigError(f"no role for {cls}")

@@ -19,9 +19,7 @@ import asyncio
 import dataclasses
 import json
 import re
-import tomllib
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cocoon.chain.errors import ContractRejected, WrongSender
@@ -114,21 +112,13 @@ def default_params() -> RegistryParams:
 def chain_config(path: str | None, sets: list[str] | None) -> ChainConfig:
     """The ``[chain]`` table of the TOML file at ``path`` plus ``chain.KEY=VALUE`` overrides,
     validated as :class:`ChainConfig`; the embedded wallet defaults to ``owner``."""
-    from cocoon.config import ChainConfig, _build
+    from cocoon.config import ChainConfig, build_table, read_toml
 
     section: dict[str, Any] = {}
     where = "--set"
     if path:
         where = path
-        try:
-            with Path(path).open("rb") as f:
-                tree = tomllib.load(f)
-        except FileNotFoundError:
-            raise ConfigError(f"config file {path} does not exist") from None
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"{path}: invalid TOML: {exc}") from None
-        except OSError as exc:
-            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+        tree = read_toml(path)
         table = tree.get("chain")
         if table is None:
             raise ConfigError(f"{path}: no [chain] table (backend, url, wallet, ...)")
@@ -141,7 +131,7 @@ def chain_config(path: str | None, sets: list[str] | None) -> ChainConfig:
         if not sep or not key.startswith("chain.") or key == "chain.":
             raise ConfigError(f"--set expects chain.KEY=VALUE, got {item!r}")
         section[key.removeprefix("chain.")] = value.strip()
-    config = _build(ChainConfig, section, f"{where}[chain]")
+    config = build_table(ChainConfig, section, f"{where}[chain]")
     if not config.enabled:
         raise ConfigError("no chain configured: set chain.backend = \"embedded\" (with "
                           "chain.url) or \"ton\" (with chain.mnemonic_file), in the [chain] "

@@ -45,11 +45,16 @@ class ChainService:
         self.app.router.add_post("/rpc", self._rpc)
         self.app.router.add_get("/healthz", self._health)
         self._lock = asyncio.Lock()
+        self._chain_now: int | None = None  # the chain's time as last seen (wall clock)
 
     async def _follow_wall_clock(self) -> None:
+        # One set_time per wall-clock second, not a `now` round trip per command: the chain's
+        # time is remembered (and refreshed when a client sets it).
         now = int(time.time())
-        if now > await self.chain.now():
-            await self.chain.set_time(now)
+        if self._chain_now is None:
+            self._chain_now = await self.chain.now()
+        if now > self._chain_now:
+            self._chain_now = await self.chain.set_time(now)
 
     async def _rpc(self, request: web.Request) -> web.Response:
         try:
@@ -67,6 +72,8 @@ class ChainService:
                 if self.clock == "wall" and cmd != "set_time":
                     await self._follow_wall_clock()
                 resp: dict[str, Any] = await self.chain.rpc(cmd, body)
+                if cmd == "set_time":
+                    self._chain_now = None  # re-read before the next command
             except CocoonError as exc:
                 log.error("chain command %s failed: %s", cmd, exc)
                 return web.json_response({"ok": False, "error": str(exc)}, status=502)

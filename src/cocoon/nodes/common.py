@@ -194,12 +194,25 @@ async def follow_registry(config: ChainConfig, lists: RegistryAllowLists | None,
     return the task that keeps re-reading it; None without a registry."""
     if lists is None:
         return None
-    if chain is None:
-        from cocoon.chain.connect import open_chain
+    if chain is not None:  # the caller's connection: the caller closes it
+        await lists.refresh(chain)
+        return lists.refresh_forever(chain, config.registry_refresh_s)
+    from cocoon.chain.connect import open_chain
 
-        chain = await open_chain(config)
-    await lists.refresh(chain)
-    return lists.refresh_forever(chain, config.registry_refresh_s)
+    own = await open_chain(config)
+    try:
+        await lists.refresh(own)
+    except BaseException:
+        await own.aclose()
+        raise
+
+    async def follow() -> None:
+        try:
+            await lists.refresh_forever(own, config.registry_refresh_s)
+        finally:
+            await own.aclose()
+
+    return follow()
 
 
 def keep_statement(account: AccountCopy, msg: Statement) -> bool:
