@@ -25,7 +25,7 @@ from pathlib import Path
 
 from cocoon.benchmark.loadgen import LoadGenerator
 from cocoon.benchmark.runner import MODES, expected_events, request_body
-from cocoon.launch import LocalNetwork
+from cocoon.commands.up import LocalNetwork
 
 
 def summarize(path: Path, rate: int, seconds: float, top: int) -> str:

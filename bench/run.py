@@ -10,7 +10,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from cocoon.benchmark import add_bench_arguments, run_bench
+from cocoon.benchmark import add_bench_arguments
+from cocoon.benchmark.suite import run_bench
 from cocoon.errors import CocoonError
 
 

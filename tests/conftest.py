@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from cocoon.launch import LocalNetwork
+from cocoon.commands.up import LocalNetwork
 
 LLAMA_MODEL = "SmolLM2-135M-Instruct"
 

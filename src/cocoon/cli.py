@@ -1,19 +1,30 @@
-"""``cocoon`` command line: run a role, or a whole local network (``cocoon up``)."""
+"""``cocoon`` command line: run a role, or a whole local network (``cocoon up``).
+
+The top of the command line: it assembles every subcommand's arguments from
+:mod:`cocoon.commands` (and ``cocoon bench`` from :mod:`cocoon.benchmark`, a face above the
+commands) and dispatches to them; the subcommands themselves live there. Building the parser
+loads no aiohttp: ``cocoon --help`` and the short commands stay quick, and the servers (a
+role's node, the chain service, the bench) are imported when they run.
+"""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import sys
 from collections.abc import Sequence
-from typing import Any
 
+from cocoon.benchmark import add_bench_arguments
+from cocoon.commands.attest import add_attest_arguments, run_attest
+from cocoon.commands.chain import add_chain_arguments
+from cocoon.commands.registry import add_registry_arguments, run_registry
+from cocoon.commands.roles import ROLES, add_role_arguments, run_role_action
+from cocoon.commands.up import add_up_arguments, run_up
 from cocoon.errors import CocoonError
 
 __all__ = ["main"]
 
-log = logging.getLogger("cocoon")
+_DESCRIPTION = "``cocoon`` command line: run a role, or a whole local network (``cocoon up``)."
 
 
 def _setup_logging(verbose: int) -> None:
@@ -26,292 +37,46 @@ def _setup_logging(verbose: int) -> None:
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
 
-def _overrides(args: argparse.Namespace, mapping: dict[str, str]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for item in args.set or []:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise CocoonError(f"--set expects SECTION.KEY=VALUE, got {item!r}")
-        out[key.strip()] = value.strip()
-    for attr, dotted in mapping.items():
-        value = getattr(args, attr, None)
-        if value is not None:
-            out[dotted] = value
-    return out
-
-
-def _role_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
-    p: argparse.ArgumentParser = sub.add_parser(name, help=help_text)
-    p.add_argument("-c", "--config", help="TOML config file")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="override a config key, e.g. --set engine.fake.chunks=10")
-    p.add_argument("--ready-file", help="write the bound addresses here as JSON when ready")
-    p.add_argument("-v", "--verbose", action="count", default=1)
-    return p
-
-
 def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cocoon", description=__doc__)
+    parser = argparse.ArgumentParser(prog="cocoon", description=_DESCRIPTION)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = _role_parser(sub, "proxy", "run a proxy, or inspect its ledger (cocoon proxy ledger)")
-    p.add_argument("action", nargs="?",
-                   choices=["run", "ledger", "open-channel", "stake", "unstake"],
-                   default="run",
-                   help="run (default); ledger: print the ledger's totals and check it; "
-                        "open-channel WORKER_WALLET AMOUNT: deploy a worker's payout channel "
-                        "funded from the proxy's wallet; stake AMOUNT: deploy the proxy's "
-                        "stake contract (or add to it); unstake: request it back, then (after "
-                        "the delay) take it")
-    p.add_argument("worker_wallet", nargs="?",
-                   help="open-channel: the worker's wallet address; stake: the amount")
-    p.add_argument("amount", nargs="?", help="open-channel: initial funding in TON")
-    p.add_argument("--close-delay", type=int, default=3600,
-                   help="open-channel: seconds between a close request and the close")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.add_argument("--listen", help="HOST:PORT for workers and clients")
-    p.add_argument("--http", help="HOST:PORT for health and stats")
-
-    p = _role_parser(sub, "worker", "run a worker, or show its earnings (cocoon worker earnings)")
-    p.add_argument("action", nargs="?", choices=["run", "earnings", "withdraw"], default="run",
-                   help="run (default); earnings: the worker's verified copy of its account; "
-                        "withdraw: cash out its newest payout voucher on chain")
-    p.add_argument("--json", action="store_true", help="earnings: machine-readable output")
-    p.add_argument("--proxy", help="proxy HOST:PORT")
-    p.add_argument("--http", help="HOST:PORT for health and stats")
-    p.add_argument("--engine", choices=["llama-cpp", "openai-http", "fake"])
-    p.add_argument("--upstream", help="base URL of the OpenAI-compatible upstream")
-    p.add_argument("--max-concurrent", type=int)
-
-    p = _role_parser(sub, "client", "run a client (the OpenAI API for apps), or show its "
-                                    "balance (cocoon client balance)")
-    p.add_argument("action", nargs="?",
-                   choices=["run", "balance", "open", "topup", "close", "withdraw"],
-                   default="run",
-                   help="run (default); balance: the client's verified copy of its account; "
-                        "topup AMOUNT: deposit AMOUNT TON into its payment channel; close: "
-                        "request the channel's close; withdraw: after the close delay, take "
-                        "back what is left")
-    p.add_argument("amount", nargs="?", help="open, topup: amount in TON, e.g. 2.5")
-    p.add_argument("--payee", help="open: the proxy's wallet address (its /stats shows it)")
-    p.add_argument("--payee-key", help="open: the proxy's voucher key, 64 hex (its /stats)")
-    p.add_argument("--close-delay", type=int, default=3600,
-                   help="open: seconds between a close request and the refund")
-    p.add_argument("--json", action="store_true", help="balance: machine-readable output")
-    p.add_argument("--proxy", help="proxy HOST:PORT")
-    p.add_argument("--http", help="HOST:PORT of the OpenAI API")
-
-    from cocoon.launch import add_up_arguments
+    add_role_arguments(sub)
 
     up = sub.add_parser("up", help="start a whole local network: proxy, workers, client")
     add_up_arguments(up)
-
-    from cocoon.attestation.cli import add_attest_arguments
-
     add_attest_arguments(sub)
-
-    from cocoon.chain.cli import add_chain_arguments
-
     add_chain_arguments(sub)
-
-    from cocoon.chain.registry_cli import add_registry_arguments
-
     add_registry_arguments(sub)
-
-    from cocoon.benchmark import add_bench_arguments
-
     bench = sub.add_parser("bench", help="benchmark the chain against the engine served directly")
     add_bench_arguments(bench)
     return parser
-
-
-def _ready_writer(path: str | None) -> Any:
-    from cocoon.nodes.common import write_ready_file
-
-    def on_ready(node: Any) -> None:
-        info = {"role": node.snapshot()["role"], "http": node.http.url}
-        if hasattr(node, "port") and node.port:
-            info["listen_port"] = node.port
-        write_ready_file(path, info)
-
-    return on_ready
-
-
-async def _run_role(args: argparse.Namespace) -> None:
-    from cocoon import config as cfg
-    from cocoon.nodes.common import run_until_signal
-
-    if args.command == "proxy":
-        from cocoon.nodes.proxy.node import ProxyNode
-
-        pc = cfg.load(cfg.ProxyConfig, args.config,
-                      _overrides(args, {"listen": "listen", "http": "http"}))
-        proxy = ProxyNode(pc)
-        await run_until_signal(lambda stop: proxy.run(stop, _ready_writer(args.ready_file)))
-    elif args.command == "worker":
-        from cocoon.engines import build_engine
-        from cocoon.nodes.worker.node import WorkerNode
-
-        wc = cfg.load(cfg.WorkerConfig, args.config, _overrides(args, {
-            "proxy": "proxy", "http": "http", "engine": "engine.kind",
-            "upstream": "engine.openai-http.base_url", "max_concurrent": "max_concurrent"}))
-        log.info("loading engine %s", wc.engine.kind)
-        engine = await build_engine(wc.engine)
-        log.info("engine %s ready: %s", engine.name, ", ".join(engine.models))
-        worker = WorkerNode(wc, engine)
-        await run_until_signal(lambda stop: worker.run(stop, _ready_writer(args.ready_file)))
-    elif args.command == "client":
-        from cocoon.nodes.client.node import ClientNode
-
-        cc = cfg.load(cfg.ClientConfig, args.config,
-                      _overrides(args, {"proxy": "proxy", "http": "http"}))
-        client = ClientNode(cc)
-        await run_until_signal(lambda stop: client.run(stop, _ready_writer(args.ready_file)))
-
-
-def _on_chain(role_cfg: Any) -> dict[str, Any]:
-    """The role's channel as the chain sees it."""
-    from cocoon.chain.cli import channel_report
-    from cocoon.chain.connect import open_chain
-
-    async def read() -> dict[str, Any]:
-        chain = await open_chain(role_cfg.chain)
-        try:
-            return await channel_report(chain, role_cfg.chain.contract)
-        finally:
-            await chain.aclose()
-
-    return asyncio.run(read())
-
-
-def _account(args: argparse.Namespace) -> int:
-    """Ask a running client or worker (its --http address) for its copy of its account."""
-    import json
-
-    from cocoon import config as cfg
-
-    overrides = _overrides(args, {"http": "http"})
-    role_cfg: Any = (cfg.load(cfg.ClientConfig, args.config, overrides)
-                     if args.command == "client"
-                     else cfg.load(cfg.WorkerConfig, args.config, overrides))
-    stats = _stats(args, role_cfg.http)
-    account = stats.get("billing") or {}
-    if role_cfg.chain.enabled and role_cfg.chain.contract:
-        account["on_chain"] = _on_chain(role_cfg)
-    if args.json:
-        print(json.dumps(account, indent=2))
-    elif account.get("voucher") is None:
-        print("no statement from the proxy yet (billing off, or no paid request so far)")
-        if "on_chain" in account:
-            print(f"{'on_chain':<20} {account['on_chain']}")
-    else:
-        for k, v in account.items():
-            if k != "voucher":
-                print(f"{k:<20} {v}")
-        v = account["voucher"]
-        print(f"{'voucher':<20} seqno {v['seqno']}, {v['cumulative_nanoton']} nanoTON, "
-              f"{v['cumulative_tokens']} tokens, signed by proxy key {v['proxy_key'][:16]}...")
-    return 0
-
-
-def _chain_action(args: argparse.Namespace) -> int:
-    """client topup|close|withdraw, worker withdraw: act on chain from the role's wallet."""
-    from cocoon import config as cfg
-    from cocoon.chain import cli as chain_cli
-
-    overrides = _overrides(args, {"http": "http"})
-    if args.command == "client":
-        return chain_cli.client_chain_command(
-            args, cfg.load(cfg.ClientConfig, args.config, overrides))
-    wc = cfg.load(cfg.WorkerConfig, args.config, overrides)
-    try:
-        stats: dict[str, Any] | None = _stats(args, wc.http)
-    except CocoonError:
-        stats = None  # not running: the voucher it kept on disk
-    return chain_cli.worker_withdraw(args, wc, stats)
-
-
-def _stats(args: argparse.Namespace, http: str) -> dict[str, Any]:
-    from cocoon import config as cfg
-    from cocoon.launch import http_json
-
-    host, port = cfg.parse_hostport(http, f"{args.command}.http")
-    status, stats = http_json(f"http://{host}:{port}/stats")
-    if status != 200 or not isinstance(stats, dict):
-        raise CocoonError(f"no {args.command} answering on {host}:{port} (--http HOST:PORT)")
-    return stats
-
-
-def _proxy_ledger(args: argparse.Namespace) -> int:
-    """Print the proxy ledger's totals and invariant check; exit 1 if it is inconsistent."""
-    import dataclasses
-    import json
-    from pathlib import Path
-
-    from cocoon import config as cfg
-    from cocoon.ledger import Ledger
-
-    pc = cfg.load(cfg.ProxyConfig, args.config, _overrides(args, {}))
-    path = Path(pc.billing.ledger_path)
-    if not path.exists():
-        raise CocoonError(f"no ledger at {path} (billing.ledger_path)")
-    with Ledger(path) as ledger:
-        totals = dataclasses.asdict(ledger.totals())
-        problems = ledger.check_invariants()
-        commits = [dataclasses.asdict(c) for c in ledger.commits()]
-    report = {"ledger": str(path), "totals": totals, "commits": len(commits),
-              "consistent": not problems, "problems": problems}
-    if args.json:
-        print(json.dumps(report, indent=2))
-    else:
-        print(f"ledger {path}")
-        for k, v in totals.items():
-            print(f"  {k:<18} {v}")
-        print("  consistent" if not problems else "  INCONSISTENT:\n    " + "\n    ".join(problems))
-    return 0 if not problems else 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _build_parser()
     args = parser.parse_args(argv)
     try:
-        if args.command == "proxy" and args.action == "ledger":
-            return _proxy_ledger(args)
-        if args.command == "proxy" and args.action in ("open-channel", "stake", "unstake"):
-            from cocoon import config as cfg
-            from cocoon.chain import cli as chain_cli
-
-            pc = cfg.load(cfg.ProxyConfig, args.config, _overrides(args, {}))
-            if args.action == "open-channel":
-                return chain_cli.proxy_open_channel(args, pc)
-            return chain_cli.proxy_stake(args, pc)
-        if args.command in ("client", "worker") and args.action in ("balance", "earnings"):
-            return _account(args)
-        if args.command in ("client", "worker") and args.action != "run":
-            return _chain_action(args)
-        if args.command == "chain":
-            from cocoon.chain.cli import run_chain
-
+        if args.command in ROLES and args.action != "run":
+            return run_role_action(args)
+        if args.command in ROLES:
             _setup_logging(args.verbose)
+            from cocoon.commands.serve import serve_role  # lazy: nodes + aiohttp, ~125 ms
+
+            return serve_role(args)
+        if args.command == "chain":
+            _setup_logging(args.verbose)
+            from cocoon.commands.chain_service import run_chain  # lazy: aiohttp, ~110 ms
+
             return run_chain(args)
         if args.command == "registry":
-            from cocoon.chain.registry_cli import run_registry
-
             return run_registry(args)
-        if args.command in ("proxy", "worker", "client"):
-            _setup_logging(args.verbose)
-            asyncio.run(_run_role(args))
-            return 0
         if args.command == "up":
-            from cocoon.launch import run_up
-
             return run_up(args)
         if args.command == "attest":
-            from cocoon.attestation.cli import run_attest
-
             return run_attest(args)
         if args.command == "bench":
-            from cocoon.benchmark import run_bench
+            from cocoon.benchmark.suite import run_bench  # lazy: aiohttp load generator, ~115 ms
 
             return int(run_bench(args))
     except CocoonError as exc:

@@ -3,13 +3,17 @@
 Each role has one frozen dataclass. :func:`load` builds it from a TOML file (optional) and
 ``section.key=value`` overrides, checking every key and type once, at start-up; errors name
 the key and where it came from.
+
+The tables a domain reads live in that domain (``[attestation]`` in
+:mod:`cocoon.attestation.config`, ``[chain]`` in :mod:`cocoon.chain.config`, ``[engine]`` in
+:mod:`cocoon.engines.config`, ``[billing]`` in :mod:`cocoon.ledger.config`); this module
+composes them per role and re-exports them. Domains never import it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import tomllib
 import types
 import typing
@@ -17,10 +21,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from cocoon.engines.fake import FakeEngineConfig
-from cocoon.engines.llama_cpp import LlamaCppConfig
-from cocoon.engines.openai_http import OpenAIHttpConfig
+from cocoon.attestation.config import AttestationConfig
+from cocoon.chain.config import ChainConfig
+from cocoon.engines.config import EngineConfig
 from cocoon.errors import ConfigError
+from cocoon.ledger.config import BillingConfig
+from cocoon.validation import parse_hostport, require_positive
 
 __all__ = [
     "AttestationConfig",
@@ -37,118 +43,6 @@ __all__ = [
     "read_toml",
 ]
 
-EngineKind = Literal["llama-cpp", "openai-http", "fake"]
-
-
-def parse_hostport(value: str, what: str) -> tuple[str, int]:
-    """``host:port`` or ``[v6]:port`` -> (host, port); raises ConfigError naming ``what``."""
-    host, sep, port = value.rpartition(":")
-    bracketed = host.startswith("[") and host.endswith("]")
-    if bracketed:
-        host = host[1:-1]
-    if (not sep or not port.isdigit() or not 0 <= int(port) <= 65535 or not host
-            or (":" in host and not bracketed)):
-        raise ConfigError(f"{what}: expected HOST:PORT (IPv6 as [ADDR]:PORT), got {value!r}")
-    return host, int(port)
-
-
-@dataclass(frozen=True, slots=True)
-class EngineConfig:
-    kind: EngineKind = "llama-cpp"
-    fake: FakeEngineConfig = field(default_factory=FakeEngineConfig)
-    llama_cpp: LlamaCppConfig = field(default_factory=LlamaCppConfig)
-    openai_http: OpenAIHttpConfig = field(default_factory=OpenAIHttpConfig)
-
-
-@dataclass(frozen=True, slots=True)
-class AttestationConfig:
-    """How a node proves itself and judges its peers (section ``[attestation]``)."""
-
-    mode: Literal["none", "fake", "tdx"] = "none"  # the evidence this node presents
-    tls: bool = True  # false: plain TCP, no identity at all (benchmarks, debugging only)
-    accept: str = ""  # comma-separated tiers accepted from attested peers; "": by mode
-    allow_list_file: str = ""  # TOML with image_hashes / model_hashes; "": any
-    allow_debug: bool = False
-    min_tcb_status: str = "UpToDate"
-    require_tcb_status: bool = False
-    collateral_file: str = ""  # Intel collateral (TCB info, CRLs) as JSON, offline
-    fake_dir: str = ".cocoon/fake-tdx"  # keys of the simulated TDX authority (mode fake)
-    fake_image: str = "cocoon"  # the simulated image whose measurements fake quotes carry
-    cert_lifetime_s: float = 3600.0
-    max_evidence_age_s: float = 86400.0
-
-    def __post_init__(self) -> None:
-        for tier in self.accepted_tiers():
-            if tier not in ("unattested", "fake-tdx", "tdx"):
-                raise ConfigError(f"attestation.accept: unknown tier {tier!r} "
-                                  "(unattested, fake-tdx, tdx)")
-        _positive(self.cert_lifetime_s, "attestation.cert_lifetime_s")
-        _positive(self.max_evidence_age_s, "attestation.max_evidence_age_s")
-
-    def accepted_tiers(self) -> tuple[str, ...]:
-        if self.accept.strip():
-            return tuple(t.strip() for t in self.accept.split(",") if t.strip())
-        return {"none": ("unattested", "fake-tdx", "tdx"), "fake": ("fake-tdx", "tdx"),
-                "tdx": ("tdx",)}[self.mode]
-
-
-@dataclass(frozen=True, slots=True)
-class BillingConfig:
-    """The proxy's prices and ledger (section ``[billing]``). Amounts in nanoTON."""
-
-    enabled: bool = False
-    ledger_path: str = ".cocoon/proxy-ledger.sqlite"
-    signing_key_file: str = ".cocoon/proxy-voucher.key"  # Ed25519, 0600, created if missing
-    price_per_token: int = 2  # what clients pay per adjusted token
-    worker_fee_per_token: int = 1  # what workers earn per adjusted token
-    prompt_mult: int = 10000  # 10000 = 1.0x
-    cached_mult: int = 10000
-    completion_mult: int = 10000
-    reasoning_mult: int = 10000
-    worker_coefficient: int = 1000  # 1000 = 1.0x
-    default_max_tokens: int = 1000  # the cap reserved (and enforced) when a request has none
-    commit_interval_s: float = 60.0  # how often the proxy commits its totals (a state commit)
-    max_unsigned: int = 1_000_000_000  # chain: charges a client may owe unsigned (nanoTON)
-
-    def __post_init__(self) -> None:
-        if self.worker_fee_per_token > self.price_per_token:
-            raise ConfigError("billing.worker_fee_per_token must not exceed price_per_token")
-        _positive(self.default_max_tokens, "billing.default_max_tokens")
-        _positive(self.commit_interval_s, "billing.commit_interval_s")
-
-
-@dataclass(frozen=True, slots=True)
-class ChainConfig:
-    """Where a node finds the TON chain and its own contracts (section ``[chain]``).
-
-    ``backend = "none"``: no chain (balances are ledger entries only). ``embedded``: the local
-    chain served by ``cocoon chain run`` at ``url`` (what ``cocoon up`` starts); ``wallet`` names
-    the sandbox wallet this node sends from. ``ton``: testnet/mainnet through liteservers, the
-    wallet from ``mnemonic_file`` (0600)."""
-
-    backend: Literal["none", "embedded", "ton"] = "none"
-    url: str = ""  # embedded: the chain service, e.g. http://127.0.0.1:11200
-    wallet: str = ""  # embedded: the named wallet this node sends from
-    mnemonic_file: str = ""  # ton: 24 words, 0600
-    network_config: str = ""  # ton: liteserver global config JSON ("": pytoniq's testnet one)
-    registry: str = ""  # root registry address ("0:<hex>"): prices and allow-lists
-    contract: str = ""  # proxy: its stake contract; client/worker: its payment channel
-    key_file: str = ""  # client: Ed25519 key that signs its charge vouchers (0600)
-    voucher_file: str = ""  # worker: where it keeps its newest payout voucher (withdraw offline)
-    registry_refresh_s: float = 30.0  # how often allow-lists are re-read from the registry
-
-    def __post_init__(self) -> None:
-        if self.backend == "embedded" and not self.url:
-            raise ConfigError("chain.url is required with chain.backend = \"embedded\" "
-                              "(the address `cocoon chain run` prints)")
-        if self.backend == "ton" and not self.mnemonic_file:
-            raise ConfigError("chain.mnemonic_file is required with chain.backend = \"ton\"")
-        _positive(self.registry_refresh_s, "chain.registry_refresh_s")
-
-    @property
-    def enabled(self) -> bool:
-        return self.backend != "none"
-
 
 @dataclass(frozen=True, slots=True)
 class ProxyConfig:
@@ -164,8 +58,8 @@ class ProxyConfig:
     def __post_init__(self) -> None:
         parse_hostport(self.listen, "proxy.listen")
         parse_hostport(self.http, "proxy.http")
-        _positive(self.request_timeout_s, "proxy.request_timeout_s")
-        _positive(self.idle_timeout_s, "proxy.idle_timeout_s")
+        require_positive(self.request_timeout_s, "proxy.request_timeout_s")
+        require_positive(self.idle_timeout_s, "proxy.idle_timeout_s")
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,7 +75,7 @@ class WorkerConfig:
     def __post_init__(self) -> None:
         parse_hostport(self.proxy, "worker.proxy")
         parse_hostport(self.http, "worker.http")
-        _positive(self.max_concurrent, "worker.max_concurrent")
+        require_positive(self.max_concurrent, "worker.max_concurrent")
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,12 +91,7 @@ class ClientConfig:
     def __post_init__(self) -> None:
         parse_hostport(self.proxy, "client.proxy")
         parse_hostport(self.http, "client.http")
-        _positive(self.request_timeout_s, "client.request_timeout_s")
-
-
-def _positive(value: float, key: str) -> None:
-    if not math.isfinite(value) or value <= 0:
-        raise ConfigError(f"{key} must be greater than 0, got {value}")
+        require_positive(self.request_timeout_s, "client.request_timeout_s")
 
 
 T = TypeVar("T")

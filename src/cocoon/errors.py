@@ -1,17 +1,63 @@
 """The one exception tree of cocoon.
 
-Every failure a user or a peer can cause is a subclass of :class:`CocoonError`.
-Errors that end a request (:class:`RequestError` and below) carry what the edge needs:
-an HTTP status, an OpenAI error ``type`` and a stable ``code``.  The ``code`` is what
-travels on the wire (``wire.messages.Error``), so a worker's error reaches the app as the
-same type, whatever hop it crossed: :func:`request_error_from_code` maps it back.
+Every failure a user, a peer, a contract or an operator can cause is a subclass of
+:class:`CocoonError`, defined here (except :class:`ContractRejected` and its
+exit-code classes, which live next to the contracts' table in ``cocoon.chain.errors``).
+One name per failure; a subclass only refines *where* it was detected::
+
+    CocoonError
+    ├── ConfigError              a config key, file or flag is missing or invalid
+    ├── LaunchError              `cocoon up`: a role failed to start or died
+    ├── ProtocolError            a peer broke the wire protocol
+    │   ├── FrameTooLarge
+    │   └── FlowControlError
+    ├── TransportError           a connection could not be made or was lost
+    ├── AttestationError         evidence malformed, not verifying, or refused (``rule``)
+    │   ├── QuoteFormatError
+    │   ├── EvidenceInvalid
+    │   └── PolicyRejected
+    ├── ChainError               the chain backend failed
+    │   ├── ChainUnavailable     it cannot start or cannot be reached
+    │   └── ChainTimeout         a call or a transaction ran past its deadline
+    ├── PaymentError             money: pricing, vouchers, the ledger, contracts
+    │   ├── PricingError         prices or token counts out of range
+    │   ├── ReservationError
+    │   ├── LedgerError
+    │   ├── VoucherInvalid       one opaque error for any bad signature
+    │   ├── VoucherReplay        not strictly newer than the last accepted
+    │   │   └── VoucherRegression
+    │   ├── InsufficientFunds    the balance cannot cover a reservation (402)
+    │   └── ContractRejected     a contract refused (``exit_code``, ``meaning``): defined
+    │                            with the contracts' exit-code table in cocoon.chain.errors;
+    │                            a code that is a failure named above is also that class
+    │                            (102 is a VoucherReplay, 101 a VoucherInvalid, ...)
+    └── RequestError             ends one request: HTTP ``status``, OpenAI ``type``, ``code``
+        ├── BadRequest (400) ── EngineUnsupported
+        ├── PaymentRequired (402; also a PaymentError): the request can't be paid for
+        ├── ModelNotFound (404)
+        ├── RequestCancelled (499)
+        ├── EngineError (500)
+        ├── WorkerLost (502), UpstreamError (502)
+        ├── NoWorkerAvailable (503)
+        └── RequestTimeout (504)
+
+A request's failure crosses hops as its ``code`` (``wire.messages.Error``); there is one
+mapping each way: :func:`as_request_error` turns whatever stopped a request into the
+:class:`RequestError` the requester is told, and :func:`request_error_from_code` rebuilds the
+typed error from a code, so a worker's error reaches the app with the same status, type and
+code whatever hop it crossed.
 """
 
 from __future__ import annotations
 
+import asyncio
+
 __all__ = [
     "AttestationError",
     "BadRequest",
+    "ChainError",
+    "ChainTimeout",
+    "ChainUnavailable",
     "CocoonError",
     "ConfigError",
     "EngineError",
@@ -19,19 +65,28 @@ __all__ = [
     "EvidenceInvalid",
     "FlowControlError",
     "FrameTooLarge",
+    "InsufficientFunds",
+    "LaunchError",
+    "LedgerError",
     "ModelNotFound",
     "NoWorkerAvailable",
     "PaymentError",
     "PaymentRequired",
     "PolicyRejected",
+    "PricingError",
     "ProtocolError",
     "QuoteFormatError",
     "RequestCancelled",
     "RequestError",
     "RequestTimeout",
+    "ReservationError",
     "TransportError",
     "UpstreamError",
+    "VoucherInvalid",
+    "VoucherRegression",
+    "VoucherReplay",
     "WorkerLost",
+    "as_request_error",
     "request_error_from_code",
 ]
 
@@ -44,6 +99,13 @@ class ConfigError(CocoonError):
     """A configuration value is missing or invalid; the message names the key and source."""
 
 
+class LaunchError(CocoonError):
+    """``cocoon up``: a flag is invalid, or a role failed to start or died."""
+
+
+# --- wire and connections ----------------------------------------------------------------
+
+
 class ProtocolError(CocoonError):
     """A peer sent bytes that break the wire protocol (bad frame, schema, state or version)."""
 
@@ -54,6 +116,13 @@ class FrameTooLarge(ProtocolError):
 
 class FlowControlError(ProtocolError):
     """A peer sent more stream data than it had credit for, or we tried to."""
+
+
+class TransportError(CocoonError):
+    """A connection could not be made or was lost."""
+
+
+# --- attestation -------------------------------------------------------------------------
 
 
 class AttestationError(CocoonError):
@@ -89,15 +158,78 @@ class PolicyRejected(AttestationError):
     rule = "policy"
 
 
+# --- chain -------------------------------------------------------------------------------
+
+
+class ChainError(CocoonError):
+    """The chain backend failed (process died, protocol error, bad command)."""
+
+
+class ChainUnavailable(ChainError):
+    """The chain backend cannot start or cannot be reached (missing Node.js or contracts
+    toolchain, chain service down). A running node treats it as an outage to ride out."""
+
+
+class ChainTimeout(ChainError):
+    """A chain call, or the wait for a message's transaction, ran past its deadline."""
+
+
+# --- money -------------------------------------------------------------------------------
+
+
 class PaymentError(CocoonError):
-    """Root of every payment failure (pricing, vouchers, the proxy's ledger); subclasses live
-    in ``cocoon.ledger.errors``. ``status`` is the HTTP status when it ends a request."""
+    """Root of every payment failure (pricing, vouchers, the proxy's ledger, contracts).
+    ``status`` is the HTTP status when it ends a request."""
 
     status: int = 500
 
 
-class TransportError(CocoonError):
-    """A connection could not be made or was lost."""
+class PricingError(PaymentError, ValueError):
+    """Prices or token counts are out of range (negative, fee above price, cached > prompt,
+    reasoning > completion): a value error, so parsers that promise ``ValueError`` keep it."""
+
+
+class ReservationError(PaymentError):
+    """A reservation operation does not fit the reservation's state (unknown id, already
+    released, reused id with other parameters)."""
+
+
+class LedgerError(PaymentError):
+    """The ledger file cannot be used (schema from a newer version, failed integrity)."""
+
+
+class VoucherInvalid(PaymentError):
+    """The voucher's signature does not verify under the expected key.
+
+    One error whatever the cause (forged, wrong key, tampered field, wrong signer): what a
+    remote peer learns stays opaque; the message says precisely why for logs."""
+
+    status = 400
+
+
+class VoucherReplay(PaymentError):
+    """The voucher is not strictly newer than the last accepted one on its channel."""
+
+    status = 409
+
+
+class VoucherRegression(VoucherReplay):
+    """The voucher is numbered higher but a cumulative amount went down."""
+
+
+class InsufficientFunds(PaymentError):
+    """The client's available balance cannot cover the reservation (the request that needed
+    it is answered :class:`PaymentRequired`)."""
+
+    status = 402
+
+    def __init__(self, message: str, *, available: int = 0, requested: int = 0) -> None:
+        super().__init__(message)
+        self.available = available
+        self.requested = requested
+
+
+# --- request failures (what an app is answered) ------------------------------------------
 
 
 class RequestError(CocoonError):
@@ -136,8 +268,9 @@ class EngineUnsupported(BadRequest):
     code = "unsupported_by_engine"
 
 
-class PaymentRequired(RequestError):
-    """The client's balance cannot cover the request's reservation."""
+class PaymentRequired(RequestError, PaymentError):
+    """The request cannot be paid for: the client's balance is too low, its channel is
+    closing, or it left too much unsigned. The message says which and how to fix it."""
 
     status = 402
     type = "insufficient_funds"
@@ -216,3 +349,24 @@ def request_error_from_code(code: str, message: str, param: str | None = None) -
     """Rebuild the typed error a peer reported; unknown codes become a plain RequestError."""
     cls = _BY_CODE.get(code, RequestError)
     return cls(message, param=param)
+
+
+def as_request_error(exc: BaseException, *, where: str = "") -> RequestError:
+    """What the requester is told when ``exc`` stopped its request: the one mapping from
+    an exception to a wire code and an HTTP status.
+
+    A :class:`RequestError` is itself; the requester going away is ``cancelled``; a payment
+    refusal is 402; a lost connection is ``worker_lost``; anything else is an internal error
+    whose message names only where it happened and the exception's type (never its text,
+    which may carry request content)."""
+    if isinstance(exc, RequestError):
+        return exc
+    if isinstance(exc, asyncio.CancelledError):
+        return RequestCancelled("cancelled by the requester")
+    if isinstance(exc, PaymentError) and exc.status == 402:
+        return PaymentRequired(str(exc))
+    if isinstance(exc, TransportError):
+        return WorkerLost(f"{where or 'a peer'} disconnected before finishing the request")
+    if isinstance(exc, TimeoutError):
+        return RequestTimeout(f"{where or 'the request'} timed out")
+    return RequestError(f"{where or 'cocoon'} error: {type(exc).__name__}")

@@ -10,8 +10,8 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from cocoon.attestation.cli import add_attest_arguments, run_attest
 from cocoon.attestation.fake_tdx import FakeTdxAuthority, fake_measurements
+from cocoon.commands.attest import add_attest_arguments, run_attest
 
 IMAGE_HASH = "04b3afd931d28680af91a15b09d672c40ad6b141f7f9089a8d67d595220f7436"
 

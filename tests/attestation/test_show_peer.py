@@ -18,9 +18,9 @@ from typing import Any
 
 import pytest
 
-from cocoon.attestation.cli import add_attest_arguments, run_attest
 from cocoon.attestation.fake_tdx import FakeTdxAuthority, fake_measurements
-from cocoon.launch import LocalNetwork, Role
+from cocoon.commands.attest import add_attest_arguments, run_attest
+from cocoon.commands.up import LocalNetwork, Role
 
 pytestmark = pytest.mark.e2e
 

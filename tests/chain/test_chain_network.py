@@ -27,14 +27,15 @@ from cocoon.chain.errors import ChainError, ChainUnavailable
 from cocoon.chain.localnet import LocalDeployment, NetworkParams, deploy_local_network
 from cocoon.chain.messages import add_image_hash_body
 from cocoon.chain.registry import RegistryAllowLists, parse_registry, read_registry
-from cocoon.chain.service import ChainService
 from cocoon.chain.vouchers import parse_voucher, public_key, sign_voucher, verify_voucher
+from cocoon.commands.chain_service import ChainService
 from cocoon.config import BillingConfig, ChainConfig
 from cocoon.errors import PaymentRequired
 from cocoon.ledger import Bill, Ledger
+from cocoon.ledger.accounts import channel_account
 from cocoon.ledger.errors import VoucherInvalid, VoucherReplay
 from cocoon.nodes.common import HttpServer
-from cocoon.nodes.proxy.payments import WORKER_FLOAT, ProxyPayments, channel_account
+from cocoon.nodes.proxy.payments import WORKER_FLOAT, ProxyPayments
 
 try:
     find_toolchain()

@@ -271,7 +271,7 @@ async def test_transactions_are_read_like_the_tvm_wrote_them() -> None:
     from pytoniq_core.tlb.transaction import Transaction
 
     from cocoon.chain.embedded import default_contracts_dir
-    from cocoon.chain.ton import _seen
+    from cocoon.chain.ton.lite import _seen
 
     spec = ChannelSpec("client", DEST, DEST, public_key(CLIENT_KEY), public_key(PROXY_KEY), 60, 1)
     deploy = _ton(DEST).deploy_message(

@@ -26,7 +26,7 @@ import openai
 import pytest
 
 from cocoon.attestation.fake_tdx import FakeTdxAuthority, fake_measurements
-from cocoon.launch import LocalNetwork, Role
+from cocoon.commands.up import LocalNetwork, Role
 
 pytestmark = pytest.mark.e2e
 

@@ -11,7 +11,7 @@ from typing import Any
 import openai
 import pytest
 
-from cocoon.launch import LocalNetwork
+from cocoon.commands.up import LocalNetwork
 from cocoon.ledger import Ledger
 
 PRICE, FEE = 2, 1  # BillingConfig defaults: nanoTON per adjusted token

@@ -24,7 +24,7 @@ import pytest
 from cocoon.chain.embedded import find_toolchain
 from cocoon.chain.errors import ChainUnavailable
 from cocoon.chain.localnet import NetworkParams
-from cocoon.launch import LocalNetwork
+from cocoon.commands.up import LocalNetwork
 
 try:
     find_toolchain()

@@ -14,7 +14,7 @@ from typing import Any
 import openai
 import pytest
 
-from cocoon.launch import LocalNetwork
+from cocoon.commands.up import LocalNetwork
 from cocoon.ledger import Ledger
 
 pytestmark = pytest.mark.e2e

@@ -37,7 +37,7 @@ from openai.types.chat import ChatCompletionMessageParam
 
 from cocoon.chain.embedded import EmbeddedChain, find_toolchain
 from cocoon.chain.errors import ChainUnavailable
-from cocoon.launch import LocalNetwork
+from cocoon.commands.up import LocalNetwork
 from cocoon.ledger import Ledger
 
 pytestmark = pytest.mark.e2e

@@ -29,13 +29,13 @@ from cocoon.ledger import (
     Ledger,
     Prices,
     SignedVoucher,
-    TokenCounts,
     VoucherBook,
     VoucherKind,
     price_usage,
     reservation_for,
 )
 from cocoon.ledger.vouchers import public_key_bytes
+from cocoon.usage import Usage
 
 KEY = Ed25519PrivateKey.from_private_bytes(b"\x2a" * 32)
 PUB = public_key_bytes(KEY)
@@ -71,12 +71,14 @@ def plan(index: int) -> Plan:
     estimate = rng.randint(1, 1500)
     outcome = rng.choice(["complete", "complete", "stream_cut", "cancelled", "failed"])
     if outcome in ("cancelled", "failed"):
-        usage = TokenCounts()
+        usage = Usage()
     else:
         prompt = rng.randint(0, estimate)
         limit = max_tokens if outcome == "complete" else rng.randint(0, max_tokens)
         completion = rng.randint(0, limit)
-        usage = TokenCounts(prompt, rng.randint(0, prompt), completion, rng.randint(0, completion))
+        usage = Usage(prompt_tokens=prompt, cached_tokens=rng.randint(0, prompt),
+                      completion_tokens=completion,
+                      reasoning_tokens=rng.randint(0, completion))
     return Plan(
         request_id=request_id(index),
         client=CLIENTS[index % len(CLIENTS)],

@@ -12,13 +12,13 @@ from cocoon.ledger import (
     Bill,
     Prices,
     PricingError,
-    TokenCounts,
     adjust,
     adjusted_tokens,
     price_usage,
     reservation_for,
     reservation_tokens,
 )
+from cocoon.usage import Usage
 
 uints = st.integers(min_value=0, max_value=10**7)
 coefficients = st.integers(min_value=0, max_value=10**6)
@@ -33,20 +33,20 @@ def prices(draw: st.DrawFn) -> Prices:
 
 
 @st.composite
-def counts(draw: st.DrawFn, max_prompt: int = 10**6, max_completion: int = 10**6) -> TokenCounts:
+def counts(draw: st.DrawFn, max_prompt: int = 10**6, max_completion: int = 10**6) -> Usage:
     prompt = draw(st.integers(min_value=0, max_value=max_prompt))
     completion = draw(st.integers(min_value=0, max_value=max_completion))
-    return TokenCounts(
-        prompt,
-        draw(st.integers(min_value=0, max_value=prompt)),
-        completion,
-        draw(st.integers(min_value=0, max_value=completion)),
+    return Usage(
+        prompt_tokens=prompt,
+        cached_tokens=draw(st.integers(min_value=0, max_value=prompt)),
+        completion_tokens=completion,
+        reasoning_tokens=draw(st.integers(min_value=0, max_value=completion)),
     )
 
 
 def test_cocoon_worked_example() -> None:
     # design doc sec. 2: fake backend, 34 prompt / 11 cached / 100 completion / 10 reasoning.
-    usage = TokenCounts(prompt=34, cached=11, completion=100, reasoning=10)
+    usage = Usage(prompt_tokens=34, cached_tokens=11, completion_tokens=100, reasoning_tokens=10)
     p = Prices(price_per_token=2, worker_fee_per_token=1)
     assert adjust(34 - 11, 1000, 10000) == 23
     assert adjust(100 - 10, 1000, 10000) == 90
@@ -56,7 +56,7 @@ def test_cocoon_worked_example() -> None:
 
 
 def test_coefficient_and_multipliers() -> None:
-    usage = TokenCounts(prompt=34, cached=11, completion=100, reasoning=10)
+    usage = Usage(prompt_tokens=34, cached_tokens=11, completion_tokens=100, reasoning_tokens=10)
     p = Prices(10, 7, prompt_mult=5000, cached_mult=2500, completion_mult=20000)
     # c=1.5: prompt 23*1.5*0.5=17.25 -> 17, cached 11*1.5*0.25=4.125 -> 4,
     # completion 90*1.5*2=270, reasoning 10*1.5=15
@@ -97,8 +97,10 @@ def test_prices_validated(kwargs: dict[str, object]) -> None:
 
 @pytest.mark.parametrize("args", [(1, 2, 0, 0), (0, 0, 1, 2), (-1, 0, 0, 0), (0, 0, -1, 0)])
 def test_token_counts_validated(args: tuple[int, int, int, int]) -> None:
+    prompt, cached, completion, reasoning = args
     with pytest.raises(PricingError):
-        TokenCounts(*args)
+        Usage(prompt_tokens=prompt, cached_tokens=cached, completion_tokens=completion,
+              reasoning_tokens=reasoning)
 
 
 def test_bill_rejects_inconsistent_fields() -> None:
@@ -109,7 +111,7 @@ def test_bill_rejects_inconsistent_fields() -> None:
 
 
 @given(counts(), coefficients, prices())
-def test_bill_split_conserves_value(usage: TokenCounts, c: int, p: Prices) -> None:
+def test_bill_split_conserves_value(usage: Usage, c: int, p: Prices) -> None:
     bill = price_usage(usage, c, p)
     assert bill.client_cost == bill.worker_income + bill.commission
     assert bill.commission >= 0
@@ -135,12 +137,12 @@ def test_reservation_bounds_any_usage_within_limits(
     assert bill.adjusted_tokens <= reservation_tokens(max_tokens, estimate, c, p)
     # the bound is tight when multipliers are equal and usage is maximal without cached/reasoning
     if len({p.prompt_mult, p.cached_mult}) == 1 and len({p.completion_mult, p.reasoning_mult}) == 1:
-        worst = price_usage(TokenCounts(estimate, 0, max_tokens, 0), c, p)
+        worst = price_usage(Usage(prompt_tokens=estimate, completion_tokens=max_tokens), c, p)
         assert reserved - worst.client_cost <= p.price_per_token
 
 
 @given(counts(), coefficients, prices(), st.integers(min_value=0, max_value=10**12))
-def test_capped_bill_fits_budget(usage: TokenCounts, c: int, p: Prices, budget: int) -> None:
+def test_capped_bill_fits_budget(usage: Usage, c: int, p: Prices, budget: int) -> None:
     bill = price_usage(usage, c, p)
     capped = bill.capped(budget)
     assert capped.client_cost <= max(budget, 0) or capped == bill

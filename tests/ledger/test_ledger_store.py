@@ -29,13 +29,13 @@ from cocoon.ledger import (
     LedgerError,
     Prices,
     ReservationError,
-    TokenCounts,
     VoucherBook,
     price_usage,
     reservation_for,
 )
 from cocoon.ledger.store import SCHEMA_VERSION
 from cocoon.ledger.vouchers import public_key_bytes
+from cocoon.usage import Usage
 
 KEY = Ed25519PrivateKey.from_private_bytes(b"\x07" * 32)
 PUB = public_key_bytes(KEY)
@@ -72,10 +72,12 @@ def test_request_lifecycle(ledger: Ledger) -> None:
     assert ledger.reserve("r1", "alice", "w1", amount) == res  # idempotent
     with pytest.raises(ReservationError):
         ledger.reserve("r1", "alice", "w1", amount + 1)
-    bill = price_usage(TokenCounts(34, 11, 100, 10), 1000, PRICES)
+    bill = price_usage(Usage(prompt_tokens=34, cached_tokens=11, completion_tokens=100,
+                             reasoning_tokens=10), 1000, PRICES)
     s = ledger.settle("r1", bill, KEY)
     assert s.bill == bill and s.overage == 0
-    assert ledger.settle("r1", price_usage(TokenCounts(1, 0, 1, 0), 1000, PRICES), KEY) == s
+    again = price_usage(Usage(prompt_tokens=1, completion_tokens=1), 1000, PRICES)
+    assert ledger.settle("r1", again, KEY) == s
     acct = ledger.balance("alice")
     assert (acct.deposited, acct.charged, acct.reserved, acct.tokens) == (10_000, 402, 0, 134)
     assert ledger.earnings("w1").earned == 268
@@ -296,7 +298,7 @@ class LedgerMachine(RuleBasedStateMachine):
             assert again == before and again.bill.client_cost == req.charged
             return
         if outcome == "cancelled":
-            usage = TokenCounts()
+            usage = Usage()
         else:
             prompt = data.draw(st.integers(0, req.prompt_estimate))
             limit = req.max_tokens if outcome != "stream_cut" else req.max_tokens // 2
@@ -304,11 +306,11 @@ class LedgerMachine(RuleBasedStateMachine):
             if outcome == "over":  # a worker reporting beyond max_tokens
                 prompt = req.prompt_estimate
                 completion = req.max_tokens + data.draw(st.integers(1, 5000))
-            usage = TokenCounts(
-                prompt,
-                data.draw(st.integers(0, prompt)),
-                completion,
-                data.draw(st.integers(0, completion)),
+            usage = Usage(
+                prompt_tokens=prompt,
+                cached_tokens=data.draw(st.integers(0, prompt)),
+                completion_tokens=completion,
+                reasoning_tokens=data.draw(st.integers(0, completion)),
             )
         bill = price_usage(usage, req.coefficient, req.prices)
         if outcome != "over":

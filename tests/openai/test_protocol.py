@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cocoon import errors
-from cocoon.errors import BadRequest, RequestError, request_error_from_code
+from cocoon.errors import BadRequest, PricingError, RequestError, request_error_from_code
 from cocoon.openai.protocol import (
     ENDPOINTS,
     Usage,
@@ -335,8 +335,12 @@ counts = st.integers(min_value=0, max_value=2**53)
 
 
 @settings(deadline=None)
-@given(counts, counts, counts, counts)
-def test_usage_round_trip(p: int, c: int, cached: int, reasoning: int) -> None:
+@given(counts, counts, st.data())
+def test_usage_round_trip(p: int, c: int, data: st.DataObject) -> None:
+    # Usage holds only consistent counts (cached within prompt, reasoning within
+    # completion): the one rule, tested in test_usage_rejects_contradicting_counts.
+    cached = data.draw(st.integers(min_value=0, max_value=p))
+    reasoning = data.draw(st.integers(min_value=0, max_value=c))
     u = Usage(p, c, cached, reasoning)
     obj = u.to_openai()
     assert obj["total_tokens"] == p + c
@@ -344,6 +348,17 @@ def test_usage_round_trip(p: int, c: int, cached: int, reasoning: int) -> None:
     assert Usage.from_openai(json.loads(json.dumps(obj))) == u
     assert ("prompt_tokens_details" in obj) is (cached > 0)
     assert ("completion_tokens_details" in obj) is (reasoning > 0)
+
+
+@pytest.mark.parametrize("args", [(1, 0, 2, 0), (0, 1, 0, 2), (-1, 0, 0, 0), (0, 0, -1, 0),
+                                  (True, 0, 0, 0), (1.0, 0, 0, 0)])
+def test_usage_rejects_contradicting_counts(args: tuple[Any, ...]) -> None:
+    with pytest.raises(PricingError):
+        Usage(*args)
+    with pytest.raises(ValueError):  # what from_openai promises for a bad usage object
+        Usage.from_openai({"prompt_tokens": args[0], "completion_tokens": args[1],
+                           "prompt_tokens_details": {"cached_tokens": args[2]},
+                           "completion_tokens_details": {"reasoning_tokens": args[3]}})
 
 
 def test_usage_to_openai_shape() -> None:

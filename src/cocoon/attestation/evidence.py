@@ -13,11 +13,13 @@
 from __future__ import annotations
 
 import hashlib
+import typing
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Final, Literal, Protocol
 
 __all__ = [
+    "TIERS",
     "Claims",
     "Evidence",
     "EvidenceKind",
@@ -32,6 +34,7 @@ __all__ = [
 
 EvidenceKind = Literal["none", "fake-tdx", "tdx"]
 Tier = Literal["unattested", "fake-tdx", "tdx"]
+TIERS: Final[tuple[Tier, ...]] = typing.get_args(Tier)  # weakest first
 
 _CLAIMS_DOMAIN: Final = b"cocoon-ra-tls-claims-v1"
 

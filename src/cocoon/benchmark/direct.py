@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from aiohttp import web
 
 from cocoon.engines import Engine, FakeEngine, FakeEngineConfig, InferenceJob
+from cocoon.engines.llama_cpp import LlamaCppConfig, LlamaCppEngine
 from cocoon.errors import CocoonError, EngineError, RequestError
 from cocoon.nodes.common import HttpServer, json_response, run_until_signal, write_ready_file
 from cocoon.openai import ENDPOINTS, Usage, encode_event, parse_request
@@ -132,8 +133,6 @@ def _build_engine(args: argparse.Namespace) -> Engine:
         return FakeEngine(FakeEngineConfig(model=args.model, chunks=args.chunks,
                                            chunk_bytes=args.chunk_bytes,
                                            delay_ms=args.delay_ms))
-    from cocoon.engines.llama_cpp import LlamaCppConfig, LlamaCppEngine
-
     return LlamaCppEngine(LlamaCppConfig(model_path=args.model_path))
 
 

@@ -33,7 +33,13 @@ from datetime import UTC, datetime
 from time import perf_counter
 from typing import Any
 
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from cocoon.attestation.evidence import EvidenceVerifier, Provider
+from cocoon.attestation.fake_tdx import FakeTdxAuthority, FakeTdxProvider, fake_measurements
+from cocoon.attestation.providers import NoneProvider
 from cocoon.benchmark.loadgen import percentile
+from cocoon.transport.tls import TlsConnector, TlsIdentity, TlsListener
 
 __all__ = ["run_handshake", "timing_summary"]
 
@@ -94,23 +100,12 @@ async def _tls(n: int, kind: str, *, fresh: bool = True
                ) -> tuple[list[float], list[str], dict[str, Any]]:
     """``fresh``: a new client identity and connector for each connection (made untimed), so
     both ends verify a certificate they have not seen (no verification cache hit)."""
-    from cocoon.attestation.evidence import EvidenceVerifier, Provider
-    from cocoon.transport.tls import TlsConnector, TlsIdentity, TlsListener
-
     verifiers: dict[str, EvidenceVerifier] = {}
     if kind == "fake-tdx":
-        from cocoon.attestation.fake_tdx import (
-            FakeTdxAuthority,
-            FakeTdxProvider,
-            fake_measurements,
-        )
-
         authority = FakeTdxAuthority.generate(datetime.now(UTC))
         provider: Provider = FakeTdxProvider(authority, fake_measurements())
         verifiers["fake-tdx"] = authority.verifier()
     else:
-        from cocoon.attestation.providers import NoneProvider
-
         provider = NoneProvider()
     server_id = TlsIdentity.create(provider, "proxy", "", b"bench")
     client_id = TlsIdentity.create(provider, "worker", "fake", b"bench")
@@ -132,8 +127,6 @@ async def _tls(n: int, kind: str, *, fresh: bool = True
         return connect
 
     times, errors = await _connections(n, listen, prepare)
-    from cryptography.hazmat.primitives.serialization import Encoding
-
     info = {"cert_bytes": len(client_id.certificate.public_bytes(Encoding.DER)),
             "quote_bytes": len(client_id.evidence.quote)}
     return times, errors, info
@@ -153,10 +146,6 @@ async def _tcp(n: int) -> tuple[list[float], list[str]]:
 
 
 def _operations(n: int) -> dict[str, Any]:
-    from cocoon.attestation.fake_tdx import FakeTdxAuthority, FakeTdxProvider, fake_measurements
-    from cocoon.attestation.providers import NoneProvider
-    from cocoon.transport.tls import TlsIdentity
-
     authority = FakeTdxAuthority.generate(datetime.now(UTC))
     provider = FakeTdxProvider(authority, fake_measurements())
     verifier = authority.verifier()

@@ -15,7 +15,8 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from cocoon.ledger import Ledger, Prices, TokenCounts, price_usage, reservation_for
+from cocoon.ledger import Ledger, Prices, price_usage, reservation_for
+from cocoon.usage import Usage
 
 __all__ = ["format_ledger", "run_ledger"]
 
@@ -26,7 +27,7 @@ def run_ledger(n: int, progress: Any) -> dict[str, Any]:
     t0 = time.perf_counter()
     for i in range(n):
         reservation_for(1000, 200 + i % 50, 1000, prices)
-        price_usage(TokenCounts(30 + i % 7, 0, 100, 0), 1000, prices)
+        price_usage(Usage(prompt_tokens=30 + i % 7, completion_tokens=100), 1000, prices)
     pricing_s = time.perf_counter() - t0
     with tempfile.TemporaryDirectory(prefix="cocoon-bench-ledger-") as d, \
             Ledger(Path(d) / "ledger.sqlite") as ledger:
@@ -37,7 +38,8 @@ def run_ledger(n: int, progress: Any) -> dict[str, Any]:
             t = time.perf_counter()
             ledger.reserve(rid, "client", f"worker{i % 4}", 10_000)
             reserve_s += time.perf_counter() - t
-            bill = price_usage(TokenCounts(30, 0, 100 + i % 10, 0), 1000, prices)
+            usage = Usage(prompt_tokens=30, completion_tokens=100 + i % 10)
+            bill = price_usage(usage, 1000, prices)
             t = time.perf_counter()
             ledger.settle(rid, bill, key)
             settle_s += time.perf_counter() - t

@@ -19,8 +19,9 @@ from collections.abc import Callable
 from time import perf_counter
 from typing import Any
 
+from cocoon.commands.up import LocalNetwork
+from cocoon.engines.llama_cpp import DEFAULT_MODEL_NAME, LlamaCppConfig, default_model_path
 from cocoon.errors import ConfigError
-from cocoon.launch import LocalNetwork
 
 __all__ = ["llama_unavailable", "run_llama"]
 
@@ -35,8 +36,6 @@ def llama_unavailable() -> str | None:
     if importlib.util.find_spec("llama_cpp") is None:
         return ("llama-cpp-python is not importable (install it with pip install -e "
                 "'.[llama]')")
-    from cocoon.engines.llama_cpp import default_model_path
-
     try:
         default_model_path()
     except ConfigError as exc:
@@ -88,9 +87,7 @@ def run_llama(runs: int, max_tokens: int, progress: Progress,
     if why is not None:
         progress(f"llama: skipped: {why}")
         return {"skipped": why}
-    import llama_cpp
-
-    from cocoon.engines.llama_cpp import DEFAULT_MODEL_NAME, LlamaCppConfig, default_model_path
+    import llama_cpp  # lazy: optional dependency; loads libllama (checked above)
 
     cfg = LlamaCppConfig()
     path = default_model_path()

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import psutil
 
-from cocoon.launch import LaunchError, Role, http_json
+from cocoon.commands.up import Role, http_json
+from cocoon.errors import LaunchError
 
 __all__ = ["CpuMeter", "DirectProcess"]
 

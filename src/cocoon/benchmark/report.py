@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from cocoon.benchmark.ledger import format_ledger
+
 __all__ = ["format_report"]
 
 _NOISY = 0.10  # "other" CPU above this share of the machine: say the run was disturbed
@@ -158,8 +160,6 @@ def format_report(report: dict[str, Any]) -> str:
         lines.append("")
         lines.extend(_llama_lines(report["llama"]))
     if "ledger" in report:
-        from cocoon.benchmark.ledger import format_ledger
-
         lines.append("")
         lines.extend(format_ledger(report["ledger"]))
     if "handshake" in report:

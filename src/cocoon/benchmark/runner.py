@@ -20,7 +20,8 @@ from typing import Any
 
 from cocoon.benchmark.loadgen import LoadGenerator
 from cocoon.benchmark.procs import CpuMeter, DirectProcess
-from cocoon.launch import LaunchError, LocalNetwork, Role
+from cocoon.commands.up import LocalNetwork, Role
+from cocoon.errors import LaunchError
 
 __all__ = ["MODES", "TLS_TARGETS", "ModeSpec", "aggregate", "compare", "compare_tls",
            "expected_events", "request_body", "run_mode"]

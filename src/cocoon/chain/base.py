@@ -22,8 +22,8 @@ from typing import Protocol, runtime_checkable
 
 from pytoniq_core.boc.cell import Cell
 
-from cocoon.chain.messages import ProxyStakeSpec, RegistryParams
-from cocoon.chain.vouchers import ChainVoucher, ChannelKind
+from cocoon.chain.specs import ChannelSpec, ProxyStakeSpec, RegistryParams
+from cocoon.chain.vouchers import ChainVoucher
 
 __all__ = [
     "DEFAULT_MSG_VALUE",
@@ -52,19 +52,6 @@ class ChannelStatus(enum.IntEnum):
     OPEN = 0
     CLOSING = 1
     CLOSED = 2
-
-
-@dataclass(frozen=True, slots=True)
-class ChannelSpec:
-    """Everything that fixes a channel's initial data, hence its address."""
-
-    kind: ChannelKind
-    funder: str
-    payee: str
-    signer_pubkey: bytes
-    payee_pubkey: bytes
-    close_delay: int
-    channel_id: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,9 +118,6 @@ class TxResult:
     def sent_by(self, address: str) -> tuple[OutMessage, ...]:
         """Internal messages sent by ``address`` in this trace."""
         return tuple(m for t in self.on(address) for m in t.out_messages)
-
-    def fees_of(self, address: str) -> int:
-        return sum(t.total_fees for t in self.on(address))
 
     def balance_delta(self, address: str) -> int:
         """Exact change of ``address``'s balance in this trace (nanoTON): incoming values minus

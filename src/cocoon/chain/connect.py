@@ -7,29 +7,17 @@ that a channel is what its holder claims).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 from cocoon.chain.base import Chain, ChannelState
+from cocoon.chain.config import ChainConfig
+from cocoon.chain.embedded import EmbeddedChain
 from cocoon.chain.errors import ChainError
+from cocoon.chain.specs import ChannelSpec
 from cocoon.chain.vouchers import OP_CLIENT_CHARGE, OP_WORKER_PAYOUT, ChannelKind
-from cocoon.config import ChainConfig
 from cocoon.errors import ConfigError
 
-__all__ = ["ChannelParties", "NodeChain", "channel_parties", "open_chain"]
-
-
-@dataclass(frozen=True, slots=True)
-class ChannelParties:
-    """``get_channel_parties()`` and ``get_voucher_op()`` of a channel contract."""
-
-    kind: ChannelKind
-    funder: str
-    payee: str
-    signer_pubkey: bytes
-    payee_pubkey: bytes
-    close_delay: int
-    channel_id: int
+__all__ = ["NodeChain", "channel_parties", "open_chain"]
 
 
 def _int(item: dict[str, Any]) -> int:
@@ -45,15 +33,16 @@ def _addr(item: dict[str, Any]) -> str:
     return a
 
 
-async def channel_parties(chain: Any, channel: str) -> ChannelParties:
-    """Who funds, who is paid and whose key signs the vouchers of ``channel``; ChainError if
-    it is not a channel contract."""
+async def channel_parties(chain: Any, channel: str) -> ChannelSpec:
+    """Who funds, who is paid and whose key signs the vouchers of ``channel``
+    (``get_channel_parties()`` and ``get_voucher_op()``); ChainError if it is not a channel
+    contract."""
     op = _int((await chain.get(channel, "get_voucher_op"))[0])
     kinds: dict[int, ChannelKind] = {OP_CLIENT_CHARGE: "client", OP_WORKER_PAYOUT: "worker"}
     if op not in kinds:
         raise ChainError(f"{channel} is not a cocoon payment channel (voucher op {op:#x})")
     s = await chain.get(channel, "get_channel_parties")
-    return ChannelParties(
+    return ChannelSpec(
         kind=kinds[op],
         funder=_addr(s[0]),
         payee=_addr(s[1]),
@@ -67,11 +56,9 @@ async def channel_parties(chain: Any, channel: str) -> ChannelParties:
 async def open_chain(config: ChainConfig) -> Chain:
     """The backend ``config`` names, connected; ConfigError when there is none."""
     if config.backend == "embedded":
-        from cocoon.chain.embedded import EmbeddedChain
-
         return await EmbeddedChain.connect(config.url)
     if config.backend == "ton":
-        from cocoon.chain.ton import TonChain
+        from cocoon.chain.ton import TonChain  # lazy: pytoniq + aiohttp, ~200 ms
 
         chain: Chain = await TonChain.from_config(config)
         return chain
@@ -102,7 +89,7 @@ class NodeChain:
         """What the backend's mutating calls take as ``sender``."""
         return self.config.wallet or "default"
 
-    async def parties(self, channel: str) -> ChannelParties:
+    async def parties(self, channel: str) -> ChannelSpec:
         return await channel_parties(self.chain, channel)
 
     async def state(self, channel: str) -> ChannelState:

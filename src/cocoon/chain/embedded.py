@@ -153,7 +153,7 @@ class _HttpTransport:
     """The same JSON-RPC, posted to a chain service (``cocoon chain run``) over HTTP."""
 
     def __init__(self, url: str, timeout: float) -> None:
-        import aiohttp
+        import aiohttp  # lazy: ~100 ms that `cocoon --help`, `cocoon up` and tests need not pay
 
         self.url = url.rstrip("/") + "/rpc"
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout))

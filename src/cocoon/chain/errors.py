@@ -2,19 +2,34 @@
 
 Contract rejections are :class:`cocoon.errors.PaymentError` subclasses carrying the compute
 phase exit code and its meaning from contracts/README.md ("Exit codes").  Use
-:func:`rejection_for` to get the right class for an exit code.
+:func:`rejection_for` to get the right class for an exit code. A code whose failure already
+has a name in :mod:`cocoon.errors` is also that class (one name per failure: a replay is a
+:class:`~cocoon.errors.VoucherReplay` whether the ledger or the contract caught it).
+
+:class:`ChainError`, :class:`ChainUnavailable` and :class:`ChainTimeout` are defined in
+:mod:`cocoon.errors` and re-exported here.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from cocoon.errors import CocoonError, ConfigError, PaymentError
+from cocoon.errors import (
+    ChainError,
+    ChainTimeout,
+    ChainUnavailable,
+    InsufficientFunds,
+    PaymentError,
+    VoucherInvalid,
+    VoucherRegression,
+    VoucherReplay,
+)
 
 __all__ = [
     "EXIT_MEANINGS",
     "BadVoucherSignature",
     "ChainError",
+    "ChainTimeout",
     "ChainUnavailable",
     "ContractRejected",
     "EarlyClose",
@@ -52,14 +67,6 @@ EXIT_MEANINGS: dict[int, str] = {
 }
 
 
-class ChainError(CocoonError):
-    """The chain backend failed (process died, protocol error, bad command)."""
-
-
-class ChainUnavailable(ConfigError):
-    """The chain backend cannot start (missing node / contracts toolchain)."""
-
-
 class ContractRejected(PaymentError):
     """A contract's compute phase failed; ``exit_code`` and ``meaning`` say why."""
 
@@ -86,19 +93,19 @@ class WrongSender(ContractRejected):
     exit_code = 100
 
 
-class BadVoucherSignature(ContractRejected):
+class BadVoucherSignature(ContractRejected, VoucherInvalid):
     exit_code = 101
 
 
-class VoucherReplayed(ContractRejected):
+class VoucherReplayed(ContractRejected, VoucherReplay):
     exit_code = 102
 
 
-class VoucherAmountDecreased(ContractRejected):
+class VoucherAmountDecreased(ContractRejected, VoucherRegression):
     exit_code = 103
 
 
-class InsufficientChannelBalance(ContractRejected):
+class InsufficientChannelBalance(ContractRejected, InsufficientFunds):
     exit_code = 104
 
 

@@ -17,15 +17,14 @@ Every amount is nanoTON.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import dataclass, field
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from cocoon.chain.base import Chain, ChannelSpec
-from cocoon.chain.messages import ProxyStakeSpec, RegistryParams
+from cocoon.chain.base import Chain
+from cocoon.chain.specs import ChannelSpec, ProxyStakeSpec, RegistryParams
 from cocoon.chain.vouchers import public_key
-from cocoon.config import BillingConfig
+from cocoon.ledger.config import BillingConfig
 
 __all__ = ["LocalDeployment", "NetworkParams", "deploy_local_network"]
 
@@ -60,9 +59,6 @@ class LocalDeployment:
     client_channel: str
     worker_wallets: tuple[str, ...] = field(default=())
     worker_channels: tuple[str, ...] = field(default=())
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 async def deploy_local_network(

@@ -21,9 +21,7 @@ import functools
 import json
 import os
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pytoniq_core.boc.address import Address
@@ -33,10 +31,8 @@ from pytoniq_core.boc.hashmap.hashmap import HashMap
 from pytoniq_core.tlb.account import StateInit
 
 from cocoon.chain.errors import ChainError, ChainUnavailable
-from cocoon.chain.vouchers import ChannelKind, cell_boc, sign_payload, sign_voucher
-
-if TYPE_CHECKING:
-    from cocoon.chain.base import ChannelSpec
+from cocoon.chain.specs import ChannelSpec, ProxyStakeSpec, RegistryParams
+from cocoon.chain.vouchers import ChannelKind, cell_boc, sign_payload
 
 __all__ = [
     "CHANNEL_CONTRACTS",
@@ -58,6 +54,7 @@ __all__ = [
     "OP_UNSTAKE",
     "OP_UPDATE_PARAMS",
     "OP_WITHDRAW",
+    "ChannelSpec",
     "ProxyStakeSpec",
     "RegistryParams",
     "add_image_hash_body",
@@ -88,7 +85,6 @@ __all__ = [
     "topup_body",
     "unstake_body",
     "update_params_body",
-    "voucher_body",
     "withdraw_body",
 ]
 
@@ -272,51 +268,7 @@ def withdraw_body(*, query_id: int = 0) -> Cell:
     return _end(_head(OP_WITHDRAW, query_id))
 
 
-def voucher_body(
-    key: Ed25519PrivateKey | bytes,
-    kind: ChannelKind,
-    channel: str,
-    seqno: int,
-    cumulative: int,
-    *,
-    query_id: int = 0,
-) -> Cell:
-    """Signed voucher message (see :mod:`cocoon.chain.vouchers`, which owns the layout)."""
-    return sign_voucher(key, kind, channel, seqno, cumulative, query_id=query_id).body()
-
-
 # ---- root registry -----------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class RegistryParams:
-    """The registry's ``Params`` cell, field for field (nanoTON amounts, seconds, multipliers)."""
-
-    price_per_token: int
-    worker_fee: int
-    prompt_mult: int
-    cached_mult: int
-    completion_mult: int
-    reasoning_mult: int
-    proxy_close_delay: int
-    client_close_delay: int
-    min_proxy_stake: int
-    min_client_stake: int
-
-    def as_tuple(self) -> tuple[int, ...]:
-        """In ``get_params()`` order."""
-        return (
-            self.price_per_token,
-            self.worker_fee,
-            self.prompt_mult,
-            self.cached_mult,
-            self.completion_mult,
-            self.reasoning_mult,
-            self.proxy_close_delay,
-            self.client_close_delay,
-            self.min_proxy_stake,
-            self.min_client_stake,
-        )
 
 
 def params_cell(p: RegistryParams) -> Cell:
@@ -404,16 +356,6 @@ def change_owner_body(new_owner: Address | str, *, query_id: int = 0) -> Cell:
 
 
 # ---- proxy stake -------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class ProxyStakeSpec:
-    """Everything that fixes a proxy stake contract's initial data, hence its address."""
-
-    owner: str
-    proxy_pubkey: bytes
-    min_stake: int
-    unstake_delay: int
 
 
 def proxy_stake_data(spec: ProxyStakeSpec) -> Cell:

@@ -20,16 +20,14 @@ from cocoon.chain import messages as m
 from cocoon.chain.base import (
     DEFAULT_MSG_VALUE,
     TOPUP_FEE,
-    ChannelSpec,
     ChannelState,
     ChannelStatus,
-    ProxyStakeSpec,
     ProxyState,
     ProxyStatus,
-    RegistryParams,
     TxResult,
 )
 from cocoon.chain.errors import ChainError
+from cocoon.chain.specs import ChannelSpec, ProxyStakeSpec, RegistryParams
 from cocoon.chain.vouchers import ChainVoucher
 
 __all__ = ["ContractOps"]

@@ -22,7 +22,7 @@ from pytoniq_core.boc.cell import Cell
 
 from cocoon.attestation.policy import AllowLists
 from cocoon.chain.errors import ChainError
-from cocoon.chain.messages import RegistryParams
+from cocoon.chain.specs import RegistryParams
 
 __all__ = ["RegistryAllowLists", "RegistryState", "parse_registry", "read_registry"]
 

@@ -16,7 +16,10 @@ on-chain signature covers the cell hash, so a ledger voucher is re-signed with
 from __future__ import annotations
 
 import base64
+import os
+import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 from cryptography.exceptions import InvalidSignature
@@ -226,10 +229,6 @@ def verify_voucher(voucher: ChainVoucher, pubkey: bytes) -> ChainVoucher:
 
 def write_voucher_file(path: str, voucher: ChainVoucher) -> None:
     """Keep ``voucher`` (its message body BOC) in ``path``, atomically (temp file + rename)."""
-    import os
-    import tempfile
-    from pathlib import Path
-
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".voucher-")
@@ -243,8 +242,6 @@ def write_voucher_file(path: str, voucher: ChainVoucher) -> None:
 def read_voucher_file(path: str) -> ChainVoucher | None:
     """The voucher kept in ``path`` (None when there is none yet); VoucherInvalid if the
     file holds something else."""
-    from pathlib import Path
-
     try:
         data = Path(path).read_bytes()
     except FileNotFoundError:

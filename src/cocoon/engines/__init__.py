@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
 
 from cocoon.engines.base import Engine, EngineOutput, InferenceJob, UsageMeter
-from cocoon.engines.fake import FakeEngine, FakeEngineConfig
-
-if TYPE_CHECKING:
-    from cocoon.config import EngineConfig
+from cocoon.engines.config import EngineConfig, FakeEngineConfig
+from cocoon.engines.fake import FakeEngine
 
 __all__ = ["Engine", "EngineOutput", "FakeEngine", "FakeEngineConfig", "InferenceJob",
            "UsageMeter", "build_engine"]

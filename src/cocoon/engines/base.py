@@ -2,7 +2,7 @@
 
 An engine turns a validated OpenAI request into the exact sequence of JSON objects the app
 will see (stream chunks, or one whole response when not streaming), followed by exactly one
-:class:`~cocoon.openai.protocol.Usage` with the engine's own token counts. Closing the
+:class:`~cocoon.usage.Usage` with the engine's own token counts. Closing the
 iterator early (``aclose``, or cancelling the task awaiting it) must stop generation in the
 engine: that is how a disconnecting app frees a GPU.
 
@@ -18,12 +18,15 @@ token streams (fine-tuning, on the roadmap) can be new endpoints, not a new inte
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
-from cocoon.openai.protocol import Endpoint, Usage
+from cocoon.errors import EngineUnsupported
+from cocoon.openai.envelope import effective_max_tokens
+from cocoon.openai.protocol import Endpoint, max_tokens_of
+from cocoon.usage import Usage
 
-__all__ = ["Engine", "EngineOutput", "InferenceJob", "UsageMeter"]
+__all__ = ["Engine", "EngineOutput", "InferenceJob", "UsageMeter", "require"]
 
 EngineOutput = bytes | Usage
 
@@ -32,34 +35,56 @@ EngineOutput = bytes | Usage
 class UsageMeter:
     """The tokens one job has consumed and produced so far, kept current by the engine.
 
-    Counted like the final Usage (``prompt`` once the prompt is evaluated, ``completion``
-    per token generated, whether or not the app has seen it yet). ``estimated`` is set by
-    an engine that cannot count exactly and records an estimate instead (see
-    ``engines.openai_http``)."""
+    Holds one :class:`~cocoon.usage.Usage`, counted like the final one (``prompt_tokens``
+    once the prompt is evaluated, ``completion_tokens`` per token generated, whether or not
+    the app has seen it yet). ``estimated`` is set by an engine that cannot count exactly
+    and records an estimate instead (see ``engines.openai_http``)."""
 
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cached_tokens: int = 0
-    reasoning_tokens: int = 0
+    current: Usage = field(default_factory=Usage)
     estimated: bool = False
+
+    @property
+    def prompt_tokens(self) -> int:
+        return self.current.prompt_tokens
+
+    @prompt_tokens.setter
+    def prompt_tokens(self, n: int) -> None:
+        self.current = replace(self.current, prompt_tokens=n)
+
+    @property
+    def completion_tokens(self) -> int:
+        return self.current.completion_tokens
+
+    @completion_tokens.setter
+    def completion_tokens(self, n: int) -> None:
+        self.current = replace(self.current, completion_tokens=n)
 
     def set(self, usage: Usage) -> None:
         """Record exact counts (an engine that learns them mid-way, or at the end)."""
-        self.prompt_tokens, self.completion_tokens = usage.prompt_tokens, usage.completion_tokens
-        self.cached_tokens, self.reasoning_tokens = usage.cached_tokens, usage.reasoning_tokens
+        self.current = usage
         self.estimated = False
 
     def usage(self) -> Usage:
-        return Usage(self.prompt_tokens, self.completion_tokens, self.cached_tokens,
-                     self.reasoning_tokens)
+        return self.current
 
 
 @dataclass(frozen=True, slots=True)
 class InferenceJob:
+    """One request for an engine: the validated body, and ``max_tokens``, the generation cap
+    every engine honours (decided once by :func:`~cocoon.openai.envelope.effective_max_tokens`
+    from the body and ``granted``, what the proxy reserved funds for; 0: no cap). Engines
+    read the cap here, never from the body."""
+
     endpoint: Endpoint
     body: dict[str, Any]
     request_id: int  # unique per worker; engines derive the OpenAI response id from it
+    granted: int = 0  # the cap the proxy granted (0: none)
     meter: UsageMeter = field(default_factory=UsageMeter, compare=False, repr=False)
+    max_tokens: int = field(init=False, default=0)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "max_tokens",
+                           effective_max_tokens(max_tokens_of(self.body), limit=self.granted))
 
     @property
     def stream(self) -> bool:
@@ -71,20 +96,30 @@ class InferenceJob:
 
 
 class Engine(Protocol):
-    """A source of completions. ``name`` and ``models`` are fixed for the engine's life."""
+    """A source of completions: everything the worker calls on an engine is here (and in
+    the engines' conformance suite). ``name``, ``models`` and ``model_hash`` (SHA-256 of the
+    weights file that model allow-lists name; empty when the engine cannot know it) are
+    fixed for the engine's life; ``cancelled`` counts generations stopped early and
+    ``usage_estimated`` those whose usage had to be estimated."""
 
     name: str
     models: tuple[str, ...]
+    model_hash: bytes
+    cancelled: int
+    usage_estimated: int
 
     def generate(self, job: InferenceJob) -> AsyncIterator[EngineOutput]:
         """Yield the response's JSON objects (as bytes), then one Usage, then stop; keep
         ``job.meter`` current on the way, so an early end still knows what it used."""
         ...
 
+    async def close(self) -> None:
+        """Release what the engine holds (connections, the model); generate is not called
+        again."""
+        ...
+
 
 def require(condition: bool, message: str, param: str) -> None:
     """Raise EngineUnsupported unless ``condition``: a valid field this engine can't honour."""
     if not condition:
-        from cocoon.errors import EngineUnsupported
-
         raise EngineUnsupported(message, param=param)

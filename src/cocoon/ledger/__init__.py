@@ -13,7 +13,6 @@ from cocoon.ledger.errors import (
 from cocoon.ledger.pricing import (
     Bill,
     Prices,
-    TokenCounts,
     adjust,
     adjusted_tokens,
     price_usage,
@@ -57,7 +56,6 @@ __all__ = [
     "Settlement",
     "SignedCharge",
     "SignedVoucher",
-    "TokenCounts",
     "Totals",
     "Voucher",
     "VoucherBook",

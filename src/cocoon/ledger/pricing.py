@@ -4,8 +4,9 @@ COCOON computes ``adjust(n, c, m) = floor(n * (c/1000) * (m/10000))`` in doubles
 the same quantity exactly, ``(n * c * m) // 10_000_000``, so results never depend on rounding
 (the two differ only where the double product lands just under an integer, e.g. for huge n).
 
-Semantics follow OpenAI usage: ``prompt`` includes ``cached`` and ``completion`` includes
-``reasoning``; each part is adjusted with its own multiplier:
+Counts are :class:`~cocoon.usage.Usage` (OpenAI's semantics and the one rule for bad counts):
+``prompt`` includes ``cached`` and ``completion`` includes ``reasoning``; each part is
+adjusted with its own multiplier:
 
     prompt_adj    = adjust(prompt - cached, c, m_prompt)
     cached_adj    = adjust(cached, c, m_cached)
@@ -22,13 +23,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from cocoon.ledger.errors import PricingError
+from cocoon.usage import Usage
 
 __all__ = [
     "COEFFICIENT_ONE",
     "MULTIPLIER_ONE",
     "Bill",
     "Prices",
-    "TokenCounts",
     "adjust",
     "adjusted_tokens",
     "price_usage",
@@ -76,27 +77,6 @@ class Prices:
             raise PricingError(
                 f"worker_fee_per_token ({self.worker_fee_per_token}) exceeds "
                 f"price_per_token ({self.price_per_token})"
-            )
-
-
-@dataclass(frozen=True, slots=True)
-class TokenCounts:
-    """Raw usage as a worker reports it (``prompt`` includes ``cached``; ``completion``
-    includes ``reasoning``)."""
-
-    prompt: int = 0
-    cached: int = 0
-    completion: int = 0
-    reasoning: int = 0
-
-    def __post_init__(self) -> None:
-        for name in ("prompt", "cached", "completion", "reasoning"):
-            _check_uint(name, getattr(self, name))
-        if self.cached > self.prompt:
-            raise PricingError(f"cached ({self.cached}) exceeds prompt ({self.prompt})")
-        if self.reasoning > self.completion:
-            raise PricingError(
-                f"reasoning ({self.reasoning}) exceeds completion ({self.completion})"
             )
 
 
@@ -167,17 +147,18 @@ def adjust(n: int, coefficient: int, mult: int) -> int:
     return (n * coefficient * mult) // _SCALE
 
 
-def adjusted_tokens(counts: TokenCounts, coefficient: int, prices: Prices) -> int:
+def adjusted_tokens(counts: Usage, coefficient: int, prices: Prices) -> int:
     """The adjusted token total of ``counts`` (what vouchers and the chain count)."""
     return (
-        adjust(counts.prompt - counts.cached, coefficient, prices.prompt_mult)
-        + adjust(counts.cached, coefficient, prices.cached_mult)
-        + adjust(counts.completion - counts.reasoning, coefficient, prices.completion_mult)
-        + adjust(counts.reasoning, coefficient, prices.reasoning_mult)
+        adjust(counts.prompt_tokens - counts.cached_tokens, coefficient, prices.prompt_mult)
+        + adjust(counts.cached_tokens, coefficient, prices.cached_mult)
+        + adjust(counts.completion_tokens - counts.reasoning_tokens, coefficient,
+                 prices.completion_mult)
+        + adjust(counts.reasoning_tokens, coefficient, prices.reasoning_mult)
     )
 
 
-def price_usage(counts: TokenCounts, coefficient: int, prices: Prices) -> Bill:
+def price_usage(counts: Usage, coefficient: int, prices: Prices) -> Bill:
     """The bill for ``counts`` served by a worker with ``coefficient``."""
     return Bill.for_tokens(adjusted_tokens(counts, coefficient, prices), prices)
 

@@ -26,8 +26,9 @@ from cocoon.errors import (
     TransportError,
 )
 from cocoon.ledger.copies import AccountCopy
+from cocoon.openai import Envelope
 from cocoon.transport import Connector, Handler, Peer
-from cocoon.wire import Connection, Statement
+from cocoon.wire import Connection, Request, Statement
 
 if TYPE_CHECKING:
     from cocoon.chain.registry import RegistryAllowLists
@@ -40,6 +41,7 @@ __all__ = [
     "json_response",
     "keep_statement",
     "registry_lists",
+    "request_for",
     "run_until_signal",
     "serve_until_stopped",
     "write_ready_file",
@@ -97,6 +99,12 @@ def add_health_routes(app: web.Application, health: RouteHandler,
     app.router.add_get("/healthz", health)
     app.router.add_get("/stats", stats)
     app.router.add_get("/jsonstats", stats)
+
+
+def request_for(env: Envelope, req_id: int, timeout_ms: int) -> Request:
+    """The wire Request that opens stream ``req_id`` for an envelope."""
+    return Request(req_id, env.endpoint, env.model, env.stream, timeout_ms, env.body,
+                   env.max_tokens)
 
 
 def write_ready_file(path: str | None, info: dict[str, Any]) -> None:

@@ -1,15 +1,19 @@
-"""The OpenAI surface: request validation, response objects, SSE."""
+"""The OpenAI surface: request validation, the request envelope, response objects, SSE."""
 
+from cocoon.openai.envelope import Envelope, effective_max_tokens
 from cocoon.openai.protocol import ENDPOINTS, Endpoint, Usage, parse_request, wants_usage
-from cocoon.openai.sse import DONE, SseDecoder, encode_event
+from cocoon.openai.sse import DONE, SseDecoder, encode_event, encode_events
 
 __all__ = [
     "DONE",
     "ENDPOINTS",
     "Endpoint",
+    "Envelope",
     "SseDecoder",
     "Usage",
+    "effective_max_tokens",
     "encode_event",
+    "encode_events",
     "parse_request",
     "wants_usage",
 ]

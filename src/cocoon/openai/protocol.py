@@ -12,10 +12,10 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, Final, Literal
 
 from cocoon.errors import BadRequest
+from cocoon.usage import Usage
 
 __all__ = [
     "ENDPOINTS",
@@ -38,55 +38,6 @@ ENDPOINTS: Final[dict[str, Endpoint]] = {
     "/v1/completions": "completions",
 }
 _ROLES: Final = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
-
-
-@dataclass(frozen=True, slots=True)
-class Usage:
-    """Token counts exactly as the engine counted them."""
-
-    prompt_tokens: int
-    completion_tokens: int
-    cached_tokens: int = 0
-    reasoning_tokens: int = 0
-
-    @property
-    def total_tokens(self) -> int:
-        return self.prompt_tokens + self.completion_tokens
-
-    def to_openai(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": self.completion_tokens,
-            "total_tokens": self.total_tokens,
-        }
-        if self.cached_tokens:
-            out["prompt_tokens_details"] = {"cached_tokens": self.cached_tokens}
-        if self.reasoning_tokens:
-            out["completion_tokens_details"] = {"reasoning_tokens": self.reasoning_tokens}
-        return out
-
-    @classmethod
-    def from_openai(cls, obj: Any) -> Usage:
-        """Read an OpenAI ``usage`` object; raises ValueError if it is not one."""
-        if not isinstance(obj, dict):
-            raise ValueError("usage is not an object")
-
-        def count(d: Any, key: str) -> int:
-            v = d.get(key, 0) if isinstance(d, dict) else 0
-            if v is None:
-                return 0
-            if type(v) is not int or v < 0:
-                raise ValueError(f"usage.{key} is not a non-negative integer")
-            return v
-
-        if type(obj.get("prompt_tokens")) is not int:
-            raise ValueError("usage.prompt_tokens missing")
-        return cls(
-            prompt_tokens=count(obj, "prompt_tokens"),
-            completion_tokens=count(obj, "completion_tokens"),
-            cached_tokens=count(obj.get("prompt_tokens_details"), "cached_tokens"),
-            reasoning_tokens=count(obj.get("completion_tokens_details"), "reasoning_tokens"),
-        )
 
 
 # --- validation ------------------------------------------------------------------------

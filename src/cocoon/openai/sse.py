@@ -6,7 +6,7 @@ from typing import Final
 
 from cocoon.errors import UpstreamError
 
-__all__ = ["DONE", "DONE_EVENT", "SSE_HEADERS", "SseDecoder", "encode_event"]
+__all__ = ["DONE", "DONE_EVENT", "SSE_HEADERS", "SseDecoder", "encode_event", "encode_events"]
 
 DONE: Final = b"[DONE]"
 _MAX_EVENT: Final = 8 * 1024 * 1024
@@ -22,6 +22,11 @@ SSE_HEADERS: Final = {
 def encode_event(data: bytes) -> bytes:
     """One SSE event carrying ``data`` (which must not contain a newline)."""
     return b"data: " + data + b"\n\n"
+
+
+def encode_events(data: list[bytes]) -> bytes:
+    """Several events in one buffer (one write for a burst of chunks that arrived together)."""
+    return b"".join([b"data: " + d + b"\n\n" for d in data])
 
 
 DONE_EVENT: Final = encode_event(DONE)

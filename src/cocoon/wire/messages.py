@@ -27,7 +27,8 @@ from typing import Any, ClassVar, Final
 
 import msgpack
 
-from cocoon.errors import ProtocolError
+from cocoon.errors import PricingError, ProtocolError, RequestError, request_error_from_code
+from cocoon.usage import Usage
 
 __all__ = [
     "MESSAGE_TYPES",
@@ -188,9 +189,21 @@ class Chunk:
     data: bytes
 
 
+def _usage_of(msg: End | Error) -> Usage:
+    """The message's token counts as the one usage type. The schema checks each count's
+    type and range; counts that contradict each other (cached above prompt, reasoning above
+    completion) break the protocol when they are read as usage."""
+    try:
+        return Usage(msg.prompt_tokens, msg.completion_tokens, msg.cached_tokens,
+                     msg.reasoning_tokens)
+    except PricingError as exc:
+        raise ProtocolError(f"{type(msg).__name__}: {exc}") from None
+
+
 @dataclass(frozen=True, slots=True)
 class End:
-    """Stream finished; token counts exactly as the engine counted them."""
+    """Stream finished; token counts exactly as the engine counted them (their fields are
+    :class:`~cocoon.usage.Usage`'s, flat on the wire; ``usage`` gives them back as one)."""
 
     TYPE: ClassVar[int] = 7
     req_id: int
@@ -198,6 +211,15 @@ class End:
     completion_tokens: int
     cached_tokens: int
     reasoning_tokens: int
+
+    @classmethod
+    def of(cls, req_id: int, usage: Usage) -> End:
+        return cls(req_id, usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens,
+                   usage.reasoning_tokens)
+
+    @property
+    def usage(self) -> Usage:
+        return _usage_of(self)
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,11 +240,30 @@ class Error:
     cached_tokens: int = 0
     reasoning_tokens: int = 0
 
+    @classmethod
+    def of(cls, req_id: int, err: RequestError, usage: Usage | None = None) -> Error:
+        """The Error that tells the requester ``err`` (its code, message and param), with
+        the usage generated before the stream ended."""
+        u = usage or _NO_USAGE
+        return cls(req_id, err.code, err.message, err.param or "", u.prompt_tokens,
+                   u.completion_tokens, u.cached_tokens, u.reasoning_tokens)
+
+    @property
+    def usage(self) -> Usage:
+        return _usage_of(self)
+
     @property
     def has_usage(self) -> bool:
         """The worker reported tokens it generated before the stream ended."""
         return bool(self.prompt_tokens or self.completion_tokens or self.cached_tokens
                     or self.reasoning_tokens)
+
+    def to_exception(self) -> RequestError:
+        """The typed error this code names (see :func:`cocoon.errors.request_error_from_code`)."""
+        return request_error_from_code(self.code, self.message, self.param or None)
+
+
+_NO_USAGE: Final = Usage()
 
 
 @dataclass(frozen=True, slots=True)

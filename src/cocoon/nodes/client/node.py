@@ -18,7 +18,6 @@ from typing import Any
 
 from aiohttp import web
 
-from cocoon.attestation.channels import build_channels, describe_evidence
 from cocoon.config import ClientConfig
 from cocoon.crypto import load_or_create_ec_key
 from cocoon.errors import (
@@ -29,9 +28,9 @@ from cocoon.errors import (
     RequestTimeout,
     TransportError,
     WorkerLost,
-    request_error_from_code,
 )
 from cocoon.ledger.copies import AccountCopy
+from cocoon.nodes.channels import build_channels, describe_evidence
 from cocoon.nodes.client.payments import ChargeSigner
 from cocoon.nodes.common import (
     HttpServer,
@@ -41,11 +40,12 @@ from cocoon.nodes.common import (
     json_response,
     keep_statement,
     registry_lists,
+    request_for,
     serve_until_stopped,
     uptime_since,
 )
-from cocoon.openai import ENDPOINTS, encode_event, parse_request
-from cocoon.openai.protocol import dumps, max_tokens_of
+from cocoon.openai import ENDPOINTS, Envelope, encode_event, encode_events
+from cocoon.openai.protocol import dumps
 from cocoon.openai.sse import DONE_EVENT, SSE_HEADERS
 from cocoon.transport import Connector, OutgoingStream, Peer, Watchdog
 from cocoon.wire import (
@@ -58,7 +58,6 @@ from cocoon.wire import (
     Head,
     Message,
     Payment,
-    Request,
     Roster,
     Statement,
     WorkerInfo,
@@ -163,8 +162,7 @@ class ClientNode:
         endpoint = ENDPOINTS[request.path]
         self.stats.requests += 1
         try:
-            raw = await request.read()
-            body = parse_request(endpoint, raw)
+            env, _ = Envelope.parse(endpoint, await request.read())
         except RequestError as exc:
             self.stats.invalid += 1
             return error_response(exc)
@@ -174,18 +172,15 @@ class ClientNode:
             return error_response(NoWorkerAvailable(
                 f"the client is not connected to the proxy ({self.proxy_state}); retry shortly"))
         timeout = self.config.request_timeout_s
-        streaming = body.get("stream") is True
         try:
-            stream = peer.open_stream(lambda rid: Request(
-                rid, endpoint, body["model"], streaming, int(timeout * 1000), raw,
-                max_tokens_of(body) or 0))
+            stream = peer.open_stream(lambda rid: request_for(env, rid, int(timeout * 1000)))
         except TransportError:
             self.stats.failed += 1
             return error_response(NoWorkerAvailable("the connection to the proxy was lost"))
         # Our own deadline, a little past the proxy's, so its precise error wins the race.
         self._watchdog.watch(stream, timeout + 2.0, timeout + 2.0)
         try:
-            if streaming:
+            if env.stream:
                 return await self._stream(request, stream)
             return await self._unary(stream)
         except (asyncio.CancelledError, ConnectionResetError):
@@ -198,7 +193,7 @@ class ClientNode:
     def _failure(self, ev: Error | TransportError | RequestTimeout) -> RequestError:
         self.stats.failed += 1
         if isinstance(ev, Error):
-            return request_error_from_code(ev.code, ev.message, ev.param or None)
+            return ev.to_exception()
         if isinstance(ev, TransportError):
             return WorkerLost("the connection to the proxy was lost mid-request")
         return ev
@@ -234,7 +229,7 @@ class ClientNode:
                     await response.prepare(request)
                 # Forward every chunk already here in one write: one syscall per burst.
                 burst = [ev.data, *stream.take_chunks(_BURST)]  # type: ignore[union-attr]
-                await response.write(b"".join([b"data: " + d + b"\n\n" for d in burst]))
+                await response.write(encode_events(burst))
                 stream.consumed(len(burst))
             elif kind is Head:
                 continue

@@ -1,27 +1,22 @@
 """The proxy's billing: reserve before forwarding, settle to the worker's usage at the end.
 
-Accounts: a client is its RA-TLS key (``client:`` + SHA-256 of its public key, so it
-survives reconnects when the client keeps its key file); without TLS, its node id. A worker
-is ``worker:`` + its node id. The SQLite ledger is blocking (fsync per transaction), so every
-call runs on one dedicated thread, in order.
+Accounts are named by ``cocoon.ledger.accounts``. The SQLite ledger is blocking (fsync per
+transaction), so every call runs on one dedicated thread, in order.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import hashlib
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from cocoon.attestation.evidence import Claims
 from cocoon.config import BillingConfig
 from cocoon.crypto import load_or_create_ed25519_key
-from cocoon.errors import PaymentError, PaymentRequired
-from cocoon.ledger import Ledger, Prices, TokenCounts, price_usage, reservation_for
-from cocoon.ledger.errors import InsufficientFunds
+from cocoon.errors import InsufficientFunds, PaymentError, PaymentRequired
+from cocoon.ledger import Ledger, Prices, price_usage, reservation_for
 from cocoon.ledger.store import Commit
 from cocoon.wire import End, Error, Statement
 
@@ -30,7 +25,7 @@ if TYPE_CHECKING:
 
     from cocoon.nodes.proxy.payments import ProxyPayments
 
-__all__ = ["Billing", "client_account"]
+__all__ = ["Billing"]
 
 log = logging.getLogger(__name__)
 
@@ -39,12 +34,6 @@ T = TypeVar("T")
 # Chat templates add tokens the body's bytes do not show; a token is at least one byte
 # otherwise, so body bytes + this margin bound the prompt (any excess is logged as overage).
 _TEMPLATE_MARGIN = 64
-
-
-def client_account(claims: Claims | None, node_id: str) -> str:
-    if claims is not None:
-        return "client:" + hashlib.sha256(claims.public_key).hexdigest()[:40]
-    return "node:" + node_id
 
 
 class Billing:
@@ -80,13 +69,11 @@ class Billing:
     async def _run(self, fn: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
-    def cap(self, max_tokens: int) -> int:
-        return max_tokens or self.config.default_max_tokens
-
     async def reserve(self, request_id: str, client: str, worker: str, max_tokens: int,
                       body_bytes: int) -> int:
-        """Reserve the worst case of this request; PaymentRequired if the client can't."""
-        amount = reservation_for(self.cap(max_tokens), body_bytes + _TEMPLATE_MARGIN,
+        """Reserve the worst case of a request whose generation is capped at ``max_tokens``
+        (the effective cap, see ``effective_max_tokens``); PaymentRequired if the client can't."""
+        amount = reservation_for(max_tokens, body_bytes + _TEMPLATE_MARGIN,
                                  self.config.worker_coefficient, self.prices)
         if self.payments is not None:
             await self.payments.check_signed(client)
@@ -101,7 +88,7 @@ class Billing:
         except InsufficientFunds as exc:
             raise PaymentRequired(
                 f"client balance is too low: {exc.available} nanoTON available, this request "
-                f"reserves {amount} nanoTON (max_tokens {self.cap(max_tokens)} at "
+                f"reserves {amount} nanoTON (max_tokens {max_tokens} at "
                 f"{self.prices.price_per_token} nanoTON per token); top up the client's "
                 f"account or lower max_tokens") from None
         return int(amount)
@@ -112,11 +99,7 @@ class Billing:
         cancelled or failed stream with what was generated until then. Returns the
         statements for the client and the worker (None when nothing was charged, e.g. zero
         tokens)."""
-        prompt = end.prompt_tokens
-        completion = end.completion_tokens
-        counts = TokenCounts(prompt, min(end.cached_tokens, prompt), completion,
-                             min(end.reasoning_tokens, completion))
-        bill = price_usage(counts, self.config.worker_coefficient, self.prices)
+        bill = price_usage(end.usage, self.config.worker_coefficient, self.prices)
 
         def settle() -> tuple[Statement | None, Statement | None]:
             s = self.ledger.settle(request_id, bill, self._key)

@@ -17,23 +17,25 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from aiohttp import web
 
-from cocoon.attestation.channels import build_channels, describe_evidence
 from cocoon.config import ProxyConfig, parse_hostport
 from cocoon.errors import (
     AttestationError,
     CocoonError,
     PaymentRequired,
     ProtocolError,
+    RequestCancelled,
     RequestError,
     RequestTimeout,
     TransportError,
     WorkerLost,
 )
+from cocoon.ledger.accounts import channel_account, client_account, worker_account
+from cocoon.nodes.channels import build_channels, describe_evidence
 from cocoon.nodes.common import (
     HttpServer,
     add_health_routes,
@@ -42,8 +44,8 @@ from cocoon.nodes.common import (
     registry_lists,
     uptime_since,
 )
-from cocoon.nodes.proxy.billing import Billing, client_account
-from cocoon.nodes.proxy.payments import channel_account
+from cocoon.nodes.proxy.billing import Billing
+from cocoon.openai import effective_max_tokens
 from cocoon.routing import WorkerView, choose_worker
 from cocoon.transport import Listener, OutgoingStream, Peer, Watchdog
 from cocoon.wire import (
@@ -90,6 +92,20 @@ class _Worker:
 
     def view(self) -> WorkerView:
         return WorkerView(self.node_id, self.models, self.active, self.capacity, self.order)
+
+
+@dataclass(slots=True)
+class _Relay:
+    """The state of one relayed request; it lives as long as the request's task."""
+
+    client: Peer
+    req: Request
+    worker: _Worker
+    key: tuple[int, int]  # (id(client), req_id): the task's entry in ProxyNode._relays
+    bill_id: str
+    stream: OutgoingStream | None = None  # the worker's stream, once opened
+    report: End | Error | None = None  # the worker's final word: its usage
+    settled: bool = False  # nothing (more) to charge or release
 
 
 @dataclass(slots=True)
@@ -213,7 +229,8 @@ class ProxyNode:
                 log.info("worker %s disconnected", hello.node_id)
         elif hello.role == "client":
             self.clients.add(peer)
-            self._accounts[peer] = client_account(claims, hello.node_id)
+            self._accounts[peer] = client_account(
+                claims.public_key if claims is not None else None, hello.node_id)
             peer.send(self._catalog())
             peer.send(self._roster())
             try:
@@ -240,10 +257,10 @@ class ProxyNode:
                 payments = self.billing.payments if self.billing is not None else None
                 if msg.channel and payments is not None:
                     try:
-                        await payments.bind_worker("worker:" + worker.node_id, msg.channel)
+                        await payments.bind_worker(worker_account(worker.node_id), msg.channel)
                         log.info("worker %s is paid on channel %s", worker.node_id,
                                  msg.channel)
-                        await self._resend_statement(peer, "worker:" + worker.node_id,
+                        await self._resend_statement(peer, worker_account(worker.node_id),
                                                      "worker")
                     except CocoonError as exc:
                         log.warning("worker %s channel %s refused: %s", worker.node_id,
@@ -301,120 +318,144 @@ class ProxyNode:
                                              if w.capacity), self._known_models())
         except RequestError as exc:
             self.stats.rejected += 1
-            client.finish(Error(req.req_id, exc.code, exc.message, exc.param or ""))
+            client.finish(Error.of(req.req_id, exc))
             return
         worker = next(w for w in self.workers.values() if w.node_id == view.worker_id)
         key = (id(client), req.req_id)
-        self._relays[key] = client.spawn(self._relay(client, req, worker, key),
-                                         f"relay-{req.req_id}")
+        relay = _Relay(client, req, worker, key,
+                       f"{self.config.node_id}:{id(client):x}:{req.req_id}:{time.time_ns()}",
+                       settled=self.billing is None)
+        self._relays[key] = client.spawn(self._relay(relay), f"relay-{req.req_id}")
 
-    async def _relay(self, client: Peer, req: Request, worker: _Worker,
-                     key: tuple[int, int]) -> None:
+    async def _relay(self, relay: _Relay) -> None:
+        """One request, in three steps: reserve its worst case, pump the worker's stream to
+        the client, then settle what the worker reported (or release the reservation)."""
+        client, rid, stats = relay.client, relay.req.req_id, self.stats
+        relay.worker.active += 1
+        relay.worker.served += 1
+        try:
+            cap = await self._reserve(relay)
+            if cap is not None:
+                await self._pump(relay, cap)
+        except asyncio.CancelledError:
+            stats.cancelled += 1
+            client.finish(Error.of(rid, RequestCancelled("cancelled by the requester")))
+            await self._hear_last_word(relay, "requester went away")
+            raise
+        except TransportError:
+            stats.cancelled += 1  # the client connection went away while we forwarded
+            await self._hear_last_word(relay, "requester went away")
+        except CocoonError as exc:
+            stats.failed += 1
+            log.warning("relay %s failed: %s", rid, exc)
+            client.finish(Error.of(rid, RequestError("proxy relay failed")))
+        finally:
+            relay.worker.active -= 1
+            self._relays.pop(relay.key, None)
+            await self._settle_or_release(relay)
+            if relay.stream is not None:
+                self._watchdog.forget(relay.stream)
+                relay.stream.cancel("requester went away")
+
+    async def _reserve(self, relay: _Relay) -> int | None:
+        """Decide the request's generation cap and reserve funds for its worst case. None
+        when the client cannot pay (it has been answered 402)."""
+        req, billing = relay.req, self.billing
+        if billing is None:
+            return req.max_tokens
+        cap = effective_max_tokens(req.max_tokens, default=billing.config.default_max_tokens)
+        try:
+            await billing.reserve(relay.bill_id, self._accounts.get(relay.client, "?"),
+                                  worker_account(relay.worker.node_id), cap, len(req.body))
+        except PaymentRequired as exc:
+            self.stats.rejected += 1
+            relay.settled = True
+            relay.client.finish(Error.of(req.req_id, exc))
+            return None
+        return cap
+
+    async def _pump(self, relay: _Relay, cap: int) -> None:
+        """Forward the request to the worker and its stream back to the client, until the
+        worker's End or Error, a timeout, or the worker's connection is lost."""
+        client, req, worker, stats = relay.client, relay.req, relay.worker, self.stats
         rid = req.req_id
         timeout = self.config.request_timeout_s
         if req.timeout_ms:
             timeout = min(timeout, req.timeout_ms / 1000.0)
-        worker.active += 1
-        worker.served += 1
-        stream: OutgoingStream | None = None
-        stats = self.stats
-        billing = self.billing
-        bill_id = f"{self.config.node_id}:{id(client):x}:{rid}:{time.time_ns()}"
-        settled = billing is None
-        report: End | Error | None = None  # the worker's final word: its usage
-        max_tokens = req.max_tokens
         try:
-            if billing is not None:
-                max_tokens = billing.cap(req.max_tokens)
-                try:
-                    await billing.reserve(bill_id, self._accounts.get(client, "?"),
-                                          "worker:" + worker.node_id, req.max_tokens,
-                                          len(req.body))
-                except PaymentRequired as exc:
-                    stats.rejected += 1
-                    settled = True
-                    client.finish(Error(rid, exc.code, exc.message, ""))
-                    return
-            try:
-                stream = worker.peer.open_stream(
-                    lambda wid: Request(wid, req.endpoint, req.model, req.stream,
-                                        int(timeout * 950), req.body, max_tokens))
-            except TransportError:
-                stats.worker_lost += 1
-                client.finish(Error(rid, WorkerLost.code,
-                                    f"worker {worker.node_id} disconnected", ""))
-                return
-            self._watchdog.watch(stream, timeout, self.config.idle_timeout_s)
-            while True:
-                ev = await stream.next()
-                kind = type(ev)
-                if kind is Chunk:
-                    await client.send_chunk(rid, ev.data)  # type: ignore[union-attr]
-                    stream.consumed()
-                    stats.chunks += 1
-                elif kind is Head:
-                    client.send(Head(rid, ev.worker))  # type: ignore[union-attr]
-                elif kind is End:
-                    assert isinstance(ev, End)
-                    report = ev
-                    if billing is not None:
-                        settled = True  # the ledger settles even if we are cancelled now
-                        await self._settle(billing, bill_id, ev, client, worker)
-                    client.finish(End(rid, ev.prompt_tokens, ev.completion_tokens,
-                                      ev.cached_tokens, ev.reasoning_tokens))
-                    stats.completed += 1
-                    stats.prompt_tokens += ev.prompt_tokens
-                    stats.completion_tokens += ev.completion_tokens
-                    return
-                elif kind is Error:
-                    assert isinstance(ev, Error)
-                    report = ev  # billed in finally, after the client has its answer
-                    stats.failed += 1
-                    client.finish(Error(rid, ev.code, ev.message, ev.param))
-                    return
-                elif isinstance(ev, RequestTimeout):
-                    stats.timeouts += 1
-                    client.finish(Error(rid, ev.code, ev.message, ""))
-                    report = await self._last_word(stream, "timed out at the proxy")
-                    return
-                else:  # TransportError: the worker connection is gone
-                    stats.worker_lost += 1
-                    err = WorkerLost(f"worker {worker.node_id} disconnected before finishing "
-                                     "the request")
-                    client.finish(Error(rid, err.code, err.message, ""))
-                    return
-        except asyncio.CancelledError:
-            stats.cancelled += 1
-            client.finish(Error(rid, "cancelled", "cancelled by the requester", ""))
-            if stream is not None and report is None:
-                report = await self._last_word(stream, "requester went away")
-            raise
+            stream = relay.stream = worker.peer.open_stream(
+                lambda wid: replace(req, req_id=wid, timeout_ms=int(timeout * 950),
+                                    max_tokens=cap))
         except TransportError:
-            stats.cancelled += 1  # the client connection went away while we forwarded
-            if stream is not None and report is None:
-                report = await self._last_word(stream, "requester went away")
-        except CocoonError as exc:
-            stats.failed += 1
-            log.warning("relay %s failed: %s", rid, exc)
-            client.finish(Error(rid, "internal_error", "proxy relay failed", ""))
-        finally:
-            worker.active -= 1
-            self._relays.pop(key, None)
-            if not settled and billing is not None:
-                if isinstance(report, End) or (report is not None and report.has_usage):
-                    # Failed or cancelled after generating: charge what was generated.
-                    try:
-                        await asyncio.shield(self._settle(billing, bill_id, report, client,
-                                                          worker))
-                    except CocoonError as exc:
-                        log.warning("settling %s failed: %s", bill_id, exc)
-                else:
-                    # No usage reported (rejected, nothing generated, worker lost or
-                    # silent): nothing is charged.
-                    await asyncio.shield(billing.release(bill_id))
-            if stream is not None:
-                self._watchdog.forget(stream)
-                stream.cancel("requester went away")
+            stats.worker_lost += 1
+            client.finish(Error.of(rid, WorkerLost(f"worker {worker.node_id} disconnected")))
+            return
+        self._watchdog.watch(stream, timeout, self.config.idle_timeout_s)
+        while True:
+            ev = await stream.next()
+            kind = type(ev)
+            if kind is Chunk:
+                await client.send_chunk(rid, ev.data)  # type: ignore[union-attr]
+                stream.consumed()
+                stats.chunks += 1
+            elif kind is Head:
+                client.send(Head(rid, ev.worker))  # type: ignore[union-attr]
+            elif kind is End:
+                assert isinstance(ev, End)
+                ev.usage  # noqa: B018 - counts that contradict each other: ProtocolError
+                relay.report = ev
+                if self.billing is not None:
+                    relay.settled = True  # the ledger settles even if we are cancelled now
+                    await self._settle(self.billing, relay.bill_id, ev, client, worker)
+                client.finish(replace(ev, req_id=rid))
+                stats.completed += 1
+                stats.prompt_tokens += ev.prompt_tokens
+                stats.completion_tokens += ev.completion_tokens
+                return
+            elif kind is Error:
+                assert isinstance(ev, Error)
+                relay.report = ev  # billed in _settle_or_release, after the client's answer
+                stats.failed += 1
+                client.finish(Error(rid, ev.code, ev.message, ev.param))  # usage stays here
+                return
+            elif isinstance(ev, RequestTimeout):
+                stats.timeouts += 1
+                client.finish(Error.of(rid, ev))
+                relay.report = await self._last_word(stream, "timed out at the proxy")
+                return
+            else:  # TransportError: the worker connection is gone
+                stats.worker_lost += 1
+                client.finish(Error.of(rid, WorkerLost(
+                    f"worker {worker.node_id} disconnected before finishing the request")))
+                return
+
+    async def _hear_last_word(self, relay: _Relay, reason: str) -> None:
+        if relay.stream is not None and relay.report is None:
+            relay.report = await self._last_word(relay.stream, reason)
+
+    async def _settle_or_release(self, relay: _Relay) -> None:
+        """Charge what a failed or cancelled request generated, as its worker reported it;
+        release the reservation of one that reported nothing."""
+        billing, report = self.billing, relay.report
+        if relay.settled or billing is None:
+            return
+        try:
+            if report is not None:
+                report.usage  # noqa: B018 - the one rule for counts, before charging them
+        except ProtocolError as exc:
+            log.warning("worker %s reported impossible usage for %s, nothing charged: %s",
+                        relay.worker.node_id, relay.bill_id, exc)
+            report = None
+        if isinstance(report, End) or (report is not None and report.has_usage):
+            try:
+                await asyncio.shield(self._settle(billing, relay.bill_id, report, relay.client,
+                                                  relay.worker))
+            except CocoonError as exc:
+                log.warning("settling %s failed: %s", relay.bill_id, exc)
+        else:
+            # No usage reported (rejected, nothing generated, worker lost or silent): nothing
+            # is charged.
+            await asyncio.shield(billing.release(relay.bill_id))
 
     async def _settle(self, billing: Billing, bill_id: str, report: End | Error,
                       client: Peer, worker: _Worker) -> None:
@@ -512,7 +553,7 @@ class ProxyNode:
             if self.billing is not None:
                 snap["billing"] = await self.billing.snapshot(
                     sorted(set(self._accounts.values())),
-                    sorted("worker:" + w.node_id for w in self.workers.values()))
+                    sorted(worker_account(w.node_id) for w in self.workers.values()))
                 if self.billing.payments is not None:
                     snap["billing"]["chain"] = self.billing.payments.snapshot()
             return json_response(snap)

@@ -35,6 +35,7 @@ from cocoon.chain.errors import ChainError
 from cocoon.chain.vouchers import parse_voucher, sign_voucher, verify_voucher
 from cocoon.errors import CocoonError, PaymentError, PaymentRequired
 from cocoon.ledger import Ledger
+from cocoon.ledger.accounts import channel_account
 from cocoon.ledger.errors import (
     ReservationError,
     VoucherInvalid,
@@ -44,7 +45,7 @@ from cocoon.ledger.errors import (
 from cocoon.ledger.store import Commit, SignedCharge
 from cocoon.ledger.vouchers import SignedVoucher, public_key_bytes
 
-__all__ = ["ProxyPayments", "channel_account"]
+__all__ = ["WORKER_FLOAT", "ProxyPayments"]
 
 log = logging.getLogger(__name__)
 
@@ -52,10 +53,6 @@ Runner = Callable[..., Awaitable[Any]]
 
 WORKER_FLOAT = 1_000_000_000
 """What the proxy keeps in each worker channel beyond what it owes there (1 TON)."""
-
-
-def channel_account(channel: str) -> str:
-    return "channel:" + channel
 
 
 @dataclass(slots=True)

@@ -12,7 +12,6 @@ from typing import Any
 
 from aiohttp import web
 
-from cocoon.attestation.channels import build_channels, describe_evidence
 from cocoon.chain.vouchers import (
     ChainVoucher,
     parse_voucher,
@@ -24,14 +23,17 @@ from cocoon.config import WorkerConfig
 from cocoon.engines import Engine, InferenceJob
 from cocoon.errors import (
     BadRequest,
+    EngineError,
     NoWorkerAvailable,
     PaymentError,
+    RequestCancelled,
     RequestError,
     RequestTimeout,
     TransportError,
 )
 from cocoon.ledger.copies import AccountCopy
 from cocoon.ledger.errors import VoucherInvalid
+from cocoon.nodes.channels import build_channels, describe_evidence
 from cocoon.nodes.common import (
     HttpServer,
     add_health_routes,
@@ -43,9 +45,9 @@ from cocoon.nodes.common import (
     serve_until_stopped,
     uptime_since,
 )
-from cocoon.openai import Endpoint, Usage, parse_request
-from cocoon.openai.protocol import max_tokens_of
+from cocoon.openai import Endpoint, parse_request
 from cocoon.transport import Connector, Peer
+from cocoon.usage import Usage
 from cocoon.wire import (
     Announce,
     Cancel,
@@ -89,7 +91,7 @@ class WorkerNode:
         if connector is None:
             channels = build_channels(config.attestation, role="worker",
                                       model=engine.models[0] if engine.models else "",
-                                      model_hash=getattr(engine, "model_hash", b""),
+                                      model_hash=engine.model_hash,
                                       expect_peer_role="proxy", lists=self._registry)
             connector, self.attestation = channels.connector, channels.own
         self._connector = connector
@@ -128,17 +130,15 @@ class WorkerNode:
                              self._announce, self, self._set_state),
                 *([registry] if registry is not None else []))
         finally:
-            close = getattr(self.engine, "close", None)
-            if close is not None:
-                await close()
+            await self.engine.close()
 
     async def on_message(self, peer: Peer, msg: Message) -> None:
         if isinstance(msg, Request):
             self.stats.received += 1
             if self.active >= self.config.max_concurrent:
                 self.stats.rejected += 1
-                peer.finish(Error(msg.req_id, NoWorkerAvailable.code,
-                                  f"worker {self.node_id} is at capacity", ""))
+                peer.finish(Error.of(msg.req_id, NoWorkerAvailable(
+                    f"worker {self.node_id} is at capacity")))
                 return
             self.active += 1
             key = (id(peer), msg.req_id)
@@ -186,52 +186,45 @@ class WorkerNode:
             body = parse_request(endpoint, req.body)
             if body["model"] != req.model:
                 raise BadRequest("model in the body does not match the request", param="model")
-            cap = max_tokens_of(body)
-            if req.max_tokens and (cap is None or cap > req.max_tokens):
-                # Never generate past what the proxy reserved funds for.
-                body["max_tokens"] = req.max_tokens
-                if "max_completion_tokens" in body:
-                    body["max_completion_tokens"] = req.max_tokens
             if req.model not in self.engine.models:
                 raise BadRequest(f"this worker does not serve model {req.model!r}",
                                  param="model")
             self._seq += 1
-            job = InferenceJob(endpoint, body, (os.getpid() << 32) | self._seq)
+            # The job's cap never exceeds what the proxy granted (reserved funds for).
+            job = InferenceJob(endpoint, body, (os.getpid() << 32) | self._seq,
+                               granted=req.max_tokens)
             usage = await self._generate(peer, rid, job, req.timeout_ms / 1000.0)
-            peer.finish(End(rid, usage.prompt_tokens, usage.completion_tokens,
-                            usage.cached_tokens, usage.reasoning_tokens))
+            peer.finish(End.of(rid, usage))
             self.stats.completed += 1
             self._count_tokens(usage)
         except asyncio.CancelledError:
             self.stats.cancelled += 1
-            peer.finish(self._failed(rid, job, "cancelled", "cancelled by the requester", ""))
+            peer.finish(self._failed(rid, job, RequestCancelled("cancelled by the requester")))
             raise
         except TransportError:
             self.stats.failed += 1
         except RequestError as exc:
             self._count_error(exc.code)
-            peer.finish(self._failed(rid, job, exc.code, exc.message, exc.param or ""))
+            peer.finish(self._failed(rid, job, exc))
         except Exception as exc:
             log.exception("request %s failed inside the worker", rid)
-            self._count_error("engine_error")
-            peer.finish(self._failed(rid, job, "engine_error",
-                                     f"worker error: {type(exc).__name__}", ""))
+            err = EngineError(f"worker error: {type(exc).__name__}")
+            self._count_error(err.code)
+            peer.finish(self._failed(rid, job, err))
         finally:
             self.active -= 1
             self._jobs.pop(key, None)
 
-    def _failed(self, rid: int, job: InferenceJob | None, code: str, message: str,
-                param: str) -> Error:
+    def _failed(self, rid: int, job: InferenceJob | None, err: RequestError) -> Error:
         """The Error that ends a stream early, with the usage of what the engine generated
         before it stopped (its meter; zero if generation never started), so it is billed."""
         if job is None:
-            return Error(rid, code, message, param)
+            return Error.of(rid, err)
         usage = job.meter.usage()
         self._count_tokens(usage)
         if job.meter.estimated and usage.total_tokens:
             log.info("request %s ended early; its usage is estimated", rid)
-        return Error(rid, code, message, param, usage.prompt_tokens, usage.completion_tokens,
-                     usage.cached_tokens, usage.reasoning_tokens)
+        return Error.of(rid, err, usage)
 
     def _count_tokens(self, usage: Usage) -> None:
         self.stats.prompt_tokens += usage.prompt_tokens
@@ -280,8 +273,8 @@ class WorkerNode:
                       "attestation": self.proxy_attestation},
             "attestation": self.attestation,
             "engine": {"name": self.engine.name, "models": list(self.engine.models),
-                       "cancelled": getattr(self.engine, "cancelled", None),
-                       "usage_estimated": getattr(self.engine, "usage_estimated", None)},
+                       "cancelled": self.engine.cancelled,
+                       "usage_estimated": self.engine.usage_estimated},
             "active": self.active,
             "max_concurrent": self.config.max_concurrent,
             "requests": {"received": s.received, "completed": s.completed,

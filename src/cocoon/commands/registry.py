@@ -20,14 +20,20 @@ import dataclasses
 import json
 import re
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from pytoniq_core.boc.address import Address
+
+from cocoon.chain import messages as m
+from cocoon.chain.config import ChainConfig
+from cocoon.chain.connect import NodeChain
 from cocoon.chain.errors import ContractRejected, WrongSender
-from cocoon.chain.messages import RegistryParams
+from cocoon.chain.localnet import NetworkParams
+from cocoon.chain.registry import read_registry
+from cocoon.chain.specs import RegistryParams
+from cocoon.config import build_table, read_toml
 from cocoon.errors import ConfigError
-
-if TYPE_CHECKING:  # cocoon.config pulls in the engines: not at parser-build time
-    from cocoon.config import ChainConfig
+from cocoon.ledger.config import BillingConfig
 
 __all__ = ["add_registry_arguments", "chain_config", "parse_hash", "run_registry"]
 
@@ -71,8 +77,6 @@ def parse_hash(text: str, what: str = "hash") -> bytes:
 
 
 def _address(text: str, what: str) -> str:
-    from pytoniq_core.boc.address import Address
-
     try:
         raw: str = Address(text).to_str(is_user_friendly=False)  # type: ignore[no-untyped-call]
     except Exception:  # pytoniq-core raises assorted errors on a malformed address
@@ -103,17 +107,12 @@ def _checked(params: RegistryParams) -> RegistryParams:
 def default_params() -> RegistryParams:
     """What ``cocoon up`` deploys: prices from :class:`BillingConfig`, delays and stakes from
     :class:`NetworkParams`."""
-    from cocoon.chain.localnet import NetworkParams
-    from cocoon.config import BillingConfig
-
     return NetworkParams().registry_params(BillingConfig())
 
 
 def chain_config(path: str | None, sets: list[str] | None) -> ChainConfig:
     """The ``[chain]`` table of the TOML file at ``path`` plus ``chain.KEY=VALUE`` overrides,
     validated as :class:`ChainConfig`; the embedded wallet defaults to ``owner``."""
-    from cocoon.config import ChainConfig, build_table, read_toml
-
     section: dict[str, Any] = {}
     where = "--set"
     if path:
@@ -214,8 +213,6 @@ async def _reworded(nc: Any, registry: str, what: str, send: Callable[[], Any]) 
     except ContractRejected as exc:
         hint = ""
         if isinstance(exc, WrongSender):
-            from cocoon.chain.registry import read_registry
-
             owner = (await read_registry(nc.chain, registry)).owner
             hint = f"; only the owner {owner} may update it, this wallet is {nc.wallet}"
         raise type(exc)(f"{what}: refused by the registry {registry}{hint}",
@@ -224,10 +221,6 @@ async def _reworded(nc: Any, registry: str, what: str, send: Callable[[], Any]) 
 
 
 async def _act(args: argparse.Namespace, config: ChainConfig) -> dict[str, Any]:
-    from cocoon.chain import messages as m
-    from cocoon.chain.connect import NodeChain
-    from cocoon.chain.registry import read_registry
-
     action: str = args.registry_action
     # parse every input before touching the chain
     registry = "" if action == "deploy" else _address(args.registry, "REGISTRY")

@@ -31,7 +31,9 @@ from typing import Any, TextIO
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from cocoon.attestation.config import split_tiers
 from cocoon.attestation.evidence import (
+    TIERS,
     Claims,
     Evidence,
     EvidenceVerifier,
@@ -40,6 +42,7 @@ from cocoon.attestation.evidence import (
     Tier,
     VerifiedEvidence,
 )
+from cocoon.attestation.fake_tdx import FakeTdxAuthority
 from cocoon.attestation.policy import AllowLists, Policy, StaticAllowLists, Verdict, decide
 from cocoon.attestation.providers import NoneProvider
 from cocoon.attestation.ratls import read_certificate
@@ -52,6 +55,7 @@ from cocoon.attestation.tdx import (
 )
 from cocoon.errors import AttestationError, CocoonError, ConfigError, TransportError
 from cocoon.transport.tls import TlsConnector, TlsIdentity, accept_any, utcnow
+from cocoon.validation import parse_hostport
 
 __all__ = [
     "PeerReport",
@@ -62,9 +66,6 @@ __all__ = [
     "show_peer_policy",
     "show_peer_verifiers",
 ]
-
-TIERS: tuple[Tier, ...] = ("unattested", "fake-tdx", "tdx")
-
 
 def add_attest_arguments(subparsers: Any) -> argparse.ArgumentParser:
     """Add ``attest`` (``verify-quote``, ``image-hash``, ``show-peer``) to ``subparsers``."""
@@ -173,8 +174,6 @@ def show_peer_verifiers(fake_dir: Path | None = None) -> dict[str, EvidenceVerif
     authority in ``fake_dir`` when given. Raises ConfigError if that cannot be loaded."""
     verifiers: dict[str, EvidenceVerifier] = {"tdx": TdxVerifier()}
     if fake_dir is not None:
-        from cocoon.attestation.fake_tdx import FakeTdxAuthority
-
         try:
             verifiers["fake-tdx"] = FakeTdxAuthority.load(fake_dir).verifier()
         except (OSError, ValueError, AttestationError) as exc:
@@ -185,7 +184,7 @@ def show_peer_verifiers(fake_dir: Path | None = None) -> dict[str, EvidenceVerif
 def show_peer_policy(accept: str, allow_list: Path | None = None,
                      allow_debug: bool = False) -> tuple[Policy, AllowLists]:
     """The policy (and allow-lists) the verdict is computed under. Raises ConfigError."""
-    tiers = [t.strip() for t in accept.split(",") if t.strip()]
+    tiers = split_tiers(accept)
     unknown = [t for t in tiers if t not in TIERS]
     if unknown or not tiers:
         raise ConfigError(f"--accept: expected tiers from {', '.join(TIERS)}, got {accept!r}")
@@ -401,8 +400,6 @@ def _print_report(doc: dict[str, Any], out: TextIO) -> None:
 
 
 def _run_show_peer(args: argparse.Namespace, out: TextIO) -> int:
-    from cocoon.config import parse_hostport
-
     err = sys.stderr
     try:
         host, port = parse_hostport(args.address, "show-peer address")

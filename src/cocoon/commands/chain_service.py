@@ -1,4 +1,5 @@
-"""``cocoon chain run``: the embedded chain as a local service every role can reach.
+"""``cocoon chain run``: the embedded chain as a local service every role can reach (its
+arguments: :func:`cocoon.commands.chain.add_chain_arguments`).
 
 One process owns the ``@ton/sandbox`` chain (:class:`EmbeddedChain`, state persisted after
 every mutation) and serves its JSON-RPC over HTTP on a loopback address, the way a liteserver
@@ -12,6 +13,7 @@ the wall clock, moved forward before every command, so close delays elapse in re
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import logging
 import time
@@ -22,8 +24,9 @@ from aiohttp import web
 
 from cocoon.chain.embedded import EmbeddedChain
 from cocoon.errors import CocoonError
+from cocoon.nodes.common import HttpServer, run_until_signal, write_ready_file
 
-__all__ = ["REFUSED_COMMANDS", "ChainService"]
+__all__ = ["REFUSED_COMMANDS", "ChainService", "run_chain", "run_service"]
 
 log = logging.getLogger(__name__)
 
@@ -88,8 +91,6 @@ class ChainService:
 async def run_service(state: str, http: str, clock: Clock, ready: Any,
                       stop: asyncio.Event) -> None:
     """Own the chain at ``state`` and serve it on ``http`` until ``stop``."""
-    from cocoon.nodes.common import HttpServer
-
     Path(state).parent.mkdir(parents=True, exist_ok=True)
     chain = await EmbeddedChain.start(state, now=int(time.time()))
     try:
@@ -105,3 +106,11 @@ async def run_service(state: str, http: str, clock: Clock, ready: Any,
             await server.stop()
     finally:
         await chain.aclose()
+
+
+def run_chain(args: argparse.Namespace) -> int:
+    """Run ``cocoon chain run`` until SIGINT/SIGTERM."""
+    asyncio.run(run_until_signal(lambda stop: run_service(
+        args.state, args.http, args.clock, lambda info: write_ready_file(args.ready_file, info),
+        stop)))
+    return 0

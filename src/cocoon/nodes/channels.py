@@ -12,14 +12,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from cocoon.attestation.config import AttestationConfig, split_tiers
 from cocoon.attestation.evidence import Claims, EvidenceVerifier, Provider, VerifiedEvidence
+from cocoon.attestation.fake_tdx import FakeTdxAuthority, FakeTdxProvider, fake_measurements
 from cocoon.attestation.policy import (
     AllowLists,
     AllowListSource,
@@ -28,18 +30,13 @@ from cocoon.attestation.policy import (
     decide,
     enforce,
 )
-from cocoon.config import AttestationConfig
+from cocoon.attestation.providers import NoneProvider, TdxProvider
+from cocoon.attestation.tdx import TdxVerifier, parse_collateral
 from cocoon.errors import ConfigError
 from cocoon.transport.streams import Connector, Listener, TcpConnector, TcpListener
+from cocoon.transport.tls import Clock, TlsConnector, TlsIdentity, TlsListener, utcnow
 
 __all__ = ["Channels", "build_channels", "describe_evidence"]
-
-Clock = Callable[[], datetime]
-
-
-def _utcnow() -> datetime:
-    return datetime.now(UTC)
-
 
 @dataclass
 class Channels:
@@ -58,26 +55,14 @@ def describe_evidence(verified: VerifiedEvidence | None) -> dict[str, Any]:
 
 def _provider(cfg: AttestationConfig, clock: Clock) -> Provider:
     if cfg.mode == "none":
-        from cocoon.attestation.providers import NoneProvider
-
         return NoneProvider()
     if cfg.mode == "fake":
-        from cocoon.attestation.fake_tdx import (
-            FakeTdxAuthority,
-            FakeTdxProvider,
-            fake_measurements,
-        )
-
         authority = FakeTdxAuthority.load_or_generate(Path(cfg.fake_dir), clock())
         return FakeTdxProvider(authority, fake_measurements(cfg.fake_image), now=clock)
-    from cocoon.attestation.providers import TdxProvider
-
     return TdxProvider()
 
 
 def _verifiers(cfg: AttestationConfig) -> dict[str, EvidenceVerifier]:
-    from cocoon.attestation.tdx import TdxVerifier, parse_collateral
-
     collateral = None
     if cfg.collateral_file:
         try:
@@ -88,10 +73,8 @@ def _verifiers(cfg: AttestationConfig) -> dict[str, EvidenceVerifier]:
     # A fake-tdx verifier whenever the authority is known, even if the tier is not accepted:
     # then the policy refuses such peers with the precise rule "tier".
     if Path(cfg.fake_dir).is_dir():
-        from cocoon.attestation.fake_tdx import FakeTdxAuthority
-
         out["fake-tdx"] = FakeTdxAuthority.load(Path(cfg.fake_dir)).verifier(collateral)
-    elif "fake-tdx" in [t.strip() for t in cfg.accept.split(",")]:
+    elif "fake-tdx" in split_tiers(cfg.accept):
         raise ConfigError(f"attestation.accept includes fake-tdx but the fake authority "
                           f"directory {cfg.fake_dir} does not exist")
     return out
@@ -119,13 +102,11 @@ def build_policy(cfg: AttestationConfig, lists: AllowListSource,
 def build_channels(cfg: AttestationConfig, *, role: str, model: str = "",
                    model_hash: bytes = b"", expect_peer_role: str | None = None,
                    key: ec.EllipticCurvePrivateKey | None = None,
-                   clock: Clock = _utcnow, lists: AllowListSource | None = None) -> Channels:
+                   clock: Clock = utcnow, lists: AllowListSource | None = None) -> Channels:
     """The connector and listener a node of ``role`` uses, per its config; ``lists``
     (e.g. the root registry's) replaces ``attestation.allow_list_file``."""
     if not cfg.tls:
         return Channels(TcpConnector(), TcpListener(), {"tier": "none (plain TCP)"})
-    from cocoon.transport.tls import TlsConnector, TlsIdentity, TlsListener
-
     provider = _provider(cfg, clock)
     if lists is None:
         lists = (StaticAllowLists.from_file(cfg.allow_list_file)

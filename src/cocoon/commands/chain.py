@@ -1,21 +1,30 @@
-"""The chain commands: ``cocoon chain run``, ``cocoon client topup|withdraw|close`` and
-``cocoon worker withdraw``; each reads the role's ``[chain]`` config (``-c FILE`` or
-``--set chain.KEY=VALUE``), acts from the role's own wallet, and prints what happened (or
-JSON with ``--json``)."""
+"""The chain commands: the arguments of ``cocoon chain run`` (the service itself is
+:mod:`cocoon.commands.chain_service`), and the roles' on-chain actions: ``cocoon proxy
+open-channel|stake|unstake``, ``cocoon client open|topup|close|withdraw`` and ``cocoon worker
+withdraw``; each reads the role's ``[chain]`` config (``-c FILE`` or ``--set
+chain.KEY=VALUE``), acts from the role's own wallet, and prints what happened (or JSON with
+``--json``)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import json
 import time
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from cocoon.chain.base import ChannelStatus, ProxyStatus
+from cocoon.chain.connect import NodeChain
+from cocoon.chain.localnet import NetworkParams
+from cocoon.chain.specs import ChannelSpec, ProxyStakeSpec
+from cocoon.chain.vouchers import parse_voucher, public_key, read_voucher_file
+from cocoon.crypto import load_or_create_ed25519_key
 from cocoon.errors import CocoonError, ConfigError
 
 __all__ = ["add_chain_arguments", "channel_report", "client_chain_command", "parse_ton",
-           "proxy_open_channel", "proxy_stake", "run_chain", "worker_withdraw"]
+           "proxy_open_channel", "proxy_stake", "worker_withdraw"]
 
 NANO = 10**9
 
@@ -38,6 +47,7 @@ def ton(nano: int) -> str:
 
 
 def add_chain_arguments(sub: Any) -> None:
+    """``cocoon chain run ...`` under the top-level subparsers ``sub``."""
     p: argparse.ArgumentParser = sub.add_parser(
         "chain", help="run the embedded chain service (what `cocoon up` starts)")
     p.add_argument("action", choices=["run"], help="run: serve the embedded chain over HTTP")
@@ -49,16 +59,6 @@ def add_chain_arguments(sub: Any) -> None:
                         "set_time moves it (tests)")
     p.add_argument("--ready-file", help="write the bound address here as JSON when ready")
     p.add_argument("-v", "--verbose", action="count", default=1)
-
-
-def run_chain(args: argparse.Namespace) -> int:
-    from cocoon.chain.service import run_service
-    from cocoon.nodes.common import run_until_signal, write_ready_file
-
-    asyncio.run(run_until_signal(lambda stop: run_service(
-        args.state, args.http, args.clock, lambda info: write_ready_file(args.ready_file, info),
-        stop)))
-    return 0
 
 
 def _print(report: dict[str, Any], as_json: bool) -> None:
@@ -90,9 +90,6 @@ def _pubkey_hex(text: str | None, what: str) -> bytes:
 
 async def _open(cfg: Any, spec_args: dict[str, Any], amount: int) -> dict[str, Any]:
     """Deploy a channel from this node's wallet, funded with ``amount``."""
-    from cocoon.chain.base import ChannelSpec
-    from cocoon.chain.connect import NodeChain
-
     nc = await NodeChain.open(cfg.chain)
     try:
         spec = ChannelSpec(funder=nc.wallet, channel_id=time.time_ns() // 1000, **spec_args)
@@ -107,9 +104,6 @@ async def _open(cfg: Any, spec_args: dict[str, Any], amount: int) -> dict[str, A
 
 def proxy_open_channel(args: argparse.Namespace, cfg: Any) -> int:
     """Deploy a worker's payout channel: funder the proxy's wallet, signer its voucher key."""
-    from cocoon.chain.vouchers import public_key
-    from cocoon.crypto import load_or_create_ed25519_key
-
     if not args.worker_wallet or args.amount is None:
         raise ConfigError("open-channel needs WORKER_WALLET and AMOUNT (TON)")
     key = load_or_create_ed25519_key(cfg.billing.signing_key_file)
@@ -123,13 +117,6 @@ def proxy_open_channel(args: argparse.Namespace, cfg: Any) -> int:
 
 
 async def _stake(cfg: Any, action: str, amount: int) -> dict[str, Any]:
-    from cocoon.chain.base import ProxyStatus
-    from cocoon.chain.connect import NodeChain
-    from cocoon.chain.localnet import NetworkParams
-    from cocoon.chain.messages import ProxyStakeSpec
-    from cocoon.chain.vouchers import public_key
-    from cocoon.crypto import load_or_create_ed25519_key
-
     nc = await NodeChain.open(cfg.chain)
     try:
         chain, me = nc.chain, nc.sender
@@ -186,9 +173,6 @@ def proxy_stake(args: argparse.Namespace, cfg: Any) -> int:
 
 
 async def _client_action(cfg: Any, action: str, amount: int) -> dict[str, Any]:
-    from cocoon.chain.base import ChannelStatus
-    from cocoon.chain.connect import NodeChain
-
     channel = cfg.chain.contract
     if not channel:
         raise ConfigError("chain.contract (the client's payment channel) is not configured")
@@ -230,9 +214,6 @@ def client_chain_command(args: argparse.Namespace, cfg: Any) -> int:
                           f"`cocoon client {args.action} 5`")
     amount = parse_ton(args.amount) if args.action in ("topup", "open") else 0
     if args.action == "open":
-        from cocoon.chain.vouchers import public_key
-        from cocoon.crypto import load_or_create_ed25519_key
-
         if not cfg.chain.key_file:
             raise ConfigError("chain.key_file (the key that will sign this client's charge "
                               "vouchers) is not configured")
@@ -252,11 +233,6 @@ def client_chain_command(args: argparse.Namespace, cfg: Any) -> int:
 
 
 async def _worker_withdraw(cfg: Any, voucher_b64: str) -> dict[str, Any]:
-    import base64
-
-    from cocoon.chain.connect import NodeChain
-    from cocoon.chain.vouchers import parse_voucher
-
     voucher = parse_voucher(base64.b64decode(voucher_b64))
     if voucher.channel != cfg.chain.contract:
         raise CocoonError(f"the worker's voucher is for {voucher.channel}, not the configured "
@@ -283,10 +259,6 @@ async def _worker_withdraw(cfg: Any, voucher_b64: str) -> dict[str, Any]:
 def worker_withdraw(args: argparse.Namespace, cfg: Any, stats: dict[str, Any] | None) -> int:
     """Cash out the worker's newest payout voucher on chain: the running worker's (its
     /stats), else the one kept in ``chain.voucher_file``."""
-    import base64
-
-    from cocoon.chain.vouchers import read_voucher_file
-
     if not cfg.chain.contract:
         raise ConfigError("chain.contract (the worker's payout channel) is not configured")
     voucher = ((stats or {}).get("billing") or {}).get("payout_voucher")

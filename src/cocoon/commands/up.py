@@ -1,4 +1,5 @@
-"""Start a whole local network as separate processes: ``cocoon up``, e2e tests, the bench.
+"""``cocoon up``: start a whole local network as separate processes (also what the e2e tests
+and the bench start).
 
 Each role runs as ``python -m cocoon ROLE`` with its ports chosen by the OS (port 0) and
 reported through a ready file, so several networks can run side by side. Readiness is
@@ -8,6 +9,7 @@ polled from health endpoints with a deadline, never slept for.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import json
 import os
@@ -20,14 +22,26 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
-from cocoon.attestation.evidence import Claims
-from cocoon.errors import CocoonError
+from cocoon import config as cfg
+from cocoon.attestation.fake_tdx import FakeTdxAuthority, fake_measurements
+from cocoon.attestation.ratls import public_key_der
+from cocoon.chain.embedded import EmbeddedChain, find_toolchain
+from cocoon.chain.errors import ChainUnavailable
+from cocoon.chain.localnet import LocalDeployment, NetworkParams, deploy_local_network
+from cocoon.crypto import load_or_create_ec_key, load_or_create_ed25519_key
+from cocoon.engines.llama_cpp import default_model_path, model_file_hash
+from cocoon.errors import LaunchError
+from cocoon.ledger import Ledger
+from cocoon.ledger.accounts import channel_account, client_account
+from cocoon.ledger.config import BillingConfig
 
-__all__ = ["ATTESTATION_MODES", "LaunchError", "LocalNetwork", "Role", "add_up_arguments",
-           "run_up"]
+__all__ = ["ATTESTATION_MODES", "CHAIN_MODES", "LocalNetwork", "Role", "add_up_arguments",
+           "http_json", "run_up"]
 
 # fake: simulated TDX evidence over RA-TLS; none: RA-TLS without evidence (tier unattested);
 # off: plain TCP, no TLS (benchmark baseline only).
@@ -35,10 +49,6 @@ ATTESTATION_MODES = ("fake", "none", "off")
 # embedded: a local TON chain (TVM emulator) with the network's contracts; none: balances
 # are ledger entries only.
 CHAIN_MODES = ("embedded", "none")
-
-
-class LaunchError(CocoonError):
-    """A role failed to start or died."""
 
 
 def http_json(url: str, timeout: float = 2.0) -> tuple[int, Any]:
@@ -149,7 +159,7 @@ class LocalNetwork:
         demo_funds: int = 10 * 10**9,
         chain: str = "none",
         commit_interval_s: float | None = None,
-        network_params: Any = None,
+        network_params: NetworkParams | None = None,
     ) -> None:
         if workers < 1:
             raise LaunchError("--workers must be at least 1")
@@ -177,9 +187,9 @@ class LocalNetwork:
         self._attestation_sets(attestation)
         self.client_account = ""
         self.chain_mode = chain
-        self.network_params = network_params  # cocoon.chain.localnet.NetworkParams
+        self.network_params = network_params
         self.demo_funds = demo_funds
-        self.deployment: Any = None  # cocoon.chain.localnet.LocalDeployment once deployed
+        self.deployment: LocalDeployment | None = None  # once deployed
         self.chain_url = ""
         self.chain_role: Role | None = None
         if billing:
@@ -203,10 +213,6 @@ class LocalNetwork:
         node = [f"attestation.mode={mode}"]
         client = ["attestation.mode=none"]
         if mode == "fake":
-            from datetime import UTC, datetime
-
-            from cocoon.attestation.fake_tdx import FakeTdxAuthority
-
             fake_dir = Path(self._tmp.name) / "fake-tdx"
             FakeTdxAuthority.load_or_generate(fake_dir, datetime.now(UTC))
             shared = [f"attestation.fake_dir={fake_dir}"]
@@ -220,22 +226,17 @@ class LocalNetwork:
         """Proxy bills every request into a ledger in this network's directory; the client
         gets a persistent key (its account) funded with ``funds`` nanoTON up front, as the
         on-chain deposit will do."""
-        from cocoon.attestation.ratls import public_key_der
-        from cocoon.crypto import load_or_create_ec_key
-        from cocoon.ledger import Ledger
-        from cocoon.nodes.proxy.billing import client_account
-
         d = Path(self._tmp.name)
         key_file, ledger_path = d / "client.key", d / "proxy-ledger.sqlite"
-        if self.chain_mode != "none":
-            pass  # the client's account is its channel; deposits come from the chain
-        elif self.attestation == "off":
-            self.client_account = "node:client-1"
-        else:
-            key = load_or_create_ec_key(key_file)
-            claims = Claims(public_key_der(key.public_key()), "client")
-            self.client_account = client_account(claims, "client-1")
+        # on chain, the client's account is its channel and deposits come from the chain
+        # (set by _start_chain); off chain, the ledger holds its funds from the start
         if self.chain_mode == "none":
+            if self.attestation == "off":
+                self.client_account = client_account(None, "client-1")
+            else:
+                key = load_or_create_ec_key(key_file)
+                self.client_account = client_account(public_key_der(key.public_key()),
+                                                     "client-1")
             with Ledger(ledger_path) as ledger:
                 ledger.deposit(self.client_account, funds)
         self.ledger_path = ledger_path
@@ -253,11 +254,6 @@ class LocalNetwork:
 
     def _start_chain(self, deadline: float, progress: Callable[[str], None]) -> None:
         """Start the embedded chain service and deploy this network's contracts on it."""
-        import asyncio
-
-        from cocoon.chain.embedded import find_toolchain
-        from cocoon.chain.errors import ChainUnavailable
-
         try:
             find_toolchain()
         except ChainUnavailable as exc:
@@ -271,8 +267,7 @@ class LocalNetwork:
         role.wait_until(role.read_ready, "ready", deadline)
         self.chain_url = role.http
         progress(f"chain at {self.chain_url}: deploying registry, proxy stake, channels")
-        self.deployment = asyncio.run(self._deploy())
-        dep = self.deployment
+        dep = self.deployment = asyncio.run(self._deploy())
         common = ["chain.backend=embedded", f"chain.url={self.chain_url}"]
         if self.attestation == "fake":  # allow-lists from the registry
             common.append(f"chain.registry={dep.registry}")
@@ -282,19 +277,13 @@ class LocalNetwork:
                             f"chain.contract={dep.client_channel}",
                             f"chain.key_file={d / 'client-voucher.key'}", *self.client_sets]
         self.worker_sets = [*common, *self.worker_sets]
-        self.client_account = "channel:" + dep.client_channel
+        self.client_account = channel_account(dep.client_channel)
         progress(f"registry {dep.registry}; client channel {dep.client_channel} holds "
                  f"{self.demo_funds} nanoTON")
 
-    async def _deploy(self) -> Any:
-        from cocoon.attestation.fake_tdx import fake_measurements
-        from cocoon.chain.embedded import EmbeddedChain
-        from cocoon.chain.localnet import deploy_local_network
-        from cocoon.config import BillingConfig, ProxyConfig, load
-        from cocoon.crypto import load_or_create_ed25519_key
-
+    async def _deploy(self) -> LocalDeployment:
         d = Path(self._tmp.name)
-        billing = load(ProxyConfig, None, dict(
+        billing = cfg.load(cfg.ProxyConfig, None, dict(
             s.split("=", 1) for s in self.proxy_sets if s.startswith("billing."))).billing
         assert isinstance(billing, BillingConfig)
         images = ([fake_measurements("cocoon").image_hash] if self.attestation == "fake"
@@ -303,8 +292,6 @@ class LocalNetwork:
         if (self.attestation == "fake" and self.engine == "llama-cpp"
                 and not any(x.startswith("engine.llama_cpp.model_path") for x in self.worker_sets)):
             # the model the workers load (a worker certifies its file's SHA-256)
-            from cocoon.engines.llama_cpp import default_model_path, model_file_hash
-
             models = [model_file_hash(default_model_path())]
         chain = await EmbeddedChain.connect(self.chain_url)
         try:
@@ -320,8 +307,6 @@ class LocalNetwork:
     def role_config(self, name: str) -> str:
         """The TOML config of a started role (its HTTP address and chain settings), what the
         ``cocoon client|worker|proxy`` commands take with ``-c``."""
-        from cocoon import config as cfg
-
         role = {r.name: r for r in self.roles()}[name]
         kind, sets = (("client", self.client_sets) if name == "client" else
                       ("proxy", self.proxy_sets) if name == "proxy" else
@@ -401,8 +386,6 @@ class LocalNetwork:
         same settings on the same listen and HTTP ports, so the workers and the client, which
         redial the same address, find it. Returns once it is ready and every worker and the
         client are connected to it again (LaunchError past ``timeout`` seconds)."""
-        from urllib.parse import urlsplit
-
         old = self.proxy
         assert old is not None and old.info, "restart_proxy needs a started network"
         deadline = time.monotonic() + (self.startup_timeout if timeout is None else timeout)

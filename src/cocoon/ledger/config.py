@@ -1,0 +1,35 @@
+"""The ``[billing]`` table: the proxy's prices and where its ledger lives."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cocoon.errors import ConfigError
+from cocoon.validation import require_positive
+
+__all__ = ["BillingConfig"]
+
+
+@dataclass(frozen=True, slots=True)
+class BillingConfig:
+    """The proxy's prices and ledger (section ``[billing]``). Amounts in nanoTON."""
+
+    enabled: bool = False
+    ledger_path: str = ".cocoon/proxy-ledger.sqlite"
+    signing_key_file: str = ".cocoon/proxy-voucher.key"  # Ed25519, 0600, created if missing
+    price_per_token: int = 2  # what clients pay per adjusted token
+    worker_fee_per_token: int = 1  # what workers earn per adjusted token
+    prompt_mult: int = 10000  # 10000 = 1.0x
+    cached_mult: int = 10000
+    completion_mult: int = 10000
+    reasoning_mult: int = 10000
+    worker_coefficient: int = 1000  # 1000 = 1.0x
+    default_max_tokens: int = 1000  # the cap reserved (and enforced) when a request has none
+    commit_interval_s: float = 60.0  # how often the proxy commits its totals (a state commit)
+    max_unsigned: int = 1_000_000_000  # chain: charges a client may owe unsigned (nanoTON)
+
+    def __post_init__(self) -> None:
+        if self.worker_fee_per_token > self.price_per_token:
+            raise ConfigError("billing.worker_fee_per_token must not exceed price_per_token")
+        require_positive(self.default_max_tokens, "billing.default_max_tokens")
+        require_positive(self.commit_interval_s, "billing.commit_interval_s")
