@@ -351,14 +351,15 @@ def request_error_from_code(code: str, message: str, param: str | None = None) -
     return cls(message, param=param)
 
 
-def as_request_error(exc: BaseException, *, where: str = "") -> RequestError:
+def as_request_error(exc: BaseException, *, where: str,
+                     fallback: type[RequestError] = RequestError) -> RequestError:
     """What the requester is told when ``exc`` stopped its request: the one mapping from
-    an exception to a wire code and an HTTP status.
+    an exception to a wire code (and so to an HTTP status).
 
     A :class:`RequestError` is itself; the requester going away is ``cancelled``; a payment
-    refusal is 402; a lost connection is ``worker_lost``; anything else is an internal error
-    whose message names only where it happened and the exception's type (never its text,
-    which may carry request content)."""
+    refusal is 402; a lost connection is ``worker_lost``; a timeout is ``timeout``; anything
+    else is ``fallback``, whose message says only ``where`` and the exception's type (never
+    its text, which may carry request content)."""
     if isinstance(exc, RequestError):
         return exc
     if isinstance(exc, asyncio.CancelledError):
@@ -366,7 +367,7 @@ def as_request_error(exc: BaseException, *, where: str = "") -> RequestError:
     if isinstance(exc, PaymentError) and exc.status == 402:
         return PaymentRequired(str(exc))
     if isinstance(exc, TransportError):
-        return WorkerLost(f"{where or 'a peer'} disconnected before finishing the request")
+        return WorkerLost(f"{where}: a connection was lost before the request finished")
     if isinstance(exc, TimeoutError):
-        return RequestTimeout(f"{where or 'the request'} timed out")
-    return RequestError(f"{where or 'cocoon'} error: {type(exc).__name__}")
+        return RequestTimeout(f"{where}: timed out")
+    return fallback(f"{where}: {type(exc).__name__}")

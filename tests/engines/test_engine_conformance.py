@@ -1,16 +1,21 @@
-"""What every embedded engine promises (engines/base.py), checked on FakeEngine and on
-LlamaCppEngine with SmolLM2: the JSON objects the app will see, then exactly one Usage."""
+"""What every engine promises (engines/base.py). The behaviour of generation is checked on
+FakeEngine and on LlamaCppEngine with SmolLM2: the JSON objects the app will see, then exactly
+one Usage. The Engine protocol itself (every member the worker uses, the granted cap, early
+close, close) is checked on all three engines, openai-http in front of llama_cpp.server."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+import pytest_asyncio
 
-from cocoon.engines import FakeEngine, InferenceJob
+from cocoon.engines import Engine, FakeEngine, InferenceJob
+from cocoon.engines.openai_http import OpenAIHttpConfig, OpenAIHttpEngine
 from cocoon.errors import EngineUnsupported
 from cocoon.openai import Usage, parse_request
 
@@ -176,3 +181,91 @@ async def test_fake_usage_is_deterministic():
                           completion_tokens=50)
     _, usage = await run(engine, job(engine, "completions", prompt="ab", max_tokens=70))
     assert usage == Usage(prompt_tokens=1, completion_tokens=50)
+
+
+# --- the Engine protocol, on all three engines ------------------------------------------
+# Everything the worker calls on an engine is on the Engine protocol (engines/base.py); these
+# run on fake, llama-cpp and openai-http (in front of a real llama_cpp.server).
+
+_PROTOCOL_MEMBERS = (*Engine.__annotations__, "generate", "close")
+
+
+async def _make(kind: str, request: pytest.FixtureRequest) -> Any:
+    if kind == "fake":
+        return FakeEngine()
+    if kind == "llama-cpp":
+        from cocoon.engines.llama_cpp import LlamaCppEngine
+
+        return await asyncio.to_thread(LlamaCppEngine)
+    base_url = request.getfixturevalue("llama_server")
+    return await OpenAIHttpEngine.connect(OpenAIHttpConfig(base_url=base_url))
+
+
+ALL_KINDS = ["fake", pytest.param("llama-cpp", marks=pytest.mark.llama),
+             pytest.param("openai-http", marks=pytest.mark.llama)]
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module", params=ALL_KINDS)
+async def any_engine(request: pytest.FixtureRequest) -> AsyncIterator[Any]:
+    eng = await _make(request.param, request)
+    yield eng
+    await eng.close()
+
+
+async def test_protocol_members_are_there_with_their_types(any_engine):
+    assert set(_PROTOCOL_MEMBERS) >= {"name", "models", "model_hash", "cancelled",
+                                      "usage_estimated", "generate", "close"}
+    for member in _PROTOCOL_MEMBERS:
+        assert hasattr(any_engine, member), f"{type(any_engine).__name__} lacks {member}"
+    assert isinstance(any_engine.name, str) and any_engine.name
+    assert isinstance(any_engine.models, tuple) and any_engine.models
+    assert all(isinstance(m, str) for m in any_engine.models)
+    assert isinstance(any_engine.model_hash, bytes)
+    assert len(any_engine.model_hash) in (0, 32)  # SHA-256 of the weights, or unknown
+    assert type(any_engine.cancelled) is int and type(any_engine.usage_estimated) is int
+    assert asyncio.iscoroutinefunction(any_engine.close)
+
+
+async def test_llama_engine_names_its_weights():
+    pytest.importorskip("llama_cpp")
+    from cocoon.engines.llama_cpp import LlamaCppEngine, default_model_path, model_file_hash
+
+    engine = await asyncio.to_thread(LlamaCppEngine)
+    try:
+        assert engine.model_hash == model_file_hash(default_model_path())
+    finally:
+        await engine.close()
+
+
+async def test_the_last_output_is_the_usage_and_the_meter_agrees(any_engine):
+    j = job(any_engine, "chat")
+    outputs = [o async for o in any_engine.generate(j)]
+    *objects, usage = outputs
+    assert isinstance(usage, Usage) and objects and all(type(o) is bytes for o in objects)
+    assert j.meter.usage() == usage
+
+
+async def test_the_granted_cap_wins_over_the_body(any_engine):
+    """The worker grants what the proxy reserved funds for: no engine generates past it,
+    whatever max_tokens the body asks for."""
+    j = InferenceJob("completions", job(any_engine, "completions", max_tokens=8).body,
+                     next(_ids), granted=3)
+    assert j.max_tokens == 3
+    _, usage = await run(any_engine, j)
+    assert usage.completion_tokens == 3
+
+
+async def test_closing_the_generation_early_is_counted(any_engine):
+    before = any_engine.cancelled
+    gen = any_engine.generate(job(any_engine, "chat", stream=True, max_tokens=200))
+    assert type(await anext(gen)) is bytes
+    await asyncio.wait_for(gen.aclose(), 10)
+    assert any_engine.cancelled == before + 1
+
+
+@pytest.mark.parametrize("kind", ALL_KINDS)
+async def test_close_releases_the_engine(kind, request):
+    engine = await _make(kind, request)
+    _, usage = await run(engine, job(engine, "completions", max_tokens=2))
+    assert usage.completion_tokens == 2
+    await engine.close()

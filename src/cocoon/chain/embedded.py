@@ -153,7 +153,7 @@ class _HttpTransport:
     """The same JSON-RPC, posted to a chain service (``cocoon chain run``) over HTTP."""
 
     def __init__(self, url: str, timeout: float) -> None:
-        import aiohttp  # lazy: ~100 ms that `cocoon --help`, `cocoon up` and tests need not pay
+        import aiohttp  # lazy: ~100 ms; `cocoon --help` imports this module, not the client
 
         self.url = url.rstrip("/") + "/rpc"
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout))

@@ -15,7 +15,7 @@ import time
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from cocoon.chain.base import ChannelStatus, ProxyStatus
+from cocoon.chain.base import Chain, ChannelStatus, ProxyStatus
 from cocoon.chain.connect import NodeChain
 from cocoon.chain.localnet import NetworkParams
 from cocoon.chain.specs import ChannelSpec, ProxyStakeSpec
@@ -76,6 +76,14 @@ async def channel_report(chain: Any, channel: str) -> dict[str, Any]:
     return {"channel": channel, "status": st.status.name.lower(),
             "balance_nanoton": st.balance, "charged_nanoton": st.charged,
             "last_seqno": st.last_seqno, "close_at": st.close_at or None}
+
+
+async def _not_before(chain: Chain, at: int, what: str, then: str) -> None:
+    """CocoonError (``"<what> at <at> (in N s); <then>"``) while the chain's clock is before
+    ``at``: a delay the contract enforces has not elapsed yet."""
+    now = await chain.now()
+    if now < at:
+        raise CocoonError(f"{what} at {at} (in {at - now} s); {then}")
 
 
 def _pubkey_hex(text: str | None, what: str) -> bytes:
@@ -145,10 +153,8 @@ async def _stake(cfg: Any, action: str, amount: int) -> dict[str, Any]:
             if st.state == ProxyStatus.ACTIVE:
                 await chain.request_unstake(contract, sender=me)
             elif st.state == ProxyStatus.UNSTAKING:
-                now = await chain.now()
-                if now < st.unlock_at:
-                    raise CocoonError(f"the stake unlocks at {st.unlock_at} (in "
-                                      f"{st.unlock_at - now} s); run unstake again then")
+                await _not_before(chain, st.unlock_at, "the stake unlocks",
+                                  "run unstake again then")
                 await chain.unstake(contract, sender=me)
             else:
                 raise CocoonError(f"stake contract {contract} is already closed")
@@ -194,10 +200,8 @@ async def _client_action(cfg: Any, action: str, amount: int) -> dict[str, Any]:
                                   "first; the proxy may redeem your last voucher during the "
                                   "close delay, then withdraw returns the rest")
             if before.status == ChannelStatus.CLOSING:
-                now = await chain.now()
-                if now < before.close_at:
-                    raise CocoonError(f"channel {channel} closes at {before.close_at} (in "
-                                      f"{before.close_at - now} s); withdraw after that")
+                await _not_before(chain, before.close_at, f"channel {channel} closes",
+                                  "withdraw after that")
                 await chain.close(channel, sender=me)
             wallet_before = await chain.balance(nc.wallet)
             await chain.withdraw(channel, sender=me)

@@ -13,10 +13,12 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiohttp import web
 
+from cocoon.chain.connect import open_chain
+from cocoon.chain.registry import RegistryAllowLists
 from cocoon.config import ChainConfig, parse_hostport
 from cocoon.errors import (
     AttestationError,
@@ -29,9 +31,6 @@ from cocoon.ledger.copies import AccountCopy
 from cocoon.openai import Envelope
 from cocoon.transport import Connector, Handler, Peer
 from cocoon.wire import Connection, Request, Statement
-
-if TYPE_CHECKING:
-    from cocoon.chain.registry import RegistryAllowLists
 
 __all__ = [
     "HttpServer",
@@ -191,7 +190,6 @@ def registry_lists(config: ChainConfig) -> RegistryAllowLists | None:
     attestation config's own allow-list file applies)."""
     if not (config.enabled and config.registry):
         return None
-    from cocoon.chain.registry import RegistryAllowLists
 
     return RegistryAllowLists(config.registry)
 
@@ -205,7 +203,6 @@ async def follow_registry(config: ChainConfig, lists: RegistryAllowLists | None,
     if chain is not None:  # the caller's connection: the caller closes it
         await lists.refresh(chain)
         return lists.refresh_forever(chain, config.registry_refresh_s)
-    from cocoon.chain.connect import open_chain
 
     own = await open_chain(config)
     try:

@@ -23,7 +23,7 @@ from cocoon.wire import End, Error, Statement
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    from cocoon.nodes.proxy.payments import ProxyPayments
+    from cocoon.nodes.proxy.payments import ProxyPayments  # typing only: payments use Billing
 
 __all__ = ["Billing"]
 

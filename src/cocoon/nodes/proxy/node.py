@@ -22,17 +22,18 @@ from typing import Any
 
 from aiohttp import web
 
+from cocoon.chain.connect import NodeChain
 from cocoon.config import ProxyConfig, parse_hostport
 from cocoon.errors import (
     AttestationError,
     CocoonError,
     PaymentRequired,
     ProtocolError,
-    RequestCancelled,
     RequestError,
     RequestTimeout,
     TransportError,
     WorkerLost,
+    as_request_error,
 )
 from cocoon.ledger.accounts import channel_account, client_account, worker_account
 from cocoon.nodes.channels import build_channels, describe_evidence
@@ -45,6 +46,7 @@ from cocoon.nodes.common import (
     uptime_since,
 )
 from cocoon.nodes.proxy.billing import Billing
+from cocoon.nodes.proxy.payments import ProxyPayments
 from cocoon.openai import effective_max_tokens
 from cocoon.routing import WorkerView, choose_worker
 from cocoon.transport import Listener, OutgoingStream, Peer, Watchdog
@@ -183,9 +185,6 @@ class ProxyNode:
 
     async def _open_payments(self, billing: Billing) -> Any:
         """Connect to the chain and put the ledger's accounts on its channels."""
-        from cocoon.chain.connect import NodeChain
-        from cocoon.nodes.proxy.payments import ProxyPayments
-
         chain = await NodeChain.open(self.config.chain)
         billing.payments = ProxyPayments(chain, billing.key, billing.run, billing.ledger,
                                          self.config.billing.max_unsigned,
@@ -337,9 +336,9 @@ class ProxyNode:
             cap = await self._reserve(relay)
             if cap is not None:
                 await self._pump(relay, cap)
-        except asyncio.CancelledError:
+        except asyncio.CancelledError as exc:
             stats.cancelled += 1
-            client.finish(Error.of(rid, RequestCancelled("cancelled by the requester")))
+            client.finish(Error.of(rid, as_request_error(exc, where="proxy")))
             await self._hear_last_word(relay, "requester went away")
             raise
         except TransportError:
@@ -348,7 +347,7 @@ class ProxyNode:
         except CocoonError as exc:
             stats.failed += 1
             log.warning("relay %s failed: %s", rid, exc)
-            client.finish(Error.of(rid, RequestError("proxy relay failed")))
+            client.finish(Error.of(rid, as_request_error(exc, where="proxy relay failed")))
         finally:
             relay.worker.active -= 1
             self._relays.pop(relay.key, None)

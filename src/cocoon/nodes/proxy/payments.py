@@ -32,6 +32,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cocoon.chain.base import ChannelStatus
 from cocoon.chain.connect import NodeChain
 from cocoon.chain.errors import ChainError
+from cocoon.chain.messages import sign_commit
 from cocoon.chain.vouchers import parse_voucher, sign_voucher, verify_voucher
 from cocoon.errors import CocoonError, PaymentError, PaymentRequired
 from cocoon.ledger import Ledger
@@ -255,7 +256,6 @@ class ProxyPayments:
         """Publish a ledger commit to the stake contract (signed by the proxy key)."""
         if not self.stake_contract:
             return
-        from cocoon.chain.messages import sign_commit
 
         body = sign_commit(self._key, self.stake_contract, commit.seqno, commit.state_hash())
         try:

@@ -26,10 +26,10 @@ from cocoon.errors import (
     EngineError,
     NoWorkerAvailable,
     PaymentError,
-    RequestCancelled,
     RequestError,
     RequestTimeout,
     TransportError,
+    as_request_error,
 )
 from cocoon.ledger.copies import AccountCopy
 from cocoon.ledger.errors import VoucherInvalid
@@ -197,9 +197,9 @@ class WorkerNode:
             peer.finish(End.of(rid, usage))
             self.stats.completed += 1
             self._count_tokens(usage)
-        except asyncio.CancelledError:
+        except asyncio.CancelledError as exc:
             self.stats.cancelled += 1
-            peer.finish(self._failed(rid, job, RequestCancelled("cancelled by the requester")))
+            peer.finish(self._failed(rid, job, as_request_error(exc, where="worker")))
             raise
         except TransportError:
             self.stats.failed += 1
@@ -208,7 +208,7 @@ class WorkerNode:
             peer.finish(self._failed(rid, job, exc))
         except Exception as exc:
             log.exception("request %s failed inside the worker", rid)
-            err = EngineError(f"worker error: {type(exc).__name__}")
+            err = as_request_error(exc, where="worker error", fallback=EngineError)
             self._count_error(err.code)
             peer.finish(self._failed(rid, job, err))
         finally:
