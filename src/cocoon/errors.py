@@ -7,6 +7,7 @@ One name per failure; a subclass only refines *where* it was detected::
 
     CocoonError
     ├── ConfigError              a config key, file or flag is missing or invalid
+    │   └── ToolchainMissing     the embedded chain's Node.js toolchain is not installed
     ├── LaunchError              `cocoon up`: a role failed to start or died
     ├── ProtocolError            a peer broke the wire protocol
     │   ├── FrameTooLarge
@@ -17,7 +18,8 @@ One name per failure; a subclass only refines *where* it was detected::
     │   ├── EvidenceInvalid
     │   └── PolicyRejected
     ├── ChainError               the chain backend failed
-    │   ├── ChainUnavailable     it cannot start or cannot be reached
+    │   ├── ChainUnavailable     it cannot start or cannot be reached (an outage to ride
+    │   │                        out, unlike a missing toolchain)
     │   └── ChainTimeout         a call or a transaction ran past its deadline
     ├── PaymentError             money: pricing, vouchers, the ledger, contracts
     │   ├── PricingError         prices or token counts out of range
@@ -42,15 +44,14 @@ One name per failure; a subclass only refines *where* it was detected::
         └── RequestTimeout (504)
 
 A request's failure crosses hops as its ``code`` (``wire.messages.Error``); there is one
-mapping each way: :func:`as_request_error` turns whatever stopped a request into the
-:class:`RequestError` the requester is told, and :func:`request_error_from_code` rebuilds the
-typed error from a code, so a worker's error reaches the app with the same status, type and
-code whatever hop it crossed.
+mapping each way: ``cocoon.nodes.common.as_request_error`` turns whatever stopped a request
+(an exception, a cancellation) into the :class:`RequestError` the requester is told, and
+:func:`request_error_from_code` rebuilds the typed error from a code, so a worker's error
+reaches the app with the same status, type and code whatever hop it crossed. (The first lives
+with the nodes because it knows asyncio's cancellation; this module imports nothing.)
 """
 
 from __future__ import annotations
-
-import asyncio
 
 __all__ = [
     "AttestationError",
@@ -80,13 +81,13 @@ __all__ = [
     "RequestError",
     "RequestTimeout",
     "ReservationError",
+    "ToolchainMissing",
     "TransportError",
     "UpstreamError",
     "VoucherInvalid",
     "VoucherRegression",
     "VoucherReplay",
     "WorkerLost",
-    "as_request_error",
     "request_error_from_code",
 ]
 
@@ -97,6 +98,11 @@ class CocoonError(Exception):
 
 class ConfigError(CocoonError):
     """A configuration value is missing or invalid; the message names the key and source."""
+
+
+class ToolchainMissing(ConfigError):
+    """The embedded chain's toolchain is not installed (Node.js, or the contracts' npm
+    packages); the message says how to install it."""
 
 
 class LaunchError(CocoonError):
@@ -349,25 +355,3 @@ def request_error_from_code(code: str, message: str, param: str | None = None) -
     """Rebuild the typed error a peer reported; unknown codes become a plain RequestError."""
     cls = _BY_CODE.get(code, RequestError)
     return cls(message, param=param)
-
-
-def as_request_error(exc: BaseException, *, where: str,
-                     fallback: type[RequestError] = RequestError) -> RequestError:
-    """What the requester is told when ``exc`` stopped its request: the one mapping from
-    an exception to a wire code (and so to an HTTP status).
-
-    A :class:`RequestError` is itself; the requester going away is ``cancelled``; a payment
-    refusal is 402; a lost connection is ``worker_lost``; a timeout is ``timeout``; anything
-    else is ``fallback``, whose message says only ``where`` and the exception's type (never
-    its text, which may carry request content)."""
-    if isinstance(exc, RequestError):
-        return exc
-    if isinstance(exc, asyncio.CancelledError):
-        return RequestCancelled("cancelled by the requester")
-    if isinstance(exc, PaymentError) and exc.status == 402:
-        return PaymentRequired(str(exc))
-    if isinstance(exc, TransportError):
-        return WorkerLost(f"{where}: a connection was lost before the request finished")
-    if isinstance(exc, TimeoutError):
-        return RequestTimeout(f"{where}: timed out")
-    return fallback(f"{where}: {type(exc).__name__}")

@@ -19,7 +19,6 @@ from cocoon.chain.base import DEFAULT_MSG_VALUE, TOPUP_FEE
 from cocoon.chain.embedded import EmbeddedChain, find_toolchain
 from cocoon.chain.errors import (
     BadVoucherSignature,
-    ChainUnavailable,
     EarlyClose,
     UnknownOp,
     VoucherAmountDecreased,
@@ -36,11 +35,11 @@ from cocoon.chain.vouchers import (
     voucher_message,
     voucher_payload,
 )
-from cocoon.errors import ConfigError, PaymentError
+from cocoon.errors import ConfigError, PaymentError, ToolchainMissing
 
 try:
     find_toolchain()
-except ChainUnavailable as exc:  # pragma: no cover - depends on the machine
+except ToolchainMissing as exc:  # pragma: no cover - depends on the machine
     pytest.skip(str(exc), allow_module_level=True)
 
 TON = 1_000_000_000

@@ -30,7 +30,7 @@ from cocoon.chain.registry import RegistryAllowLists, parse_registry, read_regis
 from cocoon.chain.vouchers import parse_voucher, public_key, sign_voucher, verify_voucher
 from cocoon.commands.chain_service import ChainService
 from cocoon.config import BillingConfig, ChainConfig
-from cocoon.errors import PaymentRequired
+from cocoon.errors import PaymentRequired, ToolchainMissing
 from cocoon.ledger import Bill, Ledger
 from cocoon.ledger.accounts import channel_account
 from cocoon.ledger.errors import VoucherInvalid, VoucherReplay
@@ -39,7 +39,7 @@ from cocoon.nodes.proxy.payments import WORKER_FLOAT, ProxyPayments
 
 try:
     find_toolchain()
-except ChainUnavailable as exc:  # pragma: no cover - depends on the machine
+except ToolchainMissing as exc:  # pragma: no cover - depends on the machine
     pytest.skip(str(exc), allow_module_level=True)
 
 TON = 10**9

@@ -21,7 +21,6 @@ from cocoon.chain.base import TOPUP_FEE, ProxyStatus
 from cocoon.chain.embedded import EmbeddedChain, find_toolchain
 from cocoon.chain.errors import (
     BadVoucherSignature,
-    ChainUnavailable,
     ContractRejected,
     EarlyClose,
     HashAlreadyPresent,
@@ -36,10 +35,11 @@ from cocoon.chain.errors import (
     WrongState,
 )
 from cocoon.chain.vouchers import public_key, sign_payload
+from cocoon.errors import ToolchainMissing
 
 try:
     find_toolchain()
-except ChainUnavailable as exc:  # pragma: no cover - depends on the machine
+except ToolchainMissing as exc:  # pragma: no cover - depends on the machine
     pytest.skip(str(exc), allow_module_level=True)
 
 TON = 1_000_000_000

@@ -62,7 +62,7 @@ from cocoon.chain.ton import (
     load_network_config,
 )
 from cocoon.chain.vouchers import public_key, sign_voucher
-from cocoon.errors import ConfigError
+from cocoon.errors import ConfigError, ToolchainMissing
 
 TON = 1_000_000_000
 T0 = 1_800_000_000
@@ -134,7 +134,7 @@ def _toolchain() -> str | None:
 
     try:
         find_toolchain()
-    except ChainUnavailable as exc:
+    except ToolchainMissing as exc:
         return str(exc)
     return None
 

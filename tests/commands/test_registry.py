@@ -17,13 +17,13 @@ from typing import Any
 import pytest
 
 from cocoon.chain.embedded import EmbeddedChain, find_toolchain
-from cocoon.chain.errors import ChainUnavailable
 from cocoon.chain.localnet import NetworkParams
 from cocoon.config import BillingConfig
+from cocoon.errors import ToolchainMissing
 
 try:
     find_toolchain()
-except ChainUnavailable as exc:  # pragma: no cover - depends on the machine
+except ToolchainMissing as exc:  # pragma: no cover - depends on the machine
     pytest.skip(str(exc), allow_module_level=True)
 
 H1, H2, H3 = "11" * 32, "ab" * 32, "CD" * 32

@@ -22,13 +22,13 @@ import openai
 import pytest
 
 from cocoon.chain.embedded import find_toolchain
-from cocoon.chain.errors import ChainUnavailable
 from cocoon.chain.localnet import NetworkParams
 from cocoon.commands.up import LocalNetwork
+from cocoon.errors import ToolchainMissing
 
 try:
     find_toolchain()
-except ChainUnavailable as exc:  # pragma: no cover - depends on the machine
+except ToolchainMissing as exc:  # pragma: no cover - depends on the machine
     pytest.skip(str(exc), allow_module_level=True)
 
 PRICE, FEE = 2, 1  # BillingConfig defaults, also the registry's

@@ -36,8 +36,8 @@ import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
 from cocoon.chain.embedded import EmbeddedChain, find_toolchain
-from cocoon.chain.errors import ChainUnavailable
 from cocoon.commands.up import LocalNetwork
+from cocoon.errors import ToolchainMissing
 from cocoon.ledger import Ledger
 
 pytestmark = pytest.mark.e2e
@@ -185,7 +185,7 @@ def test_kill_proxy_at_random_points_keeps_the_ledger_consistent(chain: str,
     if chain == "embedded":
         try:
             find_toolchain()
-        except ChainUnavailable as exc:  # pragma: no cover - depends on the machine
+        except ToolchainMissing as exc:  # pragma: no cover - depends on the machine
             pytest.skip(str(exc))
     rng = random.Random(SEED)
     started = time.monotonic()

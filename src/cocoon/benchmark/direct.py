@@ -26,10 +26,16 @@ from aiohttp import web
 from cocoon.engines import Engine, FakeEngine, FakeEngineConfig, InferenceJob
 from cocoon.engines.llama_cpp import LlamaCppConfig, LlamaCppEngine
 from cocoon.errors import CocoonError, EngineError, RequestError
-from cocoon.nodes.common import HttpServer, json_response, run_until_signal, write_ready_file
+from cocoon.nodes.common import (
+    HttpServer,
+    end_sse,
+    error_response,
+    json_response,
+    open_sse,
+    run_until_signal,
+    write_ready_file,
+)
 from cocoon.openai import ENDPOINTS, Usage, encode_event, parse_request
-from cocoon.openai.protocol import dumps
-from cocoon.openai.sse import DONE_EVENT, SSE_HEADERS
 
 __all__ = ["DirectServer", "main", "make_app"]
 
@@ -37,10 +43,6 @@ log = logging.getLogger(__name__)
 
 _MAX_BODY = 16 * 1024 * 1024
 
-
-
-def _error(err: RequestError) -> web.Response:
-    return json_response(err.to_openai(), err.status)
 
 
 def make_app(engine: Engine) -> web.Application:
@@ -55,7 +57,7 @@ def make_app(engine: Engine) -> web.Application:
             if body["model"] not in engine.models:
                 raise RequestError(f"this server does not serve model {body['model']!r}")
         except RequestError as exc:
-            return _error(exc)
+            return error_response(exc)
         job = InferenceJob(endpoint, body, (pid << 32) | next(seq))
         outputs = engine.generate(job)
         response: web.StreamResponse | None = None
@@ -70,28 +72,18 @@ def make_app(engine: Engine) -> web.Application:
                 if isinstance(out, Usage):
                     continue
                 if response is None:
-                    response = web.StreamResponse(headers=SSE_HEADERS)
-                    await response.prepare(request)
+                    response = await open_sse(request)
                 await response.write(encode_event(out))
-            if response is None:
-                response = web.StreamResponse(headers=SSE_HEADERS)
-                await response.prepare(request)
-            await response.write(DONE_EVENT)
-            await response.write_eof()
-            return response
+            return await end_sse(response if response is not None else await open_sse(request))
         except RequestError as exc:
             if response is None:
-                return _error(exc)
-            await response.write(encode_event(dumps(exc.to_openai())))
-            await response.write_eof()
-            return response
+                return error_response(exc)
+            return await end_sse(response, exc)
         except (CocoonError, ValueError) as exc:
             err = EngineError(f"engine error: {type(exc).__name__}: {exc}")
             if response is None:
-                return _error(err)
-            await response.write(encode_event(dumps(err.to_openai())))
-            await response.write_eof()
-            return response
+                return error_response(err)
+            return await end_sse(response, err)
         finally:
             await outputs.aclose()  # type: ignore[attr-defined]
 

@@ -29,6 +29,7 @@ from cocoon.chain.base import DEFAULT_MSG_VALUE, OutMessage, TxInfo, TxResult
 from cocoon.chain.errors import ChainError, ChainUnavailable, rejection_for
 from cocoon.chain.messages import default_contracts_dir
 from cocoon.chain.ops import ContractOps
+from cocoon.errors import ToolchainMissing
 
 __all__ = ["CONTRACT_NAMES", "EmbeddedChain", "default_contracts_dir", "find_toolchain"]
 
@@ -39,19 +40,19 @@ _LINE_LIMIT = 64 * 1024 * 1024
 
 
 def find_toolchain(contracts_dir: Path | None = None) -> tuple[str, Path]:
-    """``(node executable, server.js)``; raises :class:`ChainUnavailable` with the fix."""
+    """``(node executable, server.js)``; raises ToolchainMissing saying how to install it."""
     cdir = contracts_dir or default_contracts_dir()
     node = shutil.which("node")
     if node is None:
-        raise ChainUnavailable(
+        raise ToolchainMissing(
             "embedded chain: `node` (Node.js >= 20) is not on PATH; install it, then run "
             f"`cd {cdir} && npm ci`"
         )
     server = cdir / "chain-server" / "server.js"
     if not server.is_file():
-        raise ChainUnavailable(f"embedded chain: {server} not found (set COCOON_CONTRACTS_DIR)")
+        raise ToolchainMissing(f"embedded chain: {server} not found (set COCOON_CONTRACTS_DIR)")
     if not (cdir / "node_modules" / "@ton" / "sandbox").is_dir():
-        raise ChainUnavailable(
+        raise ToolchainMissing(
             f"embedded chain: {cdir / 'node_modules'} is missing the contracts toolchain; "
             f"run `cd {cdir} && npm ci`"
         )

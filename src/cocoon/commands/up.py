@@ -31,11 +31,10 @@ from cocoon import config as cfg
 from cocoon.attestation.fake_tdx import FakeTdxAuthority, fake_measurements
 from cocoon.attestation.ratls import public_key_der
 from cocoon.chain.embedded import EmbeddedChain, find_toolchain
-from cocoon.chain.errors import ChainUnavailable
 from cocoon.chain.localnet import LocalDeployment, NetworkParams, deploy_local_network
 from cocoon.crypto import load_or_create_ec_key, load_or_create_ed25519_key
 from cocoon.engines.llama_cpp import default_model_path, model_file_hash
-from cocoon.errors import LaunchError
+from cocoon.errors import LaunchError, ToolchainMissing
 from cocoon.ledger import Ledger
 from cocoon.ledger.accounts import channel_account, client_account
 from cocoon.ledger.config import BillingConfig
@@ -256,7 +255,7 @@ class LocalNetwork:
         """Start the embedded chain service and deploy this network's contracts on it."""
         try:
             find_toolchain()
-        except ChainUnavailable as exc:
+        except ToolchainMissing as exc:
             raise LaunchError(f"{exc}; or start without a chain: `cocoon up --chain none`"
                               ) from None
         d = Path(self._tmp.name)

@@ -24,21 +24,32 @@ from cocoon.errors import (
     AttestationError,
     CocoonError,
     PaymentError,
+    PaymentRequired,
     ProtocolError,
+    RequestCancelled,
+    RequestError,
+    RequestTimeout,
     TransportError,
+    WorkerLost,
 )
 from cocoon.ledger.copies import AccountCopy
 from cocoon.openai import Envelope
+from cocoon.openai.protocol import dumps
+from cocoon.openai.sse import DONE_EVENT, SSE_HEADERS, encode_event
 from cocoon.transport import Connector, Handler, Peer
 from cocoon.wire import Connection, Request, Statement
 
 __all__ = [
     "HttpServer",
     "add_health_routes",
+    "as_request_error",
     "dial_forever",
+    "end_sse",
+    "error_response",
     "follow_registry",
     "json_response",
     "keep_statement",
+    "open_sse",
     "registry_lists",
     "request_for",
     "run_until_signal",
@@ -98,6 +109,49 @@ def add_health_routes(app: web.Application, health: RouteHandler,
     app.router.add_get("/healthz", health)
     app.router.add_get("/stats", stats)
     app.router.add_get("/jsonstats", stats)
+
+
+def error_response(err: RequestError) -> web.Response:
+    """An error before the response is committed: its HTTP status, OpenAI's error body."""
+    return json_response(err.to_openai(), err.status)
+
+
+async def open_sse(request: web.Request) -> web.StreamResponse:
+    """Commit an HTTP response as an OpenAI event stream (its status and headers go out)."""
+    response = web.StreamResponse(headers=SSE_HEADERS)
+    await response.prepare(request)
+    return response
+
+
+async def end_sse(response: web.StreamResponse, err: RequestError | None = None
+                  ) -> web.StreamResponse:
+    """End an event stream: ``data: [DONE]``, or, after a failure once the stream is
+    committed, one ``error`` event in OpenAI's shape (as OpenAI does)."""
+    await response.write(DONE_EVENT if err is None else encode_event(dumps(err.to_openai())))
+    await response.write_eof()
+    return response
+
+
+def as_request_error(exc: BaseException, *, where: str,
+                     fallback: type[RequestError] = RequestError) -> RequestError:
+    """What the requester is told when ``exc`` stopped its request: the one mapping from
+    an exception to a wire code (and so to an HTTP status).
+
+    A :class:`RequestError` is itself; the requester going away is ``cancelled``; a payment
+    refusal is 402; a lost connection is ``worker_lost``; a timeout is ``timeout``; anything
+    else is ``fallback``, whose message says only ``where`` and the exception's type (never
+    its text, which may carry request content)."""
+    if isinstance(exc, RequestError):
+        return exc
+    if isinstance(exc, asyncio.CancelledError):
+        return RequestCancelled("cancelled by the requester")
+    if isinstance(exc, PaymentError) and exc.status == 402:
+        return PaymentRequired(str(exc))
+    if isinstance(exc, TransportError):
+        return WorkerLost(f"{where}: a connection was lost before the request finished")
+    if isinstance(exc, TimeoutError):
+        return RequestTimeout(f"{where}: timed out")
+    return fallback(f"{where}: {type(exc).__name__}")
 
 
 def request_for(env: Envelope, req_id: int, timeout_ms: int) -> Request:

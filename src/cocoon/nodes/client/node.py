@@ -36,17 +36,18 @@ from cocoon.nodes.common import (
     HttpServer,
     add_health_routes,
     dial_forever,
+    end_sse,
+    error_response,
     follow_registry,
     json_response,
     keep_statement,
+    open_sse,
     registry_lists,
     request_for,
     serve_until_stopped,
     uptime_since,
 )
-from cocoon.openai import ENDPOINTS, Envelope, encode_event, encode_events
-from cocoon.openai.protocol import dumps
-from cocoon.openai.sse import DONE_EVENT, SSE_HEADERS
+from cocoon.openai import ENDPOINTS, Envelope, encode_events
 from cocoon.transport import Connector, OutgoingStream, Peer, Watchdog
 from cocoon.wire import (
     Catalog,
@@ -81,10 +82,6 @@ class ClientStats:
     disconnected: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
-
-
-def error_response(err: RequestError) -> web.Response:
-    return json_response(err.to_openai(), err.status)
 
 
 class ClientNode:
@@ -225,8 +222,7 @@ class ClientNode:
             kind = type(ev)
             if kind is Chunk:
                 if response is None:
-                    response = web.StreamResponse(headers=SSE_HEADERS)
-                    await response.prepare(request)
+                    response = await open_sse(request)
                 # Forward every chunk already here in one write: one syscall per burst.
                 burst = [ev.data, *stream.take_chunks(_BURST)]  # type: ignore[union-attr]
                 await response.write(encode_events(burst))
@@ -235,19 +231,13 @@ class ClientNode:
                 continue
             elif kind is End:
                 self._count(ev)  # type: ignore[arg-type]
-                if response is None:
-                    response = web.StreamResponse(headers=SSE_HEADERS)
-                    await response.prepare(request)
-                await response.write(DONE_EVENT)
-                await response.write_eof()
-                return response
+                return await end_sse(response if response is not None
+                                     else await open_sse(request))
             else:
                 err = self._failure(ev)  # type: ignore[arg-type]
                 if response is None:
                     return error_response(err)
-                await response.write(encode_event(dumps(err.to_openai())))
-                await response.write_eof()
-                return response
+                return await end_sse(response, err)
 
     async def _models(self, _: web.Request) -> web.Response:
         return json_response({

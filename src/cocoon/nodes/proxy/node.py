@@ -33,13 +33,13 @@ from cocoon.errors import (
     RequestTimeout,
     TransportError,
     WorkerLost,
-    as_request_error,
 )
 from cocoon.ledger.accounts import channel_account, client_account, worker_account
 from cocoon.nodes.channels import build_channels, describe_evidence
 from cocoon.nodes.common import (
     HttpServer,
     add_health_routes,
+    as_request_error,
     follow_registry,
     json_response,
     registry_lists,

@@ -29,7 +29,6 @@ from cocoon.errors import (
     RequestError,
     RequestTimeout,
     TransportError,
-    as_request_error,
 )
 from cocoon.ledger.copies import AccountCopy
 from cocoon.ledger.errors import VoucherInvalid
@@ -37,6 +36,7 @@ from cocoon.nodes.channels import build_channels, describe_evidence
 from cocoon.nodes.common import (
     HttpServer,
     add_health_routes,
+    as_request_error,
     dial_forever,
     follow_registry,
     json_response,
