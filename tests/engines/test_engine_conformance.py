@@ -226,8 +226,8 @@ async def test_protocol_members_are_there_with_their_types(any_engine):
     assert asyncio.iscoroutinefunction(any_engine.close)
 
 
+@pytest.mark.llama
 async def test_llama_engine_names_its_weights():
-    pytest.importorskip("llama_cpp")
     from cocoon.engines.llama_cpp import LlamaCppEngine, default_model_path, model_file_hash
 
     engine = await asyncio.to_thread(LlamaCppEngine)

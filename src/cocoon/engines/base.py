@@ -18,7 +18,7 @@ token streams (fine-tuning, on the roadmap) can be new endpoints, not a new inte
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from cocoon.errors import EngineUnsupported
@@ -33,39 +33,33 @@ EngineOutput = bytes | Usage
 
 @dataclass(slots=True)
 class UsageMeter:
-    """The tokens one job has consumed and produced so far, kept current by the engine.
+    """How far one job has got, kept current by the engine: a progress counter, read as a
+    :class:`~cocoon.usage.Usage`.
 
-    Holds one :class:`~cocoon.usage.Usage`, counted like the final one (``prompt_tokens``
-    once the prompt is evaluated, ``completion_tokens`` per token generated, whether or not
-    the app has seen it yet). ``estimated`` is set by an engine that cannot count exactly
-    and records an estimate instead (see ``engines.openai_http``)."""
+    ``prompt_tokens`` is set once the prompt is evaluated and ``completion_tokens`` counts
+    every token generated, whether or not the app has seen it yet: plain integers, because
+    engines bump them once per token. ``set`` records the engine's exact final counts (with
+    cached and reasoning tokens); ``usage()`` is those, or the running counts when they have
+    moved on. ``estimated`` is set by an engine that cannot count exactly and records an
+    estimate instead (see ``engines.openai_http``)."""
 
-    current: Usage = field(default_factory=Usage)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
     estimated: bool = False
-
-    @property
-    def prompt_tokens(self) -> int:
-        return self.current.prompt_tokens
-
-    @prompt_tokens.setter
-    def prompt_tokens(self, n: int) -> None:
-        self.current = replace(self.current, prompt_tokens=n)
-
-    @property
-    def completion_tokens(self) -> int:
-        return self.current.completion_tokens
-
-    @completion_tokens.setter
-    def completion_tokens(self, n: int) -> None:
-        self.current = replace(self.current, completion_tokens=n)
+    exact: Usage | None = None
 
     def set(self, usage: Usage) -> None:
         """Record exact counts (an engine that learns them mid-way, or at the end)."""
-        self.current = usage
+        self.exact = usage
+        self.prompt_tokens, self.completion_tokens = usage.prompt_tokens, usage.completion_tokens
         self.estimated = False
 
     def usage(self) -> Usage:
-        return self.current
+        exact = self.exact
+        if (exact is not None and exact.prompt_tokens == self.prompt_tokens
+                and exact.completion_tokens == self.completion_tokens):
+            return exact
+        return Usage(self.prompt_tokens, self.completion_tokens)
 
 
 @dataclass(frozen=True, slots=True)
