@@ -25,6 +25,7 @@ from cocoon.wire import (
     Cancel,
     Chunk,
     Connection,
+    End,
     Error,
     Head,
     Message,
@@ -251,3 +252,39 @@ async def test_worker_lost_mid_stream_is_released(tmp_path: Path) -> None:
         assert isinstance(ev, Error) and ev.code == "worker_lost"
         await net.settled()
         assert await net.charged() == (0, 0, 0)
+
+
+@pytest.mark.parametrize("counts", [(3, 5, 4, 0), (6, 2, 0, 3)], ids=["cached>prompt",
+                                                                      "reasoning>completion"])
+async def test_end_with_impossible_usage_is_refused_and_released(
+        tmp_path: Path, counts: tuple[int, int, int, int]) -> None:
+    """Counts that contradict each other obey the one rule for usage (cocoon.usage): the
+    proxy charges nobody for them, tells the client, and keeps nothing reserved."""
+    def answer(peer: Peer, rid: int) -> None:
+        peer.finish(End(rid, *counts))
+
+    async with network(tmp_path, ScriptedWorker(after_chunks=answer)) as net:
+        stream = net.request()
+        await chunks_then(stream, 3)
+        ev = await asyncio.wait_for(stream.next(), T)
+        assert isinstance(ev, Error) and ev.code == "internal_error", ev
+        assert "ProtocolError" in ev.message
+        await net.settled()
+        assert await net.charged() == (0, 0, 0)
+        totals = await net.ledger(net.billing.ledger.totals)
+        assert totals.settled_requests == 0 and totals.reserved == 0
+        assert net.proxy.stats.completed == 0 and net.proxy.stats.failed == 1
+
+
+async def test_error_with_impossible_usage_is_released(tmp_path: Path) -> None:
+    def answer(peer: Peer, rid: int) -> None:
+        peer.finish(Error(rid, "engine_error", "boom", "", 2, 1, 5, 0))  # cached > prompt
+
+    async with network(tmp_path, ScriptedWorker(after_chunks=answer)) as net:
+        stream = net.request()
+        await chunks_then(stream, 3)
+        ev = await asyncio.wait_for(stream.next(), T)
+        assert isinstance(ev, Error) and ev.code == "engine_error"
+        await net.settled()
+        assert await net.charged() == (0, 0, 0)
+        assert (await net.ledger(net.billing.ledger.totals)).settled_requests == 0

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from cocoon import errors
 from cocoon.errors import BadRequest, PricingError, RequestError, request_error_from_code
+from cocoon.openai.envelope import Envelope, effective_max_tokens
 from cocoon.openai.protocol import (
     ENDPOINTS,
     Usage,
@@ -552,3 +553,31 @@ def test_error_statuses() -> None:
     assert errors.UpstreamError.status == 502
     assert issubclass(errors.FrameTooLarge, errors.ProtocolError)
     assert issubclass(errors.FlowControlError, errors.ProtocolError)
+
+
+# --- the request envelope: the generation cap decided once -------------------------------
+
+
+@pytest.mark.parametrize(("requested", "default", "limit", "cap"), [
+    (None, 0, 0, 0),        # nothing asked, no default: no cap
+    (None, 256, 0, 256),    # the proxy's billing default fills a missing cap
+    (100, 256, 0, 100),     # what the app asked wins over the default
+    (1000, 0, 300, 300),    # never above what was granted
+    (None, 0, 300, 300),
+    (100, 0, 300, 100),
+])
+def test_effective_max_tokens(requested: int | None, default: int, limit: int,
+                              cap: int) -> None:
+    assert effective_max_tokens(requested, default=default, limit=limit) == cap
+
+
+def test_envelope_is_built_once_from_the_body() -> None:
+    raw = json.dumps({"model": "m", "stream": True, "max_completion_tokens": 7,
+                      "messages": [{"role": "user", "content": "hi"}]}).encode()
+    env, body = Envelope.parse("chat", raw)
+    assert (env.endpoint, env.model, env.stream, env.max_tokens, env.body) == (
+        "chat", "m", True, 7, raw)
+    assert body["messages"][0]["content"] == "hi"
+    with pytest.raises(BadRequest) as info:
+        Envelope.parse("chat", b'{"model": "m", "messages": [], "max_tokens": 0}')
+    assert info.value.param in ("max_tokens", "messages")

@@ -12,8 +12,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cocoon.errors import ProtocolError
-from cocoon.wire import Error, decode, encode
+from cocoon.errors import (
+    BadRequest,
+    ProtocolError,
+    RequestCancelled,
+    RequestError,
+    RequestTimeout,
+    WorkerLost,
+)
+from cocoon.usage import Usage
+from cocoon.wire import End, Error, decode, encode
 
 U64_MAX = 2**64 - 1
 
@@ -79,3 +87,33 @@ def test_malformed_usage_is_rejected(raw: list[Any]) -> None:
 def test_arity_error_names_both_lengths() -> None:
     with pytest.raises(ProtocolError, match=r"Error needs 8 \(or 4\) fields, got 5"):
         decode(pack([8, 1, "c", "m", "", 1]))
+
+
+# --- the one usage type and the one error mapping ---------------------------------------
+
+
+def test_end_and_error_carry_the_one_usage_type() -> None:
+    u = Usage(prompt_tokens=12, completion_tokens=5, cached_tokens=3, reasoning_tokens=1)
+    end = End.of(4, u)
+    assert end == End(4, 12, 5, 3, 1) and end.usage == u
+    err = Error.of(4, RequestTimeout("slow"), u)
+    assert err == Error(4, "timeout", "slow", "", 12, 5, 3, 1) and err.usage == u
+    assert Error.of(4, BadRequest("no", param="model")) == Error(4, "invalid_request", "no",
+                                                                 "model")
+
+
+@pytest.mark.parametrize("cls", [BadRequest, RequestTimeout, WorkerLost, RequestCancelled])
+def test_error_to_exception_is_the_same_failure(cls: type[RequestError]) -> None:
+    exc = Error.of(1, cls("what happened", param="p")).to_exception()
+    assert type(exc) is cls and exc.message == "what happened" and exc.param == "p"
+
+
+@pytest.mark.parametrize("counts", [(1, 0, 2, 0), (0, 1, 0, 2)])
+def test_contradicting_counts_are_a_protocol_error_when_read_as_usage(
+        counts: tuple[int, int, int, int]) -> None:
+    # The schema takes any four u64 counts; reading them as usage applies the one rule.
+    end = decode(encode(End(1, *counts)))
+    with pytest.raises(ProtocolError, match="exceeds"):
+        end.usage  # noqa: B018
+    with pytest.raises(ProtocolError, match="exceeds"):
+        Error(1, "c", "m", "", *counts).usage  # noqa: B018

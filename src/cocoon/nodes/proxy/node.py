@@ -401,15 +401,15 @@ class ProxyNode:
                 client.send(Head(rid, ev.worker))  # type: ignore[union-attr]
             elif kind is End:
                 assert isinstance(ev, End)
-                ev.usage  # noqa: B018 - counts that contradict each other: ProtocolError
+                usage = ev.usage  # the one rule for counts: contradicting ones are refused
                 relay.report = ev
                 if self.billing is not None:
                     relay.settled = True  # the ledger settles even if we are cancelled now
                     await self._settle(self.billing, relay.bill_id, ev, client, worker)
                 client.finish(replace(ev, req_id=rid))
                 stats.completed += 1
-                stats.prompt_tokens += ev.prompt_tokens
-                stats.completion_tokens += ev.completion_tokens
+                stats.prompt_tokens += usage.prompt_tokens
+                stats.completion_tokens += usage.completion_tokens
                 return
             elif kind is Error:
                 assert isinstance(ev, Error)
@@ -439,13 +439,13 @@ class ProxyNode:
         if relay.settled or billing is None:
             return
         try:
-            if report is not None:
-                report.usage  # noqa: B018 - the one rule for counts, before charging them
+            usage = report.usage if report is not None else None  # the one rule for counts
         except ProtocolError as exc:
             log.warning("worker %s reported impossible usage for %s, nothing charged: %s",
                         relay.worker.node_id, relay.bill_id, exc)
-            report = None
-        if isinstance(report, End) or (report is not None and report.has_usage):
+            usage = None
+        if usage is not None and (isinstance(report, End) or usage.total_tokens):
+            assert report is not None
             try:
                 await asyncio.shield(self._settle(billing, relay.bill_id, report, relay.client,
                                                   relay.worker))
