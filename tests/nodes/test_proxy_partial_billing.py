@@ -1,7 +1,9 @@
 """The proxy settles requests that end early to the usage the worker reports, in process:
 a real ProxyNode (billing on, SQLite ledger in tmp) between a scripted worker and a scripted
 client over loopback. Cancelled, timed-out and failed streams are charged what the worker's
-Error reports; a stream that ends with no usage at all is released."""
+Error reports; a stream cut off before the worker reported (lost, silent, or reporting
+impossible counts) is charged what the proxy relayed to the app, and the worker paid for it
+(issue 10); a stream that produced nothing is released."""
 
 from __future__ import annotations
 
@@ -189,8 +191,14 @@ async def test_cancelled_stream_is_charged_what_the_worker_reports(tmp_path: Pat
         assert net.proxy.stats.cancelled == 1
 
 
-async def test_cancel_the_worker_never_answers_is_released(tmp_path: Path,
-                                                           monkeypatch: Any) -> None:
+def relayed_tokens(net: Net) -> int:
+    """The proxy's estimate for what it relayed of the one request: a quarter of the
+    request's bytes for the prompt (b'{"model": "m"}', 14 bytes: 3) and a token a chunk."""
+    return 3 + net.proxy.stats.chunks
+
+
+async def test_cancel_the_worker_never_answers_is_charged_what_was_relayed(
+        tmp_path: Path, monkeypatch: Any) -> None:
     monkeypatch.setattr(proxy_node, "_LAST_WORD_S", 0.3)
     async with network(tmp_path, ScriptedWorker()) as net:  # ignores the Cancel
         stream = net.request()
@@ -198,7 +206,9 @@ async def test_cancel_the_worker_never_answers_is_released(tmp_path: Path,
         stream.cancel("app went away")
         await asyncio.wait_for(net.worker.cancels.get(), T)
         await net.settled()
-        assert await net.charged() == (0, 0, 0)
+        n = relayed_tokens(net)
+        assert net.proxy.stats.chunks >= 2
+        assert await net.charged() == (n * PRICE, n, n * FEE)
         assert (await net.ledger(net.billing.ledger.balance, CLIENT)).reserved == 0
         assert net.proxy.stats.cancelled == 1 and not net.proxy._relays
 
@@ -240,7 +250,7 @@ async def test_worker_error_without_usage_is_released(tmp_path: Path) -> None:
         assert totals.settled_requests == 0 and totals.reserved == 0
 
 
-async def test_worker_lost_mid_stream_is_released(tmp_path: Path) -> None:
+async def test_worker_lost_mid_stream_is_charged_what_was_relayed(tmp_path: Path) -> None:
     def kill(peer: Peer, rid: int) -> None:  # once the chunks are on their way
         asyncio.get_running_loop().call_later(0.1, peer.close, "killed")
 
@@ -251,15 +261,30 @@ async def test_worker_lost_mid_stream_is_released(tmp_path: Path) -> None:
         ev = await asyncio.wait_for(stream.next(), T)
         assert isinstance(ev, Error) and ev.code == "worker_lost"
         await net.settled()
+        assert net.proxy.stats.chunks == 3
+        assert await net.charged() == (6 * PRICE, 6, 6 * FEE)  # 3 prompt + 3 chunks
+        assert (await net.statement()).charged == 6 * PRICE  # and the client is told
+
+
+async def test_worker_lost_before_a_chunk_is_released(tmp_path: Path) -> None:
+    def kill(peer: Peer, rid: int) -> None:
+        peer.close("killed")
+
+    async with network(tmp_path, ScriptedWorker(chunks=0, after_chunks=kill)) as net:
+        stream = net.request()
+        while not isinstance(ev := await asyncio.wait_for(stream.next(), T), Error):
+            pass
+        assert ev.code == "worker_lost"
+        await net.settled()
         assert await net.charged() == (0, 0, 0)
 
 
 @pytest.mark.parametrize("counts", [(3, 5, 4, 0), (6, 2, 0, 3)], ids=["cached>prompt",
                                                                       "reasoning>completion"])
-async def test_end_with_impossible_usage_is_refused_and_released(
+async def test_end_with_impossible_usage_is_refused(
         tmp_path: Path, counts: tuple[int, int, int, int]) -> None:
-    """Counts that contradict each other obey the one rule for usage (cocoon.usage): the
-    proxy charges nobody for them, tells the client, and keeps nothing reserved."""
+    """Counts that contradict each other break the one rule for usage (cocoon.usage): the
+    proxy does not take them, tells the client, and charges what it relayed instead."""
     def answer(peer: Peer, rid: int) -> None:
         peer.finish(End(rid, *counts))
 
@@ -270,13 +295,13 @@ async def test_end_with_impossible_usage_is_refused_and_released(
         assert isinstance(ev, Error) and ev.code == "internal_error", ev
         assert "ProtocolError" in ev.message
         await net.settled()
-        assert await net.charged() == (0, 0, 0)
+        assert await net.charged() == (6 * PRICE, 6, 6 * FEE)  # 3 prompt + 3 chunks relayed
         totals = await net.ledger(net.billing.ledger.totals)
-        assert totals.settled_requests == 0 and totals.reserved == 0
+        assert totals.settled_requests == 1 and totals.reserved == 0
         assert net.proxy.stats.completed == 0 and net.proxy.stats.failed == 1
 
 
-async def test_error_with_impossible_usage_is_released(tmp_path: Path) -> None:
+async def test_error_with_impossible_usage_is_charged_what_was_relayed(tmp_path: Path) -> None:
     def answer(peer: Peer, rid: int) -> None:
         peer.finish(Error(rid, "engine_error", "boom", "", 2, 1, 5, 0))  # cached > prompt
 
@@ -286,5 +311,4 @@ async def test_error_with_impossible_usage_is_released(tmp_path: Path) -> None:
         ev = await asyncio.wait_for(stream.next(), T)
         assert isinstance(ev, Error) and ev.code == "engine_error"
         await net.settled()
-        assert await net.charged() == (0, 0, 0)
-        assert (await net.ledger(net.billing.ledger.totals)).settled_requests == 0
+        assert await net.charged() == (6 * PRICE, 6, 6 * FEE)

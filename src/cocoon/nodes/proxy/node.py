@@ -8,8 +8,11 @@ requests on the workers.
 
 With billing, every request is settled to the usage the worker reports: its End, or the
 Error that ends a failed or cancelled stream with the tokens generated until then (a stopped
-worker is given ``_LAST_WORD_S`` to say it). Only a request that ends with no usage at all
-(rejected, nothing generated, worker lost or silent) has its reservation released.
+worker is given ``_LAST_WORD_S`` to say it). A request cut off before its worker reported
+(the worker lost, or silent when told to stop) is charged what the app received, as the proxy
+counted it while relaying (estimated: see ``_Relay.relayed_usage``), and the worker is paid
+for it. Only a request that produced nothing (refused, failed at once, lost before its first
+chunk) has its reservation released.
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ from cocoon.nodes.proxy.payments import ProxyPayments
 from cocoon.openai import effective_max_tokens
 from cocoon.routing import WorkerView, choose_worker
 from cocoon.transport import Listener, OutgoingStream, Peer, Watchdog
+from cocoon.usage import Usage
 from cocoon.wire import (
     Announce,
     Cancel,
@@ -108,6 +112,19 @@ class _Relay:
     stream: OutgoingStream | None = None  # the worker's stream, once opened
     report: End | Error | None = None  # the worker's final word: its usage
     settled: bool = False  # nothing (more) to charge or release
+    cap: int = 0  # the generation cap granted to the worker (0: none)
+    relayed: int = 0  # chunks the client was sent
+    relayed_bytes: int = 0
+
+    def relayed_usage(self) -> Usage:
+        """What the app received of a request the worker never reported on (it was lost,
+        or went silent when told to stop), estimated the way engines estimate: a quarter of
+        the request's bytes for the prompt, and a token per streamed chunk (a quarter of the
+        bytes of a whole response), never above the granted cap."""
+        completion = self.relayed if self.req.stream else self.relayed_bytes // 4
+        if self.cap:
+            completion = min(completion, self.cap)
+        return Usage(len(self.req.body) // 4, completion)
 
 
 @dataclass(slots=True)
@@ -335,6 +352,7 @@ class ProxyNode:
         try:
             cap = await self._reserve(relay)
             if cap is not None:
+                relay.cap = cap
                 await self._pump(relay, cap)
         except asyncio.CancelledError as exc:
             stats.cancelled += 1
@@ -397,6 +415,8 @@ class ProxyNode:
                 await client.send_chunk(rid, ev.data)  # type: ignore[union-attr]
                 stream.consumed()
                 stats.chunks += 1
+                relay.relayed += 1
+                relay.relayed_bytes += len(ev.data)  # type: ignore[union-attr]
             elif kind is Head:
                 client.send(Head(rid, ev.worker))  # type: ignore[union-attr]
             elif kind is End:
@@ -433,30 +453,36 @@ class ProxyNode:
             relay.report = await self._last_word(relay.stream, reason)
 
     async def _settle_or_release(self, relay: _Relay) -> None:
-        """Charge what a failed or cancelled request generated, as its worker reported it;
-        release the reservation of one that reported nothing."""
+        """Charge what a failed, cancelled or cut-off request produced: what its worker
+        reported, or, when the worker never did (lost, silent when told to stop, or
+        reporting impossible counts), what the proxy relayed to the app, estimated. Release
+        the reservation of one that produced nothing."""
         billing, report = self.billing, relay.report
         if relay.settled or billing is None:
             return
-        try:
-            usage = report.usage if report is not None else None  # the one rule for counts
-        except ProtocolError as exc:
-            log.warning("worker %s reported impossible usage for %s, nothing charged: %s",
-                        relay.worker.node_id, relay.bill_id, exc)
-            usage = None
-        if usage is not None and (isinstance(report, End) or usage.total_tokens):
-            assert report is not None
+        usage: Usage | None = None
+        if report is not None:
             try:
-                await asyncio.shield(self._settle(billing, relay.bill_id, report, relay.client,
+                usage = report.usage  # the one rule for counts
+            except ProtocolError as exc:
+                log.warning("worker %s reported impossible usage for %s: %s",
+                            relay.worker.node_id, relay.bill_id, exc)
+        if usage is None and relay.relayed:
+            usage = relay.relayed_usage()
+            log.info("%s was cut off before its worker reported: charging what the app "
+                     "received (%d chunks; estimated)", relay.bill_id, relay.relayed)
+        if usage is not None and usage.total_tokens:
+            try:
+                await asyncio.shield(self._settle(billing, relay.bill_id, usage, relay.client,
                                                   relay.worker))
             except CocoonError as exc:
                 log.warning("settling %s failed: %s", relay.bill_id, exc)
         else:
-            # No usage reported (rejected, nothing generated, worker lost or silent): nothing
-            # is charged.
+            # Nothing generated or relayed (refused, failed at once, lost before a chunk):
+            # nothing is charged.
             await asyncio.shield(billing.release(relay.bill_id))
 
-    async def _settle(self, billing: Billing, bill_id: str, report: End | Error,
+    async def _settle(self, billing: Billing, bill_id: str, report: End | Error | Usage,
                       client: Peer, worker: _Worker) -> None:
         """Charge the worker's reported usage; send each side its new statement."""
         to_client, to_worker = await billing.settle(bill_id, report)
