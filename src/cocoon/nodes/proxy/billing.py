@@ -18,6 +18,7 @@ from cocoon.crypto import load_or_create_ed25519_key
 from cocoon.errors import InsufficientFunds, PaymentError, PaymentRequired
 from cocoon.ledger import Ledger, Prices, price_usage, reservation_for
 from cocoon.ledger.store import Commit
+from cocoon.usage import Usage
 from cocoon.wire import End, Error, Statement
 
 if TYPE_CHECKING:
@@ -93,13 +94,15 @@ class Billing:
                 f"account or lower max_tokens") from None
         return int(amount)
 
-    async def settle(self, request_id: str, end: End | Error) -> tuple[Statement | None,
-                                                                        Statement | None]:
+    async def settle(self, request_id: str, end: End | Error | Usage
+                     ) -> tuple[Statement | None, Statement | None]:
         """Charge the usage the worker reported: its End, or the Error that ended a
-        cancelled or failed stream with what was generated until then. Returns the
+        cancelled or failed stream with what was generated until then (or, when the worker
+        never reported, the proxy's count of what the app received). Returns the
         statements for the client and the worker (None when nothing was charged, e.g. zero
         tokens)."""
-        bill = price_usage(end.usage, self.config.worker_coefficient, self.prices)
+        usage = end if isinstance(end, Usage) else end.usage
+        bill = price_usage(usage, self.config.worker_coefficient, self.prices)
 
         def settle() -> tuple[Statement | None, Statement | None]:
             s = self.ledger.settle(request_id, bill, self._key)
