@@ -28,6 +28,18 @@ for (const kind of KINDS) {
             return h.voucherBody(opts.outerOp ?? kind.voucherOp, opts.queryId ?? seqno, (opts.key ?? signerKey).secretKey, payload);
         };
         const submit = (seqno, cumulative, opts = {}) => sendFrom(opts.from ?? stranger, voucher(seqno, cumulative, opts));
+        const opOf = (m) => m.body.beginParse().loadUint(32);
+        const payouts = (r) => h.outMessages(r, addr).filter((m) => opOf(m) === OP.PAYOUT);
+        // every redemption answers its sender with the value it attached, less the gas
+        function assertExcessTo(r, sender, queryId) {
+            const ex = h.outMessages(r, addr).filter((m) => opOf(m) === OP.EXCESSES);
+            assert.equal(ex.length, 1);
+            assert.ok(ex[0].to.equals(sender));
+            const b = ex[0].body.beginParse();
+            b.loadUint(32);
+            assert.equal(b.loadUintBig(64), BigInt(queryId));
+            assert.ok(ex[0].value > toNano('0.04') && ex[0].value < toNano('0.05'), `excess ${ex[0].value}`);
+        }
 
         async function deploy(amount = toNano('10')) {
             const r = await h.send(bc, { from: funder, to: addr, value: amount + h.TOPUP_FEE, body: h.topUpBody(amount), init });
@@ -71,11 +83,13 @@ for (const kind of KINDS) {
             assert.equal((await state()).balance, toNano('12.5'));
         });
 
-        it('voucher moves exactly the delta to the payee', async () => {
+        it('voucher moves exactly the delta to the payee, and the attached value back', async () => {
             await deploy(toNano('10'));
             const r = await submit(1, toNano('1.25'));
             h.assertOk(r, addr);
-            const out = h.outMessages(r, addr);
+            assert.equal(h.outMessages(r, addr).length, 2);
+            assertExcessTo(r, stranger, 1);
+            const out = payouts(r);
             assert.equal(out.length, 1);
             assert.ok(out[0].to.equals(payee));
             assert.equal(out[0].value, toNano('1.25'));
@@ -107,10 +121,11 @@ for (const kind of KINDS) {
             h.assertExit(await submit(5, toNano('2')), addr, ERR.REPLAY);
             h.assertExit(await submit(4, toNano('3')), addr, ERR.REPLAY);
             h.assertExit(await submit(6, toNano('0.5')), addr, ERR.AMOUNT_DECREASED);
-            // same cumulative, newer seqno: accepted, nothing paid
+            // same cumulative, newer seqno: accepted, nothing paid (the attached value returns)
             const r = await submit(6, toNano('1'));
             h.assertOk(r, addr);
-            assert.equal(h.outMessages(r, addr).length, 0);
+            assert.equal(payouts(r).length, 0);
+            assertExcessTo(r, stranger, 6);
             assert.deepEqual(await state(), { state: 0, balance: toNano('9'), charged: toNano('1'), seqno: 6n, closeAt: 0 });
         });
 
@@ -153,6 +168,26 @@ for (const kind of KINDS) {
             assert.equal((await state()).balance, toNano('1'));
         });
 
+        it('redeeming keeps none of the redeemer\'s value: the funder withdraws no more than it paid in', async () => {
+            // issue 10, finding 2: each voucher message left its 0.05 TON in the channel, and withdraw
+            // handed it to the funder (10 TON deposited, 10.29 TON withdrawn)
+            await deploy(toNano('10'));
+            const start = await h.balanceOf(bc, addr);
+            let charged = 0n;
+            for (let i = 1; i <= 4; i++) {
+                charged += 6n;
+                h.assertOk(await submit(i, charged, { from: payee }), addr);
+            }
+            const after = await h.balanceOf(bc, addr);
+            assert.ok(after <= start - charged, `channel account grew: ${start} -> ${after}`);
+            bc.now = bc.now + 1;
+            h.assertOk(await sendFrom(payee, h.simpleBody(OP.PAYEE_CLOSE)), addr);
+            const w = await sendFrom(funder, h.simpleBody(OP.WITHDRAW, 1));
+            const refund = h.outMessages(w, addr)[0].value;
+            assert.ok(refund < toNano('10') + h.TOPUP_FEE + toNano('0.05'), `refund ${refund}`);
+            assert.ok(refund + charged <= toNano('10') + h.TOPUP_FEE + toNano('0.05'));
+        });
+
         it('payee close is immediate; funder then withdraws', async () => {
             await deploy(toNano('4'));
             h.assertOk(await submit(1, toNano('1')), addr);
@@ -179,7 +214,7 @@ for (const kind of KINDS) {
             for (const [seqno, cum] of steps) {
                 const r = await submit(seqno, toNano(cum));
                 h.assertOk(r, addr);
-                const out = h.outMessages(r, addr);
+                const out = payouts(r);
                 assert.equal(out.length, 1);
                 assert.equal(out[0].value, toNano(cum) - prev);   // exact to the nanoTON
                 paid += out[0].value;
@@ -199,7 +234,7 @@ for (const kind of KINDS) {
             bc.now = T0 + 100 + CLOSE_DELAY - 1;
             const r = await submit(8, toNano('5'));
             h.assertOk(r, addr);
-            assert.equal(h.outMessages(r, addr)[0].value, toNano('0.8'));
+            assert.equal(payouts(r)[0].value, toNano('0.8'));
             paid += toNano('0.8');
             h.assertExit(await sendFrom(funder, h.simpleBody(OP.FINALIZE_CLOSE)), addr, ERR.EARLY_CLOSE);
             h.assertExit(await sendFrom(funder, h.simpleBody(OP.WITHDRAW)), addr, ERR.WRONG_STATE);
@@ -224,7 +259,7 @@ for (const kind of KINDS) {
             assert.equal(body.loadUint(32), OP.REFUND);
             assert.equal(body.loadUintBig(64), 42n);
             // the refund carries the whole account: tracked balance + unspent reserve (top-up fees and the
-            // value attached to accepted messages), minus this transaction's fees -- exact to the nanoTON
+            // value attached to accepted non-voucher messages), minus this transaction's fees -- exact to the nanoTON
             assert.ok(out[0].value >= toNano('10'), `refund ${out[0].value}`);
             assert.equal(out[0].value + out[0].fwdFee + wtx.totalFees.coins, accountBefore + toNano('0.05'));
             assert.equal(await h.balanceOf(bc, addr), 0n);

@@ -22,6 +22,7 @@ const OP = {
     WITHDRAW: 0xda068e78,
     PAYOUT: 0xc59a7cd3,
     REFUND: 0xc68ebc7b,
+    EXCESSES: 0xd53276db,
     // registry
     UPDATE_PARAMS: 0x022fa189,
     ADD_IMAGE_HASH: 0xe34b1c60,

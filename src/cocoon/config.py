@@ -19,7 +19,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Final, Literal, TypeVar
 
 from cocoon.attestation.config import AttestationConfig
 from cocoon.chain.config import ChainConfig
@@ -29,6 +29,8 @@ from cocoon.ledger.config import BillingConfig
 from cocoon.validation import parse_hostport, require_positive
 
 __all__ = [
+    "HTTP_BODY_TIMEOUT_S",
+    "HTTP_IDLE_TIMEOUT_S",
     "AttestationConfig",
     "BillingConfig",
     "ChainConfig",
@@ -42,6 +44,13 @@ __all__ = [
     "parse_hostport",
     "read_toml",
 ]
+
+
+HTTP_IDLE_TIMEOUT_S: Final = 60.0
+"""Every role's HTTP server closes a connection with no request in progress after this long:
+an idle keep-alive connection, or one whose request headers have not all arrived."""
+HTTP_BODY_TIMEOUT_S: Final = 60.0
+"""A request body must arrive whole within this long (408): 4 MB at 70 kB/s."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +92,8 @@ class ClientConfig:
     proxy: str = "127.0.0.1:11100"
     http: str = "127.0.0.1:10000"  # the OpenAI API
     request_timeout_s: float = 120.0
+    http_idle_timeout_s: float = HTTP_IDLE_TIMEOUT_S  # idle or header-less connections close
+    http_body_timeout_s: float = HTTP_BODY_TIMEOUT_S  # a request body arrives whole in this
     node_id: str = ""  # empty: client-<pid>
     key_file: str = ""  # persistent P-256 key = the client's account (0600); "": ephemeral
     attestation: AttestationConfig = field(default_factory=AttestationConfig)
@@ -92,6 +103,8 @@ class ClientConfig:
         parse_hostport(self.proxy, "client.proxy")
         parse_hostport(self.http, "client.http")
         require_positive(self.request_timeout_s, "client.request_timeout_s")
+        require_positive(self.http_idle_timeout_s, "client.http_idle_timeout_s")
+        require_positive(self.http_body_timeout_s, "client.http_body_timeout_s")
 
 
 T = TypeVar("T")

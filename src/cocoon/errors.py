@@ -34,7 +34,7 @@ One name per failure; a subclass only refines *where* it was detected::
     │                            a code that is a failure named above is also that class
     │                            (102 is a VoucherReplay, 101 a VoucherInvalid, ...)
     └── RequestError             ends one request: HTTP ``status``, OpenAI ``type``, ``code``
-        ├── BadRequest (400) ── EngineUnsupported
+        ├── BadRequest (400) ── EngineUnsupported, RequestTooLarge (413)
         ├── PaymentRequired (402; also a PaymentError): the request can't be paid for
         ├── ModelNotFound (404)
         ├── RequestCancelled (499)
@@ -80,6 +80,7 @@ __all__ = [
     "RequestCancelled",
     "RequestError",
     "RequestTimeout",
+    "RequestTooLarge",
     "ReservationError",
     "ToolchainMissing",
     "TransportError",
@@ -274,6 +275,13 @@ class EngineUnsupported(BadRequest):
     code = "unsupported_by_engine"
 
 
+class RequestTooLarge(BadRequest):
+    """The request body is larger than the network can carry in one frame (413)."""
+
+    status = 413
+    code = "request_too_large"
+
+
 class PaymentRequired(RequestError, PaymentError):
     """The request cannot be paid for: the client's balance is too low, its channel is
     closing, or it left too much unsigned. The message says which and how to fix it."""
@@ -339,6 +347,7 @@ _BY_CODE: dict[str, type[RequestError]] = {
         RequestError,
         BadRequest,
         EngineUnsupported,
+        RequestTooLarge,
         ModelNotFound,
         PaymentRequired,
         NoWorkerAvailable,

@@ -67,7 +67,7 @@ def addr(net: LocalNetwork) -> str:
 
 @pytest.fixture(scope="module")
 def fake_dir(net: LocalNetwork) -> str:
-    d = Path(net._tmp.name) / "fake-tdx"
+    d = net.data_dir / "fake-tdx"
     assert (d / "root_cert.pem").exists()
     return str(d)
 

@@ -46,6 +46,7 @@ TON = 1_000_000_000
 T0 = 1_800_000_000
 CLOSE_DELAY = 3600
 OP_PAYOUT = 0xC59A7CD3
+OP_EXCESSES = 0xD53276DB
 OP_REFUND = 0xC68EBC7B
 
 
@@ -125,9 +126,14 @@ async def test_full_lifecycle(chain: EmbeddedChain) -> None:
         v = sign_voucher(CLIENT_KEY, "client", addr, seqno, cumulative)
         before = {a: await chain.balance(a) for a in (client, proxy, addr)}
         res = await chain.submit_voucher(addr, v, sender="proxy")
-        payouts = res.sent_by(addr)
+        sent = res.sent_by(addr)
+        payouts = [m for m in sent if m.op == OP_PAYOUT]
         assert len(payouts) == 1
         assert payouts[0].to == proxy and payouts[0].op == OP_PAYOUT
+        # the value the proxy attached goes back to it, less the gas (issue 10, finding 2)
+        excess = [m for m in sent if m.op == OP_EXCESSES]
+        assert len(excess) == 1 and excess[0].to == proxy
+        assert 0 < excess[0].value < DEFAULT_MSG_VALUE
         assert payouts[0].value == cumulative - prev
         await _check_delta(chain, res, before)
         prev = cumulative

@@ -11,13 +11,14 @@ import contextlib
 import hashlib
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from pytoniq_core import Builder, Cell
 
 from cocoon.attestation.fake_tdx import fake_measurements
 from cocoon.chain.base import ChannelSpec, ChannelStatus
@@ -25,7 +26,7 @@ from cocoon.chain.connect import NodeChain, channel_parties
 from cocoon.chain.embedded import EmbeddedChain, find_toolchain
 from cocoon.chain.errors import ChainError, ChainUnavailable
 from cocoon.chain.localnet import LocalDeployment, NetworkParams, deploy_local_network
-from cocoon.chain.messages import add_image_hash_body
+from cocoon.chain.messages import CHANNEL_CONTRACTS, add_image_hash_body, channel_data
 from cocoon.chain.registry import RegistryAllowLists, parse_registry, read_registry
 from cocoon.chain.vouchers import parse_voucher, public_key, sign_voucher, verify_voucher
 from cocoon.commands.chain_service import ChainService
@@ -254,6 +255,39 @@ async def test_bind_client_checks_the_channel(pay: Pay) -> None:
     assert pay.call(pay.ledger.balance, account).deposited == 5 * TON
 
 
+def _forged_channel_data(spec: ChannelSpec, balance: int) -> Cell:
+    """The client channel's storage as an attacker would write it: the genuine layout
+    (chain.messages.channel_data) with a balance nobody paid in."""
+    honest = channel_data(spec).begin_parse()
+    honest.load_coins()  # the genuine deploy's balance: 0
+    return Builder().store_coins(balance).store_slice(honest).end_cell()
+
+
+async def test_bind_client_refuses_forged_and_hasty_channels(pay: Pay) -> None:
+    """Issue 10, finding 1: a channel whose initial data credits itself 1,000,000 TON, and a
+    channel that closes at once, were bound and served. Neither binds now."""
+    p, dep = pay.payments, pay.dep
+    spec = ChannelSpec(kind="client", funder=dep.client_wallet, payee=p.chain.wallet,
+                       signer_pubkey=public_key(CLIENT_KEY), payee_pubkey=public_key(PROXY_KEY),
+                       close_delay=30, channel_id=77)
+    forged = await pay.chain._deploy("client", CHANNEL_CONTRACTS["client"],
+                                     _forged_channel_data(spec, 10**6 * TON), TON // 20, None)
+    assert (await pay.chain.channel_state(forged.to)).balance == 10**6 * TON  # believed
+    assert (await channel_parties(pay.chain, forged.to)) == spec  # same code, same parties
+    with pytest.raises(VoucherInvalid, match="genuine"):
+        await p.bind_client(forged.to, _voucher(forged.to, 1, 0))
+    assert pay.call(pay.ledger.balance, channel_account(forged.to)).deposited == 0
+
+    p.min_close_delay = (await pay.chain.registry_params(dep.registry)).client_close_delay
+    assert p.min_close_delay == 30
+    hasty = await pay.chain.deploy_channel(replace(spec, close_delay=0, channel_id=78),
+                                           sender="client", deposit=TON)
+    with pytest.raises(VoucherInvalid, match="at least 30s"):
+        await p.bind_client(hasty.to, _voucher(hasty.to, 1, 0))
+    # the genuine channel with the registry's delay still binds
+    assert await p.bind_client(dep.client_channel, _voucher(dep.client_channel, 1, 0))
+
+
 async def test_signed_vouchers_are_kept_and_redeemed(pay: Pay) -> None:
     p, dep, ledger = pay.payments, pay.dep, pay.ledger
     ch = dep.client_channel
@@ -335,3 +369,70 @@ async def test_commits_are_published(pay: Pay) -> None:
     assert (st.commit_seqno, st.commit_hash) == (commit.seqno, commit.state_hash())
     await p.publish(commit)  # the same seqno again: refused by the contract, logged, counted
     assert p.errors == 1 and p.commits_published == 1
+
+
+async def test_redemption_moves_no_value_between_parties(served: Served) -> None:
+    """Issue 10, finding 2: each redemption left the proxy's 0.05 TON in the client's channel,
+    and the client withdrew it (4 requests charged 24 nanoTON; the client came out 0.19 TON
+    ahead). Counting each party's wallet and the channel that holds its money, on the real
+    contracts: the client ends exactly the charged amount poorer plus its own gas, and the
+    proxy ends the charged amount richer less only the gas of its redemptions."""
+    chain, owner = served.chain, served.owner
+    dep = await _deploy(chain)
+    ch = dep.client_channel
+
+    async def holdings() -> tuple[int, int]:
+        client = await chain.balance(dep.client_wallet) + await chain.balance(ch)
+        return client, await chain.balance(dep.proxy_wallet)
+
+    client0, proxy0 = await holdings()
+    charged = 0
+    for seqno in range(1, 5):  # four requests of 6 nanoTON, each redeemed at once
+        charged += 6
+        await chain.submit_voucher(ch, sign_voucher(CLIENT_KEY, "client", ch, seqno, charged),
+                                   sender="proxy")
+    await chain.request_close(ch, sender="client")
+    await owner.advance_time(30)
+    await chain.close(ch, sender="client")
+    await chain.withdraw(ch, sender="client")
+    assert await chain.balance(ch) == 0
+    client1, proxy1 = await holdings()
+    gas = TON // 100  # bound on one wallet transaction's fees (4 to 6 mTON here)
+    assert client1 - client0 <= -charged, "the client gained from the proxy's redemptions"
+    assert client1 - client0 >= -charged - 3 * gas  # close, finalize, withdraw
+    assert proxy1 - proxy0 <= charged
+    # before the fix each redemption cost the proxy the whole 0.05 TON it attached
+    assert proxy1 - proxy0 >= charged - 4 * gas, "the proxy paid more than gas to redeem"
+
+
+async def test_redemptions_wait_for_the_threshold_but_not_for_a_close(pay: Pay) -> None:
+    """Redemption costs gas, so a signature is redeemed once it adds billing.redeem_threshold;
+    a close request is seen before the client's next request (billing.channel_recheck_s), that
+    request is refused, and what the client signed is redeemed at once, below the threshold
+    too (issue 10: batch above a threshold; notice a close at once)."""
+    p, ledger = pay.payments, pay.ledger
+    p.redeem_threshold, p.recheck_s = 1000, 0.001
+    ch = pay.dep.client_channel
+    account = await p.bind_client(ch, _voucher(ch, 1, 0))
+    pay.call(_charge, ledger, account, 1, 500)
+    p.note_charged(account, 500)
+    await p.accept(account, _voucher(ch, 2, 500))
+    await p.tick()
+    assert (await pay.chain.channel_state(ch)).charged == 0 and p.collected == 0  # batched
+    pay.call(_charge, ledger, account, 2, 700)
+    p.note_charged(account, 1200)
+    await p.accept(account, _voucher(ch, 3, 1200))
+    await p.tick()
+    assert (await pay.chain.channel_state(ch)).charged == 1200 and p.collected == 1200
+
+    pay.call(_charge, ledger, account, 3, 40)
+    p.note_charged(account, 1240)
+    await p.accept(account, _voucher(ch, 4, 1240))  # 40 signed: far below the threshold
+    await asyncio.sleep(0.002)
+    await p.check_signed(account)  # open: the request goes ahead
+    await pay.chain.request_close(ch, sender="client")
+    await asyncio.sleep(0.002)
+    with pytest.raises(PaymentRequired, match="closing"):
+        await p.check_signed(account)  # the very next request, no tick in between
+    assert (await pay.chain.channel_state(ch)).charged == 1240  # redeemed at once
+    assert p.collected == 1240

@@ -18,6 +18,7 @@ import pytest
 
 from cocoon.chain.embedded import EmbeddedChain, find_toolchain
 from cocoon.chain.localnet import NetworkParams
+from cocoon.chain.token import read_token
 from cocoon.config import BillingConfig
 from cocoon.errors import ToolchainMissing
 
@@ -30,7 +31,8 @@ H1, H2, H3 = "11" * 32, "ab" * 32, "CD" * 32
 
 
 @pytest.fixture(scope="module")
-def chain_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def chain_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+    """The chain service's URL and its RPC token file."""
     tmp = tmp_path_factory.mktemp("registry-chain")
     ready, log = tmp / "ready.json", tmp / "chain.log"
     with log.open("wb") as log_file:
@@ -44,7 +46,8 @@ def chain_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             if proc.poll() is not None or time.monotonic() > deadline:
                 pytest.fail(f"chain service did not start: {log.read_text(errors='replace')}")
             time.sleep(0.05)
-        yield str(json.loads(ready.read_text())["http"])
+        info = json.loads(ready.read_text())
+        yield str(info["http"]), str(info["token_file"])
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -55,10 +58,21 @@ def chain_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def config(chain_url: str, tmp_path_factory: pytest.TempPathFactory) -> str:
+def chain_url(chain_service: tuple[str, str]) -> str:
+    return chain_service[0]
+
+
+@pytest.fixture(scope="module")
+def token_file(chain_service: tuple[str, str]) -> str:
+    return chain_service[1]
+
+
+@pytest.fixture(scope="module")
+def config(chain_url: str, token_file: str, tmp_path_factory: pytest.TempPathFactory) -> str:
     """A TOML file whose [chain] table names the chain service (wallet: the default owner)."""
     path = tmp_path_factory.mktemp("registry-cfg") / "owner.toml"
-    path.write_text(f'[chain]\nbackend = "embedded"\nurl = "{chain_url}"\n')
+    path.write_text(f'[chain]\nbackend = "embedded"\nurl = "{chain_url}"\n'
+                    f'token_file = "{token_file}"\n')
     return str(path)
 
 
@@ -80,9 +94,9 @@ def fails(*args: str) -> str:
     return out.stderr
 
 
-def wallet_address(url: str, name: str) -> str:
+def wallet_address(url: str, name: str, token_file: str) -> str:
     async def get() -> str:
-        chain = await EmbeddedChain.connect(url)
+        chain = await EmbeddedChain.connect(url, token=read_token(token_file))
         try:
             return await chain.wallet(name)
         finally:
@@ -91,12 +105,12 @@ def wallet_address(url: str, name: str) -> str:
     return asyncio.run(get())
 
 
-def test_deploy_show_update_and_hand_over(config: str, chain_url: str) -> None:
+def test_deploy_show_update_and_hand_over(config: str, chain_url: str, token_file: str) -> None:
     deployed = ok("deploy", "-c", config, "--price", "7", "--min-client-stake", "123",
                   "--image", H1)
     reg = deployed["registry"]
     assert deployed["existed"] is False
-    assert deployed["owner"] == wallet_address(chain_url, "owner")
+    assert deployed["owner"] == wallet_address(chain_url, "owner", token_file)
 
     # deploy -> show: every value round-trips; unspecified ones are cocoon up's defaults
     billing, net = BillingConfig(), NetworkParams()
@@ -134,6 +148,7 @@ def test_deploy_show_update_and_hand_over(config: str, chain_url: str) -> None:
     # set-params changes only what is given (flags or --set, same thing)
     updated = ok("set-params", reg, "--set", "chain.backend=embedded",
                  "--set", f"chain.url={chain_url}", "--set", "chain.wallet=owner",
+                 "--set", f"chain.token_file={token_file}",
                  "--worker-fee", "5", "--client-close-delay", "9")
     assert updated["params"] == {**shown["params"], "worker_fee": 5, "client_close_delay": 9}
     assert (updated["version"], updated["params_version"]) == (5, 1)
@@ -141,7 +156,7 @@ def test_deploy_show_update_and_hand_over(config: str, chain_url: str) -> None:
     assert "must not exceed the price" in err
 
     # set-owner: the new owner may update, the old one is refused
-    new_owner = wallet_address(chain_url, "owner-2")
+    new_owner = wallet_address(chain_url, "owner-2", token_file)
     assert ok("set-owner", reg, new_owner, "-c", config)["owner"] == new_owner
     err = fails("add-image", reg, H3, "-c", config)
     assert "exit code 100" in err and "wrong sender" in err and new_owner in err

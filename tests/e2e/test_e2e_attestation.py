@@ -58,7 +58,7 @@ def test_debug_td_script_sets_the_debug_bit() -> None:
 
 def fake_dir(net: LocalNetwork) -> Path:
     """The simulated TDX authority LocalNetwork shares among its roles."""
-    d = Path(net._tmp.name) / "fake-tdx"
+    d = net.data_dir / "fake-tdx"
     assert (d / "root_cert.pem").exists()
     return d
 

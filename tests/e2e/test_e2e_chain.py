@@ -70,6 +70,7 @@ def wait_for(check: Callable[[], bool], what: str, timeout: float = 20.0) -> Non
 def net() -> Iterator[LocalNetwork]:
     with LocalNetwork(engine="fake", billing=True, demo_funds=FUNDS, chain="embedded",
                       commit_interval_s=0.5, worker_sets=["engine.fake.chunks=20"],
+                      proxy_sets=["billing.redeem_threshold=0"],  # redeem every tick
                       network_params=NetworkParams(client_close_delay=CLOSE_DELAY)) as n:
         n.start()
         yield n
@@ -196,7 +197,7 @@ def test_open_channels_from_the_cli(net: LocalNetwork, configs: dict[str, Path])
     assert worker["balance_nanoton"] == TON // 5
 
     async def parties() -> tuple[Any, Any]:
-        chain = await EmbeddedChain.connect(net.chain_url)
+        chain = await EmbeddedChain.connect(net.chain_url, token=net.chain_token)
         try:
             return (await channel_parties(chain, opened["channel"]),
                     await channel_parties(chain, worker["channel"]))

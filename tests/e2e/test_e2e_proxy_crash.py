@@ -170,7 +170,7 @@ def _check_vouchers_agree(net: LocalNetwork) -> None:
                   .get("cumulative_nanoton") == earned)
 
     async def on_chain_charged() -> int:
-        chain = await EmbeddedChain.connect(net.chain_url)
+        chain = await EmbeddedChain.connect(net.chain_url, token=net.chain_token)
         try:
             return (await chain.channel_state(net.deployment.client_channel)).charged
         finally:
@@ -192,7 +192,8 @@ def test_kill_proxy_at_random_points_keeps_the_ledger_consistent(chain: str,
     with LocalNetwork(engine="fake", billing=True, demo_funds=10**12,
                       worker_sets=[f"engine.fake.chunks={CHUNKS}",
                                    f"engine.fake.delay_ms={DELAY_MS}"],
-                      startup_timeout=60.0, chain=chain, commit_interval_s=0.5) as net:
+                      startup_timeout=60.0, chain=chain, commit_interval_s=0.5,
+                      proxy_sets=["billing.redeem_threshold=0"]) as net:  # redeem every tick
         net.start()
         traffic = Traffic()
         stop = threading.Event()

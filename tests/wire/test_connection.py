@@ -18,7 +18,7 @@ from hypothesis.stateful import (
     rule,
 )
 
-from cocoon.errors import FlowControlError, ProtocolError
+from cocoon.errors import FlowControlError, FrameTooLarge, ProtocolError
 from cocoon.wire.connection import Connection, State
 from cocoon.wire.framing import DEFAULT_MAX_FRAME, FrameDecoder, encode_frame
 from cocoon.wire.messages import (
@@ -953,3 +953,16 @@ FlowMachine.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow],
 )
 TestFlowControl = FlowMachine.TestCase
+
+
+def test_a_request_too_large_for_the_peer_leaves_no_stream_open() -> None:
+    conn = Connection(role="client", node_id="me")
+    conn.initiate()
+    conn.data_to_send()
+    conn.receive_data(frame(hello(max_frame=1024)))  # the peer takes small frames only
+    big = Request(1, "chat", "m", True, 30_000, b"x" * 2048)
+    with pytest.raises(FrameTooLarge):
+        conn.send(big)
+    assert conn.data_to_send() == b""
+    conn.send(req(1))  # the same stream id is free: nothing was registered
+    assert decode(conn.data_to_send()[4:]) == req(1)

@@ -16,13 +16,14 @@ class ChainConfig:
     """Where a node finds the TON chain and its own contracts (section ``[chain]``).
 
     ``backend = "none"``: no chain (balances are ledger entries only). ``embedded``: the local
-    chain served by ``cocoon chain run`` at ``url`` (what ``cocoon up`` starts); ``wallet`` names
-    the sandbox wallet this node sends from. ``ton``: testnet/mainnet through liteservers, the
-    wallet from ``mnemonic_file`` (0600)."""
+    chain served by ``cocoon chain run`` at ``url`` (what ``cocoon up`` starts), with the RPC
+    token in ``token_file``; ``wallet`` names the sandbox wallet this node sends from. ``ton``:
+    testnet/mainnet through liteservers, the wallet from ``mnemonic_file`` (0600)."""
 
     backend: Literal["none", "embedded", "ton"] = "none"
     url: str = ""  # embedded: the chain service, e.g. http://127.0.0.1:11200
     wallet: str = ""  # embedded: the named wallet this node sends from
+    token_file: str = ""  # embedded: the chain service's RPC token (0600, `--token-file`)
     mnemonic_file: str = ""  # ton: 24 words, 0600
     network_config: str = ""  # ton: liteserver global config JSON ("": pytoniq's testnet one)
     registry: str = ""  # root registry address ("0:<hex>"): prices and allow-lists

@@ -14,6 +14,7 @@ from cocoon.chain.config import ChainConfig
 from cocoon.chain.embedded import EmbeddedChain
 from cocoon.chain.errors import ChainError
 from cocoon.chain.specs import ChannelSpec
+from cocoon.chain.token import read_token
 from cocoon.chain.vouchers import OP_CLIENT_CHARGE, OP_WORKER_PAYOUT, ChannelKind
 from cocoon.errors import ConfigError
 
@@ -56,7 +57,8 @@ async def channel_parties(chain: Any, channel: str) -> ChannelSpec:
 async def open_chain(config: ChainConfig) -> Chain:
     """The backend ``config`` names, connected; ConfigError when there is none."""
     if config.backend == "embedded":
-        return await EmbeddedChain.connect(config.url)
+        token = read_token(config.token_file) if config.token_file else ""
+        return await EmbeddedChain.connect(config.url, token=token)
     if config.backend == "ton":
         from cocoon.chain.ton import TonChain  # lazy: pytoniq + aiohttp, ~200 ms
 

@@ -26,7 +26,7 @@ from pytoniq_core.boc.cell import Cell
 
 from cocoon.chain import messages as m
 from cocoon.chain.base import DEFAULT_MSG_VALUE, OutMessage, TxInfo, TxResult
-from cocoon.chain.errors import ChainError, ChainUnavailable, rejection_for
+from cocoon.chain.errors import ChainError, ChainUnauthorized, ChainUnavailable, rejection_for
 from cocoon.chain.messages import default_contracts_dir
 from cocoon.chain.ops import ContractOps
 from cocoon.errors import ToolchainMissing
@@ -153,16 +153,23 @@ class _PipeTransport:
 class _HttpTransport:
     """The same JSON-RPC, posted to a chain service (``cocoon chain run``) over HTTP."""
 
-    def __init__(self, url: str, timeout: float) -> None:
+    def __init__(self, url: str, timeout: float, token: str) -> None:
         import aiohttp  # lazy: ~100 ms; `cocoon --help` imports this module, not the client
 
         self.url = url.rstrip("/") + "/rpc"
-        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout))
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._has_token = bool(token)
+        # Pooled connections die with the service; aiohttp drops a closed one when it is
+        # next taken from the pool, so a service restarted on the same URL is reached again
+        # by the next call (tests/chain: test_connection_survives_a_restart_of_the_service).
+        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout),
+                                              headers=headers)
         self._errors: tuple[type[BaseException], ...] = (aiohttp.ClientError, TimeoutError)
 
     async def call(self, cmd: str, params: dict[str, Any]) -> dict[str, Any]:
         try:
             async with self._session.post(self.url, json={"cmd": cmd, **params}) as resp:
+                status = resp.status
                 body: dict[str, Any] = await resp.json(content_type=None)
         except self._errors as exc:
             raise ChainUnavailable(
@@ -170,6 +177,15 @@ class _HttpTransport:
                 "is `cocoon chain run` (or `cocoon up`) running?") from exc
         except ValueError as exc:
             raise ChainError(f"chain service at {self.url}: malformed response: {exc}") from exc
+        if status == 401:
+            raise ChainUnauthorized(
+                f"chain service at {self.url} refused this caller: "
+                f"{'wrong token' if self._has_token else 'no token given'}; set "
+                "chain.token_file to the token file of its `cocoon chain run` (--token-file, "
+                "by default next to its --state file)")
+        if status >= 500:  # the service is up but its chain is not (e.g. the emulator died)
+            error = body.get("error") if isinstance(body, dict) else body
+            raise ChainUnavailable(f"chain service at {self.url} failed ({status}): {error}")
         return body
 
     async def close(self, *, kill: bool) -> None:
@@ -229,10 +245,13 @@ class EmbeddedChain(ContractOps):
         return chain
 
     @classmethod
-    async def connect(cls, url: str, *, call_timeout: float = _CALL_TIMEOUT) -> EmbeddedChain:
-        """Use the embedded chain another process serves at ``url`` (``cocoon chain run``);
-        raises :class:`ChainUnavailable` when nothing answers there."""
-        chain = cls(_HttpTransport(url, call_timeout), None)
+    async def connect(cls, url: str, *, token: str = "",
+                      call_timeout: float = _CALL_TIMEOUT) -> EmbeddedChain:
+        """Use the embedded chain another process serves at ``url`` (``cocoon chain run``),
+        authenticated by its RPC ``token`` (:mod:`cocoon.chain.token`); raises
+        :class:`ChainUnavailable` when nothing answers there, :class:`ChainUnauthorized` when
+        the service refuses the token."""
+        chain = cls(_HttpTransport(url, call_timeout, token), None)
         try:
             await chain.now()
         except BaseException:

@@ -7,7 +7,8 @@ has a name in :mod:`cocoon.errors` is also that class (one name per failure: a r
 :class:`~cocoon.errors.VoucherReplay` whether the ledger or the contract caught it).
 
 :class:`ChainError`, :class:`ChainUnavailable` and :class:`ChainTimeout` are defined in
-:mod:`cocoon.errors` and re-exported here.
+:mod:`cocoon.errors` and re-exported here; :class:`ChainUnauthorized` (the chain service
+refused the caller's token) is a :class:`ChainError` of this layer.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ __all__ = [
     "BadVoucherSignature",
     "ChainError",
     "ChainTimeout",
+    "ChainUnauthorized",
     "ChainUnavailable",
     "ContractRejected",
     "EarlyClose",
@@ -65,6 +67,11 @@ EXIT_MEANINGS: dict[int, str] = {
     0xFFFF: "unknown op",
     9: "malformed message/params cell (TVM cell underflow)",
 }
+
+
+class ChainUnauthorized(ChainError):
+    """The chain service refused this caller's RPC token (missing or wrong): the message
+    names ``chain.token_file``, the key that gives it."""
 
 
 class ContractRejected(PaymentError):

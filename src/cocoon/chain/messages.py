@@ -43,6 +43,7 @@ __all__ = [
     "OP_CHANGE_OWNER",
     "OP_DEL_IMAGE_HASH",
     "OP_DEL_MODEL_HASH",
+    "OP_EXCESSES",
     "OP_FINALIZE_CLOSE",
     "OP_PAYEE_CLOSE",
     "OP_PAYOUT",
@@ -98,6 +99,8 @@ OP_PAYOUT = 0xC59A7CD3
 """Outgoing: voucher payout to the payee."""
 OP_REFUND = 0xC68EBC7B
 """Outgoing: channel withdraw / proxy unstake refund to the owner."""
+OP_EXCESSES = 0xD53276DB
+"""Outgoing: what a voucher (or a payee close) carried, less gas, back to its sender."""
 # root registry
 OP_UPDATE_PARAMS = 0x022FA189
 OP_ADD_IMAGE_HASH = 0xE34B1C60

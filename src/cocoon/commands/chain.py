@@ -57,6 +57,10 @@ def add_chain_arguments(sub: Any) -> None:
     p.add_argument("--clock", choices=["wall", "manual"], default="wall",
                    help="wall (default): chain time follows the wall clock; manual: only "
                         "set_time moves it (tests)")
+    p.add_argument("--token-file", default="",
+                   help="the RPC token every caller must present (created 0600 if missing; "
+                        "default: next to --state, e.g. chain-state.token); roles name it in "
+                        "chain.token_file")
     p.add_argument("--ready-file", help="write the bound address here as JSON when ready")
     p.add_argument("-v", "--verbose", action="count", default=1)
 

@@ -5,6 +5,9 @@ One process owns the ``@ton/sandbox`` chain (:class:`EmbeddedChain`, state persi
 every mutation) and serves its JSON-RPC over HTTP on a loopback address, the way a liteserver
 serves a real chain: ``POST /rpc`` with ``{"cmd": ..., ...params}`` answers the chain server's
 own response object.  Nodes and CLI commands connect with :meth:`EmbeddedChain.connect`.
+Every ``/rpc`` call must carry the service's token (``Authorization: Bearer``, from the 0600
+``--token-file``, created at the first start and kept): any local process may reach the port,
+only the holders of the file may move the named wallets' money. Others get 401.
 
 The clock: with ``clock="wall"`` (the default for a live network) the chain's time follows
 the wall clock, moved forward before every command, so close delays elapse in real time;
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hmac
 import logging
 import time
 from pathlib import Path
@@ -23,6 +27,7 @@ from typing import Any, Literal
 from aiohttp import web
 
 from cocoon.chain.embedded import EmbeddedChain
+from cocoon.chain.token import default_token_file, load_or_create_token
 from cocoon.errors import CocoonError
 from cocoon.nodes.common import HttpServer, run_until_signal, write_ready_file
 
@@ -37,12 +42,16 @@ Clock = Literal["wall", "manual"]
 
 
 class ChainService:
-    """Serves an owned :class:`EmbeddedChain` at ``/rpc`` (plus ``/healthz``)."""
+    """Serves an owned :class:`EmbeddedChain` at ``/rpc`` (plus ``/healthz``); with a
+    ``token`` (what ``cocoon chain run`` always gives) every ``/rpc`` call must carry it."""
 
-    def __init__(self, chain: EmbeddedChain, clock: Clock = "wall") -> None:
+    def __init__(self, chain: EmbeddedChain, clock: Clock = "wall",
+                 token: str | None = None) -> None:
         self.chain = chain
         self.clock = clock
+        self._expected = f"Bearer {token}".encode() if token is not None else None
         self.calls = 0
+        self.refused = 0
         self.started = time.monotonic()
         self.app = web.Application(client_max_size=16 * 1024 * 1024)
         self.app.router.add_post("/rpc", self._rpc)
@@ -60,6 +69,13 @@ class ChainService:
             self._chain_now = await self.chain.set_time(now)
 
     async def _rpc(self, request: web.Request) -> web.Response:
+        if self._expected is not None and not hmac.compare_digest(
+                request.headers.get("Authorization", "").encode(), self._expected):
+            self.refused += 1
+            log.warning("refused an RPC call from %s: missing or wrong token", request.remote)
+            return web.json_response({"ok": False, "error": "missing or wrong chain token "
+                                      "(Authorization: Bearer, see chain.token_file)"},
+                                     status=401)
         try:
             body = await request.json()
             if not isinstance(body, dict) or not isinstance(body.get("cmd"), str):
@@ -89,18 +105,22 @@ class ChainService:
 
 
 async def run_service(state: str, http: str, clock: Clock, ready: Any,
-                      stop: asyncio.Event) -> None:
-    """Own the chain at ``state`` and serve it on ``http`` until ``stop``."""
+                      stop: asyncio.Event, token_file: str = "") -> None:
+    """Own the chain at ``state`` and serve it on ``http`` until ``stop``, to the callers
+    holding the token in ``token_file`` (created 0600 if missing; default next to ``state``)."""
     Path(state).parent.mkdir(parents=True, exist_ok=True)
+    token_path = Path(token_file) if token_file else default_token_file(state)
+    token = load_or_create_token(token_path)
     chain = await EmbeddedChain.start(state, now=int(time.time()))
     try:
-        service = ChainService(chain, clock)
+        service = ChainService(chain, clock, token)
         server = HttpServer(service.app, http, "chain.http")
         await server.start()
         try:
             log.info("embedded chain (%s, clock %s) serving on %s",
                      "restored" if chain.restored else "new", clock, server.url)
-            ready({"http": server.url, "restored": chain.restored, "state": state})
+            ready({"http": server.url, "restored": chain.restored, "state": state,
+                   "token_file": str(token_path)})
             await stop.wait()
         finally:
             await server.stop()
@@ -112,5 +132,5 @@ def run_chain(args: argparse.Namespace) -> int:
     """Run ``cocoon chain run`` until SIGINT/SIGTERM."""
     asyncio.run(run_until_signal(lambda stop: run_service(
         args.state, args.http, args.clock, lambda info: write_ready_file(args.ready_file, info),
-        stop)))
+        stop, args.token_file)))
     return 0

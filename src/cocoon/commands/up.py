@@ -4,6 +4,13 @@ and the bench start).
 Each role runs as ``python -m cocoon ROLE`` with its ports chosen by the OS (port 0) and
 reported through a ready file, so several networks can run side by side. Readiness is
 polled from health endpoints with a deadline, never slept for.
+
+Once a role serves, its config is written with the ports it bound (``proxy.toml``,
+``worker-N.toml``, ``client.toml`` in the data directory) and every later start of that role
+is ``cocoon ROLE -c FILE``: a role that dies comes back on the same ports with the same
+state (:meth:`LocalNetwork.supervise`). All state (keys, ledger, chain state, the contracts'
+deployment, payout vouchers) lives in the data directory: a temporary one that ``close``
+deletes, or a lasting one (``cocoon up --data-dir``) that a later network continues from.
 """
 
 from __future__ import annotations
@@ -11,8 +18,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
+import fcntl
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -32,6 +42,8 @@ from cocoon.attestation.fake_tdx import FakeTdxAuthority, fake_measurements
 from cocoon.attestation.ratls import public_key_der
 from cocoon.chain.embedded import EmbeddedChain, find_toolchain
 from cocoon.chain.localnet import LocalDeployment, NetworkParams, deploy_local_network
+from cocoon.chain.messages import default_contracts_dir
+from cocoon.chain.token import read_token
 from cocoon.crypto import load_or_create_ec_key, load_or_create_ed25519_key
 from cocoon.engines.llama_cpp import default_model_path, model_file_hash
 from cocoon.errors import LaunchError, ToolchainMissing
@@ -40,7 +52,7 @@ from cocoon.ledger.accounts import channel_account, client_account
 from cocoon.ledger.config import BillingConfig
 
 __all__ = ["ATTESTATION_MODES", "CHAIN_MODES", "LocalNetwork", "Role", "add_up_arguments",
-           "http_json", "run_up"]
+           "default_data_dir", "http_json", "run_up"]
 
 # fake: simulated TDX evidence over RA-TLS; none: RA-TLS without evidence (tier unattested);
 # off: plain TCP, no TLS (benchmark baseline only).
@@ -64,23 +76,45 @@ def http_json(url: str, timeout: float = 2.0) -> tuple[int, Any]:
         return 0, None
 
 
+RESTART_BACKOFF_S = (0.0, 1.0, 2.0, 5.0, 10.0, 30.0)
+"""Delay before restarting a role, by how many times in a row it died soon after starting."""
+STABLE_AFTER_S = 30.0
+"""A role that ran this long before dying is restarted at once (its back-off starts over)."""
+
+
 @dataclass
 class Role:
-    """One child process: ``python -m MODULE ARGS --ready-file F``, logging to ``log_path``."""
+    """One child process: ``python -m MODULE ARGS --ready-file F``, logging to ``log_path``.
+
+    ``args`` is how the role starts again (:meth:`respawn`): after its first start, its own
+    config file with the ports it bound."""
 
     name: str
     log_path: Path
     ready_path: Path
     proc: subprocess.Popen[bytes] | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    module: str = "cocoon"
+    args: list[str] = field(default_factory=list)
+    started_at: float = 0.0  # monotonic
+    quick_deaths: int = 0  # died soon after starting, in a row
+    restarts: int = 0
+    restart_at: float | None = None  # monotonic; set while a restart is pending
+    awaiting_ready: bool = False  # restarted, not serving again yet
 
     def spawn(self, module: str, args: list[str]) -> None:
+        self.module, self.args = module, list(args)
         self.ready_path.unlink(missing_ok=True)
         cmd = [sys.executable, "-m", module, *args, "--ready-file", str(self.ready_path)]
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
                                          stdin=subprocess.DEVNULL, start_new_session=True)
+        self.started_at = time.monotonic()
+
+    def respawn(self) -> None:
+        """Start the role again exactly as it was last started."""
+        self.spawn(self.module, self.args)
 
     @property
     def pid(self) -> int:
@@ -136,6 +170,16 @@ class Role:
             return "(no log)"
         return "\n".join(text[-lines:])
 
+    def exit_reason(self) -> str:
+        code = self.proc.poll() if self.proc is not None else None
+        if code is None:
+            return "running"
+        if code < 0:
+            with contextlib.suppress(ValueError):
+                return f"killed by {signal.Signals(-code).name}"
+            return f"killed by signal {-code}"
+        return f"exit code {code}"
+
 
 class LocalNetwork:
     """One proxy, N workers and one client on this machine."""
@@ -159,6 +203,7 @@ class LocalNetwork:
         chain: str = "none",
         commit_interval_s: float | None = None,
         network_params: NetworkParams | None = None,
+        data_dir: str | Path | None = None,
     ) -> None:
         if workers < 1:
             raise LaunchError("--workers must be at least 1")
@@ -179,8 +224,18 @@ class LocalNetwork:
         self.proxy_sets = proxy_sets or []
         self.client_sets = client_sets or []
         self.startup_timeout = startup_timeout
-        self._tmp = tempfile.TemporaryDirectory(prefix="cocoon-up-")
-        self.log_dir = Path(log_dir) if log_dir else Path(self._tmp.name)
+        # data_dir None: a temporary directory, deleted by close (tests, the bench)
+        self._tmp = (tempfile.TemporaryDirectory(prefix="cocoon-up-") if data_dir is None
+                     else None)
+        self.data_dir = Path(self._tmp.name if self._tmp is not None else data_dir or "")
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._lock_fd = self._lock_data_dir()
+        try:
+            self._check_network_file(chain=chain, attestation=attestation, billing=billing)
+        except BaseException:
+            os.close(self._lock_fd)
+            raise
+        self.log_dir = Path(log_dir) if log_dir else self.data_dir
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.attestation = attestation
         self._attestation_sets(attestation)
@@ -197,8 +252,42 @@ class LocalNetwork:
                 self.proxy_sets = [f"billing.commit_interval_s={commit_interval_s}",
                                    *self.proxy_sets]
         self.proxy: Role | None = None
+        self.proxy_addr = ""  # host:port the workers and the client dial, once started
         self.workers: list[Role] = []
         self.client: Role | None = None
+
+    NETWORK_FILE = "network.json"
+    """What kind of network a data directory holds; also what marks it as cocoon's."""
+    DEPLOYMENT_FILE = "deployment.json"
+    """The contracts deployed on the data directory's chain (written once, after deploying)."""
+
+    def _lock_data_dir(self) -> int:
+        """One network per data directory: a second one would share its ledger and chain."""
+        fd = os.open(self.data_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise LaunchError(f"another `cocoon up` is using {self.data_dir}") from None
+        return fd
+
+    def _check_network_file(self, **kind: object) -> None:
+        """A data directory continues only the kind of network it was made for."""
+        path = self.data_dir / self.NETWORK_FILE
+        self.continued = False  # True: this data directory held a network before
+        try:
+            before = json.loads(path.read_text())
+        except FileNotFoundError:
+            _write_json(path, kind)
+            return
+        except ValueError as exc:
+            raise LaunchError(f"{path}: {exc}") from None
+        differs = [f"{k} {before.get(k)!r} (now {v!r})" for k, v in kind.items()
+                   if before.get(k) != v]
+        if differs:
+            raise LaunchError(f"{self.data_dir} holds a network with {', '.join(differs)}: "
+                              "start it as it was, use another --data-dir, or --fresh")
+        self.continued = True
 
     def _attestation_sets(self, mode: str) -> None:
         """Proxy and workers present ``mode`` evidence; the client (an app's gateway, not a
@@ -212,7 +301,7 @@ class LocalNetwork:
         node = [f"attestation.mode={mode}"]
         client = ["attestation.mode=none"]
         if mode == "fake":
-            fake_dir = Path(self._tmp.name) / "fake-tdx"
+            fake_dir = self.data_dir / "fake-tdx"
             FakeTdxAuthority.load_or_generate(fake_dir, datetime.now(UTC))
             shared = [f"attestation.fake_dir={fake_dir}"]
             node += shared
@@ -225,7 +314,7 @@ class LocalNetwork:
         """Proxy bills every request into a ledger in this network's directory; the client
         gets a persistent key (its account) funded with ``funds`` nanoTON up front, as the
         on-chain deposit will do."""
-        d = Path(self._tmp.name)
+        d = self.data_dir
         key_file, ledger_path = d / "client.key", d / "proxy-ledger.sqlite"
         # on chain, the client's account is its channel and deposits come from the chain
         # (set by _start_chain); off chain, the ledger holds its funds from the start
@@ -236,8 +325,9 @@ class LocalNetwork:
                 key = load_or_create_ec_key(key_file)
                 self.client_account = client_account(public_key_der(key.public_key()),
                                                      "client-1")
-            with Ledger(ledger_path) as ledger:
-                ledger.deposit(self.client_account, funds)
+            if not ledger_path.exists():  # a lasting data dir's ledger was funded before
+                with Ledger(ledger_path) as ledger:
+                    ledger.deposit(self.client_account, funds)
         self.ledger_path = ledger_path
         self.proxy_sets = ["billing.enabled=true", f"billing.ledger_path={ledger_path}",
                            f"billing.signing_key_file={d / 'proxy-voucher.key'}",
@@ -247,7 +337,7 @@ class LocalNetwork:
     # --- processes ----------------------------------------------------------------------
 
     def _spawn(self, name: str, role: str, args: list[str]) -> Role:
-        r = Role(name, self.log_dir / f"{name}.log", Path(self._tmp.name) / f"{name}.ready")
+        r = Role(name, self.log_dir / f"{name}.log", self.data_dir / f"{name}.ready")
         r.spawn("cocoon", [role, *args])
         return r
 
@@ -258,16 +348,28 @@ class LocalNetwork:
         except ToolchainMissing as exc:
             raise LaunchError(f"{exc}; or start without a chain: `cocoon up --chain none`"
                               ) from None
-        d = Path(self._tmp.name)
+        d = self.data_dir
         progress("starting the embedded chain (TVM emulator)")
         role = self.chain_role = Role("chain", self.log_dir / "chain.log", d / "chain.ready")
         role.spawn("cocoon", ["chain", "run", "--state", str(d / "chain-state.json"),
                               "--http", f"{self.host}:0"])
         role.wait_until(role.read_ready, "ready", deadline)
         self.chain_url = role.http
-        progress(f"chain at {self.chain_url}: deploying registry, proxy stake, channels")
-        dep = self.deployment = asyncio.run(self._deploy())
-        common = ["chain.backend=embedded", f"chain.url={self.chain_url}"]
+        # a restart serves the same state on the same address
+        role.args[role.args.index("--http") + 1] = (
+            f"{self.host}:{urlsplit(self.chain_url).port}")
+        dep = self._load_deployment()
+        if dep is None:
+            progress(f"chain at {self.chain_url}: deploying registry, proxy stake, channels")
+            dep = asyncio.run(self._deploy())
+            _write_json(self.data_dir / self.DEPLOYMENT_FILE,
+                        {**dataclasses.asdict(dep), "code_hashes": _code_hashes()})
+        else:
+            progress(f"chain at {self.chain_url}: continuing the network deployed in "
+                     f"{self.data_dir}")
+        self.deployment = dep
+        common = ["chain.backend=embedded", f"chain.url={self.chain_url}",
+                  f"chain.token_file={role.info['token_file']}"]  # the service's RPC token
         if self.attestation == "fake":  # allow-lists from the registry
             common.append(f"chain.registry={dep.registry}")
         self.proxy_sets = [*common, "chain.wallet=proxy", f"chain.contract={dep.proxy_stake}",
@@ -277,11 +379,48 @@ class LocalNetwork:
                             f"chain.key_file={d / 'client-voucher.key'}", *self.client_sets]
         self.worker_sets = [*common, *self.worker_sets]
         self.client_account = channel_account(dep.client_channel)
-        progress(f"registry {dep.registry}; client channel {dep.client_channel} holds "
-                 f"{self.demo_funds} nanoTON")
+        progress(f"registry {dep.registry}; client channel {dep.client_channel}")
+
+    def _load_deployment(self) -> LocalDeployment | None:
+        """The contracts already deployed on this data directory's chain (None: a new
+        chain). A chain that has state but no deployment record was cut off while deploying:
+        it cannot be continued."""
+        path = self.data_dir / self.DEPLOYMENT_FILE
+        if not path.exists():
+            if self.chain_role is not None and self.chain_role.info.get("restored"):
+                raise LaunchError(f"{self.data_dir} has chain state but no {path.name} (cut "
+                                  "off while deploying?): start over with --fresh")
+            return None
+        try:
+            raw = json.loads(path.read_text())
+            fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v
+                                      for k, v in raw.items()}
+            deployed_code = fields.pop("code_hashes", {})
+            dep = LocalDeployment(**fields)
+        except (OSError, ValueError, TypeError) as exc:
+            raise LaunchError(f"{path}: {exc}") from None
+        changed = sorted(name for name, h in _code_hashes().items()
+                         if deployed_code.get(name, h) != h)
+        if changed:  # the proxy accepts only channels of the code it knows
+            raise LaunchError(f"the contracts changed since the network in {self.data_dir} "
+                              f"was deployed ({', '.join(changed)}): start over with --fresh")
+        if not (self.chain_role is not None and self.chain_role.info.get("restored")):
+            raise LaunchError(f"{path} names contracts but the chain state is gone: start "
+                              "over with --fresh")
+        if len(dep.worker_channels) < self.n_workers:
+            raise LaunchError(f"the network in {self.data_dir} was deployed for "
+                              f"{len(dep.worker_channels)} worker(s): start at most that many, "
+                              "or start over with --fresh")
+        return dep
+
+    @property
+    def chain_token(self) -> str:
+        """The chain service's RPC token (what `cocoon chain run` wrote; "" without one)."""
+        info = self.chain_role.info if self.chain_role is not None else {}
+        return read_token(info["token_file"]) if "token_file" in info else ""
 
     async def _deploy(self) -> LocalDeployment:
-        d = Path(self._tmp.name)
+        d = self.data_dir
         billing = cfg.load(cfg.ProxyConfig, None, dict(
             s.split("=", 1) for s in self.proxy_sets if s.startswith("billing."))).billing
         assert isinstance(billing, BillingConfig)
@@ -292,7 +431,7 @@ class LocalNetwork:
                 and not any(x.startswith("engine.llama_cpp.model_path") for x in self.worker_sets)):
             # the model the workers load (a worker certifies its file's SHA-256)
             models = [model_file_hash(default_model_path())]
-        chain = await EmbeddedChain.connect(self.chain_url)
+        chain = await EmbeddedChain.connect(self.chain_url, token=self.chain_token)
         try:
             return await deploy_local_network(
                 chain, billing=billing,
@@ -304,8 +443,9 @@ class LocalNetwork:
             await chain.aclose()
 
     def role_config(self, name: str) -> str:
-        """The TOML config of a started role (its HTTP address and chain settings), what the
-        ``cocoon client|worker|proxy`` commands take with ``-c``."""
+        """The TOML config that starts the role ``name`` again exactly: its address and
+        ports, node id, keys, ledger, engine and chain settings; what ``cocoon
+        client|worker|proxy`` take with ``-c``."""
         role = {r.name: r for r in self.roles()}[name]
         kind, sets = (("client", self.client_sets) if name == "client" else
                       ("proxy", self.proxy_sets) if name == "proxy" else
@@ -313,26 +453,45 @@ class LocalNetwork:
         cls = {"client": cfg.ClientConfig, "proxy": cfg.ProxyConfig,
                "worker": cfg.WorkerConfig}[kind]
         overrides = dict(s.split("=", 1) for s in sets)
-        overrides["http"] = role.http.removeprefix("http://")
-        overrides.pop("node_id", None)
+        # what the first start gave as command-line flags, with the ports it bound
+        overrides["http"] = f"{self.host}:{urlsplit(role.http).port}"
+        if kind == "proxy":
+            overrides["listen"] = f"{self.host}:{role.info['listen_port']}"
+        else:
+            overrides["proxy"] = self.proxy_addr
+        if kind == "worker":
+            overrides["node_id"] = name
+            overrides["engine.kind"] = self.engine
+            if self.upstream:
+                overrides["engine.openai-http.base_url"] = self.upstream
         return cfg.dump_toml(cfg.load(cls, None, overrides))
+
+    def config_path(self, name: str) -> Path:
+        """Where the role ``name``'s config is (written once it serves)."""
+        return self.data_dir / f"{name}.toml"
+
+    def _pin(self, role: Role) -> None:
+        """Write the role's config with the ports it bound; it restarts from that alone."""
+        path = self.config_path(role.name)
+        _write_text(path, self.role_config(role.name))
+        role.args = [role.name.partition("-")[0], "-c", str(path)]
 
     def _worker_chain_sets(self, name: str) -> list[str]:
         if self.deployment is None:
             return []
         i = int(name.rpartition("-")[2])
         return [f"chain.wallet={name}", f"chain.contract={self.deployment.worker_channels[i - 1]}",
-                f"chain.voucher_file={Path(self._tmp.name) / (name + '-payout.boc')}"]
+                f"chain.voucher_file={self.data_dir / (name + '-payout.boc')}"]
 
     def write_role_configs(self) -> dict[str, Path]:
-        """Write each role's TOML next to its log; returns name -> path."""
+        """Each role's config (:meth:`role_config`, in the data directory, written again);
+        returns name -> path."""
         out = {}
         for r in self.roles():
             if r is self.chain_role:
                 continue
-            path = self.log_dir / f"{r.name}.toml"
-            path.write_text(self.role_config(r.name))
-            out[r.name] = path
+            _write_text(self.config_path(r.name), self.role_config(r.name))
+            out[r.name] = self.config_path(r.name)
         return out
 
     def start(self, progress: Callable[[str], None] = lambda s: None) -> None:
@@ -346,7 +505,8 @@ class LocalNetwork:
                 "--listen", f"{self.host}:0", "--http", f"{self.host}:0",
                 *_sets(self.proxy_sets)])
             proxy.wait_until(proxy.read_ready, "ready", deadline)
-            proxy_addr = f"{self.host}:{proxy.info['listen_port']}"
+            proxy_addr = self.proxy_addr = f"{self.host}:{proxy.info['listen_port']}"
+            self._pin(proxy)
             progress(f"proxy listening on {proxy_addr}")
             for i in range(self.n_workers):
                 args = ["--proxy", proxy_addr, "--http", f"{self.host}:0",
@@ -359,6 +519,7 @@ class LocalNetwork:
             for w in self.workers:
                 progress(f"{w.name}: loading engine {self.engine}")
                 self._wait_worker(w, deadline)
+                self._pin(w)
                 status, stats = http_json(w.http + "/stats")
                 models = ", ".join(stats["engine"]["models"]) if status == 200 else "?"
                 progress(f"{w.name}: ready, serving {models}")
@@ -367,6 +528,7 @@ class LocalNetwork:
                 "--proxy", proxy_addr, "--http", f"{self.host}:{self.client_port}",
                 *_sets(self.client_sets)])
             client.wait_until(client.read_ready, "ready", deadline)
+            self._pin(client)
 
             def serving() -> bool:
                 status, body = http_json(client.http + "/healthz")
@@ -388,7 +550,6 @@ class LocalNetwork:
         old = self.proxy
         assert old is not None and old.info, "restart_proxy needs a started network"
         deadline = time.monotonic() + (self.startup_timeout if timeout is None else timeout)
-        listen_port, http_port = old.info["listen_port"], urlsplit(old.http).port
         if old.alive():
             assert old.proc is not None
             if kill:
@@ -397,9 +558,8 @@ class LocalNetwork:
             else:
                 old.terminate()
         old.reap(deadline)
-        proxy = self.proxy = self._spawn("proxy", "proxy", [
-            "--listen", f"{self.host}:{listen_port}", "--http", f"{self.host}:{http_port}",
-            *_sets(self.proxy_sets)])
+        old.respawn()  # from its config: the same ports, ledger and keys
+        proxy = old
         proxy.wait_until(proxy.read_ready, "ready after a restart", deadline)
 
         def reconnected() -> bool:
@@ -448,6 +608,35 @@ class LocalNetwork:
     def dead(self) -> list[Role]:
         return [r for r in self.roles() if not r.alive()]
 
+    def supervise(self, report: Callable[[str], None] = lambda s: None) -> None:
+        """One round of supervision: restart each role that has died from its own config
+        (the same ports and state), at once the first time, after a growing back-off
+        (:data:`RESTART_BACKOFF_S`) while it keeps dying soon after starting; ``report``
+        says what happens. The other roles are left alone: they redial the same address."""
+        now = time.monotonic()
+        for r in self.roles():
+            if r.alive():
+                if r.awaiting_ready and r.read_ready():
+                    r.awaiting_ready = False
+                    report(f"{r.name} is back on {_ports(r)}")
+                continue
+            if r.restart_at is None:  # just found dead
+                ran = now - r.started_at
+                # a first death, or one after a good run, is restarted at once
+                r.quick_deaths = (r.quick_deaths + 1 if r.restarts and ran < STABLE_AFTER_S
+                                  else 0)
+                delay = RESTART_BACKOFF_S[min(r.quick_deaths, len(RESTART_BACKOFF_S) - 1)]
+                r.restart_at = now + delay
+                report(f"{r.name} died ({r.exit_reason()}) after {ran:.1f} s; restarting it "
+                       f"on {_ports(r)}"
+                       + (f" in {delay:g} s (it keeps dying; log: {r.log_path})" if delay
+                          else ""))
+            if now >= r.restart_at:
+                r.restart_at = None
+                r.restarts += 1
+                r.awaiting_ready = True
+                r.respawn()
+
     def stop(self, grace: float = 5.0) -> None:
         """SIGTERM every role (client first), then SIGKILL what is left after ``grace``."""
         order = [r for r in (self.client, *reversed(self.workers), self.proxy) if r]
@@ -460,8 +649,13 @@ class LocalNetwork:
             r.reap(end)
 
     def close(self) -> None:
+        """Stop every role; delete the data directory if it is a temporary one."""
         self.stop()
-        self._tmp.cleanup()
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)
+            self._lock_fd = -1
+        if self._tmp is not None:
+            self._tmp.cleanup()
 
     def __enter__(self) -> LocalNetwork:
         return self
@@ -472,6 +666,40 @@ class LocalNetwork:
 
 def _sets(items: list[str]) -> list[str]:
     return [a for item in items for a in ("--set", item)]
+
+
+def _ports(role: Role) -> str:
+    """The address(es) a started role serves on, from its ready file."""
+    where = [role.info["http"]] if "http" in role.info else []
+    if "listen_port" in role.info:
+        where.append(f"listen port {role.info['listen_port']}")
+    return ", ".join(where) or "its ports"
+
+
+def _write_text(path: Path, text: str) -> None:
+    """Replace ``path`` atomically: a kill -9 leaves the old file or the new, never half."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _write_json(path: Path, value: Any) -> None:
+    _write_text(path, json.dumps(value, indent=2) + "\n")
+
+
+def _code_hashes() -> dict[str, str]:
+    """The compiled contracts' code hashes, by contract name."""
+    out = {}
+    for path in sorted((default_contracts_dir() / "build").glob("*.json")):
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            out[path.stem] = str(json.loads(path.read_text())["codeHashHex"]).lower()
+    return out
+
+
+def default_data_dir() -> Path:
+    """``$XDG_DATA_HOME/cocoon``, or ``~/.local/share/cocoon``."""
+    home = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(home) / "cocoon"
 
 
 # --- cocoon up -------------------------------------------------------------------------
@@ -495,7 +723,14 @@ def add_up_arguments(p: argparse.ArgumentParser) -> None:
                    help="embedded (default): a local TON chain running the network's "
                         "contracts in the TVM emulator (needs Node.js and `npm ci` in "
                         "contracts/, which scripts/setup does); none: ledger balances only")
-    p.add_argument("--log-dir", default=".cocoon/logs", help="where role logs and configs go")
+    p.add_argument("--data-dir", type=Path, default=None, metavar="DIR",
+                   help="where the network's state lives: keys, ledger, chain state, role "
+                        "configs; a later `cocoon up` continues from it (default "
+                        "$XDG_DATA_HOME/cocoon, or ~/.local/share/cocoon)")
+    p.add_argument("--fresh", action="store_true",
+                   help="delete the data directory first and start a new network")
+    p.add_argument("--log-dir", type=Path, default=None,
+                   help="where role logs go (default DATA_DIR/logs)")
     p.add_argument("--timeout", type=float, default=300.0, help="start-up deadline (s)")
 
 
@@ -520,26 +755,62 @@ EOF
 """
 
 
+def _delete_data_dir(path: Path, progress: Callable[[str], None]) -> None:
+    """``--fresh``: delete a data directory, only if it is one (or empty) and not in use."""
+    if not path.exists():
+        return
+    if any(path.iterdir()) and not (path / LocalNetwork.NETWORK_FILE).exists():
+        raise LaunchError(f"--fresh: {path} is not a cocoon data directory (no "
+                          f"{LocalNetwork.NETWORK_FILE}); not deleting it")
+    fd = os.open(path / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise LaunchError(f"--fresh: another `cocoon up` is using {path}") from None
+        progress(f"--fresh: deleting {path} (ledger, keys, chain state, vouchers)")
+        shutil.rmtree(path)
+    finally:
+        os.close(fd)
+
+
 def run_up(args: argparse.Namespace) -> int:
+    """``cocoon up``: start the network, then supervise it until Ctrl-C or SIGTERM."""
     started = time.monotonic()
 
     def progress(msg: str) -> None:
         print(f"[{time.monotonic() - started:6.1f}s] {msg}", flush=True)
 
-    net = LocalNetwork(workers=args.workers, engine=args.engine, upstream=args.upstream,
-                       host=args.host, client_port=args.port, worker_sets=args.worker_set,
-                       log_dir=args.log_dir, startup_timeout=args.timeout,
-                       attestation=args.attestation, billing=args.demo_funds > 0,
-                       demo_funds=args.demo_funds,
-                       chain=args.chain if args.demo_funds > 0 else "none",
-                       commit_interval_s=5.0)
+    data_dir = (args.data_dir or default_data_dir()).expanduser()
+    try:
+        if args.fresh:
+            _delete_data_dir(data_dir, progress)
+        net = LocalNetwork(workers=args.workers, engine=args.engine, upstream=args.upstream,
+                           host=args.host, client_port=args.port, worker_sets=args.worker_set,
+                           log_dir=args.log_dir or data_dir / "logs",
+                           startup_timeout=args.timeout, attestation=args.attestation,
+                           billing=args.demo_funds > 0, demo_funds=args.demo_funds,
+                           chain=args.chain if args.demo_funds > 0 else "none",
+                           commit_interval_s=5.0, data_dir=data_dir)
+    except LaunchError as exc:
+        print(f"cocoon up: {exc}", file=sys.stderr)
+        return 1
     interrupted = False
+    # Ctrl-C / SIGTERM: interrupt start-up at once; once up, end the supervision loop at its
+    # next round (a signal in the middle of a restart would orphan the new process).
+    starting, stopping = True, False
 
     def on_term(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
+        nonlocal stopping
+        stopping = True
+        if starting:
+            raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)
     try:
+        progress(("continuing the network in " if net.continued else "new network in ")
+                 + f"{net.data_dir} (`cocoon up --fresh` starts over)")
         net.start(progress)
         models = net.models()
         progress(f"network up: 1 proxy, {args.workers} worker(s), 1 client; "
@@ -549,9 +820,10 @@ def run_up(args: argparse.Namespace) -> int:
         if net.client_account:
             configs = net.write_role_configs()
             c, w = configs["client"], configs["worker-1"]
-            progress(f"billing on: demo client {net.client_account} funded with "
-                     f"{args.demo_funds} nanoTON; `cocoon proxy ledger -c {configs['proxy']}` "
-                     "shows the books")
+            funded = ("its balance continues" if net.continued
+                      else f"funded with {args.demo_funds} nanoTON")
+            progress(f"billing on: demo client {net.client_account}, {funded}; "
+                     f"`cocoon proxy ledger -c {configs['proxy']}` shows the books")
             progress(f"accounts: `cocoon client balance -c {c}`, "
                      f"`cocoon worker earnings -c {w}`")
             if net.deployment is not None:
@@ -559,14 +831,14 @@ def run_up(args: argparse.Namespace) -> int:
                          f"-c {c}`, `cocoon client withdraw -c {c}`, "
                          f"`cocoon worker withdraw -c {w}`")
         print(_snippets(net.base_url, models[0] if models else "?"), flush=True)
-        print("Press Ctrl-C to stop.", flush=True)
-        while True:
-            time.sleep(0.5)
-            dead = net.dead()
-            if dead:
-                for r in dead:
-                    print(f"{r.name} exited unexpectedly:\n{r.log_tail()}", file=sys.stderr)
-                return 1
+        print("Press Ctrl-C to stop. A role that dies is restarted on the same ports.",
+              flush=True)
+        starting = False
+        while not stopping:
+            net.supervise(progress)
+            time.sleep(0.2)
+        interrupted = True
+        return 0
     except KeyboardInterrupt:
         interrupted = True
         return 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from cocoon.errors import ConfigError
@@ -27,9 +28,23 @@ class BillingConfig:
     default_max_tokens: int = 1000  # the cap reserved (and enforced) when a request has none
     commit_interval_s: float = 60.0  # how often the proxy commits its totals (a state commit)
     max_unsigned: int = 1_000_000_000  # chain: charges a client may owe unsigned (nanoTON)
+    max_unsigned_fraction: float = 0.1  # chain: ... and at most this share of its deposit
+    # chain: a client's signature is redeemed once it adds this much (a redemption costs about
+    # 6 mTON of gas), and whatever it adds once the client asks to close its channel
+    redeem_threshold: int = 50_000_000
+    channel_recheck_s: float = 5.0  # chain: re-read a client's channel before its request
 
     def __post_init__(self) -> None:
         if self.worker_fee_per_token > self.price_per_token:
             raise ConfigError("billing.worker_fee_per_token must not exceed price_per_token")
         require_positive(self.default_max_tokens, "billing.default_max_tokens")
         require_positive(self.commit_interval_s, "billing.commit_interval_s")
+        if self.redeem_threshold < 0:
+            raise ConfigError("billing.redeem_threshold must be >= 0 (nanoTON), got "
+                              f"{self.redeem_threshold}")
+        if not math.isfinite(self.channel_recheck_s) or self.channel_recheck_s < 0:
+            raise ConfigError("billing.channel_recheck_s must be >= 0 (seconds; 0: only at "
+                              f"each commit tick), got {self.channel_recheck_s}")
+        if not 0.0 <= self.max_unsigned_fraction <= 1.0:
+            raise ConfigError("billing.max_unsigned_fraction must be between 0 and 1 (a share "
+                              f"of the client's deposit), got {self.max_unsigned_fraction}")

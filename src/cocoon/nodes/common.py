@@ -1,5 +1,6 @@
-"""Plumbing every role shares: the stats/health HTTP server, dialing with back-off,
-ready files, and signal handling."""
+"""Plumbing every role shares: the stats/health HTTP server (with its connection limits),
+OpenAI-shaped error answers, rate-limited logging, dialing with back-off, ready files, and
+signal handling."""
 
 from __future__ import annotations
 
@@ -13,13 +14,13 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from aiohttp import web
 
 from cocoon.chain.connect import open_chain
 from cocoon.chain.registry import RegistryAllowLists
-from cocoon.config import ChainConfig, parse_hostport
+from cocoon.config import HTTP_BODY_TIMEOUT_S, HTTP_IDLE_TIMEOUT_S, ChainConfig, parse_hostport
 from cocoon.errors import (
     AttestationError,
     CocoonError,
@@ -40,9 +41,12 @@ from cocoon.transport import Connector, Handler, Peer
 from cocoon.wire import Connection, Request, Statement
 
 __all__ = [
+    "RETRY_AFTER_S",
     "HttpServer",
+    "LogLimiter",
     "add_health_routes",
     "as_request_error",
+    "committed_sse",
     "dial_forever",
     "end_sse",
     "error_response",
@@ -65,17 +69,31 @@ def json_response(obj: Any, status: int = 200) -> web.Response:
                         content_type="application/json")
 
 
-class HttpServer:
-    """An aiohttp app bound to ``host:port`` (port 0: any free port; see ``port``)."""
+RETRY_AFTER_S: Final = 1
+"""``Retry-After`` on 429 and 503 answers: the condition (no free worker, the proxy
+reconnecting) clears within seconds; OpenAI's SDKs honour the header."""
 
-    def __init__(self, app: web.Application, hostport: str, what: str) -> None:
+
+class HttpServer:
+    """An aiohttp app bound to ``host:port`` (port 0: any free port; see ``port``).
+
+    Slow and idle clients cannot hold connections: a connection without a request in
+    progress closes after ``idle_timeout_s`` (this bounds the wait for request headers too),
+    and every request's body is read within ``body_timeout_s`` before its handler runs."""
+
+    def __init__(self, app: web.Application, hostport: str, what: str, *,
+                 idle_timeout_s: float = HTTP_IDLE_TIMEOUT_S,
+                 body_timeout_s: float = HTTP_BODY_TIMEOUT_S) -> None:
         self._app = app
         self.host, self._port = parse_hostport(hostport, what)
         self._runner: web.AppRunner | None = None
+        self._idle_timeout_s = idle_timeout_s
         self.port = 0
+        app.middlewares.append(_body_within(body_timeout_s))
 
     async def start(self) -> None:
-        self._runner = web.AppRunner(self._app, handler_cancellation=True, access_log=None)
+        self._runner = web.AppRunner(self._app, handler_cancellation=True, access_log=None,
+                                     keepalive_timeout=self._idle_timeout_s)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self._port, backlog=1024)
         try:
@@ -102,6 +120,25 @@ class HttpServer:
 RouteHandler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+def _body_within(timeout_s: float) -> Any:
+    """Middleware: read the whole body (kept by aiohttp for the handler's ``read()``) under
+    a deadline, so a client trickling its body cannot hold a handler."""
+
+    @web.middleware
+    async def body_within(request: web.Request, handler: RouteHandler) -> web.StreamResponse:
+        if request.body_exists:
+            try:
+                async with asyncio.timeout(timeout_s):
+                    await request.read()
+            except TimeoutError:
+                raise web.HTTPRequestTimeout(
+                    text=f"the request body did not arrive within {timeout_s:g}s",
+                    headers={"Connection": "close"}) from None
+        return await handler(request)
+
+    return body_within
+
+
 def add_health_routes(app: web.Application, health: RouteHandler,
                       stats: RouteHandler) -> None:
     """Every role's operational surface: ``/healthz``, and JSON stats at ``/stats`` (also
@@ -112,15 +149,81 @@ def add_health_routes(app: web.Application, health: RouteHandler,
 
 
 def error_response(err: RequestError) -> web.Response:
-    """An error before the response is committed: its HTTP status, OpenAI's error body."""
-    return json_response(err.to_openai(), err.status)
+    """An error before the response is committed: its HTTP status, OpenAI's error body, and
+    ``Retry-After`` when retrying later can succeed (429, 503)."""
+    response = json_response(err.to_openai(), err.status)
+    if err.status in (429, 503):
+        response.headers["Retry-After"] = str(RETRY_AFTER_S)
+    return response
+
+
+class LogLimiter:
+    """At most ``burst`` lines per ``interval_s`` for one kind of event (a client's bad
+    requests, say), so a flood cannot fill the disk; what is held back is counted and
+    reported as one "suppressed K similar" line once the interval is over (at the next
+    event, or at :meth:`flush`, which a role calls periodically). ``clock`` is injectable."""
+
+    __slots__ = ("_burst", "_clock", "_interval", "_logged", "_logger", "_start",
+                 "_suppressed", "_what")
+
+    def __init__(self, logger: logging.Logger, what: str, *, burst: int = 10,
+                 interval_s: float = 10.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self._logger = logger
+        self._what = what
+        self._burst = burst
+        self._interval = interval_s
+        self._clock = clock
+        self._start = -interval_s - 1.0
+        self._logged = 0
+        self._suppressed = 0
+
+    @property
+    def suppressed(self) -> int:
+        """Events held back in the current interval (not yet reported)."""
+        return self._suppressed
+
+    def log(self, level: int, msg: str, *args: object, exc_info: bool = False) -> None:
+        self.flush()
+        if self._logged >= self._burst:
+            self._suppressed += 1
+            return
+        self._logged += 1
+        self._logger.log(level, msg, *args, exc_info=exc_info or None, stacklevel=2)
+
+    def flush(self) -> None:
+        """Close the interval if it is over: report what it held back, start a new one."""
+        now = self._clock()
+        if now - self._start < self._interval:
+            return
+        if self._suppressed:
+            self._logger.warning("suppressed %d similar %s in the last %.0fs",
+                                 self._suppressed, self._what, now - self._start)
+        self._start = now
+        self._logged = 0
+        self._suppressed = 0
+
+    async def flush_forever(self) -> None:
+        """Flush every interval, so a burst's count is reported even if nothing follows."""
+        while True:
+            await asyncio.sleep(self._interval)
+            self.flush()
+
+
+_SSE: Final = web.RequestKey("cocoon.sse", web.StreamResponse)
 
 
 async def open_sse(request: web.Request) -> web.StreamResponse:
     """Commit an HTTP response as an OpenAI event stream (its status and headers go out)."""
     response = web.StreamResponse(headers=SSE_HEADERS)
     await response.prepare(request)
+    request[_SSE] = response
     return response
+
+
+def committed_sse(request: web.Request) -> web.StreamResponse | None:
+    """The event stream :func:`open_sse` committed for ``request`` (None: nothing sent yet,
+    so an error can still be a whole HTTP answer)."""
+    return request.get(_SSE)
 
 
 async def end_sse(response: web.StreamResponse, err: RequestError | None = None

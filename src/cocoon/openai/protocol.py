@@ -4,12 +4,19 @@ Validation checks the *types and ranges* of the fields OpenAI defines, so a wron
 a 400 naming the parameter, exactly where OpenAI itself would answer 400. Fields we do not
 know are passed through untouched: whether an engine can honour them is the engine's call
 (:class:`~cocoon.errors.EngineUnsupported`).
+
+Integers have bounds every hop can carry: a generation cap or a token id is at most
+:data:`MAX_TOKENS_LIMIT` (2**31 - 1, llama.cpp's ``int32`` and far above any context), a
+``seed`` and any other top-level integer fit a signed 64-bit integer (what vLLM, SGLang and
+the wire's ``u64`` fields take). A body whose strings hold an unpaired UTF-16 surrogate
+(``"\\ud800"``: valid JSON, but no UTF-8 text) is refused too, since no engine can encode it.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 import time
 from collections.abc import Callable
 from typing import Any, Final, Literal
@@ -19,6 +26,8 @@ from cocoon.usage import Usage
 
 __all__ = [
     "ENDPOINTS",
+    "MAX_MODEL_NAME",
+    "MAX_TOKENS_LIMIT",
     "Endpoint",
     "Usage",
     "chat_chunk",
@@ -38,6 +47,16 @@ ENDPOINTS: Final[dict[str, Endpoint]] = {
     "/v1/completions": "completions",
 }
 _ROLES: Final = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+
+MAX_TOKENS_LIMIT: Final = 2**31 - 1
+"""The largest ``max_tokens`` / ``max_completion_tokens`` / token id accepted (int32)."""
+MAX_MODEL_NAME: Final = 256
+"""The longest model name accepted (the wire carries names of up to 4096 characters)."""
+_INT64_MIN: Final = -(2**63)
+_INT64_MAX: Final = 2**63 - 1
+# Only a body whose raw bytes contain one of these needs the slower walk: a surrogate escape
+# (paired ones are fine), or a run of 19+ digits (an integer that may not fit 64 bits).
+_SUSPECT: Final = re.compile(rb"\\u[dD][89a-fA-F]|[0-9]{19}")
 
 
 # --- validation ------------------------------------------------------------------------
@@ -63,8 +82,23 @@ def _range(lo: float, hi: float) -> Callable[[Any], bool]:
     return lambda v: _is_num(v) and lo <= v <= hi
 
 
-def _int_min(lo: int) -> Callable[[Any], bool]:
-    return lambda v: _is_int(v) and v >= lo
+def _int_range(lo: int, hi: int) -> Callable[[Any], bool]:
+    return lambda v: _is_int(v) and lo <= v <= hi
+
+
+def _is_token_id(v: Any) -> bool:
+    return _is_int(v) and 0 <= v <= MAX_TOKENS_LIMIT
+
+
+_is_bias = _range(-100, 100)
+
+
+def _is_logit_bias(v: Any) -> bool:
+    """OpenAI's shape: token id (a decimal string, JSON keys being strings) -> -100..100."""
+    return isinstance(v, dict) and all(
+        len(k) <= 10 and k.isascii() and k.isdigit() and int(k) <= MAX_TOKENS_LIMIT
+        and _is_bias(b)
+        for k, b in v.items())
 
 
 def _is_stop(v: Any) -> bool:
@@ -80,30 +114,33 @@ def _is_prompt(v: Any) -> bool:
         return False
     return (
         all(isinstance(x, str) for x in v)
-        or all(_is_int(x) for x in v)
-        or all(isinstance(x, list) and all(_is_int(t) for t in x) for x in v)
+        or all(_is_token_id(x) for x in v)
+        or all(isinstance(x, list) and all(_is_token_id(t) for t in x) for x in v)
     )
 
 
+_is_cap = _int_range(1, MAX_TOKENS_LIMIT)
+_CAP: Final = f"an integer between 1 and {MAX_TOKENS_LIMIT}"
+
 _COMMON: Final[tuple[tuple[str, Callable[[Any], bool], str], ...]] = (
     ("stream", lambda v: type(v) is bool, "a boolean"),
-    ("max_tokens", _int_min(1), "an integer >= 1"),
+    ("max_tokens", _is_cap, _CAP),
     ("temperature", _range(0, 2), "a number between 0 and 2"),
     ("top_p", _range(0, 1), "a number between 0 and 1"),
-    ("n", lambda v: _is_int(v) and 1 <= v <= 128, "an integer between 1 and 128"),
+    ("n", _int_range(1, 128), "an integer between 1 and 128"),
     ("stop", _is_stop, "a string or an array of at most 4 strings"),
-    ("seed", _is_int, "an integer"),
+    ("seed", _int_range(_INT64_MIN, _INT64_MAX), "a signed 64-bit integer"),
     ("presence_penalty", _range(-2, 2), "a number between -2 and 2"),
     ("frequency_penalty", _range(-2, 2), "a number between -2 and 2"),
-    ("logit_bias", lambda v: isinstance(v, dict), "an object"),
+    ("logit_bias", _is_logit_bias, "an object mapping token ids to numbers between -100 and 100"),
     ("user", lambda v: isinstance(v, str), "a string"),
     ("stream_options", lambda v: isinstance(v, dict), "an object"),
 )
 
 _CHAT: Final[tuple[tuple[str, Callable[[Any], bool], str], ...]] = (
-    ("max_completion_tokens", _int_min(1), "an integer >= 1"),
+    ("max_completion_tokens", _is_cap, _CAP),
     ("logprobs", lambda v: type(v) is bool, "a boolean"),
-    ("top_logprobs", lambda v: _is_int(v) and 0 <= v <= 20, "an integer between 0 and 20"),
+    ("top_logprobs", _int_range(0, 20), "an integer between 0 and 20"),
     ("tools", lambda v: isinstance(v, list), "an array"),
     ("tool_choice", lambda v: isinstance(v, str | dict), "a string or an object"),
     ("parallel_tool_calls", lambda v: type(v) is bool, "a boolean"),
@@ -115,9 +152,9 @@ _CHAT: Final[tuple[tuple[str, Callable[[Any], bool], str], ...]] = (
 )
 
 _COMPLETIONS: Final[tuple[tuple[str, Callable[[Any], bool], str], ...]] = (
-    ("logprobs", lambda v: _is_int(v) and 0 <= v <= 5, "an integer between 0 and 5"),
+    ("logprobs", _int_range(0, 5), "an integer between 0 and 5"),
     ("echo", lambda v: type(v) is bool, "a boolean"),
-    ("best_of", _int_min(1), "an integer >= 1"),
+    ("best_of", _int_range(1, 20), "an integer between 1 and 20"),
     ("suffix", lambda v: isinstance(v, str), "a string"),
 )
 
@@ -137,23 +174,61 @@ def _check_messages(messages: Any) -> None:
             raise _fail(f"{param}.content", "a string or an array of content parts")
 
 
+def _has_lone_surrogate(s: str) -> bool:
+    try:
+        s.encode()
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _check_strings(v: Any, param: str) -> None:
+    """No string (key or value) anywhere in ``v`` holds an unpaired surrogate."""
+    if isinstance(v, str):
+        if _has_lone_surrogate(v):
+            raise BadRequest(f"Invalid value for '{param}': the string contains an unpaired "
+                             "UTF-16 surrogate escape, which is not valid Unicode.",
+                             param=param)
+    elif isinstance(v, dict):
+        for k, item in v.items():
+            _check_strings(k, param)
+            _check_strings(item, f"{param}.{k}")
+    elif isinstance(v, list):
+        for i, item in enumerate(v):
+            _check_strings(item, f"{param}[{i}]")
+
+
+def _check_values(body: dict[str, Any]) -> None:
+    """What the raw-bytes scan flagged: invalid Unicode anywhere, and top-level integers
+    (including ones we do not know, which go to the engine as they are) beyond 64 bits."""
+    for key, value in body.items():
+        _check_strings(key, "body")
+        _check_strings(value, key)
+        if _is_int(value) and not _INT64_MIN <= value <= _INT64_MAX:
+            raise _fail(key, "an integer that fits in 64 bits")
+
+
 def parse_request(endpoint: Endpoint, raw: bytes) -> dict[str, Any]:
     """Parse and validate an OpenAI request body; raises BadRequest naming the parameter."""
     try:
-        body = json.loads(raw)
+        # Strict UTF-8 (RFC 8259): json.loads(bytes) would let encoded surrogates through.
+        body = json.loads(raw.decode("utf-8"))
     except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError, ...
         raise BadRequest(f"Request body is not valid JSON: {type(exc).__name__}") from None
     if not isinstance(body, dict):
         raise BadRequest("Request body must be a JSON object.")
     model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise _fail("model", "a non-empty string")
+    if not isinstance(model, str) or not model or len(model) > MAX_MODEL_NAME:
+        raise _fail("model", f"a non-empty string of at most {MAX_MODEL_NAME} characters")
     for param, ok, what in _COMMON:
         _check_optional(body, param, ok, what)
     if endpoint == "chat":
         _check_messages(body.get("messages"))
         for param, ok, what in _CHAT:
             _check_optional(body, param, ok, what)
+        if body.get("top_logprobs") is not None and body.get("logprobs") is not True:
+            raise BadRequest("Invalid value for 'top_logprobs': 'logprobs' must be true "
+                             "when 'top_logprobs' is given.", param="top_logprobs")
     else:
         if "prompt" not in body or not _is_prompt(body["prompt"]):
             raise _fail("prompt", "a string, an array of strings or an array of token ids")
@@ -168,6 +243,8 @@ def parse_request(endpoint: Endpoint, raw: bytes) -> dict[str, Any]:
             )
         if "include_usage" in opts and type(opts["include_usage"]) is not bool:
             raise _fail("stream_options.include_usage", "a boolean")
+    if _SUSPECT.search(raw):
+        _check_values(body)
     return body
 
 

@@ -6,6 +6,7 @@ Nothing here imports asyncio or touches a socket; ``cocoon.transport`` drives it
 from cocoon.wire.connection import DEFAULT_WINDOW, Connection, State
 from cocoon.wire.framing import DEFAULT_MAX_FRAME, FrameDecoder, encode_frame
 from cocoon.wire.messages import (
+    MAX_REQUEST_BODY,
     PROTOCOL_VERSION,
     Announce,
     Cancel,
@@ -32,6 +33,7 @@ from cocoon.wire.messages import (
 __all__ = [
     "DEFAULT_MAX_FRAME",
     "DEFAULT_WINDOW",
+    "MAX_REQUEST_BODY",
     "PROTOCOL_VERSION",
     "Announce",
     "Cancel",

@@ -221,7 +221,12 @@ class Connection:
         elif isinstance(msg, Request):
             if msg.req_id in self._outgoing:
                 raise ProtocolError(f"stream {msg.req_id} is already open")
+            # Encode first: a request too large for the peer's frames (FrameTooLarge) must
+            # leave no half-open stream behind.
+            data = encode_frame(encode(msg), self._peer_max_frame)
             self._outgoing[msg.req_id] = _Outgoing(allowed=self._window)
+            self._out += data
+            return
         elif isinstance(msg, End | Error):
             if self._incoming.pop(msg.req_id, None) is None:
                 raise ProtocolError(f"no open incoming stream {msg.req_id}")

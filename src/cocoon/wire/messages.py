@@ -29,8 +29,10 @@ import msgpack
 
 from cocoon.errors import PricingError, ProtocolError, RequestError, request_error_from_code
 from cocoon.usage import Usage
+from cocoon.wire.framing import DEFAULT_MAX_FRAME
 
 __all__ = [
+    "MAX_REQUEST_BODY",
     "MESSAGE_TYPES",
     "PROTOCOL_VERSION",
     "Announce",
@@ -60,6 +62,14 @@ PROTOCOL_VERSION: Final = 1
 _U64_MAX: Final = 2**64 - 1
 _MAX_STR: Final = 4096  # names, codes, messages: never anything large
 _MAX_LIST: Final = 4096
+
+REQUEST_OVERHEAD: Final = 35 + 2 * (3 + 4 * _MAX_STR)
+"""The most bytes a ``Request`` frame holds besides its body: the msgpack array and type,
+four u64 fields at 9 bytes, a bool, the body's bin32 header, and two strings (endpoint,
+model) of at most ``_MAX_STR`` characters at 4 UTF-8 bytes each, 3-byte headers."""
+MAX_REQUEST_BODY: Final = DEFAULT_MAX_FRAME - REQUEST_OVERHEAD
+"""The largest request body that always fits one default-sized frame: the one limit the
+client's HTTP surface enforces (413 above it), so a body it accepts can always be sent."""
 
 
 @dataclass(frozen=True, slots=True)

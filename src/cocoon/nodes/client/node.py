@@ -5,6 +5,11 @@ routing, engine refusal) reaches the app as a proper OpenAI error with its HTTP 
 A failure after it ends the SSE stream with an ``error`` event, as OpenAI does. An app that
 disconnects cancels its request all the way to the engine; the client also arms its own
 deadline, so a lost answer never hangs an app.
+
+An app's mistakes (bad JSON, out-of-range fields, a body too large for one wire frame:
+``MAX_REQUEST_BODY``, 413) are answered in OpenAI's shape and logged without a traceback,
+at most a few lines per interval, naming only the status, code and parameter: never a
+prompt, a completion or a key. Anything unexpected is a 500 in the same shape.
 """
 
 from __future__ import annotations
@@ -22,10 +27,12 @@ from cocoon.config import ClientConfig
 from cocoon.crypto import load_or_create_ec_key
 from cocoon.errors import (
     ConfigError,
+    FrameTooLarge,
     NoWorkerAvailable,
     PaymentError,
     RequestError,
     RequestTimeout,
+    RequestTooLarge,
     TransportError,
     WorkerLost,
 )
@@ -34,7 +41,9 @@ from cocoon.nodes.channels import build_channels, describe_evidence
 from cocoon.nodes.client.payments import ChargeSigner
 from cocoon.nodes.common import (
     HttpServer,
+    LogLimiter,
     add_health_routes,
+    committed_sse,
     dial_forever,
     end_sse,
     error_response,
@@ -50,6 +59,7 @@ from cocoon.nodes.common import (
 from cocoon.openai import ENDPOINTS, Envelope, encode_events
 from cocoon.transport import Connector, OutgoingStream, Peer, Watchdog
 from cocoon.wire import (
+    MAX_REQUEST_BODY,
     Catalog,
     CatalogEntry,
     Chunk,
@@ -67,8 +77,6 @@ from cocoon.wire import (
 __all__ = ["ClientNode"]
 
 log = logging.getLogger(__name__)
-
-_MAX_BODY = 16 * 1024 * 1024
 
 _BURST = 64
 
@@ -110,7 +118,11 @@ class ClientNode:
         self.stats = ClientStats()
         self._watchdog = Watchdog()
         self._started = time.monotonic()
-        self.http = HttpServer(self._http_app(), config.http, "client.http")
+        self._app_errors = LogLimiter(log, "client errors")
+        self._internal_errors = LogLimiter(log, "internal errors")
+        self.http = HttpServer(self._http_app(), config.http, "client.http",
+                               idle_timeout_s=config.http_idle_timeout_s,
+                               body_timeout_s=config.http_body_timeout_s)
 
     # --- proxy connection -------------------------------------------------------------
 
@@ -151,7 +163,9 @@ class ClientNode:
             self.http, self, on_ready, stop,
             dial_forever(self._connector, self.config.proxy, self._connection, self._on_proxy,
                          self, self._set_state),
-            self._watchdog.run(), *([registry] if registry is not None else []))
+            self._watchdog.run(), self._app_errors.flush_forever(),
+            self._internal_errors.flush_forever(),
+            *([registry] if registry is not None else []))
 
     # --- OpenAI HTTP ------------------------------------------------------------------
 
@@ -161,8 +175,7 @@ class ClientNode:
         try:
             env, _ = Envelope.parse(endpoint, await request.read())
         except RequestError as exc:
-            self.stats.invalid += 1
-            return error_response(exc)
+            return self._invalid(request, exc)
         peer = self.proxy
         if peer is None or peer.closed:
             self.stats.failed += 1
@@ -171,6 +184,9 @@ class ClientNode:
         timeout = self.config.request_timeout_s
         try:
             stream = peer.open_stream(lambda rid: request_for(env, rid, int(timeout * 1000)))
+        except FrameTooLarge:  # the proxy announced frames smaller than ours
+            return self._invalid(request, RequestTooLarge(
+                "Request body too large for the proxy's frame limit."))
         except TransportError:
             self.stats.failed += 1
             return error_response(NoWorkerAvailable("the connection to the proxy was lost"))
@@ -186,6 +202,36 @@ class ClientNode:
         finally:
             self._watchdog.forget(stream)
             stream.cancel("app disconnected")
+
+    def _invalid(self, request: web.Request, err: RequestError) -> web.Response:
+        """An app's mistake: counted, logged (rate-limited, no content), answered."""
+        self.stats.invalid += 1
+        self._app_errors.log(logging.INFO, "%s %s: %d %s%s", request.method, request.path,
+                             err.status, err.code, f" (param {err.param})" if err.param else "")
+        return error_response(err)
+
+    @web.middleware
+    async def _openai_errors(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        """Unknown paths, wrong methods, oversize or slow bodies answer in OpenAI's error
+        shape; an unexpected exception is a 500 in that shape, its traceback rate-limited."""
+        try:
+            return await handler(request)  # type: ignore[no-any-return]
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            response = self._invalid(request, _http_error(request, exc))
+            if exc.status == 408:  # a client too slow to send its body: not kept alive
+                response.force_close()
+            return response
+        except ConnectionError:
+            raise  # the app went away: aiohttp ends the connection quietly
+        except Exception:
+            self.stats.failed += 1
+            self._internal_errors.log(logging.ERROR, "%s %s failed", request.method,
+                                      request.path, exc_info=True)
+            err = RequestError("internal error in the cocoon client")
+            committed = committed_sse(request)
+            return error_response(err) if committed is None else await end_sse(committed, err)
 
     def _failure(self, ev: Error | TransportError | RequestTimeout) -> RequestError:
         self.stats.failed += 1
@@ -276,7 +322,8 @@ class ClientNode:
             "seqno": self.signer.seqno, "cumulative_nanoton": self.signer.cumulative}}
 
     def _http_app(self) -> web.Application:
-        app = web.Application(client_max_size=_MAX_BODY, middlewares=[_openai_errors])
+        app = web.Application(client_max_size=MAX_REQUEST_BODY,
+                              middlewares=[self._openai_errors])
 
         async def health(_: web.Request) -> web.Response:
             ok = self.proxy is not None and not self.proxy.closed
@@ -295,17 +342,14 @@ class ClientNode:
         return app
 
 
-@web.middleware
-async def _openai_errors(request: web.Request, handler: Any) -> web.StreamResponse:
-    """Unknown paths, wrong methods and oversize bodies answer in OpenAI's error shape."""
-    try:
-        return await handler(request)  # type: ignore[no-any-return]
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        err = RequestError(f"{exc.reason}: {request.method} {request.path}")
-        err.status = exc.status
-        err.type = "invalid_request_error"
-        err.code = {404: "not_found", 405: "method_not_allowed",
-                    413: "request_too_large"}.get(exc.status, "http_error")
-        return error_response(err)
+def _http_error(request: web.Request, exc: web.HTTPException) -> RequestError:
+    """aiohttp's refusal of a request as the error OpenAI would answer."""
+    if exc.status == 413:
+        return RequestTooLarge(f"Request body too large: the limit is {MAX_REQUEST_BODY} "
+                               "bytes.")
+    err = RequestError(f"{exc.reason}: {request.method} {request.path}")
+    err.status = exc.status
+    err.type = "invalid_request_error"
+    err.code = {404: "not_found", 405: "method_not_allowed",
+                408: "request_timeout"}.get(exc.status, "http_error")
+    return err

@@ -82,16 +82,20 @@ class Billing:
             try:
                 await self._run(self.ledger.reserve, request_id, client, worker, amount)
             except InsufficientFunds:
-                if self.payments is None:
+                # a top-up may have landed on chain (unless the chain is down: then the
+                # deposit as last read stands)
+                if self.payments is None or not await self.payments.try_refresh(client):
                     raise
-                await self.payments.refresh(client)  # a top-up may have landed on chain
                 await self._run(self.ledger.reserve, request_id, client, worker, amount)
         except InsufficientFunds as exc:
+            down = self.payments is not None and self.payments.health.down
             raise PaymentRequired(
                 f"client balance is too low: {exc.available} nanoTON available, this request "
                 f"reserves {amount} nanoTON (max_tokens {max_tokens} at "
                 f"{self.prices.price_per_token} nanoTON per token); top up the client's "
-                f"account or lower max_tokens") from None
+                f"account or lower max_tokens"
+                + ("; the chain is unreachable now, so a top-up shows once it returns"
+                   if down else "")) from None
         return int(amount)
 
     async def settle(self, request_id: str, end: End | Error | Usage
@@ -144,14 +148,25 @@ class Billing:
 
     async def commit_forever(self) -> None:
         """Commit the totals every ``commit_interval_s`` when they changed: the state the
-        proxy will publish on chain (proxy stake contract), numbered and never decreasing."""
+        proxy will publish on chain (proxy stake contract), numbered and never decreasing.
+        With payments, each commit is published and the chain work done (``tick``); while the
+        chain is down the loop also wakes when its backoff lets the next try through, so the
+        books reach the chain soon after it returns, not a whole interval later."""
         last, _ = await self._run(self._commit_if_changed, None, False)  # state at start-up
+        loop = asyncio.get_running_loop()
+        next_commit = loop.time() + self.config.commit_interval_s
         while True:
-            await asyncio.sleep(self.config.commit_interval_s)
-            last, commit = await self._run(self._commit_if_changed, last)
-            if self.payments is not None:
-                if commit is not None:
+            wake = next_commit
+            health = self.payments.health if self.payments is not None else None
+            if health is not None and health.down:
+                wake = min(wake, health.retry_at)
+            await asyncio.sleep(max(0.0, wake - loop.time()))
+            if loop.time() >= next_commit:
+                next_commit = loop.time() + self.config.commit_interval_s
+                last, commit = await self._run(self._commit_if_changed, last)
+                if self.payments is not None and commit is not None:
                     await self.payments.publish(commit)
+            if self.payments is not None:
                 await self.payments.tick()
 
     def _commit_if_changed(self, last: tuple[int, int, int] | None,

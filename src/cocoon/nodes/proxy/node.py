@@ -205,7 +205,14 @@ class ProxyNode:
         chain = await NodeChain.open(self.config.chain)
         billing.payments = ProxyPayments(chain, billing.key, billing.run, billing.ledger,
                                          self.config.billing.max_unsigned,
-                                         self.config.chain.contract)
+                                         self.config.chain.contract,
+                                         max_unsigned_fraction=(
+                                             self.config.billing.max_unsigned_fraction),
+                                         redeem_threshold=self.config.billing.redeem_threshold,
+                                         recheck_s=self.config.billing.channel_recheck_s)
+        if self.config.chain.registry:
+            params = await chain.chain.registry_params(self.config.chain.registry)
+            billing.payments.min_close_delay = params.client_close_delay
         log.info("payments on chain (%s): wallet %s, stake contract %s",
                  self.config.chain.backend, chain.wallet, self.config.chain.contract or "-")
         return chain.chain

@@ -1,0 +1,178 @@
+"""The proxy's payments through a chain outage (issue 10, items 3 and 7): backoff bounded
+and jittered, nothing escapes a tick or a publish, what accrued is published and redeemed
+when the chain returns; unsigned credit bounded by a share of the real deposit."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import random
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from cocoon.chain.base import ChannelState, ChannelStatus
+from cocoon.chain.errors import ChainUnavailable
+from cocoon.chain.vouchers import sign_voucher
+from cocoon.config import BillingConfig
+from cocoon.errors import ConfigError, PaymentRequired
+from cocoon.ledger import Bill, Ledger
+from cocoon.ledger.store import SignedCharge
+from cocoon.nodes.proxy.payments import ChainHealth, ProxyPayments, _Client
+
+
+def _key(name: str) -> Ed25519PrivateKey:
+    return Ed25519PrivateKey.from_private_bytes(hashlib.sha256(name.encode()).digest())
+
+
+def test_backoff_doubles_with_jitter_up_to_a_cap() -> None:
+    now = [100.0]
+    h = ChainHealth(base_s=0.5, cap_s=8.0, clock=lambda: now[0], wall=lambda: 1234.0,
+                    rng=random.Random(7))
+    assert h.due() and h.snapshot()["state"] == "up"
+    delays = [h.failed(ChainUnavailable("gone")) for _ in range(12)]
+    for n, d in enumerate(delays):
+        nominal = min(8.0, 0.5 * 2**n)
+        assert nominal / 2 <= d <= nominal  # jittered, never above the cap
+    assert len({round(d, 6) for d in delays[6:]}) > 1  # jitter, not a fixed cap
+    snap = h.snapshot()
+    assert snap == {"state": "down", "since": 1234, "last_error": "ChainUnavailable: gone",
+                    "retries": 12, "outages": 1}
+    assert not h.due()
+    now[0] = h.retry_at
+    assert h.due()
+    assert h.recovered() and not h.down and not h.recovered()
+    h.failed(ChainUnavailable("again"))
+    assert h.snapshot()["outages"] == 2 and h.retries == 1
+
+
+class _DownChain:
+    """The ``Chain`` calls the proxy makes, failing while ``down``; a tiny in-memory chain."""
+
+    def __init__(self) -> None:
+        self.down = False
+        self.calls = 0
+        self.charged: dict[str, int] = {}
+        self.commits: list[int] = []
+
+    def _call(self) -> None:
+        self.calls += 1
+        if self.down:
+            raise ChainUnavailable("chain service at http://127.0.0.1:1/rpc is unreachable")
+
+    async def now(self) -> int:
+        self._call()
+        return 0
+
+    async def channel_state(self, channel: str) -> ChannelState:
+        self._call()
+        charged = self.charged.get(channel, 0)
+        return ChannelState(ChannelStatus.OPEN, 10_000 - charged, charged, 0, 0)
+
+    async def submit_voucher(self, channel: str, voucher: Any, *, sender: str) -> None:
+        self._call()
+        self.charged[channel] = voucher.cumulative
+
+    async def commit_state(self, proxy: str, body: Any, *, sender: str) -> None:
+        self._call()
+        self.commits.append(len(self.commits) + 1)
+
+
+class _NodeChain:
+    def __init__(self, chain: _DownChain) -> None:
+        self.chain = chain
+        self.wallet = "0:" + "11" * 32
+        self.sender = "proxy"
+
+    async def state(self, channel: str) -> ChannelState:
+        return await self.chain.channel_state(channel)
+
+
+@pytest.fixture
+def ledger_pool(tmp_path: Path) -> Any:
+    pool = ThreadPoolExecutor(max_workers=1)
+    ledger = pool.submit(Ledger, tmp_path / "ledger.sqlite").result()
+    yield ledger, pool
+    pool.submit(ledger.close).result()
+    pool.shutdown()
+
+
+def _payments(ledger: Ledger, pool: ThreadPoolExecutor, chain: _DownChain, *,
+              max_unsigned: int = 10**9, fraction: float = 0.1,
+              health: ChainHealth | None = None) -> ProxyPayments:
+    async def run(fn: Any, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
+
+    return ProxyPayments(_NodeChain(chain), _key("proxy"), run, ledger,  # type: ignore[arg-type]
+                         max_unsigned, "0:" + "22" * 32, max_unsigned_fraction=fraction,
+                         health=health)
+
+
+async def test_unsigned_credit_is_bounded_by_a_share_of_the_deposit(ledger_pool: Any) -> None:
+    ledger, pool = ledger_pool
+    p = _payments(ledger, pool, _DownChain(), max_unsigned=10**9, fraction=0.1)
+    p.clients["channel:a"] = _Client("0:" + "aa" * 32, b"k" * 32, deposit=1_000, charged=100)
+    await p.check_signed("channel:a")  # 100 unsigned <= 10% of 1,000
+    assert p.unsigned_limit("channel:a") == 100
+    p.note_charged("channel:a", 101)
+    with pytest.raises(PaymentRequired, match="limit 100"):
+        await p.check_signed("channel:a")
+    # a large deposit: the flat limit applies
+    p.clients["channel:b"] = _Client("0:" + "bb" * 32, b"k" * 32, deposit=10**12)
+    assert p.unsigned_limit("channel:b") == 10**9
+    # exact integers: a float product would round 10**18 - 1 nanoTON x 0.1 up to 10**17
+    p.max_unsigned = 10**18
+    p.clients["channel:c"] = _Client("0:" + "cc" * 32, b"k" * 32, deposit=10**18 - 1)
+    assert p.unsigned_limit("channel:c") == 10**17 - 1
+
+
+def test_the_fraction_is_validated() -> None:
+    assert BillingConfig().max_unsigned_fraction == 0.1
+    with pytest.raises(ConfigError, match=r"billing\.max_unsigned_fraction"):
+        BillingConfig(max_unsigned_fraction=1.5)
+
+
+async def test_an_outage_is_waited_out_and_what_accrued_reaches_the_chain(
+        ledger_pool: Any) -> None:
+    ledger, pool = ledger_pool
+    now = [0.0]
+    chain = _DownChain()
+    health = ChainHealth(clock=lambda: now[0], rng=random.Random(1))
+    p = _payments(ledger, pool, chain, health=health)
+    channel, account, client_key = "0:" + "aa" * 32, "channel:aa", _key("client")
+
+    def charge() -> None:
+        ledger.sync_deposit(account, 10_000)
+        ledger.reserve("r1", account, "worker:w", 500)
+        ledger.settle("r1", Bill(250, 500, 250, 250, 2, 1), _key("proxy"))
+
+    pool.submit(charge).result()
+    voucher = sign_voucher(client_key, "client", channel, 1, 500).body_boc()
+    p.clients[account] = _Client(channel, b"", deposit=10_000, charged=500,
+                                 signed=SignedCharge(account, channel, 1, 500, voucher),
+                                 dirty=True)
+    commit = pool.submit(ledger.commit, 1).result()
+
+    chain.down = True
+    await p.publish(commit)  # does not raise; kept for later
+    assert health.down and p.snapshot()["state"] == "down"
+    assert p.snapshot()["commit_pending"] == commit.seqno and p.errors == 0
+    calls = chain.calls
+    await p.tick()  # not due yet: no call to the chain, but the signature is made durable
+    assert chain.calls == calls
+    assert pool.submit(ledger.signed, account).result() is not None
+    now[0] = health.retry_at
+    await p.tick()  # due: tried, still down, backed off further
+    assert chain.calls == calls + 1 and health.retries == 2
+    assert not await p.try_refresh(account)  # a reservation is not held up by the chain
+
+    chain.down = False
+    now[0] = health.retry_at
+    await p.tick()
+    assert not health.down and p.snapshot()["state"] == "up"
+    assert chain.commits == [1] and p.commits_published == 1
+    assert chain.charged[channel] == 500 and p.collected == 500
+    assert p.snapshot()["commit_pending"] is None and p.errors == 0
