@@ -17,11 +17,15 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cocoon.chain.base import ChannelState, ChannelStatus
 from cocoon.chain.errors import ChainUnavailable
 from cocoon.chain.vouchers import sign_voucher
-from cocoon.config import BillingConfig
+from cocoon.config import BillingConfig, ProxyConfig
 from cocoon.errors import ConfigError, PaymentRequired
 from cocoon.ledger import Bill, Ledger
+from cocoon.ledger.accounts import channel_account
 from cocoon.ledger.store import SignedCharge
+from cocoon.nodes.proxy.node import ProxyNode
 from cocoon.nodes.proxy.payments import ChainHealth, ProxyPayments, _Client
+from cocoon.transport import TcpListener
+from cocoon.wire import Payment
 
 
 def _key(name: str) -> Ed25519PrivateKey:
@@ -176,3 +180,70 @@ async def test_an_outage_is_waited_out_and_what_accrued_reaches_the_chain(
     assert chain.commits == [1] and p.commits_published == 1
     assert chain.charged[channel] == 500 and p.collected == 500
     assert p.snapshot()["commit_pending"] is None and p.errors == 0
+
+
+class _Hello:
+    node_id = "c1"
+
+
+class _Peer:
+    """What the proxy's payment handling uses of a client connection."""
+
+    def __init__(self) -> None:
+        self.closed = False
+        self.hello = _Hello()
+        self.tasks: list[asyncio.Task[None]] = []
+        self.sent: list[Any] = []
+
+    def spawn(self, coro: Any, name: str) -> asyncio.Task[None]:
+        task = asyncio.create_task(coro, name=name)
+        self.tasks.append(task)
+        return task
+
+    def send(self, msg: Any) -> None:
+        self.sent.append(msg)
+
+
+class _BindingPayments:
+    """Binding fails with an outage ``fail`` times, then succeeds."""
+
+    def __init__(self, fail: int) -> None:
+        self.fail = fail
+        self.calls = 0
+        self.health = ChainHealth(base_s=0.01, cap_s=0.02)
+
+    async def bind_client(self, channel: str, voucher: bytes) -> str:
+        self.calls += 1
+        if self.calls <= self.fail:
+            raise ChainUnavailable("chain service down")
+        return channel_account(channel)
+
+    def note_outage(self, exc: BaseException, what: str) -> None:
+        self.health.failed(exc)
+
+    def note_reached(self) -> None:
+        self.health.recovered()
+
+
+async def test_a_client_binding_met_by_an_outage_is_retried_until_it_binds(
+        tmp_path: Path) -> None:
+    """Found under `cocoon up`: a client whose first Payment reached the proxy while the
+    chain was down stayed unbound (402 "no payment channel") after the chain returned."""
+    config = ProxyConfig(listen="127.0.0.1:0", http="127.0.0.1:0", billing=BillingConfig(
+        enabled=True, ledger_path=str(tmp_path / "l.sqlite"),
+        signing_key_file=str(tmp_path / "k.pem")))
+    proxy = ProxyNode(config, listener=TcpListener())
+    assert proxy.billing is not None
+    fake = _BindingPayments(fail=3)
+    proxy.billing.payments = fake  # type: ignore[assignment]
+    peer, channel = _Peer(), "0:" + "ab" * 32
+    try:
+        await proxy._on_payment(peer, Payment(channel, b"voucher"))  # type: ignore[arg-type]
+        assert peer not in proxy._accounts and fake.health.down
+        await proxy._on_payment(peer, Payment(channel, b"voucher"))  # type: ignore[arg-type]
+        assert len(peer.tasks) == 1  # one retry loop per client, not one per Payment
+        await asyncio.wait_for(peer.tasks[0], 5)
+        assert proxy._accounts[peer] == channel_account(channel)  # type: ignore[index]
+        assert fake.calls == 4 and not fake.health.down
+    finally:
+        proxy.billing.close()

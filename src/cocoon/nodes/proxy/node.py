@@ -49,7 +49,7 @@ from cocoon.nodes.common import (
     uptime_since,
 )
 from cocoon.nodes.proxy.billing import Billing
-from cocoon.nodes.proxy.payments import ProxyPayments
+from cocoon.nodes.proxy.payments import OUTAGE, ProxyPayments
 from cocoon.openai import effective_max_tokens
 from cocoon.routing import WorkerView, choose_worker
 from cocoon.transport import Listener, OutgoingStream, Peer, Watchdog
@@ -154,6 +154,7 @@ class ProxyNode:
         self.workers: dict[Peer, _Worker] = {}
         self.clients: set[Peer] = set()
         self._accounts: dict[Peer, str] = {}  # client peer -> ledger account
+        self._binding: set[Peer] = set()  # clients whose binding waits for the chain
         self._known: dict[str, float] = {}
         self._order = 0
         self._relays: dict[tuple[int, int], asyncio.Task[None]] = {}
@@ -320,13 +321,44 @@ class ProxyNode:
         account = self._accounts.get(peer, "")
         try:
             if account != channel_account(msg.channel):
-                self._accounts[peer] = await payments.bind_client(msg.channel, msg.voucher)
-                log.info("client %s pays through channel %s", peer.hello.node_id, msg.channel)
-                await self._resend_statement(peer, self._accounts[peer], "client")
+                await self._bind(peer, msg, payments)
             else:
                 await payments.accept(account, msg.voucher)
+        except OUTAGE as exc:
+            # The chain cannot be reached to check the channel: bind it when it can.
+            payments.note_outage(exc, f"binding the channel of client {peer.hello.node_id}")
+            if peer not in self._binding:
+                self._binding.add(peer)
+                peer.spawn(self._bind_when_reachable(peer, msg, payments), "bind-later")
         except CocoonError as exc:
             log.warning("payment from client %s refused: %s", peer.hello.node_id, exc)
+
+    async def _bind(self, peer: Peer, msg: Payment, payments: ProxyPayments) -> None:
+        self._accounts[peer] = await payments.bind_client(msg.channel, msg.voucher)
+        log.info("client %s pays through channel %s", peer.hello.node_id, msg.channel)
+        await self._resend_statement(peer, self._accounts[peer], "client")
+
+    async def _bind_when_reachable(self, peer: Peer, msg: Payment,
+                                   payments: ProxyPayments) -> None:
+        """Retry a client's binding that met a chain outage, on the outage's backoff, until
+        it binds, is refused, or the client goes away (it is served nothing meanwhile)."""
+        try:
+            while not peer.closed:
+                await asyncio.sleep(payments.health.wait_s())
+                if not payments.health.due():
+                    continue
+                try:
+                    await self._bind(peer, msg, payments)
+                except OUTAGE as exc:
+                    payments.note_outage(exc, f"binding the channel of client "
+                                              f"{peer.hello.node_id}")
+                    continue
+                except CocoonError as exc:
+                    log.warning("payment from client %s refused: %s", peer.hello.node_id, exc)
+                payments.note_reached()
+                return
+        finally:
+            self._binding.discard(peer)
 
     # --- routing and relay ------------------------------------------------------------
 

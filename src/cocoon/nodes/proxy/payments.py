@@ -114,6 +114,10 @@ class ChainHealth:
         """Whether the chain should be tried now (it is up, or the backoff has elapsed)."""
         return not self.down or self.clock() >= self.retry_at
 
+    def wait_s(self) -> float:
+        """Seconds until the chain is due again (0 when it is up)."""
+        return max(0.0, self.retry_at - self.clock()) if self.down else 0.0
+
     def snapshot(self) -> dict[str, Any]:
         return {"state": "down" if self.down else "up",
                 "since": int(self.since) if self.down and self.since is not None else None,
@@ -353,6 +357,13 @@ class ProxyPayments:
                             v.cumulative_nanoton).body_boc()
 
     # --- the periodic work ----------------------------------------------------------------
+
+    def note_outage(self, exc: BaseException, what: str) -> None:
+        """A call the node made met an outage: count it in :attr:`health` (and the backoff)."""
+        self._outage(exc, what)
+
+    def note_reached(self) -> None:
+        self._reached()
 
     def _outage(self, exc: BaseException, what: str) -> None:
         delay = self.health.failed(exc)
