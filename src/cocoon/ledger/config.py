@@ -32,7 +32,7 @@ class BillingConfig:
     # chain: a client's signature is redeemed once it adds this much (a redemption costs about
     # 6 mTON of gas), and whatever it adds once the client asks to close its channel
     redeem_threshold: int = 50_000_000
-    channel_recheck_s: float = 5.0  # chain: re-read a client's channel before its request
+    channel_recheck_s: float = 1.0  # chain: re-read a client's channel before its request
 
     def __post_init__(self) -> None:
         if self.worker_fee_per_token > self.price_per_token:
