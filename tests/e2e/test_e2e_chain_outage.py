@@ -9,17 +9,16 @@ Skipped when Node or contracts/node_modules is missing.
 from __future__ import annotations
 
 import asyncio
-import json
 import subprocess
 import threading
 import time
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import openai
 import pytest
+from e2e_support import get_stats, until
 
 from cocoon.chain.embedded import EmbeddedChain, find_toolchain
 from cocoon.commands.up import LocalNetwork
@@ -37,18 +36,8 @@ CHUNKS = 4
 THREADS = 3
 
 
-def _stats(url: str) -> dict[str, Any]:
-    with urllib.request.urlopen(url + "/stats", timeout=5) as resp:
-        return json.load(resp)  # type: ignore[no-any-return]
-
-
 def _until(check: Callable[[], bool], seconds: float = 20.0) -> bool:
-    deadline = time.monotonic() + seconds
-    while not check():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.1)
-    return True
+    return until(check, seconds)
 
 
 class Traffic:
@@ -78,7 +67,7 @@ class Traffic:
 
 
 def _chain_state(net: LocalNetwork) -> dict[str, Any]:
-    return dict(_stats(net.proxy.http)["billing"]["chain"])  # type: ignore[union-attr]
+    return dict(get_stats(net.proxy.http)["billing"]["chain"])  # type: ignore[union-attr]
 
 
 def _restart_chain_service(net: LocalNetwork, argv: list[str]) -> None:
@@ -153,10 +142,10 @@ def test_kill_9_of_the_chain_is_survived_and_settled_when_it_returns(tmp_path: P
         assert charged > 0 and account.reserved == 0
 
         def client_signed_all() -> bool:
-            b = _stats(net.client.http)["billing"]  # type: ignore[union-attr]
+            b = get_stats(net.client.http)["billing"]  # type: ignore[union-attr]
             return b.get("charged") == charged and b["signed"]["cumulative_nanoton"] == charged
 
-        assert _until(client_signed_all), _stats(net.client.http)["billing"]
+        assert _until(client_signed_all), get_stats(net.client.http)["billing"]
 
         def committed_all() -> bool:
             with Ledger(net.ledger_path) as ledger:

@@ -21,18 +21,16 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import json
 import random
 import sqlite3
 import threading
 import time
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import openai
 import pytest
+from e2e_support import get_stats, until
 from openai.types.chat import ChatCompletionMessageParam
 
 from cocoon.chain.embedded import EmbeddedChain, find_toolchain
@@ -130,18 +128,8 @@ def _settled_tokens(ledger_path: object) -> tuple[list[int], collections.Counter
     return tokens, states
 
 
-def _stats(url: str) -> dict[str, Any]:
-    with urllib.request.urlopen(url + "/stats", timeout=5) as resp:
-        return json.load(resp)  # type: ignore[no-any-return]
-
-
 def _until(check: Callable[[], bool], seconds: float = 15.0) -> bool:
-    deadline = time.monotonic() + seconds
-    while not check():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.1)
-    return True
+    return until(check, seconds)
 
 
 def _check_vouchers_agree(net: LocalNetwork) -> None:
@@ -154,11 +142,11 @@ def _check_vouchers_agree(net: LocalNetwork) -> None:
         earned = ledger.earnings("worker:worker-1").earned
 
     def client_signed_all() -> bool:
-        b = _stats(net.client.http)["billing"]  # type: ignore[union-attr]
+        b = get_stats(net.client.http)["billing"]  # type: ignore[union-attr]
         return b.get("charged") == charged and b["signed"]["cumulative_nanoton"] == charged
 
-    assert _until(client_signed_all), _stats(net.client.http)["billing"]
-    own = _stats(net.client.http)["billing"]["signed"]
+    assert _until(client_signed_all), get_stats(net.client.http)["billing"]
+    own = get_stats(net.client.http)["billing"]["signed"]
 
     def proxy_kept_it() -> bool:
         with Ledger(net.ledger_path) as ledger:
@@ -166,7 +154,7 @@ def _check_vouchers_agree(net: LocalNetwork) -> None:
         return kept is not None and (kept.seqno, kept.cumulative) == (own["seqno"], charged)
 
     assert _until(proxy_kept_it), "the proxy did not keep the client's newest signature"
-    assert _until(lambda: (_stats(net.workers[0].http)["billing"].get("payout_voucher") or {})
+    assert _until(lambda: (get_stats(net.workers[0].http)["billing"].get("payout_voucher") or {})
                   .get("cumulative_nanoton") == earned)
 
     async def on_chain_charged() -> int:
