@@ -31,6 +31,7 @@ from cocoon.validation import parse_hostport, require_positive
 __all__ = [
     "HTTP_BODY_TIMEOUT_S",
     "HTTP_IDLE_TIMEOUT_S",
+    "PARENT_PID_ENV",
     "AttestationConfig",
     "BillingConfig",
     "ChainConfig",
@@ -51,6 +52,12 @@ HTTP_IDLE_TIMEOUT_S: Final = 60.0
 an idle keep-alive connection, or one whose request headers have not all arrived."""
 HTTP_BODY_TIMEOUT_S: Final = 60.0
 """A request body must arrive whole within this long (408): 4 MB at 70 kB/s."""
+
+
+PARENT_PID_ENV = "COCOON_PARENT_PID"
+"""Set by a supervisor (``cocoon up``) in the environment of the roles it starts: a role stops
+by itself when that process is gone, even if it was killed with SIGKILL and could not stop
+them (``nodes.common.run_until_signal``)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -428,3 +428,28 @@ def test_fresh_deletes_only_a_data_directory(tmp_path: Path) -> None:
             assert "new network in" in out
         finally:
             assert up.stop() == 0
+
+
+def test_d_roles_stop_by_themselves_when_up_is_killed(tmp_path: Path) -> None:
+    """kill -9 of `cocoon up` itself cannot stop its roles; they see it gone and stop on their
+    own (so nothing keeps holding the ports or writing the ledger), and a new `cocoon up` on
+    the same data directory starts."""
+    first = Up(tmp_path / "data", "--chain", "none", "--workers", "2")
+    try:
+        first.wait_up()
+        roles = first.children()
+        assert {"proxy", "worker-1", "worker-2", "client"} <= set(roles), roles
+        first.proc.kill()
+        first.proc.wait(timeout=10)
+        wait_for(lambda: not first.leftovers(), "every role stopped by itself", 20)
+    finally:
+        first.stop()
+        for pid in first.leftovers():
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+    second = Up(tmp_path / "data", "--chain", "none", "--workers", "2")
+    try:
+        second.wait_up()
+        assert second.stop() == 0
+    finally:
+        second.stop()

@@ -106,7 +106,8 @@ class Role:
         self.module, self.args = module, list(args)
         self.ready_path.unlink(missing_ok=True)
         cmd = [sys.executable, "-m", module, *args, "--ready-file", str(self.ready_path)]
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        # The role stops by itself if this process dies, even by SIGKILL (nodes.common).
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **{cfg.PARENT_PID_ENV: str(os.getpid())})
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
                                          stdin=subprocess.DEVNULL, start_new_session=True)

@@ -20,7 +20,13 @@ from aiohttp import web
 
 from cocoon.chain.connect import open_chain
 from cocoon.chain.registry import RegistryAllowLists
-from cocoon.config import HTTP_BODY_TIMEOUT_S, HTTP_IDLE_TIMEOUT_S, ChainConfig, parse_hostport
+from cocoon.config import (
+    HTTP_BODY_TIMEOUT_S,
+    HTTP_IDLE_TIMEOUT_S,
+    PARENT_PID_ENV,
+    ChainConfig,
+    parse_hostport,
+)
 from cocoon.errors import (
     AttestationError,
     CocoonError,
@@ -390,13 +396,31 @@ def keep_statement(account: AccountCopy, msg: Statement) -> bool:
 
 
 async def run_until_signal(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
-    """Run ``main(stop)``; SIGINT/SIGTERM set ``stop`` so the role can shut down cleanly."""
+    """Run ``main(stop)``; SIGINT/SIGTERM set ``stop`` so the role can shut down cleanly, and
+    so does the loss of the supervisor named in ``config.PARENT_PID_ENV``."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
-    await main(stop)
+    parent = os.environ.get(PARENT_PID_ENV, "")
+    async with asyncio.TaskGroup() as tg:
+        watcher = (tg.create_task(_stop_when_orphaned(int(parent), stop))
+                   if parent.isdigit() else None)
+        try:
+            await main(stop)
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+
+
+async def _stop_when_orphaned(parent: int, stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        if os.getppid() != parent:
+            log.warning("the process that started this role (pid %d) is gone: stopping", parent)
+            stop.set()
+            return
+        await asyncio.sleep(0.5)
 
 
 def uptime_since(start: float) -> float:
