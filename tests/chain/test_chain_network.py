@@ -436,3 +436,86 @@ async def test_redemptions_wait_for_the_threshold_but_not_for_a_close(pay: Pay) 
         await p.check_signed(account)  # the very next request, no tick in between
     assert (await pay.chain.channel_state(ch)).charged == 1240  # redeemed at once
     assert p.collected == 1240
+
+
+# --- watching the chain ------------------------------------------------------------------
+
+
+async def test_the_change_mark_moves_with_transactions_only(served: Served) -> None:
+    """wait_for_change, on the owner (it counts what it applies) and through the service
+    (GET /watch, long-polled): a transaction wakes a waiter at once; reads and time do not."""
+    dep = await _deploy(served.chain)
+    for chain in (served.owner, served.chain):
+        mark = await chain.wait_for_change(-1, 0)  # a mark it never gave: at once
+        assert await chain.wait_for_change(mark, 0.05) == mark  # nothing moved: times out
+        await chain.channel_state(dep.client_channel)
+        await served.owner.set_time(T0 + 5)
+        assert await chain.wait_for_change(mark, 0.05) == mark  # reads and time: no move
+        waiter = asyncio.create_task(chain.wait_for_change(mark, 20))
+        await asyncio.sleep(0.1)
+        assert not waiter.done()
+        await served.chain.deposit(dep.client_channel, TON, sender="client")
+        moved = await asyncio.wait_for(waiter, 2.0)  # woken by the top-up, not the timeout
+        assert moved != mark
+
+
+async def test_watch_needs_the_token_and_a_sane_timeout() -> None:
+    owner = await EmbeddedChain.start(now=T0)
+    http = HttpServer(ChainService(owner, "manual", token="s3cret").app, "127.0.0.1:0",
+                      "chain.http")
+    await http.start()
+    try:
+        async with aiohttp.ClientSession() as s:
+            async with s.get(http.url + "/watch", params={"since": "0", "timeout": "0"}) as r:
+                assert r.status == 401
+            auth = {"Authorization": "Bearer s3cret"}
+            for bad in ({"since": "x"}, {"timeout": "600"}, {"timeout": "-1"}):
+                async with s.get(http.url + "/watch", params=bad, headers=auth) as r:
+                    assert r.status == 400, bad
+            async with s.get(http.url + "/watch", params={"since": "7", "timeout": "0"},
+                             headers=auth) as r:
+                assert r.status == 200 and (await r.json())["mark"] == 0
+        chain = await EmbeddedChain.connect(http.url, token="s3cret")
+        try:
+            assert await chain.wait_for_change(-1, 0) == 0
+        finally:
+            await chain.aclose()
+    finally:
+        await http.stop()
+        await owner.aclose()
+
+
+async def test_a_watching_proxy_sees_a_close_at_once(pay: Pay) -> None:
+    """Issue 10: a close is noticed at once, not at the next tick or re-read: with no
+    per-request re-read at all (recheck_s 0), the watcher marks the channel closing and
+    redeems what the client signed as soon as the close request lands."""
+    p, ledger = pay.payments, pay.ledger
+    p.redeem_threshold, p.recheck_s = 10**9, 0.0
+    ch = pay.dep.client_channel
+    account = await p.bind_client(ch, _voucher(ch, 1, 0))
+    pay.call(_charge, ledger, account, 1, 300)
+    p.note_charged(account, 300)
+    await p.accept(account, _voucher(ch, 2, 300))
+    await p.flush()
+    watcher = asyncio.create_task(p.watch_forever(poll_s=30))
+    try:
+        await asyncio.sleep(0.2)  # the watcher's first read
+        await p.check_signed(account)  # open: served
+        loop = asyncio.get_running_loop()
+        closed_at = loop.time()
+        await pay.chain.request_close(ch, sender="client")
+        while p.clients[account].status == ChannelStatus.OPEN:
+            assert loop.time() - closed_at < 2.0, "the close was not seen"
+            await asyncio.sleep(0.005)
+        seen_after = loop.time() - closed_at
+        print(f"close seen {seen_after * 1000:.1f} ms after the close request returned")
+        with pytest.raises(PaymentRequired, match="closing"):
+            await p.check_signed(account)
+        state = await pay.chain.channel_state(ch)
+        assert state.charged == 300 and p.collected == 300  # redeemed below the threshold
+        assert seen_after < 1.0, seen_after  # well inside the old 1 s re-read
+        assert not watcher.done()
+    finally:
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher

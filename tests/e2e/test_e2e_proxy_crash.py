@@ -2,19 +2,24 @@
 the workers and the client reconnect, and the ledger stays consistent. Run again with the
 accounts on the embedded chain (15 kills): then the vouchers on all sides agree too.
 
-Every request carries a unique prompt size (``k`` prompt tokens, fake engine: a quarter of
-the prompt's bytes) and a fixed completion, so each settled reservation's token count names
-the request it charged. That lets the test check, request by request, that
+Request ``k`` carries a unique prompt of ``k * STRIDE`` tokens (fake engine: a quarter of the
+prompt's bytes) and at most ``CHUNKS < STRIDE`` completion tokens, so each settled
+reservation's token count names the request it charged and how much of it was generated.
+That lets the test check, request by request, that
 
 * nothing is charged twice (no two settlements for one request, no retry behind the app);
 * every response the app saw complete was charged (the proxy settles before it passes the
   End on, so a completion the app saw was committed before any later kill);
 * nothing is charged for a request the app did not see fail or complete (a charge without a
   completion is only allowed for a request in flight when its proxy died);
+* a stream cut off by the proxy's death is charged at least what the app received: its
+  worker reports what it generated to the next proxy run (``JobReports``), and the worker is
+  paid for it;
 * the money adds up: charged == price x settled tokens == earned + commission, and
   ``Ledger.check_invariants()`` finds nothing;
-* nothing stays reserved: reservations left open by a killed proxy are released when the
-  next one starts, so after the last restart no reservation is open and no balance is held.
+* nothing stays reserved: reservations left open by a killed proxy are charged or released
+  once their worker reports to the next run, so after the last restart no reservation is
+  open and no balance is held.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ pytestmark = pytest.mark.e2e
 
 PRICE, FEE = 2, 1  # BillingConfig defaults: nanoTON per adjusted token (1.0x multipliers)
 CHUNKS = 8  # completion tokens of every request (fake engine: one token per chunk)
+STRIDE = CHUNKS + 1  # request k has k * STRIDE prompt tokens
 DELAY_MS = 15  # per chunk: a request streams for ~120 ms, so kills land mid-stream
 KILLS = 50
 CHAIN_KILLS = 15  # the same with the accounts on the embedded chain (each restart rebinds)
@@ -58,6 +64,7 @@ class Traffic:
     in_flight: set[int] = field(default_factory=set)
     completed: dict[int, int] = field(default_factory=dict)  # k -> prompt + completion
     failed: dict[int, str] = field(default_factory=dict)  # k -> error
+    received: dict[int, int] = field(default_factory=dict)  # failed k -> content chunks seen
     truncated: set[int] = field(default_factory=set)  # stream ended, no error, no usage
     wrong_usage: dict[int, tuple[int, int]] = field(default_factory=dict)
 
@@ -68,15 +75,17 @@ class Traffic:
             self.in_flight.add(k)
             return k
 
-    def done(self, k: int, usage: tuple[int, int] | None, error: str | None) -> None:
+    def done(self, k: int, usage: tuple[int, int] | None, error: str | None,
+             received: int = 0) -> None:
         with self.lock:
             self.in_flight.discard(k)
             if error is not None:
                 self.failed[k] = error
+                self.received[k] = received
             elif usage is None:
                 self.truncated.add(k)
             else:
-                if usage != (k, CHUNKS):
+                if usage != (k * STRIDE, CHUNKS):
                     self.wrong_usage[k] = usage
                 self.completed[k] = sum(usage)
 
@@ -84,13 +93,17 @@ class Traffic:
 def _one_request(client: openai.OpenAI, traffic: Traffic, stream: bool) -> bool:
     """Send one request; True if it failed (the caller backs off a little)."""
     k = traffic.start()
-    messages: list[ChatCompletionMessageParam] = [{"role": "user", "content": "x" * (4 * k)}]
+    messages: list[ChatCompletionMessageParam] = [
+        {"role": "user", "content": "x" * (4 * k * STRIDE)}]
     usage: tuple[int, int] | None = None
+    received = 0
     try:
         if stream:
             for chunk in client.chat.completions.create(
                     model="fake", messages=messages, max_tokens=CHUNKS, stream=True,
                     stream_options={"include_usage": True}):
+                if chunk.choices and chunk.choices[0].delta.content:
+                    received += 1
                 if chunk.usage is not None:
                     usage = (chunk.usage.prompt_tokens, chunk.usage.completion_tokens)
         else:
@@ -99,7 +112,7 @@ def _one_request(client: openai.OpenAI, traffic: Traffic, stream: bool) -> bool:
             assert r.usage is not None
             usage = (r.usage.prompt_tokens, r.usage.completion_tokens)
     except Exception as exc:  # any failure while the proxy dies is allowed
-        traffic.done(k, None, f"{type(exc).__name__}: {exc}"[:200])
+        traffic.done(k, None, f"{type(exc).__name__}: {exc}"[:200], received)
         return True
     traffic.done(k, usage, None)
     return False
@@ -227,24 +240,32 @@ def test_kill_proxy_at_random_points_keeps_the_ledger_consistent(chain: str,
             open_left = ledger.open_reservations()
 
     sent = traffic.next_k - 1
-    by_tokens = collections.Counter(settled)
-    charged_twice = sorted(t for t, n in by_tokens.items() if n > 1)
-    completed_tokens = set(traffic.completed.values())
-    failed_tokens = {k + CHUNKS for k in traffic.failed}
+    generated = {t // STRIDE: t % STRIDE for t in settled}  # request k -> completion charged
+    by_request = collections.Counter(t // STRIDE for t in settled)
+    charged_twice = sorted(k for k, n in by_request.items() if n > 1)
+    cut_off = {k: n for k, n in traffic.received.items() if n}  # failed after n chunks
     summary = (f"{sent} requests: {len(traffic.completed)} complete, {len(traffic.failed)} "
-               f"failed; {len(settled)} settled; reservations {dict(states)}; kills mid-request "
-               f"{hit_mid_request}/{kills}; {time.monotonic() - started:.1f}s")
+               f"failed ({len(cut_off)} after the app saw chunks); {len(settled)} settled; "
+               f"reservations {dict(states)}; kills mid-request {hit_mid_request}/{kills}; "
+               f"{time.monotonic() - started:.1f}s")
     print(summary)
 
     assert problems == [], problems
     # No request charged twice, none charged that the app didn't send.
-    assert charged_twice == [], f"requests charged more than once (tokens): {charged_twice}"
-    # Every completion the app saw was committed before the proxy passed it on.
-    uncharged = sorted(completed_tokens - set(settled))
-    assert uncharged == [], f"completed but never charged (tokens): {uncharged}"
+    assert charged_twice == [], f"requests charged more than once: {charged_twice}"
+    assert all(0 < k <= sent for k in generated), sorted(generated)
+    # Every completion the app saw was committed, whole, before the proxy passed it on.
+    uncharged = sorted(k for k in traffic.completed if generated.get(k) != CHUNKS)
+    assert uncharged == [], f"completed but not charged in full: {uncharged}"
     # A charge without a completion: only a request that failed when its proxy died.
-    phantom = sorted(set(settled) - completed_tokens - failed_tokens)
+    phantom = sorted(set(generated) - set(traffic.completed) - set(traffic.failed))
     assert phantom == [], f"charged requests the app neither completed nor saw fail: {phantom}"
+    # A stream cut off by the kill: charged at least what the app had received of it.
+    free = sorted(k for k, n in cut_off.items() if generated.get(k, -1) < n)
+    assert free == [], (f"cut off after the app saw chunks, charged less than it saw "
+                        f"(request: chunks seen, charged): "
+                        f"{[(k, cut_off[k], generated.get(k)) for k in free]}")
+    assert len(cut_off) >= kills // 5, summary  # the kills did cut streams
     assert len(traffic.completed) <= len(settled) <= len(traffic.completed) + len(traffic.failed)
     # At most one reservation per request the app sent (the client retries nothing itself).
     assert sum(states.values()) <= sent

@@ -27,6 +27,8 @@ from cocoon.wire.messages import (
     Error,
     Head,
     Hello,
+    JobReport,
+    JobReports,
     Payment,
     Ping,
     Pong,
@@ -48,6 +50,7 @@ short_text = st.text(max_size=100)
 catalog_entries = st.builds(CatalogEntry, short_text, u64, u64, u64)
 worker_infos = st.builds(WorkerInfo, short_text, short_text, st.binary(max_size=48),
                          st.lists(short_text, max_size=4).map(tuple))
+job_reports = st.builds(JobReport, u64, u64, u64, u64, u64)
 
 # one strategy per field annotation the schema knows (annotations are strings: PEP 563)
 FIELD_STRATEGIES: dict[str, st.SearchStrategy[Any]] = {
@@ -58,13 +61,14 @@ FIELD_STRATEGIES: dict[str, st.SearchStrategy[Any]] = {
     "tuple[str, ...]": st.lists(short_text, max_size=8).map(tuple),
     "tuple[CatalogEntry, ...]": st.lists(catalog_entries, max_size=8).map(tuple),
     "tuple[WorkerInfo, ...]": st.lists(worker_infos, max_size=8).map(tuple),
+    "tuple[JobReport, ...]": st.lists(job_reports, max_size=8).map(tuple),
 }
 
 # The classes this suite knows; a message added to MESSAGE_TYPES but not here fails
 # test_every_message_type_has_a_strategy.
 KNOWN_MESSAGES: tuple[type[Any], ...] = (
     Hello, Announce, Catalog, Request, Head, Chunk, End, Error, Cancel, Credit, Ping, Pong,
-    Roster, Statement, Payment,
+    Roster, Statement, Payment, JobReports,
 )
 
 
@@ -93,6 +97,7 @@ SAMPLES: dict[type[Any], Any] = {
     Roster: Roster((WorkerInfo("w1", "fake-tdx", b"\x01" * 32, ("m1",)),)),
     Statement: Statement(b"voucher", 100, 40, 10, 0, b"chain voucher"),
     Payment: Payment("0:" + "cd" * 32, b"voucher boc"),
+    JobReports: JobReports((JobReport(7, 10, 20, 3, 4), JobReport(2**64 - 1, 1, 0, 0, 0))),
 }
 
 
@@ -135,7 +140,7 @@ def test_type_ids_are_stable() -> None:
     assert {tid: cls.__name__ for tid, cls in MESSAGE_TYPES.items()} == {
         1: "Hello", 2: "Announce", 3: "Catalog", 4: "Request", 5: "Head", 6: "Chunk",
         7: "End", 8: "Error", 9: "Cancel", 10: "Credit", 11: "Ping", 12: "Pong", 13: "Roster",
-        14: "Statement", 15: "Payment",
+        14: "Statement", 15: "Payment", 16: "JobReports",
     }
     for tid, cls in MESSAGE_TYPES.items():
         assert tid == cls.TYPE

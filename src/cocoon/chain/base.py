@@ -234,4 +234,11 @@ class Chain(Protocol):
         """Tests only: move the chain clock forward; returns the new time."""
         ...
 
+    async def wait_for_change(self, seen: int, wait_s: float) -> int:
+        """Wait until the chain has moved since the mark ``seen`` (a transaction applied;
+        an earlier return of this method gives the mark), at most ``wait_s`` seconds;
+        returns the current mark. A mark the backend never gave (``-1``) returns at once.
+        Marks are only compared for equality: a restarted chain may start over."""
+        ...
+
     async def aclose(self) -> None: ...

@@ -37,6 +37,9 @@ CONTRACT_NAMES = m.CHANNEL_CONTRACTS
 _START_TIMEOUT = 60.0
 _CALL_TIMEOUT = 60.0
 _LINE_LIMIT = 64 * 1024 * 1024
+# Commands that apply transactions (server.js MUTATING, less set_time: time moving changes
+# no account): each one moves the chain's change mark (see EmbeddedChain.wait_for_change).
+_MOVING = frozenset({"deploy", "send", "treasury"})
 
 
 def find_toolchain(contracts_dir: Path | None = None) -> tuple[str, Path]:
@@ -188,6 +191,29 @@ class _HttpTransport:
             raise ChainUnavailable(f"chain service at {self.url} failed ({status}): {error}")
         return body
 
+    async def watch(self, seen: int, wait_s: float) -> int:
+        """``GET /watch``: the service's change mark once it differs from ``seen``."""
+        import aiohttp  # lazy, as above
+
+        url = self.url[:-len("/rpc")] + "/watch"
+        try:
+            async with self._session.get(
+                    url, params={"since": str(seen), "timeout": f"{wait_s:g}"},
+                    timeout=aiohttp.ClientTimeout(total=wait_s + 10.0)) as resp:
+                status = resp.status
+                body = await resp.json(content_type=None)
+        except self._errors as exc:
+            raise ChainUnavailable(f"chain service at {url} is unreachable "
+                                   f"({type(exc).__name__}: {exc})") from exc
+        except ValueError as exc:
+            raise ChainError(f"chain service at {url}: malformed response: {exc}") from exc
+        if status == 401:
+            raise ChainUnauthorized(f"chain service at {url} refused this caller's token")
+        if status != 200 or not isinstance(body, dict) or type(body.get("mark")) is not int:
+            raise ChainError(f"chain service at {url} cannot be watched ({status}): {body}")
+        mark: int = body["mark"]
+        return mark
+
     async def close(self, *, kill: bool) -> None:
         await self._session.close()
 
@@ -202,6 +228,8 @@ class EmbeddedChain(ContractOps):
         self._transport = transport
         self.state_path = state_path
         self._closed = False
+        self._mark = 0  # transactions applied through this object (it owns the chain)
+        self._moved = asyncio.Event()  # set, and replaced, when the mark moves
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -297,7 +325,24 @@ class EmbeddedChain(ContractOps):
         (the chain service forwards these unchanged)."""
         if self._closed:
             raise ChainError("embedded chain is closed")
-        return await self._transport.call(cmd, params)
+        resp = await self._transport.call(cmd, params)
+        if cmd in _MOVING and isinstance(self._transport, _PipeTransport):
+            self._mark += 1  # even when refused: a bounced message is a transaction too
+            moved, self._moved = self._moved, asyncio.Event()
+            moved.set()
+        return resp
+
+    async def wait_for_change(self, seen: int, wait_s: float) -> int:
+        """See :meth:`cocoon.chain.base.Chain.wait_for_change`. The owning process counts
+        the transactions it applies (every transaction of this chain goes through it); a
+        connection to a chain service asks the service (``GET /watch``, long-polled)."""
+        t = self._transport
+        if isinstance(t, _HttpTransport):
+            return await t.watch(seen, wait_s)
+        if self._mark == seen:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._moved.wait(), wait_s)
+        return self._mark
 
     async def _call(self, cmd: str, **params: Any) -> dict[str, Any]:
         resp = await self.rpc(cmd, params)

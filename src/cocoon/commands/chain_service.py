@@ -5,9 +5,12 @@ One process owns the ``@ton/sandbox`` chain (:class:`EmbeddedChain`, state persi
 every mutation) and serves its JSON-RPC over HTTP on a loopback address, the way a liteserver
 serves a real chain: ``POST /rpc`` with ``{"cmd": ..., ...params}`` answers the chain server's
 own response object.  Nodes and CLI commands connect with :meth:`EmbeddedChain.connect`.
-Every ``/rpc`` call must carry the service's token (``Authorization: Bearer``, from the 0600
-``--token-file``, created at the first start and kept): any local process may reach the port,
-only the holders of the file may move the named wallets' money. Others get 401.
+``GET /watch?since=MARK&timeout=S`` long-polls for the chain's next transaction (see
+:meth:`EmbeddedChain.wait_for_change`): how a proxy notices a channel close at once.
+Every ``/rpc`` and ``/watch`` call must carry the service's token (``Authorization: Bearer``,
+from the 0600 ``--token-file``, created at the first start and kept): any local process may
+reach the port, only the holders of the file may move the named wallets' money. Others get
+401.
 
 The clock: with ``clock="wall"`` (the default for a live network) the chain's time follows
 the wall clock, moved forward before every command, so close delays elapse in real time;
@@ -39,6 +42,7 @@ REFUSED_COMMANDS = frozenset({"shutdown", "snapshot"})
 """Commands only the owning process may run (stopping the chain, writing files)."""
 
 Clock = Literal["wall", "manual"]
+_MAX_WATCH_S = 60.0
 
 
 class ChainService:
@@ -55,6 +59,7 @@ class ChainService:
         self.started = time.monotonic()
         self.app = web.Application(client_max_size=16 * 1024 * 1024)
         self.app.router.add_post("/rpc", self._rpc)
+        self.app.router.add_get("/watch", self._watch)
         self.app.router.add_get("/healthz", self._health)
         self._lock = asyncio.Lock()
         self._chain_now: int | None = None  # the chain's time as last seen (wall clock)
@@ -68,14 +73,36 @@ class ChainService:
         if now > self._chain_now:
             self._chain_now = await self.chain.set_time(now)
 
-    async def _rpc(self, request: web.Request) -> web.Response:
-        if self._expected is not None and not hmac.compare_digest(
+    def _refused(self, request: web.Request) -> web.Response | None:
+        """401 unless the request carries the service's token."""
+        if self._expected is None or hmac.compare_digest(
                 request.headers.get("Authorization", "").encode(), self._expected):
-            self.refused += 1
-            log.warning("refused an RPC call from %s: missing or wrong token", request.remote)
-            return web.json_response({"ok": False, "error": "missing or wrong chain token "
-                                      "(Authorization: Bearer, see chain.token_file)"},
-                                     status=401)
+            return None
+        self.refused += 1
+        log.warning("refused a %s call from %s: missing or wrong token", request.path,
+                    request.remote)
+        return web.json_response({"ok": False, "error": "missing or wrong chain token "
+                                  "(Authorization: Bearer, see chain.token_file)"}, status=401)
+
+    async def _watch(self, request: web.Request) -> web.Response:
+        refused = self._refused(request)
+        if refused is not None:
+            return refused
+        try:
+            since = int(request.query.get("since", "-1"))
+            timeout = float(request.query.get("timeout", "25"))
+            if not 0.0 <= timeout <= _MAX_WATCH_S:
+                raise ValueError(f"timeout must be between 0 and {_MAX_WATCH_S:g} seconds")
+        except ValueError as exc:
+            return web.json_response({"ok": False, "error": f"bad request: {exc}"}, status=400)
+        # No lock: waiting reads nothing from the chain, and must not hold up the commands.
+        return web.json_response({"ok": True,
+                                  "mark": await self.chain.wait_for_change(since, timeout)})
+
+    async def _rpc(self, request: web.Request) -> web.Response:
+        refused = self._refused(request)
+        if refused is not None:
+            return refused
         try:
             body = await request.json()
             if not isinstance(body, dict) or not isinstance(body.get("cmd"), str):

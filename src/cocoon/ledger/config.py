@@ -33,6 +33,9 @@ class BillingConfig:
     # 6 mTON of gas), and whatever it adds once the client asks to close its channel
     redeem_threshold: int = 50_000_000
     channel_recheck_s: float = 1.0  # chain: re-read a client's channel before its request
+    # after a restart, how long reservations a killed proxy left open wait for their workers'
+    # job reports (what was generated: charged) before they are released (charged nothing)
+    report_grace_s: float = 60.0
 
     def __post_init__(self) -> None:
         if self.worker_fee_per_token > self.price_per_token:
@@ -45,6 +48,9 @@ class BillingConfig:
         if not math.isfinite(self.channel_recheck_s) or self.channel_recheck_s < 0:
             raise ConfigError("billing.channel_recheck_s must be >= 0 (seconds; 0: only at "
                               f"each commit tick), got {self.channel_recheck_s}")
+        if not math.isfinite(self.report_grace_s) or self.report_grace_s < 0:
+            raise ConfigError("billing.report_grace_s must be >= 0 (seconds), got "
+                              f"{self.report_grace_s}")
         if not 0.0 <= self.max_unsigned_fraction <= 1.0:
             raise ConfigError("billing.max_unsigned_fraction must be between 0 and 1 (a share "
                               f"of the client's deposit), got {self.max_unsigned_fraction}")

@@ -45,6 +45,8 @@ __all__ = [
     "Error",
     "Head",
     "Hello",
+    "JobReport",
+    "JobReports",
     "Message",
     "Payment",
     "Ping",
@@ -63,9 +65,9 @@ _U64_MAX: Final = 2**64 - 1
 _MAX_STR: Final = 4096  # names, codes, messages: never anything large
 _MAX_LIST: Final = 4096
 
-REQUEST_OVERHEAD: Final = 35 + 2 * (3 + 4 * _MAX_STR)
+REQUEST_OVERHEAD: Final = 44 + 2 * (3 + 4 * _MAX_STR)
 """The most bytes a ``Request`` frame holds besides its body: the msgpack array and type,
-four u64 fields at 9 bytes, a bool, the body's bin32 header, and two strings (endpoint,
+five u64 fields at 9 bytes (one spare), a bool, the body's bin32 header, and two strings (endpoint,
 model) of at most ``_MAX_STR`` characters at 4 UTF-8 bytes each, 3-byte headers."""
 MAX_REQUEST_BODY: Final = DEFAULT_MAX_FRAME - REQUEST_OVERHEAD
 """The largest request body that always fits one default-sized frame: the one limit the
@@ -169,9 +171,14 @@ class Request:
     """Opens stream ``req_id`` (chosen by the requester, unique among its open streams).
     ``body`` is the OpenAI request JSON; ``endpoint`` is ``chat`` or ``completions``.
     ``max_tokens`` is the generation cap (0: none given); the proxy reserves funds for it and
-    the worker enforces it, so hops that route never parse the body."""
+    the worker enforces it, so hops that route never parse the body.
+
+    ``ticket`` (proxy -> worker, the optional tail) names the proxy's reservation for the
+    request; the worker quotes it in its :class:`JobReports` after a lost connection, so a
+    proxy that died mid-request can still charge what was generated. 0: none (unbilled)."""
 
     TYPE: ClassVar[int] = 4
+    OPTIONAL_TAIL: ClassVar[int] = 1
     req_id: int
     endpoint: str
     model: str
@@ -179,6 +186,7 @@ class Request:
     timeout_ms: int
     body: bytes
     max_tokens: int = 0
+    ticket: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -277,6 +285,42 @@ _NO_USAGE: Final = Usage()
 
 
 @dataclass(frozen=True, slots=True)
+class JobReport:
+    """The usage of one job the worker ran under ``ticket`` (see ``Request.ticket``), counted
+    like ``End``'s: to the end, or to where the job was cut off."""
+
+    ticket: int
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+    reasoning_tokens: int
+
+    @classmethod
+    def of(cls, ticket: int, usage: Usage) -> JobReport:
+        return cls(ticket, usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens,
+                   usage.reasoning_tokens)
+
+    @property
+    def usage(self) -> Usage:
+        try:
+            return Usage(self.prompt_tokens, self.completion_tokens, self.cached_tokens,
+                         self.reasoning_tokens)
+        except PricingError as exc:
+            raise ProtocolError(f"JobReport: {exc}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class JobReports:
+    """Worker -> proxy, first thing after it reconnects: the usage of the ticketed jobs it
+    ran on the lost connection (the most recent ones, at most 4096). A proxy that restarted
+    charges with them the requests it was relaying when it died (their reservations are
+    still open); one that did not has settled them already and ignores them."""
+
+    TYPE: ClassVar[int] = 16
+    jobs: tuple[JobReport, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Cancel:
     """Requester gave up on the stream; the responder stops and still ends it with Error/End."""
 
@@ -308,13 +352,13 @@ class Pong:
 
 Message = (
     Hello | Announce | Catalog | Request | Head | Chunk | End | Error | Cancel | Credit | Ping
-    | Pong | Roster | Statement | Payment
+    | Pong | Roster | Statement | Payment | JobReports
 )
 
 MESSAGE_TYPES: Final[dict[int, type[Any]]] = {
     cls.TYPE: cls
     for cls in (Hello, Announce, Catalog, Request, Head, Chunk, End, Error, Cancel, Credit, Ping,
-                Pong, Roster, Statement, Payment)
+                Pong, Roster, Statement, Payment, JobReports)
 }
 
 
@@ -376,6 +420,18 @@ def _worker_infos(v: Any) -> tuple[WorkerInfo, ...]:
     return tuple(out)
 
 
+def _job_reports(v: Any) -> tuple[JobReport, ...]:
+    if type(v) is not list or len(v) > _MAX_LIST:
+        raise ProtocolError("expected list of job reports")
+    out = []
+    for item in v:
+        if type(item) is not list or len(item) != 5:
+            raise ProtocolError("job report must be [ticket, prompt, completion, cached, "
+                                "reasoning]")
+        out.append(JobReport(*(_u64(x) for x in item)))
+    return tuple(out)
+
+
 _BY_ANNOTATION: Final[dict[str, Validator]] = {
     "int": _u64,
     "str": _str,
@@ -384,6 +440,7 @@ _BY_ANNOTATION: Final[dict[str, Validator]] = {
     "tuple[str, ...]": _str_tuple,
     "tuple[CatalogEntry, ...]": _catalog_entries,
     "tuple[WorkerInfo, ...]": _worker_infos,
+    "tuple[JobReport, ...]": _job_reports,
 }
 
 _SCHEMA: Final[dict[int, tuple[type[Any], tuple[Validator, ...]]]] = {
@@ -405,6 +462,9 @@ def _to_wire(value: Any) -> Any:
         return [value.model, value.workers, value.active, value.capacity]
     if isinstance(value, WorkerInfo):
         return [value.node_id, value.tier, value.image_hash, list(value.models)]
+    if isinstance(value, JobReport):
+        return [value.ticket, value.prompt_tokens, value.completion_tokens, value.cached_tokens,
+                value.reasoning_tokens]
     return value
 
 

@@ -5,6 +5,7 @@ operations of :class:`~cocoon.chain.ops.ContractOps` over one wallet
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import os
 from pathlib import Path
@@ -32,6 +33,8 @@ from cocoon.chain.ton.stack import stack_arg, stack_int, stack_json
 from cocoon.chain.ton.wallet import OutgoingMessage, TonWallet
 
 __all__ = ["TonChain"]
+
+_WATCH_POLL_S = 2.0
 
 
 class TonChain(ContractOps):
@@ -190,6 +193,18 @@ class TonChain(ContractOps):
 
     async def now(self) -> int:
         return await bounded(self._lite().time(), self.call_timeout, "liteserver time")
+
+    async def wait_for_change(self, seen: int, wait_s: float) -> int:
+        """A real chain moves with every block: the mark is the liteserver's time, polled
+        every ``_WATCH_POLL_S`` (about a block), so a watcher re-reads at block pace."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait_s
+        while True:
+            mark = await self.now()
+            left = deadline - loop.time()
+            if mark != seen or left <= 0:
+                return mark
+            await asyncio.sleep(min(_WATCH_POLL_S, left))
 
     async def advance_time(self, seconds: int) -> int:
         raise ChainError(

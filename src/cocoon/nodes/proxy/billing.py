@@ -17,7 +17,7 @@ from cocoon.config import BillingConfig
 from cocoon.crypto import load_or_create_ed25519_key
 from cocoon.errors import InsufficientFunds, PaymentError, PaymentRequired
 from cocoon.ledger import Ledger, Prices, price_usage, reservation_for
-from cocoon.ledger.store import Commit
+from cocoon.ledger.store import Commit, Reservation
 from cocoon.usage import Usage
 from cocoon.wire import End, Error, Statement
 
@@ -46,7 +46,16 @@ class Billing:
         self._key = load_or_create_ed25519_key(config.signing_key_file)
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger")
         self.ledger: Ledger = self._pool.submit(Ledger, config.ledger_path).result()
-        self.recovered = self._pool.submit(self._release_stale).result()
+        # Reservations still open at start-up: requests that were in flight when the
+        # previous process died. Their workers report what they generated when they
+        # reconnect (``charge_reported``); what no report claims is released after
+        # ``report_grace_s`` (``release_unreported``).
+        self.unreported: dict[str, Reservation] = {
+            r.request_id: r for r in self._pool.submit(self.ledger.open_reservations).result()}
+        self.recovered = len(self.unreported)
+        if self.unreported:
+            log.warning("%d reservation(s) left open by a previous run wait up to %gs for "
+                        "their workers' reports", len(self.unreported), config.report_grace_s)
         self.payments: ProxyPayments | None = None  # on-chain channels, when configured
 
     @property
@@ -57,14 +66,45 @@ class Billing:
         """Run a blocking ledger call on the ledger's thread."""
         return await self._run(fn, *args)
 
-    def _release_stale(self) -> int:
-        """Reservations still open at start-up belong to requests that died with the
-        previous process (no usage was ever reported): release them, charge nothing."""
-        stale = self.ledger.open_reservations()
-        for r in stale:
-            self.ledger.release(r.request_id)
+    async def charge_reported(self, worker: str, reported: dict[str, Usage]
+                              ) -> tuple[set[str], int, int]:
+        """Resolve the reservations a previous run left open for ``worker``, with the usage
+        the worker reports for their requests (``JobReports``, keyed by request id): charge
+        each reported one what was generated (capped at its reservation, like any
+        settlement), release the others (the worker ran nothing for them, or generated
+        nothing). Reports for anything else (settled already, another worker's) are
+        ignored. Returns the clients charged, and how many were charged and released."""
+        mine = [r for r in self.unreported.values() if r.worker == worker]
+        clients: set[str] = set()
+        charged = released = 0
+        for r in mine:
+            del self.unreported[r.request_id]
+            usage = reported.get(r.request_id)
+            if usage is not None and usage.total_tokens:
+                try:
+                    await self.settle(r.request_id, usage)
+                except PaymentError as exc:
+                    log.warning("charging reported %s failed: %s", r.request_id, exc)
+                    continue
+                clients.add(r.client)
+                charged += 1
+            else:
+                await self.release(r.request_id)
+                released += 1
+        if mine:
+            log.info("%s reported on %d request(s) cut off by a restart: %d charged what they "
+                     "generated, %d released", worker, len(mine), charged, released)
+        return clients, charged, released
+
+    async def release_unreported(self) -> int:
+        """Release what no worker reported on within the grace period: charged nothing."""
+        stale = list(self.unreported)
+        self.unreported.clear()
+        for request_id in stale:
+            await self.release(request_id)
         if stale:
-            log.warning("released %d reservation(s) left open by a previous run", len(stale))
+            log.warning("released %d reservation(s) of a previous run no worker reported on",
+                        len(stale))
         return len(stale)
 
     async def _run(self, fn: Any, *args: Any) -> Any:

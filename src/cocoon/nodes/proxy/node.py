@@ -13,11 +13,19 @@ worker is given ``_LAST_WORD_S`` to say it). A request cut off before its worker
 counted it while relaying (estimated: see ``_Relay.relayed_usage``), and the worker is paid
 for it. Only a request that produced nothing (refused, failed at once, lost before its first
 chunk) has its reservation released.
+
+A request cut off by the proxy's own death is settled by the next proxy run: every billed
+request reaches its worker with a ``ticket`` naming its reservation, and a worker that loses
+its proxy reports, on reconnecting, the usage of its recent ticketed jobs
+(:class:`~cocoon.wire.JobReports`). Reservations the dead run left open are charged what their
+worker reports generating, or released when it reports nothing for them; those no worker
+reports on within ``billing.report_grace_s`` are released.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from dataclasses import dataclass, field, replace
@@ -64,6 +72,7 @@ from cocoon.wire import (
     End,
     Error,
     Head,
+    JobReports,
     Message,
     Payment,
     Request,
@@ -109,6 +118,7 @@ class _Relay:
     worker: _Worker
     key: tuple[int, int]  # (id(client), req_id): the task's entry in ProxyNode._relays
     bill_id: str
+    ticket: int = 0  # names the reservation to the worker (0: unbilled)
     stream: OutgoingStream | None = None  # the worker's stream, once opened
     report: End | Error | None = None  # the worker's final word: its usage
     settled: bool = False  # nothing (more) to charge or release
@@ -157,6 +167,9 @@ class ProxyNode:
         self._binding: set[Peer] = set()  # clients whose binding waits for the chain
         self._known: dict[str, float] = {}
         self._order = 0
+        # Reservation tickets: unique across runs too (a run issues far fewer than one per
+        # nanosecond), so a report to the next run never names another run's request.
+        self._tickets = itertools.count(time.time_ns())
         self._relays: dict[tuple[int, int], asyncio.Task[None]] = {}
         self._watchdog = Watchdog()
         self.stats = ProxyStats()
@@ -182,6 +195,10 @@ class ProxyNode:
                           tg.create_task(self._catalog_pusher())]
             if self.billing is not None:
                 background.append(tg.create_task(self.billing.commit_forever()))
+                if self.billing.unreported:
+                    background.append(tg.create_task(self._release_unreported_later()))
+                if self.billing.payments is not None:
+                    background.append(tg.create_task(self.billing.payments.watch_forever()))
             if registry is not None:
                 background.append(tg.create_task(registry))
             log.info("proxy listening on %s:%s", host, self.port)
@@ -290,6 +307,9 @@ class ProxyNode:
                         log.warning("worker %s channel %s refused: %s", worker.node_id,
                                     msg.channel, exc)
                 return
+            if isinstance(msg, JobReports):
+                await self._on_job_reports(worker, msg)
+                return
         elif peer in self.clients:
             if isinstance(msg, Request):
                 self._start_relay(peer, msg)
@@ -377,8 +397,8 @@ class ProxyNode:
             return
         worker = next(w for w in self.workers.values() if w.node_id == view.worker_id)
         key = (id(client), req.req_id)
-        relay = _Relay(client, req, worker, key,
-                       f"{self.config.node_id}:{id(client):x}:{req.req_id}:{time.time_ns()}",
+        ticket = next(self._tickets) if self.billing is not None else 0
+        relay = _Relay(client, req, worker, key, self._bill_id(ticket), ticket,
                        settled=self.billing is None)
         self._relays[key] = client.spawn(self._relay(relay), f"relay-{req.req_id}")
 
@@ -441,7 +461,7 @@ class ProxyNode:
         try:
             stream = relay.stream = worker.peer.open_stream(
                 lambda wid: replace(req, req_id=wid, timeout_ms=int(timeout * 950),
-                                    max_tokens=cap))
+                                    max_tokens=cap, ticket=relay.ticket))
         except TransportError:
             stats.worker_lost += 1
             client.finish(Error.of(rid, WorkerLost(f"worker {worker.node_id} disconnected")))
@@ -486,6 +506,35 @@ class ProxyNode:
                 client.finish(Error.of(rid, WorkerLost(
                     f"worker {worker.node_id} disconnected before finishing the request")))
                 return
+
+    def _bill_id(self, ticket: int) -> str:
+        """The ledger's request id of the reservation a ticket names."""
+        return f"{self.config.node_id}:{ticket}"
+
+    async def _on_job_reports(self, worker: _Worker, msg: JobReports) -> None:
+        """A reconnected worker's usage of its recent jobs: charge the requests a previous
+        run of this proxy left open for it (see the module docstring)."""
+        billing = self.billing
+        if billing is None or not billing.unreported:
+            return  # nothing was cut off by a restart: every report is settled already
+        reported: dict[str, Usage] = {}
+        for job in msg.jobs:
+            try:
+                reported[self._bill_id(job.ticket)] = job.usage
+            except ProtocolError as exc:
+                log.warning("worker %s reported impossible usage: %s", worker.node_id, exc)
+        account = worker_account(worker.node_id)
+        clients, charged, _ = await billing.charge_reported(account, reported)
+        if charged:
+            await self._resend_statement(worker.peer, account, "worker")
+            for peer, client in list(self._accounts.items()):
+                if client in clients:
+                    await self._resend_statement(peer, client, "client")
+
+    async def _release_unreported_later(self) -> None:
+        assert self.billing is not None
+        await asyncio.sleep(self.config.billing.report_grace_s)
+        await self.billing.release_unreported()
 
     async def _hear_last_word(self, relay: _Relay, reason: str) -> None:
         if relay.stream is not None and relay.report is None:

@@ -11,7 +11,10 @@ module ties those accounts to contracts:
   tick. After each statement the client signs its new cumulative charge; the proxy keeps the
   newest signature (ledger, one transaction) and redeems it on chain every tick. A client that
   lets more than ``billing.max_unsigned`` go unsigned is refused service (HTTP 402) until it
-  signs; so is a channel that is closing.
+  signs; so is a channel that is closing. The proxy watches the chain (:meth:`watch_forever`,
+  :meth:`Chain.wait_for_change`): every transaction re-reads the bound channels, so a close
+  request is seen, and its signature redeemed, as soon as it lands; a channel read more than
+  ``billing.channel_recheck_s`` ago is re-read before its request too.
 * **Workers.** A worker announces its channel (funded by this proxy's wallet, vouchers signed
   by this proxy's key); each statement to it then carries the same cumulative amount as an
   on-chain payout voucher, which the worker can redeem whenever it likes. The proxy keeps each
@@ -27,6 +30,7 @@ module ties those accounts to contracts:
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import random
@@ -278,8 +282,10 @@ class ProxyPayments:
             raise PaymentRequired(
                 f"payment channel {client.channel} is {state.status.name.lower()}: it takes no "
                 "new requests; open a new channel (`cocoon client topup`) to continue")
-        client.deposit = state.balance + state.charged
-        await self._run(self._ledger.sync_deposit, account, state.balance + state.charged)
+        deposit = state.balance + state.charged
+        if deposit != client.deposit:
+            client.deposit = deposit
+            await self._run(self._ledger.sync_deposit, account, deposit)
         return state.balance
 
     async def try_refresh(self, account: str) -> bool:
@@ -325,6 +331,43 @@ class ProxyPayments:
                 f"{limit}: billing.max_unsigned {self.max_unsigned}, at most "
                 f"{self.max_unsigned_fraction} of the deposit {client.deposit}): the client "
                 "must sign its statements before more work")
+
+    async def watch_forever(self, poll_s: float = 25.0) -> None:
+        """Re-read every bound client channel whenever the chain moves (a close request, a
+        top-up), so a closing channel is refused from its next request and its signature
+        redeemed at once, not at the next tick. Outages back off like any call; a chain that
+        cannot be watched leaves the per-request re-read (``recheck_s``) alone."""
+        seen = -1
+        while True:
+            if not self.health.due():
+                await asyncio.sleep(self.health.wait_s())
+                continue
+            try:
+                mark = await self.chain.chain.wait_for_change(seen, poll_s)
+                if mark != seen:
+                    seen = mark
+                    await self._reread_clients()
+            except OUTAGE as exc:
+                self._outage(exc, "watching the chain")
+                continue
+            except (CocoonError, OSError) as exc:
+                self.errors += 1
+                log.warning("watching the chain failed; channels are re-read before requests "
+                            "and at ticks only: %s", exc)
+                return
+            self._reached()
+
+    async def _reread_clients(self) -> None:
+        for account in list(self.clients):
+            try:
+                await self.refresh(account)
+            except PaymentRequired:
+                pass  # closing or closed: noted in its status (and redeemed)
+            except OUTAGE:
+                raise
+            except (CocoonError, OSError) as exc:
+                self.errors += 1
+                log.warning("reading the channel of %s failed: %s", account, exc)
 
     # --- workers --------------------------------------------------------------------------
 

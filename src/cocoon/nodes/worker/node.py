@@ -1,9 +1,15 @@
 """The worker: keeps a connection to the proxy, announces its models, runs requests on its
-engine and streams the results back under flow control."""
+engine and streams the results back under flow control.
+
+It remembers the usage of its recent ticketed jobs (the proxy's ``Request.ticket``) and,
+after it loses the proxy, reports them first thing on the next connection
+(:class:`~cocoon.wire.JobReports`): a proxy that died mid-request then charges what was
+generated, and the worker is paid for it."""
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import os
 import time
@@ -55,6 +61,8 @@ from cocoon.wire import (
     End,
     Error,
     Head,
+    JobReport,
+    JobReports,
     Message,
     Request,
     Statement,
@@ -65,6 +73,7 @@ __all__ = ["WorkerNode"]
 log = logging.getLogger(__name__)
 
 _ENDPOINTS: dict[str, Endpoint] = {"chat": "chat", "completions": "completions"}
+_MAX_REPORTS = 4096  # recent ticketed jobs remembered for the next connection's report
 
 
 @dataclass(slots=True)
@@ -105,6 +114,8 @@ class WorkerNode:
         self.proxy_state = "starting"
         self._jobs: dict[tuple[int, int], asyncio.Task[None]] = {}
         self._seq = 0
+        # ticket -> usage of the most recent ticketed jobs, oldest first (see module doc)
+        self._recent: collections.OrderedDict[int, Usage] = collections.OrderedDict()
         self._started = time.monotonic()
         self.http = HttpServer(self._http_app(), config.http, "worker.http")
 
@@ -117,6 +128,13 @@ class WorkerNode:
         self.proxy_attestation = describe_evidence(peer.extra("verified_evidence"))
         peer.send(Announce(tuple(self.engine.models), self.config.max_concurrent,
                            self.engine.name, self.config.chain.contract))
+        if self._recent:
+            # Jobs of earlier connections, all ended (a connection's jobs end with it): a
+            # proxy that restarted charges those it was relaying when it died; one that did
+            # not has settled them and ignores the report. They are kept, not cleared: a
+            # proxy killed again before it read them gets them from its successor too.
+            peer.send(JobReports(tuple(JobReport.of(t, u) for t, u in self._recent.items())))
+            log.info("reported the usage of %d recent job(s) to the proxy", len(self._recent))
 
     def _set_state(self, state: str) -> None:
         self.proxy_state = state
@@ -178,6 +196,7 @@ class WorkerNode:
     async def _job(self, peer: Peer, req: Request, key: tuple[int, int]) -> None:
         rid = req.req_id
         job: InferenceJob | None = None
+        usage: Usage | None = None
         try:
             peer.send(Head(rid, self.node_id))
             endpoint = _ENDPOINTS.get(req.endpoint)
@@ -214,6 +233,17 @@ class WorkerNode:
         finally:
             self.active -= 1
             self._jobs.pop(key, None)
+            if req.ticket and job is not None:
+                self._remember(req.ticket, usage if usage is not None else job.meter.usage())
+
+    def _remember(self, ticket: int, usage: Usage) -> None:
+        """Keep a ticketed job's usage for the report after a lost connection."""
+        if not usage.total_tokens:
+            return
+        recent = self._recent
+        recent[ticket] = usage
+        if len(recent) > _MAX_REPORTS:
+            recent.popitem(last=False)
 
     def _failed(self, rid: int, job: InferenceJob | None, err: RequestError) -> Error:
         """The Error that ends a stream early, with the usage of what the engine generated
