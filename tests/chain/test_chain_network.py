@@ -21,12 +21,17 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pytoniq_core import Builder, Cell
 
 from cocoon.attestation.fake_tdx import fake_measurements
-from cocoon.chain.base import ChannelSpec, ChannelStatus
+from cocoon.chain.base import ChannelSpec, ChannelStatus, TxResult
 from cocoon.chain.connect import NodeChain, channel_parties
 from cocoon.chain.embedded import EmbeddedChain, find_toolchain
 from cocoon.chain.errors import ChainError, ChainUnavailable
 from cocoon.chain.localnet import LocalDeployment, NetworkParams, deploy_local_network
-from cocoon.chain.messages import CHANNEL_CONTRACTS, add_image_hash_body, channel_data
+from cocoon.chain.messages import (
+    CHANNEL_CONTRACTS,
+    add_image_hash_body,
+    channel_data,
+    sign_commit,
+)
 from cocoon.chain.registry import RegistryAllowLists, parse_registry, read_registry
 from cocoon.chain.vouchers import parse_voucher, public_key, sign_voucher, verify_voucher
 from cocoon.commands.chain_service import ChainService
@@ -374,35 +379,50 @@ async def test_commits_are_published(pay: Pay) -> None:
 async def test_redemption_moves_no_value_between_parties(served: Served) -> None:
     """Issue 10, finding 2: each redemption left the proxy's 0.05 TON in the client's channel,
     and the client withdrew it (4 requests charged 24 nanoTON; the client came out 0.19 TON
-    ahead). Counting each party's wallet and the channel that holds its money, on the real
-    contracts: the client ends exactly the charged amount poorer plus its own gas, and the
-    proxy ends the charged amount richer less only the gas of its redemptions."""
+    ahead). Conservation to the nanoTON, on the real contracts: each party holds its wallet
+    and the contracts that keep its money (client: wallet + channel; proxy: wallet + stake),
+    and each pays the fees of every transaction in the traces it starts (gas and forwarding,
+    read from the traces). The client ends exactly the charged amount poorer plus its fees,
+    the proxy exactly the charged amount richer less its fees: nobody gains what another did
+    not pay."""
     chain, owner = served.chain, served.owner
     dep = await _deploy(chain)
     ch = dep.client_channel
+    started: dict[str, list[TxResult]] = {"client": [], "proxy": []}
 
     async def holdings() -> tuple[int, int]:
         client = await chain.balance(dep.client_wallet) + await chain.balance(ch)
-        return client, await chain.balance(dep.proxy_wallet)
+        proxy = await chain.balance(dep.proxy_wallet) + await chain.balance(dep.proxy_stake)
+        return client, proxy
+
+    def fees(party: str) -> int:
+        return sum(t.total_fees + sum(m.fwd_fee for m in t.out_messages)
+                   for r in started[party] for t in r.transactions)
 
     client0, proxy0 = await holdings()
     charged = 0
     for seqno in range(1, 5):  # four requests of 6 nanoTON, each redeemed at once
         charged += 6
-        await chain.submit_voucher(ch, sign_voucher(CLIENT_KEY, "client", ch, seqno, charged),
-                                   sender="proxy")
-    await chain.request_close(ch, sender="client")
+        started["proxy"].append(await chain.submit_voucher(
+            ch, sign_voucher(CLIENT_KEY, "client", ch, seqno, charged), sender="proxy"))
+        started["proxy"].append(await chain.commit_state(
+            dep.proxy_stake, sign_commit(PROXY_KEY, dep.proxy_stake, seqno, bytes([seqno]) * 32),
+            sender="proxy"))
+    started["proxy"].append(await chain.add_stake(dep.proxy_stake, TON, sender="proxy"))
+    started["client"].append(await chain.deposit(ch, TON, sender="client"))
+    started["client"].append(await chain.request_close(ch, sender="client"))
     await owner.advance_time(30)
-    await chain.close(ch, sender="client")
-    await chain.withdraw(ch, sender="client")
+    started["client"].append(await chain.close(ch, sender="client"))
+    started["client"].append(await chain.withdraw(ch, sender="client"))
     assert await chain.balance(ch) == 0
+    assert all(r.success for rs in started.values() for r in rs)
     client1, proxy1 = await holdings()
-    gas = TON // 100  # bound on one wallet transaction's fees (4 to 6 mTON here)
-    assert client1 - client0 <= -charged, "the client gained from the proxy's redemptions"
-    assert client1 - client0 >= -charged - 3 * gas  # close, finalize, withdraw
-    assert proxy1 - proxy0 <= charged
-    # before the fix each redemption cost the proxy the whole 0.05 TON it attached
-    assert proxy1 - proxy0 >= charged - 4 * gas, "the proxy paid more than gas to redeem"
+    assert client1 - client0 == -charged - fees("client"), \
+        f"client: {client1 - client0} != -{charged} - fees {fees('client')}"
+    assert proxy1 - proxy0 == charged - fees("proxy"), \
+        f"proxy: {proxy1 - proxy0} != {charged} - fees {fees('proxy')}"
+    # fees are gas, not a hidden transfer: each transaction costs a few mTON at most
+    assert 0 < fees("proxy") < 9 * TON // 100 and 0 < fees("client") < 4 * TON // 100
 
 
 async def test_redemptions_wait_for_the_threshold_but_not_for_a_close(pay: Pay) -> None:
