@@ -539,3 +539,40 @@ async def test_a_watching_proxy_sees_a_close_at_once(pay: Pay) -> None:
         watcher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await watcher
+
+
+async def test_a_proxy_started_before_its_chain_waits_for_it(tmp_path: Path) -> None:
+    """Issue 10: a chain outage is survived at start-up too: the proxy waits for the chain
+    with the outage backoff instead of exiting, and starts once the service answers."""
+    import socket
+
+    from cocoon.config import ProxyConfig
+    from cocoon.nodes.proxy.node import ProxyNode
+    from cocoon.transport import TcpListener
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = ProxyConfig(
+        listen="127.0.0.1:0", http="127.0.0.1:0", node_id="proxy",
+        billing=BillingConfig(enabled=True, ledger_path=str(tmp_path / "l.sqlite"),
+                              signing_key_file=str(tmp_path / "k.pem")),
+        chain=ChainConfig(backend="embedded", url=f"http://127.0.0.1:{port}", wallet="proxy"))
+    proxy = ProxyNode(config, listener=TcpListener())
+    stop, ready = asyncio.Event(), asyncio.Event()
+    runner = asyncio.create_task(proxy.run(stop, lambda _: ready.set()))
+    owner = await EmbeddedChain.start(now=T0)
+    http = HttpServer(ChainService(owner, "manual").app, f"127.0.0.1:{port}", "chain.http")
+    try:
+        await asyncio.sleep(1.5)  # a few failed tries
+        assert not runner.done(), "the proxy gave up on a chain that was not there yet"
+        assert not ready.is_set()
+        await http.start()
+        await asyncio.wait_for(ready.wait(), 30)  # within the backoff's next tries
+        assert proxy.billing is not None and proxy.billing.payments is not None
+    finally:
+        stop.set()
+        with contextlib.suppress(BaseException):
+            await asyncio.wait_for(runner, 10)
+        await http.stop()
+        await owner.aclose()

@@ -57,7 +57,7 @@ from cocoon.nodes.common import (
     uptime_since,
 )
 from cocoon.nodes.proxy.billing import Billing
-from cocoon.nodes.proxy.payments import OUTAGE, ProxyPayments
+from cocoon.nodes.proxy.payments import OUTAGE, ChainHealth, ProxyPayments
 from cocoon.openai import effective_max_tokens
 from cocoon.routing import WorkerView, choose_worker
 from cocoon.transport import Listener, OutgoingStream, Peer, Watchdog
@@ -219,8 +219,22 @@ class ProxyNode:
                     self.billing.close()
 
     async def _open_payments(self, billing: Billing) -> Any:
-        """Connect to the chain and put the ledger's accounts on its channels."""
-        chain = await NodeChain.open(self.config.chain)
+        """Connect to the chain and put the ledger's accounts on its channels. A chain that
+        cannot be reached yet is waited for, with the outage backoff (nothing is served
+        before: no peer is judged without the registry's allow-lists)."""
+        health = ChainHealth()
+        while True:
+            try:
+                chain = await NodeChain.open(self.config.chain)
+                break
+            except OUTAGE as exc:
+                delay = health.failed(exc)
+                log.warning("the chain at %s is unreachable (try %d); waiting %.1f s before "
+                            "the next: %s", self.config.chain.url or self.config.chain.backend,
+                            health.retries, delay, exc)
+                await asyncio.sleep(delay)
+        if health.down:
+            log.warning("the chain is reachable: starting")
         billing.payments = ProxyPayments(chain, billing.key, billing.run, billing.ledger,
                                          self.config.billing.max_unsigned,
                                          self.config.chain.contract,
