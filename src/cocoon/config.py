@@ -66,6 +66,9 @@ class ProxyConfig:
     http: str = "127.0.0.1:11000"  # health and stats
     request_timeout_s: float = 120.0  # longest a request may run, end to end
     idle_timeout_s: float = 60.0  # longest gap between two messages of a stream
+    # requests that find every worker slot busy wait (per model, fair across clients) ...
+    queue_limit: int = 1024  # ... at most this many per model (more: 429)
+    queue_timeout_s: float = 30.0  # ... at most this long (then 503)
     node_id: str = "proxy"
     attestation: AttestationConfig = field(default_factory=AttestationConfig)
     chain: ChainConfig = field(default_factory=ChainConfig)
@@ -76,6 +79,10 @@ class ProxyConfig:
         parse_hostport(self.http, "proxy.http")
         require_positive(self.request_timeout_s, "proxy.request_timeout_s")
         require_positive(self.idle_timeout_s, "proxy.idle_timeout_s")
+        require_positive(self.queue_timeout_s, "proxy.queue_timeout_s")
+        if self.queue_limit < 0:
+            raise ConfigError(f"proxy.queue_limit must be >= 0 (0: never wait), got "
+                              f"{self.queue_limit}")
 
 
 @dataclass(frozen=True, slots=True)

@@ -34,9 +34,10 @@ One name per failure; a subclass only refines *where* it was detected::
     │                            a code that is a failure named above is also that class
     │                            (102 is a VoucherReplay, 101 a VoucherInvalid, ...)
     └── RequestError             ends one request: HTTP ``status``, OpenAI ``type``, ``code``
-        ├── BadRequest (400) ── EngineUnsupported, RequestTooLarge (413)
+        ├── BadRequest (400) ── EngineUnsupported, ContextLengthExceeded, RequestTooLarge (413)
         ├── PaymentRequired (402; also a PaymentError): the request can't be paid for
         ├── ModelNotFound (404)
+        ├── QueueFull (429): every slot busy and the proxy's wait queue full
         ├── RequestCancelled (499)
         ├── EngineError (500)
         ├── WorkerLost (502), UpstreamError (502)
@@ -61,6 +62,7 @@ __all__ = [
     "ChainUnavailable",
     "CocoonError",
     "ConfigError",
+    "ContextLengthExceeded",
     "EngineError",
     "EngineUnsupported",
     "EvidenceInvalid",
@@ -76,6 +78,7 @@ __all__ = [
     "PolicyRejected",
     "PricingError",
     "ProtocolError",
+    "QueueFull",
     "QuoteFormatError",
     "RequestCancelled",
     "RequestError",
@@ -275,6 +278,13 @@ class EngineUnsupported(BadRequest):
     code = "unsupported_by_engine"
 
 
+class ContextLengthExceeded(BadRequest):
+    """The prompt, or the prompt and the ``max_tokens`` asked for, do not fit the model's
+    context window (OpenAI's code for it)."""
+
+    code = "context_length_exceeded"
+
+
 class RequestTooLarge(BadRequest):
     """The request body is larger than the network can carry in one frame (413)."""
 
@@ -301,6 +311,15 @@ class NoWorkerAvailable(RequestError):
     status = 503
     type = "server_error"
     code = "no_worker_available"
+
+
+class QueueFull(RequestError):
+    """Every worker slot for the model is busy and its wait queue at the proxy is full
+    (``proxy.queue_limit``): OpenAI's rate-limit answer, with Retry-After."""
+
+    status = 429
+    type = "requests"
+    code = "rate_limit_exceeded"
 
 
 class WorkerLost(RequestError):
@@ -347,10 +366,12 @@ _BY_CODE: dict[str, type[RequestError]] = {
         RequestError,
         BadRequest,
         EngineUnsupported,
+        ContextLengthExceeded,
         RequestTooLarge,
         ModelNotFound,
         PaymentRequired,
         NoWorkerAvailable,
+        QueueFull,
         WorkerLost,
         UpstreamError,
         RequestTimeout,

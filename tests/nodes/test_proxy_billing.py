@@ -39,13 +39,17 @@ async def test_reserve_settle_and_402(tmp_path: Path) -> None:
 
 
 async def test_restart_releases_reservations_left_open(tmp_path: Path) -> None:
+    """Reservations a dead run left open wait for their workers' reports (see
+    test_proxy_restart_reports); what none reports on is released, charged nothing."""
     cfg = config(tmp_path)
     with Ledger(cfg.ledger_path) as ledger:
         ledger.deposit("c", 10_000)
         ledger.reserve("dead", "c", "w", 500)
     b = Billing(cfg)
     try:
-        assert b.recovered == 1
+        assert b.recovered == 1 and set(b.unreported) == {"dead"}
+        assert (await b._run(b.ledger.balance, "c")).available == 10_000 - 500
+        assert await b.release_unreported() == 1
         assert await b._run(b.ledger.open_reservations) == []
         assert (await b._run(b.ledger.balance, "c")).available == 10_000
         assert await b._run(b.ledger.check_invariants) == []

@@ -1,6 +1,13 @@
 """The proxy: accepts workers and clients, keeps the live worker registry, routes each
 request to the least-loaded worker serving its model, and relays the stream both ways.
 
+A worker slot is taken the moment a request is routed (``_take_slot``), so a burst spreads
+over the workers. A request that finds every slot for its model busy waits in a bounded,
+fair queue (:class:`~cocoon.routing.FairQueue`: FIFO per client, round-robin across
+clients) until a slot frees (``_dispatch``), at most ``proxy.queue_timeout_s`` (then 503);
+a full queue (``proxy.queue_limit``) answers 429. A worker that refuses a request for
+capacity before starting it is not the end: the request is routed again, elsewhere.
+
 Failures become typed errors for the client: a worker that dies mid-request -> WorkerLost,
 no progress within ``idle_timeout_s`` or no end within ``request_timeout_s`` ->
 RequestTimeout (and the worker is told to stop). A client that goes away cancels its
@@ -38,8 +45,10 @@ from cocoon.config import ProxyConfig, parse_hostport
 from cocoon.errors import (
     AttestationError,
     CocoonError,
+    NoWorkerAvailable,
     PaymentRequired,
     ProtocolError,
+    QueueFull,
     RequestError,
     RequestTimeout,
     TransportError,
@@ -59,7 +68,7 @@ from cocoon.nodes.common import (
 from cocoon.nodes.proxy.billing import Billing
 from cocoon.nodes.proxy.payments import OUTAGE, ChainHealth, ProxyPayments
 from cocoon.openai import effective_max_tokens
-from cocoon.routing import WorkerView, choose_worker
+from cocoon.routing import FairQueue, WorkerView, choose_worker
 from cocoon.transport import Listener, OutgoingStream, Peer, Watchdog
 from cocoon.usage import Usage
 from cocoon.wire import (
@@ -88,6 +97,19 @@ _KNOWN_MODEL_TTL = 600.0  # a model served this recently answers 503, not 404, w
 # How long a worker told to stop has to report what it generated: it answers a Cancel as
 # soon as its engine stops (within a token), so this only bounds a worker that went silent.
 _LAST_WORD_S = 5.0
+_ROUTES = 3  # a request refused for capacity by this many workers in turn fails (503)
+
+
+class _Refused(Exception):
+    """The worker refused the request for capacity before starting it: route it again."""
+
+
+@dataclass(eq=False, slots=True)
+class _Waiter:
+    """A request waiting in the queue for a slot on a worker not in ``exclude``."""
+
+    slot: asyncio.Future[_Worker]
+    exclude: frozenset[str]
 
 
 @dataclass(slots=True)
@@ -146,6 +168,12 @@ class ProxyStats:
     cancelled: int = 0
     timeouts: int = 0
     worker_lost: int = 0
+    rerouted: int = 0  # requests a worker refused for capacity, routed again
+    queued: int = 0  # requests that waited for a slot
+    queue_full: int = 0  # refused with 429: the model's queue was full
+    queue_timeouts: int = 0  # waited queue_timeout_s without a slot: 503
+    queue_wait_s: float = 0.0  # total time requests waited
+    queue_wait_max_s: float = 0.0
     chunks: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -171,6 +199,7 @@ class ProxyNode:
         # nanosecond), so a report to the next run never names another run's request.
         self._tickets = itertools.count(time.time_ns())
         self._relays: dict[tuple[int, int], asyncio.Task[None]] = {}
+        self._queue: FairQueue[_Waiter] = FairQueue(config.queue_limit)
         self._watchdog = Watchdog()
         self.stats = ProxyStats()
         self._started = time.monotonic()
@@ -280,6 +309,7 @@ class ProxyNode:
                 await peer.run(self)
             finally:
                 del self.workers[peer]
+                self._fail_unserved_waiters()
                 self._catalog_dirty = True
                 log.info("worker %s disconnected", hello.node_id)
         elif hello.role == "client":
@@ -309,6 +339,7 @@ class ProxyNode:
                 self._catalog_dirty = True
                 log.info("worker %s serves %s (capacity %d, engine %s)", worker.node_id,
                          ", ".join(msg.models), msg.max_concurrent, msg.engine)
+                self._dispatch()  # new slots: the queue moves
                 payments = self.billing.payments if self.billing is not None else None
                 if msg.channel and payments is not None:
                     try:
@@ -403,30 +434,158 @@ class ProxyNode:
     def _start_relay(self, client: Peer, req: Request) -> None:
         self.stats.requests += 1
         try:
-            view = choose_worker(req.model, (w.view() for w in self.workers.values()
-                                             if w.capacity), self._known_models())
-        except RequestError as exc:
+            # Waiting requests go first: a new one only takes a slot nobody waits for.
+            worker = None if self._queue.depth(req.model) else self._take_slot(req.model)
+        except RequestError as exc:  # no such model
             self.stats.rejected += 1
             client.finish(Error.of(req.req_id, exc))
             return
-        worker = next(w for w in self.workers.values() if w.node_id == view.worker_id)
         key = (id(client), req.req_id)
-        ticket = next(self._tickets) if self.billing is not None else 0
-        relay = _Relay(client, req, worker, key, self._bill_id(ticket), ticket,
-                       settled=self.billing is None)
-        self._relays[key] = client.spawn(self._relay(relay), f"relay-{req.req_id}")
+        self._relays[key] = client.spawn(self._route(client, req, key, worker),
+                                         f"relay-{req.req_id}")
+
+    def _take_slot(self, model: str, exclude: frozenset[str] = frozenset()) -> _Worker | None:
+        """Take a slot on the least-loaded worker serving ``model`` (it counts as busy from
+        now on); None when every slot is busy (the request may wait). ModelNotFound for a
+        model nobody serves, NoWorkerAvailable when none is connected for a known one."""
+        try:
+            view = choose_worker(model, (w.view() for w in self.workers.values()
+                                         if w.capacity and w.node_id not in exclude),
+                                 self._known_models())
+        except NoWorkerAvailable:
+            if not self._serves(model):
+                raise
+            return None
+        worker = next(w for w in self.workers.values() if w.node_id == view.worker_id)
+        worker.active += 1
+        return worker
+
+    def _serves(self, model: str) -> bool:
+        return any(model in w.models and w.capacity for w in self.workers.values())
+
+    def _fail_unserved_waiters(self) -> None:
+        """Requests waiting for a model no connected worker serves any more: 503 now."""
+        for model in self._queue.models():
+            if self._serves(model):
+                continue
+            while (waiter := self._queue.pop(model)) is not None:
+                if not waiter.slot.done():
+                    waiter.slot.set_exception(NoWorkerAvailable(
+                        f"no worker is currently connected for model '{model}'"))
+
+    def _free_slot(self, worker: _Worker) -> None:
+        worker.active -= 1
+        self._dispatch(worker.models)
+
+    def _dispatch(self, models: tuple[str, ...] | None = None) -> None:
+        """Give free slots to waiting requests, in the queue's fair order."""
+        for model in self._queue.models() if models is None else models:
+            while (waiter := self._queue.peek(model)) is not None:
+                if waiter.slot.done():  # its requester went away or gave up
+                    self._queue.remove(waiter)
+                    continue
+                try:
+                    worker = self._take_slot(model, waiter.exclude)
+                except RequestError:
+                    break  # nobody serves it now: its waiters are failed on disconnect
+                if worker is None:
+                    break
+                taken = self._queue.pop(model)  # the same one; pop passes the turn on
+                assert taken is waiter
+                waiter.slot.set_result(worker)
+
+    async def _wait_for_slot(self, client: Peer, req: Request,
+                             exclude: frozenset[str] = frozenset()) -> _Worker:
+        """Queue the request until :meth:`_dispatch` gives it a slot (on a worker not in
+        ``exclude``); QueueFull when the model's queue is full, NoWorkerAvailable when no
+        slot frees within ``proxy.queue_timeout_s`` (or the request's own timeout)."""
+        loop = asyncio.get_running_loop()
+        limit = self.config.queue_timeout_s
+        if req.timeout_ms:
+            limit = min(limit, req.timeout_ms / 1000.0)
+        self.stats.queued += 1
+        started = loop.time()
+        try:
+            async with asyncio.timeout(limit):
+                return await self._queued(client, req, exclude)
+        except TimeoutError:
+            self.stats.queue_timeouts += 1
+            raise NoWorkerAvailable(
+                f"every worker serving '{req.model}' stayed busy for {limit:g}s; retry "
+                "shortly") from None
+        finally:
+            waited = loop.time() - started
+            self.stats.queue_wait_s += waited
+            self.stats.queue_wait_max_s = max(self.stats.queue_wait_max_s, waited)
+
+    async def _queued(self, client: Peer, req: Request, exclude: frozenset[str]) -> _Worker:
+        """Wait in the queue for the worker whose slot :meth:`_dispatch` gives."""
+        waiter = _Waiter(asyncio.get_running_loop().create_future(), exclude)
+        self._queue.push(req.model, id(client), waiter)
+        got = False
+        try:
+            worker = await waiter.slot
+            got = True
+            return worker
+        finally:
+            self._queue.remove(waiter)
+            slot = waiter.slot
+            if (not got and slot.done() and not slot.cancelled()
+                    and slot.exception() is None):
+                self._free_slot(slot.result())  # a slot came as we gave up: pass it on
+
+    async def _route(self, client: Peer, req: Request, key: tuple[int, int],
+                     worker: _Worker | None) -> None:
+        """Wait for a slot if the request has none, then relay it; a worker that refuses
+        it for capacity gets it no more: it is routed again (at most ``_ROUTES`` times)."""
+        refused: frozenset[str] = frozenset()
+        relaying = False  # the relay answers the requester itself, whatever happens
+        try:
+            for _ in range(_ROUTES):
+                if worker is None:
+                    worker = self._take_slot(req.model, refused)
+                if worker is None:
+                    worker = await self._wait_for_slot(client, req, refused)
+                ticket = next(self._tickets) if self.billing is not None else 0
+                relay = _Relay(client, req, worker, key, self._bill_id(ticket), ticket,
+                               settled=self.billing is None)
+                relaying = True
+                try:
+                    await self._relay(relay)
+                    return
+                except _Refused:
+                    relaying = False
+                    self.stats.rerouted += 1
+                    refused |= {worker.node_id}
+                    worker = None
+            raise NoWorkerAvailable(f"{_ROUTES} workers in turn refused the request for "
+                                    "capacity; retry shortly")
+        except RequestError as exc:  # waited in vain, or the queue is full
+            if isinstance(exc, QueueFull):
+                self.stats.queue_full += 1
+            self.stats.rejected += 1
+            client.finish(Error.of(req.req_id, exc))
+        except asyncio.CancelledError as exc:
+            if not relaying:  # the requester went away while it waited for a slot
+                self.stats.cancelled += 1
+                client.finish(Error.of(req.req_id, as_request_error(exc, where="proxy")))
+            raise
+        finally:
+            self._relays.pop(key, None)
 
     async def _relay(self, relay: _Relay) -> None:
-        """One request, in three steps: reserve its worst case, pump the worker's stream to
-        the client, then settle what the worker reported (or release the reservation)."""
+        """One request on the worker whose slot it holds, in three steps: reserve its worst
+        case, pump the worker's stream to the client, then settle what the worker reported
+        (or release the reservation). _Refused when the worker refused it for capacity."""
         client, rid, stats = relay.client, relay.req.req_id, self.stats
-        relay.worker.active += 1
         relay.worker.served += 1
         try:
             cap = await self._reserve(relay)
             if cap is not None:
                 relay.cap = cap
                 await self._pump(relay, cap)
+        except _Refused:
+            raise
         except asyncio.CancelledError as exc:
             stats.cancelled += 1
             client.finish(Error.of(rid, as_request_error(exc, where="proxy")))
@@ -440,8 +599,7 @@ class ProxyNode:
             log.warning("relay %s failed: %s", rid, exc)
             client.finish(Error.of(rid, as_request_error(exc, where="proxy relay failed")))
         finally:
-            relay.worker.active -= 1
-            self._relays.pop(relay.key, None)
+            self._free_slot(relay.worker)
             await self._settle_or_release(relay)
             if relay.stream is not None:
                 self._watchdog.forget(relay.stream)
@@ -507,6 +665,9 @@ class ProxyNode:
             elif kind is Error:
                 assert isinstance(ev, Error)
                 relay.report = ev  # billed in _settle_or_release, after the client's answer
+                if (ev.code == NoWorkerAvailable.code and not relay.relayed
+                        and not ev.has_usage):
+                    raise _Refused  # at capacity (its own count): try another worker
                 stats.failed += 1
                 client.finish(Error(rid, ev.code, ev.message, ev.param))  # usage stays here
                 return
@@ -655,7 +816,15 @@ class ProxyNode:
             "requests": {"total": s.requests, "completed": s.completed, "failed": s.failed,
                          "rejected": s.rejected, "cancelled": s.cancelled,
                          "timeouts": s.timeouts, "worker_lost": s.worker_lost,
-                         "in_flight": len(self._relays)},
+                         "rerouted": s.rerouted, "in_flight": len(self._relays)},
+            "queue": {"waiting": self._queue.depth(),
+                      "by_model": {m: self._queue.depth(m) for m in self._queue.models()},
+                      "limit_per_model": self.config.queue_limit,
+                      "timeout_s": self.config.queue_timeout_s, "queued": s.queued,
+                      "full": s.queue_full, "timeouts": s.queue_timeouts,
+                      "wait_avg_ms": round(1000 * s.queue_wait_s / s.queued, 1)
+                      if s.queued else 0.0,
+                      "wait_max_ms": round(1000 * s.queue_wait_max_s, 1)},
             "tokens": {"prompt": s.prompt_tokens, "completion": s.completion_tokens},
             "chunks_relayed": s.chunks,
             "workers": [
