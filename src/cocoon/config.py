@@ -29,6 +29,7 @@ from cocoon.ledger.config import BillingConfig
 from cocoon.validation import parse_hostport, require_positive
 
 __all__ = [
+    "ENGINE_CAPACITY",
     "HTTP_BODY_TIMEOUT_S",
     "HTTP_IDLE_TIMEOUT_S",
     "PARENT_PID_ENV",
@@ -85,11 +86,17 @@ class ProxyConfig:
                               f"{self.queue_limit}")
 
 
+ENGINE_CAPACITY: Final[dict[str, int]] = {"openai-http": 256, "llama-cpp": 4, "fake": 4}
+"""``worker.max_concurrent`` when the config leaves it 0 (the default), per engine."""
+
+
 @dataclass(frozen=True, slots=True)
 class WorkerConfig:
     proxy: str = "127.0.0.1:11100"
     http: str = "127.0.0.1:12000"
-    max_concurrent: int = 4
+    # requests run at once; 0: the engine's default (ENGINE_CAPACITY: an OpenAI-compatible
+    # server batches, so openai-http takes 256, as vLLM does; llama.cpp and fake take 4)
+    max_concurrent: int = 0
     node_id: str = ""  # empty: worker-<pid>
     engine: EngineConfig = field(default_factory=EngineConfig)
     attestation: AttestationConfig = field(default_factory=AttestationConfig)
@@ -98,6 +105,8 @@ class WorkerConfig:
     def __post_init__(self) -> None:
         parse_hostport(self.proxy, "worker.proxy")
         parse_hostport(self.http, "worker.http")
+        if self.max_concurrent == 0:
+            object.__setattr__(self, "max_concurrent", ENGINE_CAPACITY[self.engine.kind])
         require_positive(self.max_concurrent, "worker.max_concurrent")
 
 
@@ -110,6 +119,9 @@ class ClientConfig:
     http_body_timeout_s: float = HTTP_BODY_TIMEOUT_S  # a request body arrives whole in this
     node_id: str = ""  # empty: client-<pid>
     key_file: str = ""  # persistent P-256 key = the client's account (0600); "": ephemeral
+    # Browser origins allowed to call the API (CORS), comma-separated, e.g.
+    # "http://localhost:3000"; "*": any; "": none (no CORS headers).
+    cors_origins: str = ""
     attestation: AttestationConfig = field(default_factory=AttestationConfig)
     chain: ChainConfig = field(default_factory=ChainConfig)
 

@@ -190,8 +190,9 @@ ERROR_FILES: list[tuple[str, type[Any], str, tuple[str, ...]]] = [
     ("bad HOST:PORT", ProxyConfig, '[proxy]\nlisten = "localhost"\n', ("proxy.listen",)),
     ("port too big", WorkerConfig, '[worker]\nproxy = "h:70000"\n', ("worker.proxy",)),
     ("empty host", ClientConfig, '[client]\nhttp = ":80"\n', ("client.http",)),
-    ("max_concurrent 0", WorkerConfig, '[worker]\nmax_concurrent = 0\n',
-     ("worker.max_concurrent",)),
+    # (0 is the engine's default capacity: test_worker_capacity_defaults_...)
+    ("max_concurrent -1", WorkerConfig, '[worker]\nmax_concurrent = -1\n',
+     ("[worker].max_concurrent", "negative")),
     ("request timeout 0", ProxyConfig, '[proxy]\nrequest_timeout_s = 0\n',
      ("proxy.request_timeout_s",)),
     ("idle timeout 0", ProxyConfig, '[proxy]\nidle_timeout_s = 0.0\n',
@@ -226,8 +227,8 @@ OVERRIDE_ERRORS: list[tuple[str, type[Any], dict[str, Any], tuple[str, ...]]] = 
      ("request_timeout_s",)),
     ("negative float string", ProxyConfig, {"idle_timeout_s": "-1"}, ("idle_timeout_s",)),
     ("zero timeout", ProxyConfig, {"request_timeout_s": "0"}, ("proxy.request_timeout_s",)),
-    ("zero max_concurrent", WorkerConfig, {"max_concurrent": "0"},
-     ("worker.max_concurrent",)),
+    ("negative max_concurrent", WorkerConfig, {"max_concurrent": "-2"},
+     ("[worker].max_concurrent", "negative")),
     ("unknown override", WorkerConfig, {"engine.fake.nope": "1"}, ("nope",)),
     ("unknown top override", ClientConfig, {"colour": "red"}, ("colour",)),
     ("bad engine kind", WorkerConfig, {"engine.kind": "gpt"}, ("kind", "gpt")),
@@ -338,3 +339,19 @@ def test_parse_hostport_invalid(value: str) -> None:
 def test_parse_hostport_empty_brackets() -> None:
     with pytest.raises(ConfigError):
         parse_hostport("[]:80", "proxy.listen")
+
+
+def test_worker_capacity_defaults_to_what_its_engine_can_run() -> None:
+    """Issue 12: an OpenAI-compatible server batches, so a worker in front of one takes 256
+    requests at once by default, as vLLM does (4 before: the proxy refused the rest); one
+    llama.cpp model and the fake engine stay at 4; a capacity the config gives wins."""
+    from cocoon.config import ENGINE_CAPACITY, EngineConfig, WorkerConfig
+
+    assert WorkerConfig().max_concurrent == ENGINE_CAPACITY["llama-cpp"] == 4
+    assert WorkerConfig(engine=EngineConfig(kind="openai-http")).max_concurrent == 256
+    assert WorkerConfig(engine=EngineConfig(kind="fake")).max_concurrent == 4
+    assert WorkerConfig(engine=EngineConfig(kind="openai-http"),
+                        max_concurrent=7).max_concurrent == 7
+    assert WorkerConfig(max_concurrent=0).max_concurrent == 4  # 0 asks for the default
+    with pytest.raises(ConfigError):
+        WorkerConfig(max_concurrent=-1)

@@ -247,3 +247,22 @@ async def test_a_client_binding_met_by_an_outage_is_retried_until_it_binds(
         assert fake.calls == 4 and not fake.health.down
     finally:
         proxy.billing.close()
+
+
+async def test_requests_that_find_a_stale_channel_together_share_one_read(
+        ledger_pool: Any) -> None:
+    """Issue 12 (found under `cocoon bench --mode up`): 200 requests arriving once the
+    channel's last read is older than billing.channel_recheck_s each read it from the chain,
+    all at once; now they wait for one read."""
+    ledger, pool = ledger_pool
+    chain = _DownChain()
+    p = _payments(ledger, pool, chain)
+    p.recheck_s = 0.001
+    p.clients["channel:a"] = _Client("0:" + "aa" * 32, b"k" * 32, deposit=10_000)
+    await asyncio.sleep(0.002)
+    await asyncio.gather(*(p.check_signed("channel:a") for _ in range(200)))
+    assert chain.calls == 1
+    assert p.clients["channel:a"].read_at > 0  # it was read
+    await asyncio.sleep(0.002)
+    await p.check_signed("channel:a")  # stale again: a new read
+    assert chain.calls == 2

@@ -8,7 +8,11 @@ Modes (``--mode``):
   saying why, when llama-cpp-python or the model is missing);
 * ``handshake``: RA-TLS handshake times in-process on loopback (fake-tdx, none, plain TCP),
   one fake quote verification and one identity creation;
-* ``all`` (default): all of these, with ``--tls-compare``.
+* ``all`` (default): all of these, with ``--tls-compare``;
+* ``up``: what users run: ``cocoon up`` with its defaults (RA-TLS fake, billing, embedded
+  chain; ``openai-http`` engine) in front of an OpenAI-compatible fake upstream in its own
+  process, against that bare upstream, paced and saturation (:mod:`cocoon.benchmark.stack`);
+  also RSS and file descriptors per process (``--streams 1000`` for the 1,000-stream run).
 
 ``--attestation fake|none|off`` (default fake, as ``cocoon up``) sets the chain's
 attestation. ``--tls-compare`` (on in ``all``) adds a second chain on plain TCP
@@ -35,10 +39,12 @@ DEFAULT_DURATION = 10.0
 
 def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mode", choices=["saturation", "paced", "llama", "handshake", "ledger",
-                                      "all"],
+                                      "up", "all"],
                    default="all",
                    help="what to measure (default all: saturation and paced with "
-                        "--tls-compare, llama, handshake)")
+                        "--tls-compare, llama, handshake; up: cocoon up with its defaults "
+                        "in front of a separate OpenAI-compatible upstream, against the "
+                        "bare upstream)")
     p.add_argument("--billing", action="store_true",
                    help="bill every chain request into the proxy's SQLite ledger (reserve + "
                         "settle, fsync each), to measure what billing costs")

@@ -11,6 +11,8 @@ __all__ = ["format_report"]
 
 _NOISY = 0.10  # "other" CPU above this share of the machine: say the run was disturbed
 _CPU_COLS = ("direct", "client", "proxy", "worker", "servers", "loadgen", "other")
+_STACK_CPU_COLS = ("upstream", "client", "proxy", "worker", "chain", "servers", "loadgen",
+                   "other")
 
 
 def _num(v: Any, fmt: str) -> str:
@@ -21,6 +23,8 @@ def _num(v: Any, fmt: str) -> str:
 
 def _sides(section: dict[str, Any]) -> list[tuple[str, str]]:
     """(JSON key, row label) of the sides measured."""
+    if section["config"].get("kind") == "stack":
+        return [("upstream", "upstream"), ("cocoon_up", "cocoon up")]
     att = section["config"].get("attestation", "fake")
     out = [("direct", "direct"), ("chain", f"chain {att}")]
     if "chain_plain" in section:
@@ -44,15 +48,29 @@ def _cmp_line(label: str, cmp: dict[str, Any], *, full: bool = True) -> str:
             f"server CPU/chunk {_num(cmp['servers_cpu_ratio'], '.2f')}x  {target}")
 
 
+def _resource_lines(section: dict[str, Any], sides: list[tuple[str, str]]) -> list[str]:
+    lines = ["RSS MB / open fds    start -> peak -> end"]
+    for side, label in sides:
+        for proc, r in section[side].get("resources", {}).items():
+            m, f = r["rss_mb"], r["fds"]
+            lines.append(f"{label + ' ' + proc:20}{m['start']:7.0f} ->{m['peak']:5.0f} ->"
+                         f"{m['end']:5.0f} MB   {f['start']:5} ->{f['peak']:5} ->{f['end']:5}")
+    return lines
+
+
 def _mode_lines(name: str, section: dict[str, Any]) -> list[str]:
     cfg = section["config"]
     sides = _sides(section)
+    stack = cfg.get("kind") == "stack"
     pace = (f"{1000.0 / cfg['delay_ms']:.0f} chunks/s per stream "
             f"(delay {cfg['delay_ms']:.1f} ms)" if cfg["delay_ms"] else "no delay")
+    what = ("cocoon up with its defaults (RA-TLS fake, billing, embedded chain, openai-http "
+            "engine) vs the bare upstream" if stack else
+            f"chain attestation {cfg.get('attestation', 'fake')}"
+            f"{' (and off)' if 'chain_plain' in section else ''}")
     lines = [
         f"== {name}: {cfg['streams']} streams, {cfg['chunks']} chunks x {cfg['chunk_bytes']} B, "
-        f"{pace}; chain attestation {cfg.get('attestation', 'fake')}"
-        f"{' (and off)' if 'chain_plain' in section else ''}; "
+        f"{pace}; {what}; "
         f"{cfg['duration_s']:g} s per phase, median of {cfg['repeat']} ==",
         f"{'':12}{'req/s':>9}{'chunks/s':>10}{'TTFT p50':>10}{'TTFT p99':>10}"
         f"{'lat p50':>10}{'lat p99':>10}{'requests':>10}{'errors':>8}",
@@ -66,10 +84,13 @@ def _mode_lines(name: str, section: dict[str, Any]) -> list[str]:
             f"{r['requests']:>10}{r['errors']:>8}")
     lines.append(f"(req/s, chunks/s: closed-loop rate summed over streams; TTFT, latency in ms; "
                  f"chunks = SSE data events, {cfg['events_per_request']} per request)")
-    lines.append("CPU s per 1k chunks " + "".join(f"{c:>9}" for c in _CPU_COLS))
+    cols = _STACK_CPU_COLS if stack else _CPU_COLS
+    lines.append("CPU s per 1k chunks " + "".join(f"{c:>9}" for c in cols))
     for side, label in sides:
         cpu = section[side]["cpu_s_per_1k_chunks"]
-        lines.append(f"{label:20}" + "".join(f"{_num(cpu.get(c), '.3f'):>9}" for c in _CPU_COLS))
+        lines.append(f"{label:20}" + "".join(f"{_num(cpu.get(c), '.3f'):>9}" for c in cols))
+    if stack:
+        lines.extend(_resource_lines(section, sides))
     lines.append("(other = busy CPU of the rest of the machine: other processes, kernel "
                  "networking)")
     for side, label in sides:
@@ -78,7 +99,8 @@ def _mode_lines(name: str, section: dict[str, Any]) -> list[str]:
             lines.append(f"!! {label}: the rest of the machine kept {share:.0%} of the CPU busy "
                          "during this run; compare with care")
     chain_label = f"{cfg.get('attestation', 'fake')}/direct:"
-    lines.append(_cmp_line(chain_label if "chain_plain" in section else "chain/direct:",
+    lines.append(_cmp_line("up/upstream:" if stack else
+                           chain_label if "chain_plain" in section else "chain/direct:",
                            section["comparison"]))
     if "chain_plain" in section:
         lines.append(_cmp_line("off/direct:", section["comparison_plain"]))

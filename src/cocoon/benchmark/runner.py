@@ -24,7 +24,7 @@ from cocoon.commands.up import LocalNetwork, Role
 from cocoon.errors import LaunchError
 
 __all__ = ["MODES", "TLS_TARGETS", "ModeSpec", "aggregate", "compare", "compare_tls",
-           "expected_events", "request_body", "run_mode"]
+           "expected_events", "measure", "request_body", "run_mode"]
 
 Progress = Callable[[str], None]
 
@@ -69,7 +69,7 @@ def expected_events(spec: ModeSpec) -> int:
     return spec.chunks + 2
 
 
-async def _measure(url: str, spec: ModeSpec, duration: float,
+async def measure(url: str, spec: ModeSpec, duration: float,
                    pids: dict[str, int]) -> dict[str, Any]:
     meter = CpuMeter({**pids, "loadgen": os.getpid()})
     async with LoadGenerator(url, request_body(), spec.streams,
@@ -232,7 +232,7 @@ def run_mode(spec: ModeSpec, duration: float, repeat: int, progress: Progress, *
             for side in order:
                 url, pids = sides[side]
                 progress(f"{spec.name}: {side} run {rep + 1}/{repeat}")
-                run = asyncio.run(_measure(url, spec, duration, pids))
+                run = asyncio.run(measure(url, spec, duration, pids))
                 runs[side].append(run)
                 progress(f"{spec.name}: {side}: {run['requests_per_s']:.1f} req/s, "
                          f"{run['chunks_per_s']:.0f} chunks/s, "

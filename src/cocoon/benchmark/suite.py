@@ -20,6 +20,7 @@ from cocoon.benchmark.ledger import run_ledger
 from cocoon.benchmark.llama import run_llama
 from cocoon.benchmark.report import format_report
 from cocoon.benchmark.runner import MODES, run_mode
+from cocoon.benchmark.stack import default_specs, run_stack
 from cocoon.errors import CocoonError
 
 __all__ = ["run_bench"]
@@ -62,6 +63,7 @@ def run_bench(args: argparse.Namespace) -> int:
     with_llama = not args.no_llama and (args.mode in ("all", "llama") or args.llama)
     with_handshake = args.mode in ("all", "handshake")
     with_ledger = args.mode in ("all", "ledger")
+    with_stack = args.mode == "up"
     tls_compare = bool(fake_modes) and (
         args.tls_compare or (args.mode == "all" and not args.no_tls_compare))
     if tls_compare and args.attestation == "off":
@@ -83,18 +85,24 @@ def run_bench(args: argparse.Namespace) -> int:
         "modes": {},
     }
     failed = False
+    overrides: dict[str, Any] = {}
+    if args.streams:
+        overrides["streams"] = args.streams
+    if args.chunks:
+        overrides["chunks"] = args.chunks
+    if args.chunk_bytes:
+        overrides["chunk_bytes"] = args.chunk_bytes
+    if args.delay_ms is not None:
+        overrides["delay_ms"] = args.delay_ms
+    if with_stack:
+        specs = [replace(s, **overrides) for s in default_specs()]
+        for key, section in run_stack(specs, duration, args.repeat, progress).items():
+            report["modes"][key] = section
+            for side in ("upstream", "cocoon_up"):
+                if section[side]["errors"] or not section[side]["requests"]:
+                    failed = True
     for name in fake_modes:
-        spec = MODES[name]
-        overrides: dict[str, Any] = {}
-        if args.streams:
-            overrides["streams"] = args.streams
-        if args.chunks:
-            overrides["chunks"] = args.chunks
-        if args.chunk_bytes:
-            overrides["chunk_bytes"] = args.chunk_bytes
-        if args.delay_ms is not None:
-            overrides["delay_ms"] = args.delay_ms
-        spec = replace(spec, **overrides)
+        spec = replace(MODES[name], **overrides)
         section = run_mode(spec, duration, args.repeat, progress,
                            attestation=args.attestation, tls_compare=tls_compare,
                            billing=args.billing, chain=args.payments_chain)

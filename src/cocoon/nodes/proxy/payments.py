@@ -171,6 +171,7 @@ class ProxyPayments:
         # client_close_delay, set by the node when it follows a registry).
         self.min_close_delay = 0
         self.clients: dict[str, _Client] = {}  # ledger account -> channel
+        self._rechecks: dict[str, asyncio.Future[None]] = {}  # account -> its read in flight
         self.workers: dict[str, str] = {}  # worker ledger account -> its channel
         self.collected = 0
         self.commits_published = 0
@@ -315,8 +316,7 @@ class ProxyPayments:
                 "this client has no payment channel with the proxy: configure chain.contract "
                 "(its channel) and chain.key_file, or top up with `cocoon client topup`")
         if self.recheck_s and time.monotonic() - self.clients[account].read_at >= self.recheck_s:
-            with contextlib.suppress(PaymentRequired):  # the status it read speaks below
-                await self.try_refresh(account)
+            await self._recheck(account)
         status = self.clients[account].status
         if status != ChannelStatus.OPEN:
             raise PaymentRequired(
@@ -368,6 +368,20 @@ class ProxyPayments:
             except (CocoonError, OSError) as exc:
                 self.errors += 1
                 log.warning("reading the channel of %s failed: %s", account, exc)
+
+    async def _recheck(self, account: str) -> None:
+        """Re-read a client's channel before its request; the requests that find it stale
+        together share one read (not one chain call each)."""
+        task = self._rechecks.get(account)
+        if task is None:
+            task = asyncio.ensure_future(self._recheck_once(account))
+            self._rechecks[account] = task
+            task.add_done_callback(lambda _: self._rechecks.pop(account, None))
+        await asyncio.shield(task)
+
+    async def _recheck_once(self, account: str) -> None:
+        with contextlib.suppress(PaymentRequired):  # the status it read speaks for itself
+            await self.try_refresh(account)
 
     # --- workers --------------------------------------------------------------------------
 
