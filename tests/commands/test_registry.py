@@ -106,8 +106,8 @@ def wallet_address(url: str, name: str, token_file: str) -> str:
 
 
 def test_deploy_show_update_and_hand_over(config: str, chain_url: str, token_file: str) -> None:
-    deployed = ok("deploy", "-c", config, "--price", "7", "--min-client-stake", "123",
-                  "--image", H1)
+    deployed = ok("deploy", "-c", config, "--price", "0.000000007",
+                  "--min-client-stake", "0.000000123", "--image", H1)
     reg = deployed["registry"]
     assert deployed["existed"] is False
     assert deployed["owner"] == wallet_address(chain_url, "owner", token_file)
@@ -116,12 +116,12 @@ def test_deploy_show_update_and_hand_over(config: str, chain_url: str, token_fil
     billing, net = BillingConfig(), NetworkParams()
     shown = ok("show", reg, "-c", config)
     assert shown["params"] == {
-        "price_per_token": 7, "worker_fee": billing.worker_fee_per_token,
+        "price_per_token_nanoton": 7, "worker_fee_nanoton": billing.worker_fee_per_token,
         "prompt_mult": billing.prompt_mult, "cached_mult": billing.cached_mult,
         "completion_mult": billing.completion_mult, "reasoning_mult": billing.reasoning_mult,
         "proxy_close_delay": net.proxy_close_delay,
         "client_close_delay": net.client_close_delay,
-        "min_proxy_stake": net.min_proxy_stake, "min_client_stake": 123}
+        "min_proxy_stake_nanoton": net.min_proxy_stake, "min_client_stake_nanoton": 123}
     assert (shown["version"], shown["params_version"]) == (0, 0)
     assert shown["image_hashes"] == [H1] and shown["model_hashes"] == []
     assert shown["owner"] == deployed["owner"]
@@ -129,6 +129,8 @@ def test_deploy_show_update_and_hand_over(config: str, chain_url: str, token_fil
     # the text form names the same things
     text = run("show", reg, "-c", config)
     assert text.returncode == 0 and reg in text.stdout and H1 in text.stdout
+    assert "price_per_token    0.000000007 TON" in text.stdout  # amounts read in TON
+    assert f"min_proxy_stake    {net.min_proxy_stake // 10**9} TON" in text.stdout
 
     # add/del image and model hashes: show reflects them, every op bumps the version
     assert ok("add-image", reg, H2, "-c", config)["image_hashes"] == sorted([H1, H2])
@@ -149,11 +151,12 @@ def test_deploy_show_update_and_hand_over(config: str, chain_url: str, token_fil
     updated = ok("set-params", reg, "--set", "chain.backend=embedded",
                  "--set", f"chain.url={chain_url}", "--set", "chain.wallet=owner",
                  "--set", f"chain.token_file={token_file}",
-                 "--worker-fee", "5", "--client-close-delay", "9")
-    assert updated["params"] == {**shown["params"], "worker_fee": 5, "client_close_delay": 9}
+                 "--worker-fee", "0.000000005", "--client-close-delay", "9")
+    assert updated["params"] == {**shown["params"], "worker_fee_nanoton": 5,
+                                 "client_close_delay": 9}
     assert (updated["version"], updated["params_version"]) == (5, 1)
-    err = fails("set-params", reg, "-c", config, "--price", "4")
-    assert "must not exceed the price" in err
+    err = fails("set-params", reg, "-c", config, "--price", "0.000000004")
+    assert "must not exceed the price" in err and "0.000000005 TON" in err
 
     # set-owner: the new owner may update, the old one is refused
     new_owner = wallet_address(chain_url, "owner-2", token_file)
@@ -163,8 +166,8 @@ def test_deploy_show_update_and_hand_over(config: str, chain_url: str, token_fil
     ok("add-image", reg, H3, "-c", config, "--set", "chain.wallet=owner-2")
 
     # the same deploy again is the same registry, left as it is
-    again = ok("deploy", "-c", config, "--price", "7", "--min-client-stake", "123",
-               "--image", H1)
+    again = ok("deploy", "-c", config, "--price", "0.000000007",
+               "--min-client-stake", "0.000000123", "--image", H1)
     assert again["registry"] == reg and again["existed"] is True
     assert again["owner"] == new_owner
 
@@ -177,6 +180,13 @@ def test_bad_input_is_a_config_error(config: str, tmp_path: Path) -> None:
     assert "REGISTRY: not a TON address" in fails("show", "nowhere", "-c", config)
     assert "ADDRESS: not a TON address" in fails("set-owner", reg, "bob", "-c", config)
     assert "out of range" in fails("deploy", "-c", config, "--prompt-mult", str(1 << 32))
+    assert "--prompt-mult: not an integer" in fails("deploy", "-c", config, "--prompt-mult", "x")
+    # amounts are TON: at most 9 decimals, no garbage, no sign
+    assert "--price: at most 9 decimals" in fails("deploy", "-c", config,
+                                                  "--price", "0.0000000001")
+    assert "--min-proxy-stake: not an amount of TON" in fails(
+        "deploy", "-c", config, "--min-proxy-stake", "ten")
+    assert "--worker-fee" in fails("deploy", "-c", config, "--worker-fee", "-1")
     assert "nothing to change" in fails("set-params", reg, "-c", config)
     assert "no chain configured" in fails("show", reg)
     assert "chain.url is required" in fails("show", reg, "--set", "chain.backend=embedded")

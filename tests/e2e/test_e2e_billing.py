@@ -11,6 +11,7 @@ from typing import Any
 import openai
 import pytest
 
+from cocoon.commands.roles import LEDGER_MONEY
 from cocoon.commands.up import LocalNetwork
 from cocoon.ledger import Ledger
 
@@ -108,7 +109,9 @@ def test_cocoon_proxy_ledger_command(net: LocalNetwork) -> None:
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout)
     assert report["consistent"] is True
-    assert report["totals"] == billing(net)["totals"]
+    # the same figures, each amount of money named *_nanoton
+    assert report["totals"] == {f"{k}_nanoton" if k in LEDGER_MONEY else k: v
+                                for k, v in billing(net)["totals"].items()}
 
 
 def test_client_and_worker_keep_verified_copies(net: LocalNetwork) -> None:
@@ -142,12 +145,12 @@ def test_client_and_worker_keep_verified_copies(net: LocalNetwork) -> None:
                           "--http", host_port], capture_output=True, text=True, timeout=30,
                          check=False)
     assert out.returncode == 0, out.stderr
-    assert json.loads(out.stdout)["charged"] == acct["charged"]
+    assert json.loads(out.stdout)["charged_nanoton"] == acct["charged"]
     out = subprocess.run([sys.executable, "-m", "cocoon", "worker", "earnings", "--json",
                           "--http", net.workers[0].http.removeprefix("http://")],
                          capture_output=True, text=True, timeout=30, check=False)
     assert out.returncode == 0, out.stderr
-    assert json.loads(out.stdout)["earned"] == earned
+    assert json.loads(out.stdout)["earned_nanoton"] == earned
 
 
 def test_proxy_commits_state_periodically() -> None:

@@ -108,8 +108,8 @@ def test_requests_are_paid_on_chain(net: LocalNetwork, configs: dict[str, Path])
     wait_for(settled, "the client to sign its charges")
     c = cocoon("client", "balance", "-c", client_cfg)
     w = cocoon("worker", "earnings", "-c", worker_cfg)
-    assert c["charged"] - before_c.get("charged", 0) == tokens * PRICE
-    assert w["earned"] - before_w.get("earned", 0) == tokens * FEE
+    assert c["charged_nanoton"] - before_c["charged_nanoton"] == tokens * PRICE
+    assert w["earned_nanoton"] - before_w["earned_nanoton"] == tokens * FEE
     assert w["payout_voucher"]["cumulative_nanoton"] == tokens * FEE
 
     # the proxy redeems the client's signed voucher on chain and publishes a commit
@@ -138,7 +138,7 @@ def test_out_of_funds_then_topup(net: LocalNetwork, configs: dict[str, Path]) ->
         app.chat.completions.create(**big)  # type: ignore[call-overload]
     assert ei.value.status_code == 402 and "top up" in str(ei.value)
     assert "positive" in cocoon_fails("client", "topup", "-1", "-c", client_cfg)
-    out = cocoon("client", "topup", "0.01", "-c", client_cfg)  # 10^7 nanoTON
+    out = cocoon("client", "topup", "0.01", "-c", client_cfg)  # TON: 10^7 nanoTON
     assert out["deposited_nanoton"] == 10**7
     # the proxy sees the top-up on chain when the reservation would fail, and serves it
     done = app.chat.completions.create(**big)  # type: ignore[call-overload]

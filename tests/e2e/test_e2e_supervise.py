@@ -310,8 +310,8 @@ def test_b_killed_proxy_comes_back_with_its_ledger(up: Up) -> None:
     assert report["consistent"], report["problems"]
     after, prior = report["totals"], ledger_before["totals"]
     assert after["settled_requests"] > prior["settled_requests"]
-    assert after["charged"] > prior["charged"]
-    assert after["charged"] == after["earned"] + after["commission"]
+    assert after["charged_nanoton"] > prior["charged_nanoton"]
+    assert after["charged_nanoton"] == after["earned_nanoton"] + after["commission_nanoton"]
 
 
 def probe_ok(base: str) -> bool:
@@ -358,11 +358,11 @@ def test_c_a_second_up_on_the_same_data_dir_continues(tmp_path: Path) -> None:
         def settled() -> dict[str, Any] | None:
             c = account("client", client_cfg)
             signed = (c.get("signed") or {}).get("cumulative_nanoton")
-            return c if c.get("charged") and signed == c["charged"] else None
+            return c if c["charged_nanoton"] and signed == c["charged_nanoton"] else None
 
         client_before = wait_for(settled, "the charges signed by the client", 60)
         worker_before = account("worker", worker_cfg)
-        assert worker_before["earned"] > 0
+        assert worker_before["earned_nanoton"] > 0
         deployment = (data / "deployment.json").read_text()
         assert first.stop() == 0
         assert first.leftovers() == [], "roles still running after cocoon up stopped"
@@ -382,7 +382,7 @@ def test_c_a_second_up_on_the_same_data_dir_continues(tmp_path: Path) -> None:
             return c if c.get("voucher") else None
 
         client_after = wait_for(restored, "the client's statement back", 30)
-        for key in ("charged", "deposited"):
+        for key in ("charged_nanoton", "deposited_nanoton"):
             assert client_after[key] == client_before[key], key
         # the same channel, not funded again (whether or not the proxy redeemed meanwhile)
         on_chain = [(c["on_chain"]["channel"], c["on_chain"]["status"],
@@ -391,7 +391,7 @@ def test_c_a_second_up_on_the_same_data_dir_continues(tmp_path: Path) -> None:
         assert on_chain[0] == on_chain[1], on_chain
         worker_after = wait_for(lambda: (w := account("worker", worker_cfg)).get("voucher")
                                 and w, "the worker's statement back", 30)
-        assert worker_after["earned"] == worker_before["earned"]
+        assert worker_after["earned_nanoton"] == worker_before["earned_nanoton"]
         assert worker_after["payout_voucher"] == worker_before["payout_voucher"]
 
         # and the books carry on from there
@@ -399,7 +399,8 @@ def test_c_a_second_up_on_the_same_data_dir_continues(tmp_path: Path) -> None:
                             max_retries=0, timeout=30)
         app.chat.completions.create(
             model="fake", messages=[{"role": "user", "content": "one more"}], max_tokens=5)
-        wait_for(lambda: account("client", client_cfg)["charged"] > client_before["charged"],
+        wait_for(lambda: account("client", client_cfg)["charged_nanoton"]
+                 > client_before["charged_nanoton"],
                  "the next request charged on top")
         report = cocoon("proxy", "ledger", "-c", str(second.config("proxy")))
         assert report["consistent"], report["problems"]

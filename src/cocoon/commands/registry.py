@@ -7,9 +7,11 @@ the ``[chain]`` table of ``-c FILE`` (and ``--set chain.KEY=VALUE``) names: the 
 otherwise) or ``ton``. Everything goes through the :class:`~cocoon.chain.base.Chain`
 interface, so both backends send the same cells.
 
-Amounts are nanoTON ints; hashes 64 hex digits. Input errors are :class:`ConfigError`; a
-contract's refusal is the :class:`~cocoon.chain.errors.ContractRejected` subclass for its exit
-code, with the reason in words.
+Amounts are typed and printed in TON (``--price 0.000000002``); ``--json`` gives them in
+nanoTON, in fields named ``*_nanoton``. Hashes are 64 hex digits. Input errors are
+:class:`ConfigError`; a contract's refusal is the
+:class:`~cocoon.chain.errors.ContractRejected` subclass for its exit code, with the reason in
+words.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from cocoon.chain.errors import ContractRejected, WrongSender
 from cocoon.chain.localnet import NetworkParams
 from cocoon.chain.registry import read_registry
 from cocoon.chain.specs import RegistryParams
+from cocoon.commands.money import MAX_NANOTON, format_ton, parse_ton
 from cocoon.config import build_table, read_toml
 from cocoon.errors import ConfigError
 from cocoon.ledger.config import BillingConfig
@@ -42,21 +45,25 @@ DEFAULT_OWNER_WALLET = "owner"
 
 _HASH = re.compile(r"[0-9a-fA-F]{64}")
 _UINT32 = 1 << 32
-_COINS = 1 << 120
+_COINS = MAX_NANOTON + 1  # Coins: 120 bits
 
-# flag -> (RegistryParams field, upper bound (exclusive), help)
+# flag -> (RegistryParams field, upper bound (exclusive), help); the fields in MONEY are
+# amounts, typed in TON
 _PARAM_FLAGS: dict[str, tuple[str, int, str]] = {
-    "--price": ("price_per_token", _COINS, "nanoTON a client pays per adjusted token"),
-    "--worker-fee": ("worker_fee", _COINS, "nanoTON a worker earns per adjusted token"),
+    "--price": ("price_per_token", _COINS, "TON a client pays per adjusted token, e.g. "
+                                            "0.000000002"),
+    "--worker-fee": ("worker_fee", _COINS, "TON a worker earns per adjusted token"),
     "--prompt-mult": ("prompt_mult", _UINT32, "prompt token multiplier (10000 = 1.0x)"),
     "--cached-mult": ("cached_mult", _UINT32, "cached prompt token multiplier"),
     "--completion-mult": ("completion_mult", _UINT32, "completion token multiplier"),
     "--reasoning-mult": ("reasoning_mult", _UINT32, "reasoning token multiplier"),
     "--proxy-close-delay": ("proxy_close_delay", _UINT32, "seconds"),
     "--client-close-delay": ("client_close_delay", _UINT32, "seconds"),
-    "--min-proxy-stake": ("min_proxy_stake", _COINS, "nanoTON"),
-    "--min-client-stake": ("min_client_stake", _COINS, "nanoTON"),
+    "--min-proxy-stake": ("min_proxy_stake", _COINS, "TON"),
+    "--min-client-stake": ("min_client_stake", _COINS, "TON"),
 }
+MONEY = frozenset({"price_per_token", "worker_fee", "min_proxy_stake", "min_client_stake"})
+"""The registry params that are amounts (nanoTON inside, TON on the command line)."""
 
 _HASH_OPS = {
     "add-image": ("image", "add"),
@@ -87,9 +94,16 @@ def _address(text: str, what: str) -> str:
 def _param_overrides(args: argparse.Namespace) -> dict[str, int]:
     out: dict[str, int] = {}
     for flag, (field, limit, _) in _PARAM_FLAGS.items():
-        value = getattr(args, field, None)
-        if value is None:
+        text = getattr(args, field, None)
+        if text is None:
             continue
+        if field in MONEY:
+            value = parse_ton(text, allow_zero=True, what=flag)
+        else:
+            try:
+                value = int(text)
+            except ValueError:
+                raise ConfigError(f"{flag}: not an integer: {text!r}") from None
         if not 0 <= value < limit:
             raise ConfigError(f"{flag}: out of range (0 .. {limit - 1}), got {value}")
         out[field] = value
@@ -98,9 +112,9 @@ def _param_overrides(args: argparse.Namespace) -> dict[str, int]:
 
 def _checked(params: RegistryParams) -> RegistryParams:
     if params.worker_fee > params.price_per_token:
-        raise ConfigError(f"worker fee ({params.worker_fee}) must not exceed the price per "
-                          f"token ({params.price_per_token}): the proxy would pay out more "
-                          "than it charges")
+        raise ConfigError(f"worker fee ({format_ton(params.worker_fee)}) must not exceed the "
+                          f"price per token ({format_ton(params.price_per_token)}): the proxy "
+                          "would pay out more than it charges")
     return params
 
 
@@ -159,7 +173,8 @@ def add_registry_arguments(sub: Any) -> None:
 
     def params_flags(q: argparse.ArgumentParser, default: str) -> None:
         for flag, (field, _, text) in _PARAM_FLAGS.items():
-            q.add_argument(flag, dest=field, type=int, metavar="N", help=f"{text} ({default})")
+            q.add_argument(flag, dest=field, metavar="TON" if field in MONEY else "N",
+                           help=f"{text} ({default})")
 
     q = acts.add_parser("deploy", parents=[common],
                         help="deploy a registry owned by the config's wallet")
@@ -199,7 +214,8 @@ def _state_report(registry: str, state: Any) -> dict[str, Any]:
         "owner": state.owner,
         "version": state.version,
         "params_version": state.params_version,
-        "params": dataclasses.asdict(state.params),
+        "params": {f"{k}_nanoton" if k in MONEY else k: v
+                   for k, v in dataclasses.asdict(state.params).items()},
         "image_hashes": sorted(h.hex() for h in state.image_hashes),
         "model_hashes": sorted(h.hex() for h in state.model_hashes),
     }
@@ -282,6 +298,8 @@ def _print_text(report: dict[str, Any]) -> None:
     print(f"{'owner':<20} {report['owner']}")
     print(f"{'version':<20} {report['version']} (params version {report['params_version']})")
     for k, v in report["params"].items():
+        if k.endswith("_nanoton"):
+            k, v = k.removesuffix("_nanoton"), format_ton(v)
         print(f"  {k:<18} {v}")
     for kind in ("image", "model"):
         hashes = report[f"{kind}_hashes"]

@@ -20,12 +20,15 @@ from typing import Any
 from cocoon import config as cfg
 from cocoon.chain.connect import open_chain
 from cocoon.commands import chain as chain_cmd
+from cocoon.commands.money import format_ton, iso_utc
 from cocoon.commands.up import http_json
 from cocoon.errors import CocoonError
 from cocoon.ledger import Ledger
 from cocoon.validation import parse_hostport
 
-__all__ = ["ROLES", "add_role_arguments", "overrides", "run_role_action"]
+__all__ = ["ROLES", "add_role_arguments", "client_balance", "format_client_balance",
+           "format_worker_earnings", "ledger_totals", "overrides", "run_role_action",
+           "worker_earnings"]
 
 ROLES = ("proxy", "worker", "client")
 
@@ -46,64 +49,141 @@ def overrides(args: argparse.Namespace, mapping: dict[str, str]) -> dict[str, An
     return out
 
 
-def _role_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
-    p: argparse.ArgumentParser = sub.add_parser(name, help=help_text)
-    p.add_argument("-c", "--config", help="TOML config file")
+def _role_options(p: argparse.ArgumentParser, role: str, *, suppress: bool,
+                  run: bool) -> None:
+    """The options of ``cocoon ROLE [ACTION]``: ``-c`` and ``--set`` everywhere, the node's
+    own (addresses, engine, log level) where it runs (``run``). On an action's parser they
+    default to ``SUPPRESS``, so ``cocoon client -c F topup 1`` and ``cocoon client topup 1 -c
+    F`` mean the same."""
+    d: dict[str, Any] = {"default": argparse.SUPPRESS} if suppress else {}
+    p.add_argument("-c", "--config", metavar="FILE", help="the role's TOML config file", **d)
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="override a config key, e.g. --set engine.fake.chunks=10")
-    p.add_argument("--ready-file", help="write the bound addresses here as JSON when ready")
-    p.add_argument("-v", "--verbose", action="count", default=1)
-    return p
+                   help="override a config key, e.g. --set engine.fake.chunks=10 (repeatable)",
+                   **d)
+    if role != "proxy":  # where the running node answers (balance, earnings, withdraw ask it)
+        what = "the OpenAI API (client.http, default 127.0.0.1:10000)" if role == "client" \
+            else "health and stats (worker.http, default 127.0.0.1:12000)"
+        p.add_argument("--http", metavar="HOST:PORT", help=what, **d)
+    if not run:
+        return
+    p.add_argument("--ready-file", metavar="FILE",
+                   help="write the bound addresses here as JSON once serving", **d)
+    p.add_argument("-v", "--verbose", action="count",
+                   help="log debug lines too (the default logs info)",
+                   **(d or {"default": 1}))
+    if role == "proxy":
+        p.add_argument("--listen", metavar="HOST:PORT",
+                       help="where workers and clients connect (proxy.listen, default "
+                            "127.0.0.1:11100)", **d)
+        p.add_argument("--http", metavar="HOST:PORT",
+                       help="health and stats (proxy.http, default 127.0.0.1:11000)", **d)
+    elif role == "worker":
+        p.add_argument("--proxy", metavar="HOST:PORT",
+                       help="the proxy to serve (worker.proxy, default 127.0.0.1:11100)", **d)
+        p.add_argument("--engine", choices=["llama-cpp", "openai-http", "fake"],
+                       help="what generates the tokens (engine.kind, default llama-cpp): "
+                            "llama-cpp, embedded llama.cpp with SmolLM2-135M-Instruct unless "
+                            "engine.llama_cpp.model_path names another GGUF; openai-http, an "
+                            "OpenAI-compatible server at --upstream (vLLM, SGLang, "
+                            "llama-server); fake, deterministic chunks for tests and "
+                            "benchmarks", **d)
+        p.add_argument("--upstream", metavar="URL",
+                       help="--engine openai-http: the upstream's base URL "
+                            "(engine.openai-http.base_url, default http://127.0.0.1:8000)", **d)
+        p.add_argument("--max-concurrent", type=int, metavar="N",
+                       help="requests this worker runs at once: the capacity it announces, "
+                            "so the proxy sends it at most that many, routing each request "
+                            "to the least-loaded worker (worker.max_concurrent; default: "
+                            "256 for openai-http, 4 for llama-cpp and fake)",
+                       **d)
+    else:
+        p.add_argument("--proxy", metavar="HOST:PORT",
+                       help="the proxy to send requests to (client.proxy, default "
+                            "127.0.0.1:11100)", **d)
+
+
+_JSON_HELP = "machine-readable output (amounts in nanoTON, in fields named *_nanoton)"
+
+
+def _role(sub: Any, role: str, help_text: str, description: str,
+          actions: list[tuple[str, str]]) -> dict[str, argparse.ArgumentParser]:
+    """``cocoon ROLE [ACTION]``: the role's parser (running it is the default) and one
+    parser per action, returned by name to add the action's own arguments."""
+    p: argparse.ArgumentParser = sub.add_parser(role, help=help_text, description=description)
+    _role_options(p, role, suppress=False, run=True)
+    acts = p.add_subparsers(dest="action", metavar="[ACTION]", title="actions",
+                            description="run (the default) starts the node; the others act "
+                                        "on its account, its books or the chain")
+    p.set_defaults(action="run")
+    out = {}
+    for name, text in actions:
+        q = acts.add_parser(name, help=text, description=text)
+        _role_options(q, role, suppress=True, run=name == "run")
+        if name != "run":
+            q.add_argument("--json", action="store_true", help=_JSON_HELP)
+        out[name] = q
+    return out
+
+
+def _amount(p: argparse.ArgumentParser, text: str) -> None:
+    p.add_argument("amount",
+                   help=f"{text}, in TON with up to 9 decimals (e.g. 2.5 or 0.000000186)")
 
 
 def add_role_arguments(sub: Any) -> None:
-    """``cocoon proxy|worker|client ...`` under the top-level subparsers ``sub``."""
-    p = _role_parser(sub, "proxy", "run a proxy, or inspect its ledger (cocoon proxy ledger)")
-    p.add_argument("action", nargs="?",
-                   choices=["run", "ledger", "open-channel", "stake", "unstake"],
-                   default="run",
-                   help="run (default); ledger: print the ledger's totals and check it; "
-                        "open-channel WORKER_WALLET AMOUNT: deploy a worker's payout channel "
-                        "funded from the proxy's wallet; stake AMOUNT: deploy the proxy's "
-                        "stake contract (or add to it); unstake: request it back, then (after "
-                        "the delay) take it")
-    p.add_argument("worker_wallet", nargs="?",
-                   help="open-channel: the worker's wallet address; stake: the amount")
-    p.add_argument("amount", nargs="?", help="open-channel: initial funding in TON")
-    p.add_argument("--close-delay", type=int, default=3600,
-                   help="open-channel: seconds between a close request and the close")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.add_argument("--listen", help="HOST:PORT for workers and clients")
-    p.add_argument("--http", help="HOST:PORT for health and stats")
+    """``cocoon proxy|worker|client [ACTION] ...`` under the top-level subparsers ``sub``."""
+    a = _role(sub, "proxy", "run a proxy, or act on its books and stake (cocoon proxy ledger)",
+              "Run a proxy (the default), or act on its ledger, its stake and the workers' "
+              "payout channels.", [
+                  ("run", "serve workers and clients until SIGINT/SIGTERM"),
+                  ("ledger", "print the ledger's totals and check its invariants (exit 1 if "
+                             "inconsistent)"),
+                  ("open-channel", "deploy a worker's payout channel, funded from the "
+                                   "proxy's wallet"),
+                  ("stake", "deploy the proxy's stake contract, or add to it"),
+                  ("unstake", "ask the stake back; run again after the delay to take it"),
+              ])
+    a["open-channel"].add_argument("worker_wallet", metavar="WORKER_WALLET",
+                                   help="the worker's wallet address (it is paid there)")
+    _amount(a["open-channel"], "the channel's initial funding")
+    a["open-channel"].add_argument("--close-delay", type=int, default=3600, metavar="SECONDS",
+                                   help="seconds between a close request and the close "
+                                        "(default 3600)")
+    _amount(a["stake"], "what to stake (the first stake must reach the registry's minimum)")
 
-    p = _role_parser(sub, "worker", "run a worker, or show its earnings (cocoon worker earnings)")
-    p.add_argument("action", nargs="?", choices=["run", "earnings", "withdraw"], default="run",
-                   help="run (default); earnings: the worker's verified copy of its account; "
-                        "withdraw: cash out its newest payout voucher on chain")
-    p.add_argument("--json", action="store_true", help="earnings: machine-readable output")
-    p.add_argument("--proxy", help="proxy HOST:PORT")
-    p.add_argument("--http", help="HOST:PORT for health and stats")
-    p.add_argument("--engine", choices=["llama-cpp", "openai-http", "fake"])
-    p.add_argument("--upstream", help="base URL of the OpenAI-compatible upstream")
-    p.add_argument("--max-concurrent", type=int)
+    a = _role(sub, "worker", "run a worker, or show its earnings (cocoon worker earnings)",
+              "Run a worker (the default), or show and cash out what it earned.", [
+                  ("run", "serve the proxy with an engine until SIGINT/SIGTERM"),
+                  ("earnings", "the worker's verified copy of its account, and its payout "
+                               "channel on chain"),
+                  ("withdraw", "cash out the newest payout voucher on chain (the running "
+                               "worker's, else the one kept in chain.voucher_file)"),
+              ])
 
-    p = _role_parser(sub, "client", "run a client (the OpenAI API for apps), or show its "
-                                    "balance (cocoon client balance)")
-    p.add_argument("action", nargs="?",
-                   choices=["run", "balance", "open", "topup", "close", "withdraw"],
-                   default="run",
-                   help="run (default); balance: the client's verified copy of its account; "
-                        "topup AMOUNT: deposit AMOUNT TON into its payment channel; close: "
-                        "request the channel's close; withdraw: after the close delay, take "
-                        "back what is left")
-    p.add_argument("amount", nargs="?", help="open, topup: amount in TON, e.g. 2.5")
-    p.add_argument("--payee", help="open: the proxy's wallet address (its /stats shows it)")
-    p.add_argument("--payee-key", help="open: the proxy's voucher key, 64 hex (its /stats)")
-    p.add_argument("--close-delay", type=int, default=3600,
-                   help="open: seconds between a close request and the refund")
-    p.add_argument("--json", action="store_true", help="balance: machine-readable output")
-    p.add_argument("--proxy", help="proxy HOST:PORT")
-    p.add_argument("--http", help="HOST:PORT of the OpenAI API")
+    a = _role(sub, "client", "run a client (the OpenAI API for apps), or act on its payment "
+                             "channel (cocoon client balance)",
+              "Run a client (the default), or act on its payment channel.", [
+                  ("run", "serve the OpenAI API until SIGINT/SIGTERM"),
+                  ("balance", "what the channel holds, what the proxy charged (its newest "
+                              "signed statement) and what is left"),
+                  ("open", "deploy a new payment channel to the proxy, funded from the "
+                           "client's wallet, and switch the client's config (-c) to it"),
+                  ("topup", "deposit more into the payment channel"),
+                  ("close", "ask to close the channel (the proxy may redeem your last "
+                            "voucher during the close delay)"),
+                  ("withdraw", "after the close delay, take back what is left"),
+              ])
+    _amount(a["topup"], "what to deposit")
+    _amount(a["open"], "the new channel's deposit")
+    a["open"].add_argument("--payee", metavar="PROXY_WALLET",
+                           help="the proxy's wallet address (its /stats shows it; default: "
+                                "the payee of the channel the config names)")
+    a["open"].add_argument("--payee-key", metavar="HEX",
+                           help="the proxy's voucher key, 64 hex (its /stats shows it; "
+                                "default: as in the channel the config names)")
+    a["open"].add_argument("--close-delay", type=int, metavar="SECONDS",
+                           help="seconds between a close request and the refund (default: "
+                                "as in the channel the config names, else 3600)")
 
 
 def run_role_action(args: argparse.Namespace) -> int:
@@ -135,29 +215,124 @@ def _on_chain(role_cfg: Any) -> dict[str, Any]:
 
 
 def _account(args: argparse.Namespace) -> int:
-    """Ask a running client or worker (its --http address) for its copy of its account."""
+    """Ask a running client or worker (its --http address) for its copy of its account, and
+    read its channel on chain."""
     over = overrides(args, {"http": "http"})
     role_cfg: Any = (cfg.load(cfg.ClientConfig, args.config, over)
                      if args.command == "client"
                      else cfg.load(cfg.WorkerConfig, args.config, over))
-    stats = _stats(args, role_cfg.http)
-    account = stats.get("billing") or {}
-    if role_cfg.chain.enabled and role_cfg.chain.contract:
-        account["on_chain"] = _on_chain(role_cfg)
+    billing = _stats(args, role_cfg.http).get("billing") or {}
+    on_chain = (_on_chain(role_cfg) if role_cfg.chain.enabled and role_cfg.chain.contract
+                else None)
+    if args.command == "client":
+        report = client_balance(billing, on_chain)
+        if args.json:
+            print(json.dumps(report, indent=2))
+        else:
+            print(format_client_balance(report))
+        return 0
+    report = worker_earnings(billing, on_chain)
     if args.json:
-        print(json.dumps(account, indent=2))
-    elif account.get("voucher") is None:
-        print("no statement from the proxy yet (billing off, or no paid request so far)")
-        if "on_chain" in account:
-            print(f"{'on_chain':<20} {account['on_chain']}")
+        print(json.dumps(report, indent=2))
     else:
-        for k, v in account.items():
-            if k != "voucher":
-                print(f"{k:<20} {v}")
-        v = account["voucher"]
-        print(f"{'voucher':<20} seqno {v['seqno']}, {v['cumulative_nanoton']} nanoTON, "
-              f"{v['cumulative_tokens']} tokens, signed by proxy key {v['proxy_key'][:16]}...")
+        print(format_worker_earnings(report))
     return 0
+
+
+def client_balance(billing: dict[str, Any], on_chain: dict[str, Any] | None) -> dict[str, Any]:
+    """``cocoon client balance --json``: the client's account from its node's copy (the
+    proxy's newest signed statement: charged, reserved) and its channel as the chain holds
+    it now. ``deposited_nanoton`` is read on chain when there is one (what the channel holds
+    plus what it has paid the proxy), so a top-up shows at once, before any statement says
+    so; without a chain it is the statement's."""
+    charged, reserved = int(billing.get("charged", 0)), int(billing.get("reserved", 0))
+    deposited = (on_chain["balance_nanoton"] + on_chain["charged_nanoton"]
+                 if on_chain is not None else int(billing.get("deposited", 0)))
+    report: dict[str, Any] = {
+        "channel": (on_chain or {}).get("channel") or billing.get("channel"),
+        "status": (on_chain or {}).get("status"),
+        "deposited_nanoton": deposited,
+        "charged_nanoton": charged,
+        "reserved_nanoton": reserved,
+        "available_nanoton": deposited - charged - reserved,
+        "voucher": billing.get("voucher"),
+        "rejected_statements": billing.get("rejected_statements", 0),
+    }
+    if "signed" in billing:
+        report["signed"] = billing["signed"]
+    if on_chain is not None:
+        report["on_chain"] = on_chain
+    return report
+
+
+def format_client_balance(r: dict[str, Any]) -> str:
+    """The text form of :func:`client_balance`: TON, dates in UTC."""
+    lines = []
+    if r.get("channel"):
+        lines.append(f"{'channel':<12} {r['channel']}"
+                     + (f" ({r['status']})" if r.get("status") else ""))
+    c = r.get("on_chain")
+    where = "on chain now" if c is not None else "as the proxy last stated"
+    lines += [f"{'deposited':<12} {format_ton(r['deposited_nanoton'])} ({where})",
+              f"{'charged':<12} {format_ton(r['charged_nanoton'])} (the proxy's newest "
+              "signed statement)",
+              f"{'reserved':<12} {format_ton(r['reserved_nanoton'])} (requests running now)",
+              f"{'available':<12} {format_ton(r['available_nanoton'])}"]
+    if r.get("signed"):
+        lines.append(f"{'you signed':<12} {format_ton(r['signed']['cumulative_nanoton'])} "
+                     "(what the proxy may redeem)")
+    if c is not None:
+        lines.append(f"{'channel now':<12} holds {format_ton(c['balance_nanoton'])}, paid the "
+                     f"proxy {format_ton(c['charged_nanoton'])}")
+        if c.get("close_at"):
+            lines.append(f"{'closes at':<12} {c['close_at']}")
+    v = r.get("voucher")
+    if v is None:
+        lines.append("no statement from the proxy yet (billing off, or no paid request so far)")
+    else:
+        lines.append(f"{'statement':<12} seqno {v['seqno']}: "
+                     f"{format_ton(v['cumulative_nanoton'])} for {v['cumulative_tokens']} "
+                     f"tokens, signed by proxy key {v['proxy_key'][:16]}...")
+    return "\n".join(lines)
+
+
+def worker_earnings(billing: dict[str, Any], on_chain: dict[str, Any] | None) -> dict[str, Any]:
+    """``cocoon worker earnings --json``: what the proxy's newest statement says the worker
+    earned, its newest payout voucher, and its payout channel on chain."""
+    report: dict[str, Any] = {
+        "earned_nanoton": int(billing.get("earned", 0)),
+        "voucher": billing.get("voucher"),
+        "rejected_statements": billing.get("rejected_statements", 0),
+        "channel": (on_chain or {}).get("channel") or billing.get("channel"),
+        "payout_voucher": billing.get("payout_voucher"),
+    }
+    if on_chain is not None:
+        report["on_chain"] = on_chain
+        voucher = report["payout_voucher"] or {}
+        report["withdrawable_nanoton"] = max(
+            0, int(voucher.get("cumulative_nanoton", 0)) - on_chain["charged_nanoton"])
+    return report
+
+
+def format_worker_earnings(r: dict[str, Any]) -> str:
+    lines = [f"{'earned':<14} {format_ton(r['earned_nanoton'])} (the proxy's newest signed "
+             "statement)"]
+    if r.get("channel"):
+        lines.append(f"{'channel':<14} {r['channel']}")
+    c = r.get("on_chain")
+    if c is not None:
+        lines.append(f"{'channel now':<14} holds {format_ton(c['balance_nanoton'])}, paid you "
+                     f"{format_ton(c['charged_nanoton'])} ({c['status']})")
+        lines.append(f"{'withdrawable':<14} {format_ton(r['withdrawable_nanoton'])} "
+                     "(`cocoon worker withdraw`)")
+    v = r.get("voucher")
+    if v is None:
+        lines.append("no statement from the proxy yet (billing off, or no paid request so far)")
+    else:
+        lines.append(f"{'statement':<14} seqno {v['seqno']}: "
+                     f"{format_ton(v['cumulative_nanoton'])} for {v['cumulative_tokens']} "
+                     f"tokens, signed by proxy key {v['proxy_key'][:16]}...")
+    return "\n".join(lines)
 
 
 def _chain_action(args: argparse.Namespace) -> int:
@@ -191,14 +366,29 @@ def _proxy_ledger(args: argparse.Namespace) -> int:
     with Ledger(path) as ledger:
         totals = dataclasses.asdict(ledger.totals())
         problems = ledger.check_invariants()
-        commits = [dataclasses.asdict(c) for c in ledger.commits()]
-    report = {"ledger": str(path), "totals": totals, "commits": len(commits),
-              "consistent": not problems, "problems": problems}
+        commits = ledger.commits()
+    report: dict[str, Any] = {
+        "ledger": str(path), "totals": ledger_totals(totals), "commits": len(commits),
+        "last_commit_at": iso_utc(commits[-1].at) if commits else None,
+        "consistent": not problems, "problems": problems}
     if args.json:
         print(json.dumps(report, indent=2))
     else:
         print(f"ledger {path}")
-        for k, v in totals.items():
-            print(f"  {k:<18} {v}")
+        for k, v in report["totals"].items():
+            if k.endswith("_nanoton"):
+                k, v = k.removesuffix("_nanoton"), format_ton(v)
+            print(f"  {k.replace('_', ' '):<18} {v}")
+        print(f"  {'commits':<18} {len(commits)}"
+              + (f", the last at {report['last_commit_at']}" if commits else ""))
         print("  consistent" if not problems else "  INCONSISTENT:\n    " + "\n    ".join(problems))
     return 0 if not problems else 1
+
+
+LEDGER_MONEY = ("deposited", "charged", "reserved", "earned", "commission")
+"""The ledger's totals that are amounts of money (nanoTON); the others are counts."""
+
+
+def ledger_totals(totals: dict[str, Any]) -> dict[str, Any]:
+    """The ledger's totals with each amount's field named ``*_nanoton``."""
+    return {f"{k}_nanoton" if k in LEDGER_MONEY else k: v for k, v in totals.items()}

@@ -11,6 +11,15 @@ is ``cocoon ROLE -c FILE``: a role that dies comes back on the same ports with t
 state (:meth:`LocalNetwork.supervise`). All state (keys, ledger, chain state, the contracts'
 deployment, payout vouchers) lives in the data directory: a temporary one that ``close``
 deletes, or a lasting one (``cocoon up --data-dir``) that a later network continues from.
+The client's channel is the one its config names: ``cocoon client open -c client.toml``
+switches it, and the supervisor restarts the client on it
+(:meth:`LocalNetwork.follow_client_channel`).
+
+A start first checks that its fixed ports are free (:func:`check_ports_free`); each run's
+role logs start fresh, the earlier runs' rotated (:func:`rotate_log`). SIGINT/SIGTERM only
+set a flag that the start and the supervision loop poll, so no exception lands in the middle
+of starting a process or a chain call; the roles then stop from the edge in (client,
+workers, proxy, chain), so the proxy settles what the client's going cut off.
 """
 
 from __future__ import annotations
@@ -19,11 +28,13 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import errno
 import fcntl
 import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -44,15 +55,17 @@ from cocoon.chain.embedded import EmbeddedChain, find_toolchain
 from cocoon.chain.localnet import LocalDeployment, NetworkParams, deploy_local_network
 from cocoon.chain.messages import default_contracts_dir
 from cocoon.chain.token import read_token
+from cocoon.commands.money import format_ton, parse_ton
 from cocoon.crypto import load_or_create_ec_key, load_or_create_ed25519_key
 from cocoon.engines.llama_cpp import default_model_path, model_file_hash
-from cocoon.errors import LaunchError, ToolchainMissing
+from cocoon.errors import CocoonError, LaunchError, ToolchainMissing
 from cocoon.ledger import Ledger
 from cocoon.ledger.accounts import channel_account, client_account
 from cocoon.ledger.config import BillingConfig
 
-__all__ = ["ATTESTATION_MODES", "CHAIN_MODES", "LocalNetwork", "Role", "add_up_arguments",
-           "default_data_dir", "http_json", "run_up"]
+__all__ = ["ATTESTATION_MODES", "CHAIN_MODES", "LOG_GENERATIONS", "LocalNetwork", "Role",
+           "add_up_arguments", "check_ports_free", "default_data_dir", "http_json",
+           "port_holder", "rotate_log", "run_up"]
 
 # fake: simulated TDX evidence over RA-TLS; none: RA-TLS without evidence (tier unattested);
 # off: plain TCP, no TLS (benchmark baseline only).
@@ -101,6 +114,8 @@ class Role:
     restarts: int = 0
     restart_at: float | None = None  # monotonic; set while a restart is pending
     awaiting_ready: bool = False  # restarted, not serving again yet
+    # True once the network is asked to stop (SIGINT/SIGTERM): waits end at their next poll
+    interrupted: Callable[[], bool] = lambda: False
 
     def spawn(self, module: str, args: list[str]) -> None:
         self.module, self.args = module, list(args)
@@ -139,8 +154,10 @@ class Role:
 
     def wait_until(self, check: Callable[[], bool], what: str, deadline: float) -> None:
         """Poll ``check`` until it holds; LaunchError (with the log's tail) if the process
-        dies or ``deadline`` (monotonic) passes."""
+        dies or ``deadline`` (monotonic) passes; KeyboardInterrupt once :attr:`interrupted`."""
         while time.monotonic() < deadline:
+            if self.interrupted():
+                raise KeyboardInterrupt
             if not self.alive():
                 raise LaunchError(f"{self.name} exited while {what}:\n{self.log_tail()}")
             if check():
@@ -256,6 +273,10 @@ class LocalNetwork:
         self.proxy_addr = ""  # host:port the workers and the client dial, once started
         self.workers: list[Role] = []
         self.client: Role | None = None
+        self._interrupted = False
+        self._fresh_logs: set[str] = set()  # role logs rotated by this network
+        self.client_channel = ""  # the channel the client pays through (on chain)
+        self._client_config_seen: tuple[int, int] | None = None  # (mtime_ns, size)
 
     NETWORK_FILE = "network.json"
     """What kind of network a data directory holds; also what marks it as cocoon's."""
@@ -337,8 +358,29 @@ class LocalNetwork:
 
     # --- processes ----------------------------------------------------------------------
 
+    def interrupt(self) -> None:
+        """Ask a start in progress to stop (what SIGINT/SIGTERM do): it stops at its next
+        poll (KeyboardInterrupt from :meth:`start`), never in the middle of starting a process
+        or a chain call, so nothing is left half-started."""
+        self._interrupted = True
+
+    def _check_interrupted(self) -> None:
+        if self._interrupted:
+            raise KeyboardInterrupt
+
+    def _role(self, name: str) -> Role:
+        """A role logging to ``LOG_DIR/<name>.log``: that log starts fresh for this network
+        (the previous runs' are kept as ``<name>.log.1`` .. ``.N``, :func:`rotate_log`), and
+        a restart of the role within this network appends to it."""
+        log = self.log_dir / f"{name}.log"
+        if name not in self._fresh_logs:
+            rotate_log(log)
+            self._fresh_logs.add(name)
+        return Role(name, log, self.data_dir / f"{name}.ready",
+                    interrupted=lambda: self._interrupted)
+
     def _spawn(self, name: str, role: str, args: list[str]) -> Role:
-        r = Role(name, self.log_dir / f"{name}.log", self.data_dir / f"{name}.ready")
+        r = self._role(name)
         r.spawn("cocoon", [role, *args])
         return r
 
@@ -351,7 +393,7 @@ class LocalNetwork:
                               ) from None
         d = self.data_dir
         progress("starting the embedded chain (TVM emulator)")
-        role = self.chain_role = Role("chain", self.log_dir / "chain.log", d / "chain.ready")
+        role = self.chain_role = self._role("chain")
         role.spawn("cocoon", ["chain", "run", "--state", str(d / "chain-state.json"),
                               "--http", f"{self.host}:0"])
         role.wait_until(role.read_ready, "ready", deadline)
@@ -362,6 +404,7 @@ class LocalNetwork:
         dep = self._load_deployment()
         if dep is None:
             progress(f"chain at {self.chain_url}: deploying registry, proxy stake, channels")
+            self._check_interrupted()
             dep = asyncio.run(self._deploy())
             _write_json(self.data_dir / self.DEPLOYMENT_FILE,
                         {**dataclasses.asdict(dep), "code_hashes": _code_hashes()})
@@ -369,6 +412,13 @@ class LocalNetwork:
             progress(f"chain at {self.chain_url}: continuing the network deployed in "
                      f"{self.data_dir}")
         self.deployment = dep
+        channel = dep.client_channel
+        named = self._configured_client_channel() if self.continued else ""
+        if named and named != channel:
+            channel = named
+            progress(f"the client pays through channel {named}, as its config names it "
+                     "(`cocoon client open` switched it)")
+        self.client_channel = channel
         common = ["chain.backend=embedded", f"chain.url={self.chain_url}",
                   f"chain.token_file={role.info['token_file']}"]  # the service's RPC token
         if self.attestation == "fake":  # allow-lists from the registry
@@ -376,11 +426,52 @@ class LocalNetwork:
         self.proxy_sets = [*common, "chain.wallet=proxy", f"chain.contract={dep.proxy_stake}",
                            *self.proxy_sets]
         self.client_sets = [*common, "chain.wallet=client",
-                            f"chain.contract={dep.client_channel}",
+                            f"chain.contract={channel}",
                             f"chain.key_file={d / 'client-voucher.key'}", *self.client_sets]
         self.worker_sets = [*common, *self.worker_sets]
-        self.client_account = channel_account(dep.client_channel)
-        progress(f"registry {dep.registry}; client channel {dep.client_channel}")
+        self.client_account = channel_account(channel)
+        progress(f"registry {dep.registry}; client channel {channel}")
+
+    def _configured_client_channel(self) -> str:
+        """The channel the client's config file names ("" without one, or unreadable)."""
+        path = self.config_path("client")
+        if not path.exists():
+            return ""
+        try:
+            return cfg.load(cfg.ClientConfig, str(path)).chain.contract
+        except CocoonError:
+            return ""
+
+    def follow_client_channel(self, report: Callable[[str], None] = lambda s: None) -> bool:
+        """When the client's config names another channel than the one it runs on (what
+        ``cocoon client open -c client.toml`` does), restart the client from it, on the same
+        ports: it binds its connection to the new channel. True when it did."""
+        client = self.client
+        if client is None or not self.client_channel:
+            return False
+        try:
+            st = self.config_path("client").stat()
+        except OSError:
+            return False
+        seen = (st.st_mtime_ns, st.st_size)
+        if seen == self._client_config_seen:
+            return False
+        self._client_config_seen = seen
+        named = self._configured_client_channel()
+        if not named or named == self.client_channel:
+            return False
+        old, self.client_channel = self.client_channel, named
+        self.client_sets = [f"chain.contract={named}" if x.startswith("chain.contract=") else x
+                            for x in self.client_sets]
+        self.client_account = channel_account(named)
+        report(f"client: its config names channel {named} (was {old}); restarting it on "
+               f"{_ports(client)}")
+        client.terminate()
+        client.reap(time.monotonic() + 10)
+        client.restart_at = None
+        client.awaiting_ready = True
+        client.respawn()
+        return True
 
     def _load_deployment(self) -> LocalDeployment | None:
         """The contracts already deployed on this data directory's chain (None: a new
@@ -496,9 +587,13 @@ class LocalNetwork:
         return out
 
     def start(self, progress: Callable[[str], None] = lambda s: None) -> None:
-        """Start every role and wait until the client serves all workers' models."""
+        """Start every role and wait until the client serves all workers' models. First
+        checks that the ports it will bind are free (LaunchError naming the port and, when
+        known, the process holding it), so nothing is started in vain."""
+        check_ports_free(self.host, {self.client_port: "the client's OpenAI API, --port"})
         deadline = time.monotonic() + self.startup_timeout
         try:
+            self._check_interrupted()
             if self.chain_mode == "embedded":
                 self._start_chain(deadline, progress)
             progress("starting proxy")
@@ -613,7 +708,10 @@ class LocalNetwork:
         """One round of supervision: restart each role that has died from its own config
         (the same ports and state), at once the first time, after a growing back-off
         (:data:`RESTART_BACKOFF_S`) while it keeps dying soon after starting; ``report``
-        says what happens. The other roles are left alone: they redial the same address."""
+        says what happens. The other roles are left alone: they redial the same address.
+        The client also restarts when its config names a new channel
+        (:meth:`follow_client_channel`)."""
+        self.follow_client_channel(report)
         now = time.monotonic()
         for r in self.roles():
             if r.alive():
@@ -639,15 +737,17 @@ class LocalNetwork:
                 r.respawn()
 
     def stop(self, grace: float = 5.0) -> None:
-        """SIGTERM every role (client first), then SIGKILL what is left after ``grace``."""
-        order = [r for r in (self.client, *reversed(self.workers), self.proxy) if r]
-        if self.chain_role is not None:
-            order.append(self.chain_role)  # last: the proxy may still be committing
-        for r in order:
-            r.terminate()
-        end = time.monotonic() + grace
-        for r in order:
-            r.reap(end)
+        """Stop the roles from the edge in: the client, then the workers, then the proxy,
+        then the chain service; each stage SIGTERM, then SIGKILL what is left after
+        ``grace``. So the proxy, still running, settles the requests the client's going cut
+        off, and the chain outlives the proxy's last commit."""
+        for stage in ([self.client], self.workers, [self.proxy], [self.chain_role]):
+            roles = [r for r in stage if r is not None]
+            for r in roles:
+                r.terminate()
+            end = time.monotonic() + grace
+            for r in roles:
+                r.reap(end)
 
     def close(self) -> None:
         """Stop every role; delete the data directory if it is a temporary one."""
@@ -675,6 +775,84 @@ def _ports(role: Role) -> str:
     if "listen_port" in role.info:
         where.append(f"listen port {role.info['listen_port']}")
     return ", ".join(where) or "its ports"
+
+
+LOG_GENERATIONS = 3
+"""Role logs kept from earlier networks: ``proxy.log.1`` (the last run) .. ``proxy.log.3``."""
+
+
+def rotate_log(path: Path, keep: int = LOG_GENERATIONS) -> None:
+    """Let ``path`` start fresh: ``path`` becomes ``path.1``, ``path.1`` becomes ``path.2``,
+    ... and ``path.<keep>`` is dropped."""
+    if not path.exists():
+        return
+    for i in range(keep - 1, 0, -1):
+        older = path.with_name(f"{path.name}.{i}")
+        if older.exists():
+            os.replace(older, path.with_name(f"{path.name}.{i + 1}"))
+    os.replace(path, path.with_name(f"{path.name}.1"))
+
+
+def check_ports_free(host: str, ports: dict[int, str]) -> None:
+    """LaunchError naming the first of ``ports`` (port -> what it is for; 0 is "any", always
+    free) that cannot be bound on ``host``, and the process holding it when it can be seen."""
+    for port, what in ports.items():
+        if not port:
+            continue
+        try:
+            family, kind, proto, _, addr = socket.getaddrinfo(
+                host, port, type=socket.SOCK_STREAM)[0]
+        except OSError as exc:
+            raise LaunchError(f"--host {host}: {exc}") from None
+        with socket.socket(family, kind, proto) as sock:
+            # as the servers bind: a port whose old connections linger (TIME_WAIT) is free
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind(addr)
+            except OSError as exc:
+                holder = port_holder(port)
+                held = f" by {holder}" if holder else ""
+                reason = "in use" if exc.errno == errno.EADDRINUSE else exc.strerror
+                raise LaunchError(f"port {port} on {host} ({what}) is {reason}{held}: stop "
+                                  "it, or choose another port") from None
+
+
+def port_holder(port: int) -> str:
+    """Which process holds TCP ``port`` (``"pid 123 (python -m http.server)"``), from
+    ``/proc``; "" when it cannot be seen (another user's process, not Linux)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            f = row.split()
+            if len(f) > 9 and int(f[1].rpartition(":")[2], 16) == port and f[9] != "0":
+                inodes.add(f"socket:[{f[9]}]")
+    if not inodes:
+        return ""
+    for fd_dir in Path("/proc").glob("[0-9]*/fd"):
+        try:
+            fds = list(fd_dir.iterdir())
+        except OSError:  # gone, or another user's
+            continue
+        if inodes.intersection(_readlink(fd) for fd in fds):
+            pid = fd_dir.parent.name
+            try:
+                argv = (fd_dir.parent / "cmdline").read_bytes().split(b"\0")
+                cmd = " ".join(a.decode(errors="replace") for a in argv if a)
+            except OSError:
+                cmd = ""
+            return f"pid {pid}" + (f" ({cmd})" if cmd else "")
+    return ""
+
+
+def _readlink(path: Path) -> str:
+    try:
+        return os.readlink(path)
+    except OSError:  # closed meanwhile
+        return ""
 
 
 def _write_text(path: Path, text: str) -> None:
@@ -717,9 +895,9 @@ def add_up_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--attestation", choices=ATTESTATION_MODES, default="fake",
                    help="fake (default): simulated TDX quotes over RA-TLS; none: RA-TLS, "
                         "unattested; off: plain TCP")
-    p.add_argument("--demo-funds", type=int, default=10 * 10**9, metavar="NANOTON",
-                   help="the demo client's starting balance (default 10 TON); 0 disables "
-                        "billing")
+    p.add_argument("--demo-funds", type=_ton_arg, default=10 * 10**9, metavar="TON",
+                   help="the demo client's first deposit in TON, e.g. 2.5 (default 10); 0 "
+                        "disables billing. A continued network keeps its balance")
     p.add_argument("--chain", choices=CHAIN_MODES, default="embedded",
                    help="embedded (default): a local TON chain running the network's "
                         "contracts in the TVM emulator (needs Node.js and `npm ci` in "
@@ -733,6 +911,14 @@ def add_up_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-dir", type=Path, default=None,
                    help="where role logs go (default DATA_DIR/logs)")
     p.add_argument("--timeout", type=float, default=300.0, help="start-up deadline (s)")
+
+
+def _ton_arg(text: str) -> int:
+    """argparse ``type`` for an amount of TON (zero allowed): nanoTON."""
+    try:
+        return parse_ton(text, allow_zero=True)
+    except CocoonError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _snippets(base: str, model: str) -> str:
@@ -797,15 +983,16 @@ def run_up(args: argparse.Namespace) -> int:
         print(f"cocoon up: {exc}", file=sys.stderr)
         return 1
     interrupted = False
-    # Ctrl-C / SIGTERM: interrupt start-up at once; once up, end the supervision loop at its
-    # next round (a signal in the middle of a restart would orphan the new process).
-    starting, stopping = True, False
+    # Ctrl-C / SIGTERM: start-up stops at its next poll (LocalNetwork.interrupt), the
+    # supervision loop at its next round. The handler raises nothing: an exception raised
+    # at an arbitrary point could orphan a process being started or leave a coroutine
+    # never awaited.
+    stopping = False
 
     def on_term(signum: int, frame: object) -> None:
         nonlocal stopping
         stopping = True
-        if starting:
-            raise KeyboardInterrupt
+        net.interrupt()
 
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_term)
@@ -822,19 +1009,20 @@ def run_up(args: argparse.Namespace) -> int:
             configs = net.write_role_configs()
             c, w = configs["client"], configs["worker-1"]
             funded = ("its balance continues" if net.continued
-                      else f"funded with {args.demo_funds} nanoTON")
+                      else f"funded with {format_ton(args.demo_funds)}")
             progress(f"billing on: demo client {net.client_account}, {funded}; "
                      f"`cocoon proxy ledger -c {configs['proxy']}` shows the books")
             progress(f"accounts: `cocoon client balance -c {c}`, "
                      f"`cocoon worker earnings -c {w}`")
             if net.deployment is not None:
-                progress(f"on chain: `cocoon client topup 1 -c {c}`, `cocoon client close "
-                         f"-c {c}`, `cocoon client withdraw -c {c}`, "
+                progress(f"on chain (amounts in TON): `cocoon client topup 1 -c {c}`; "
+                         f"`cocoon client close -c {c}` then, after the close delay, "
+                         f"`cocoon client withdraw -c {c}`; a new channel: `cocoon client "
+                         f"open 10 -c {c}` (the client switches to it); "
                          f"`cocoon worker withdraw -c {w}`")
         print(_snippets(net.base_url, models[0] if models else "?"), flush=True)
         print("Press Ctrl-C to stop. A role that dies is restarted on the same ports.",
               flush=True)
-        starting = False
         while not stopping:
             net.supervise(progress)
             time.sleep(0.2)
