@@ -4,6 +4,12 @@
     .venv/bin/pip install py-spy==0.4.1
     python bench/profile_chain.py --mode saturation --duration 10 --out /tmp/prof
     python bench/profile_chain.py --mode paced --attestation off --out /tmp/prof-plain
+    python bench/profile_chain.py --stack --mode saturation --out /tmp/prof-up
+
+``--stack`` profiles what users run instead (as ``cocoon bench --mode up``): ``cocoon up``
+with its defaults (RA-TLS fake, billing, the embedded chain: its service is profiled too) on
+the ``openai-http`` engine, in front of the fake engine served over OpenAI HTTP by its own
+process.
 
 Starts a LocalNetwork on the fake engine (the bench's config for ``--mode``), runs the bench's
 load generator against the client, and records the client, proxy and worker with
@@ -24,6 +30,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from cocoon.benchmark.loadgen import LoadGenerator
+from cocoon.benchmark.procs import DirectProcess
 from cocoon.benchmark.runner import MODES, expected_events, request_body
 from cocoon.commands.up import LocalNetwork
 
@@ -68,6 +75,8 @@ def main() -> int:
     p.add_argument("--rate", type=int, default=200, help="py-spy samples per second")
     p.add_argument("--top", type=int, default=15)
     p.add_argument("--out", default="/tmp/cocoon-profile")
+    p.add_argument("--stack", action="store_true",
+                   help="cocoon up defaults on openai-http in front of a separate upstream")
     args = p.parse_args()
     pyspy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if not Path(pyspy).exists():
@@ -80,7 +89,17 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     sets = [f"engine.fake.chunks={spec.chunks}", f"engine.fake.chunk_bytes={spec.chunk_bytes}",
             f"engine.fake.delay_ms={spec.delay_ms!r}", "max_concurrent=1000"]
-    with LocalNetwork(engine="fake", worker_sets=sets, attestation=args.attestation) as net:
+    upstream = None
+    if args.stack:
+        upstream = DirectProcess(["--chunks", str(spec.chunks), "--chunk-bytes",
+                                  str(spec.chunk_bytes), "--delay-ms", repr(spec.delay_ms),
+                                  "--model", "fake", "--port", "0"])
+        upstream.start()
+        net = LocalNetwork(engine="openai-http", upstream=upstream.http, attestation="fake",
+                           billing=True, chain="embedded", startup_timeout=180.0)
+    else:
+        net = LocalNetwork(engine="fake", worker_sets=sets, attestation=args.attestation)
+    with net:
         net.start()
         roles = {r.name: r for r in net.roles()}
         url = net.base_url + "/chat/completions"
@@ -105,6 +124,8 @@ def main() -> int:
                       f"{res.error_count} errors", flush=True)
 
         asyncio.run(load(args.duration + 1.0))
+    if upstream is not None:
+        upstream.close()
     for name in roles:
         path = out / f"{name}.txt"
         if path.exists():

@@ -19,7 +19,7 @@ import contextlib
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import psutil
@@ -170,4 +170,8 @@ def run_stack(specs: list[ModeSpec], duration: float, repeat: int,
 
 
 def default_specs() -> list[ModeSpec]:
-    return [MODES["paced"], MODES["saturation"]]
+    """The load shapes of ``--mode paced|saturation`` with issue 12's targets for the
+    default stack: paced >= 0.95x the bare upstream with TTFT p50 at most 15 ms more,
+    saturation >= 0.5x."""
+    return [replace(MODES["paced"], throughput_ratio_min=0.95, ttft_added_ms_max=15.0),
+            replace(MODES["saturation"], throughput_ratio_min=0.5, ttft_added_ms_max=None)]

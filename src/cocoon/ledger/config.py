@@ -36,6 +36,9 @@ class BillingConfig:
     # after a restart, how long reservations a killed proxy left open wait for their workers'
     # job reports (what was generated: charged) before they are released (charged nothing)
     report_grace_s: float = 60.0
+    # statements go out at most this often per client/worker (the newest one): each costs the
+    # client a signature and the worker a file write; unsigned charges stay within max_unsigned
+    statement_interval_s: float = 0.25
 
     def __post_init__(self) -> None:
         if self.worker_fee_per_token > self.price_per_token:
@@ -48,6 +51,7 @@ class BillingConfig:
         if not math.isfinite(self.channel_recheck_s) or self.channel_recheck_s < 0:
             raise ConfigError("billing.channel_recheck_s must be >= 0 (seconds; 0: only at "
                               f"each commit tick), got {self.channel_recheck_s}")
+        require_positive(self.statement_interval_s, "billing.statement_interval_s")
         if not math.isfinite(self.report_grace_s) or self.report_grace_s < 0:
             raise ConfigError("billing.report_grace_s must be >= 0 (seconds), got "
                               f"{self.report_grace_s}")

@@ -224,6 +224,7 @@ class Ledger:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        self._in_batch = False
         self._conn = sqlite3.connect(self.path, isolation_level=None, timeout=30.0)
         try:
             self._conn.execute("PRAGMA journal_mode=WAL")
@@ -247,7 +248,19 @@ class Ledger:
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
+        """One change, all or nothing: its own transaction, or inside :meth:`batch` a
+        savepoint of the batch's (undone alone if the change fails)."""
         conn = self._conn
+        if self._in_batch:
+            conn.execute("SAVEPOINT change")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK TO change")
+                conn.execute("RELEASE change")
+                raise
+            conn.execute("RELEASE change")
+            return
         conn.execute("BEGIN IMMEDIATE")
         try:
             yield conn
@@ -255,6 +268,25 @@ class Ledger:
             conn.execute("ROLLBACK")
             raise
         conn.execute("COMMIT")
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Group commit: the changes made inside commit together, in one transaction (one
+        fsync), when the block ends; each is still all or nothing on its own (a failing one
+        is undone, the others stay). Nothing is durable, so nobody may be told of any of
+        them, before the block has ended."""
+        if self._in_batch:
+            raise RuntimeError("ledger batches do not nest")
+        self._conn.execute("BEGIN IMMEDIATE")
+        self._in_batch = True
+        try:
+            yield
+        except BaseException:
+            self._in_batch = False
+            self._conn.execute("ROLLBACK")
+            raise
+        self._in_batch = False
+        self._conn.execute("COMMIT")
 
     def _migrate(self) -> None:
         with self._tx() as conn:
@@ -529,7 +561,9 @@ class Ledger:
         With ``pubkey``, the stored vouchers' signatures are verified too."""
         conn = self._conn
         out: list[str] = []
-        conn.execute("BEGIN")  # one read snapshot for all checks
+        own = not self._in_batch  # in a batch, its transaction is the snapshot
+        if own:
+            conn.execute("BEGIN")  # one read snapshot for all checks
         try:
             t = self._totals(conn)
             if t.charged != t.earned + t.commission:
@@ -601,7 +635,8 @@ class Ledger:
                     out.append(f"commit {entry.seqno} is not newer than {previous.seqno}")
                 previous = entry
         finally:
-            conn.execute("COMMIT")
+            if own:
+                conn.execute("COMMIT")
         return out
 
     # -- helpers ----------------------------------------------------------------------------

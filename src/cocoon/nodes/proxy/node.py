@@ -86,6 +86,7 @@ from cocoon.wire import (
     Payment,
     Request,
     Roster,
+    Statement,
     WorkerInfo,
 )
 
@@ -200,6 +201,7 @@ class ProxyNode:
         self._tickets = itertools.count(time.time_ns())
         self._relays: dict[tuple[int, int], asyncio.Task[None]] = {}
         self._queue: FairQueue[_Waiter] = FairQueue(config.queue_limit)
+        self._outbox: dict[Peer, Statement] = {}  # the newest statement to send each peer
         self._watchdog = Watchdog()
         self.stats = ProxyStats()
         self._started = time.monotonic()
@@ -224,6 +226,7 @@ class ProxyNode:
                           tg.create_task(self._catalog_pusher())]
             if self.billing is not None:
                 background.append(tg.create_task(self.billing.commit_forever()))
+                background.append(tg.create_task(self._statement_pusher()))
                 if self.billing.unreported:
                     background.append(tg.create_task(self._release_unreported_later()))
                 if self.billing.payments is not None:
@@ -239,6 +242,11 @@ class ProxyNode:
                 server.close()
                 for peer in list(self.workers) + list(self.clients):
                     peer.close("proxy shutting down")
+                # The relays cut off by the closing connections settle what they relayed:
+                # let them, before the ledger closes.
+                relays = list(self._relays.values())
+                if relays:
+                    await asyncio.wait(relays, timeout=_LAST_WORD_S + 1.0)
                 for task in background:
                     task.cancel()
                 await self.http.stop()
@@ -372,9 +380,27 @@ class ProxyNode:
 
     async def _resend_statement(self, peer: Peer, account: str, kind: str) -> None:
         assert self.billing is not None
-        statement = await self.billing.statement(account, kind)
-        if statement is not None and not peer.closed:
-            peer.send(statement)
+        self._post(peer, await self.billing.statement(account, kind))
+
+    def _post(self, peer: Peer, statement: Statement | None) -> None:
+        """Queue a statement for ``peer``; :meth:`_statement_pusher` sends the newest one it
+        has for each peer every ``billing.statement_interval_s``, so under load a client
+        signs (and a worker stores) a few statements a second, not one per request."""
+        if statement is None or peer.closed:
+            return
+        old = self._outbox.get(peer)
+        if old is None or (statement.charged, statement.earned) >= (old.charged, old.earned):
+            self._outbox[peer] = statement
+
+    async def _statement_pusher(self) -> None:
+        interval = self.config.billing.statement_interval_s
+        while True:
+            await asyncio.sleep(interval)
+            if self._outbox:
+                out, self._outbox = self._outbox, {}
+                for peer, statement in out.items():
+                    if not peer.closed:
+                        peer.send(statement)
 
     async def _on_payment(self, peer: Peer, msg: Payment) -> None:
         """A client's signed charge voucher: the first binds the connection to its channel.
@@ -749,10 +775,8 @@ class ProxyNode:
                       client: Peer, worker: _Worker) -> None:
         """Charge the worker's reported usage; send each side its new statement."""
         to_client, to_worker = await billing.settle(bill_id, report)
-        if to_worker is not None and not worker.peer.closed:
-            worker.peer.send(to_worker)
-        if to_client is not None and not client.closed:
-            client.send(to_client)
+        self._post(worker.peer, to_worker)
+        self._post(client, to_client)
 
     async def _last_word(self, stream: OutgoingStream, reason: str) -> End | Error | None:
         """Tell the worker to stop, and wait at most ``_LAST_WORD_S`` for the End or Error
