@@ -132,6 +132,14 @@ def test_client_and_worker_keep_verified_copies(net: LocalNetwork) -> None:
         with urllib.request.urlopen(url + "/stats", timeout=5) as resp:
             return json.load(resp)["billing"]  # type: ignore[no-any-return]
 
+    # Statements go out a few times a second (billing.statement_interval_s), not per
+    # request: the copies catch up within one interval.
+    import time
+    deadline = time.monotonic() + 5.0
+    while (node_stats(net.client.http).get("charged") != acct["charged"]
+           or node_stats(net.workers[0].http).get("earned") != earned):
+        assert time.monotonic() < deadline, "the statements never arrived"
+        time.sleep(0.05)
     mine = node_stats(net.client.http)
     assert mine["rejected_statements"] == 0
     assert mine["charged"] == acct["charged"] == mine["voucher"]["cumulative_nanoton"]

@@ -25,10 +25,12 @@ TIMEOUT_S = 1.0  # the client's http_idle_timeout_s and http_body_timeout_s here
 
 @pytest.fixture(scope="module")
 def net(start_network):
-    # One slot, slow generation: a second request finds no free worker (the proxy's 503).
+    # One slot, slow generation: a second request waits in the proxy's queue (room for one,
+    # for 1 s at most: then 503), a third finds the queue full (429).
     return start_network(
         engine="fake",
         worker_sets=["max_concurrent=1", "engine.fake.delay_ms=50", "engine.fake.chunks=60"],
+        proxy_sets=["queue_limit=1", "queue_timeout_s=1"],
         client_sets=[f"http_idle_timeout_s={TIMEOUT_S}", f"http_body_timeout_s={TIMEOUT_S}"])
 
 
@@ -90,7 +92,7 @@ def test_a_body_just_under_the_limit_is_served(client):
     assert r.usage.prompt_tokens == len(content) // 4
 
 
-def test_no_free_worker_is_503_with_retry_after(net, client, stats, wait_for):
+def test_busy_slots_queue_then_429_or_503_with_retry_after(net, client, stats, wait_for):
     done = threading.Event()
 
     def occupy() -> None:
@@ -101,19 +103,39 @@ def test_no_free_worker_is_503_with_retry_after(net, client, stats, wait_for):
         finally:
             done.set()
 
+    waited: list[BaseException] = []
+
+    def wait_in_queue() -> None:
+        try:
+            client.chat.completions.create(model="fake", messages=MESSAGES)
+        except openai.APIStatusError as exc:
+            waited.append(exc)
+
     t = threading.Thread(target=occupy)
     t.start()
+    q = threading.Thread(target=wait_in_queue)
     try:
         wait_for(lambda: [w for w in stats(net.proxy.http)["workers"] if w["active"] == 1],
                  "the only slot busy")
-        with pytest.raises(openai.APIStatusError) as info:
+        q.start()  # issue 12: waits for the slot instead of a 503 at once ...
+        wait_for(lambda: stats(net.proxy.http)["queue"]["waiting"] == 1, "one waiting")
+        with pytest.raises(openai.RateLimitError) as full:  # ... and only a full queue ...
             client.chat.completions.create(model="fake", messages=MESSAGES)
-        assert info.value.status_code == 503
-        assert info.value.body["code"] == "no_worker_available"
-        assert info.value.response.headers["retry-after"] == "1"
+        assert full.value.status_code == 429
+        assert full.value.body["code"] == "rate_limit_exceeded"
+        assert full.value.response.headers["retry-after"] == "1"
+        q.join(timeout=30)  # ... or a wait past queue_timeout_s refuses
+        assert len(waited) == 1 and isinstance(waited[0], openai.APIStatusError)
+        info = waited[0]
+        assert info.status_code == 503
+        assert info.body["code"] == "no_worker_available"  # type: ignore[index]
+        assert "stayed busy for 1s" in info.message
+        assert info.response.headers["retry-after"] == "1"
     finally:
         t.join(timeout=30)
     assert done.is_set()
+    queue = stats(net.proxy.http)["queue"]
+    assert (queue["full"], queue["timeouts"], queue["waiting"]) == (1, 1, 0)
 
 
 def test_a_flood_of_bad_requests_barely_grows_the_log(net, http, client):

@@ -13,7 +13,7 @@ import pytest
 from cocoon.engines import InferenceJob
 from cocoon.engines.fake import prompt_tokens_of
 from cocoon.engines.openai_http import OpenAIHttpConfig, OpenAIHttpEngine
-from cocoon.errors import BadRequest, UpstreamError
+from cocoon.errors import BadRequest, ConfigError, ContextLengthExceeded, UpstreamError
 from cocoon.openai import Usage, parse_request
 
 pytestmark = pytest.mark.llama
@@ -89,7 +89,8 @@ async def test_stream_include_usage_gets_a_usage_chunk(engine):
     chunks, usage = await run(engine, job(stream=True, max_tokens=4,
                                           stream_options={"include_usage": True}))
     assert chunks[-1]["choices"] == []
-    assert chunks[-1]["usage"] == usage.to_openai()
+    # llama_cpp.server reports no usage for streams: the one the app gets says so.
+    assert chunks[-1]["usage"] == {**usage.to_openai(), "estimated": True}
     assert usage.completion_tokens == 4
     assert all(c["choices"] for c in chunks[:-1])
 
@@ -106,7 +107,8 @@ async def test_upstream_4xx_is_bad_request(engine):
     too_long = [{"role": "user", "content": "hello " * 3000}]  # over n_ctx=2048: HTTP 400
     with pytest.raises(BadRequest) as info:
         await run(engine, job(messages=too_long, max_tokens=4))
-    assert type(info.value) is BadRequest
+    assert type(info.value) is ContextLengthExceeded
+    assert info.value.code == "context_length_exceeded"
     assert "context length" in info.value.message
     # Streamed, llama_cpp.server answers 200 and then closes an empty event stream: all
     # the engine can say is that the upstream broke off.
@@ -146,3 +148,31 @@ async def test_closing_early_cancels_and_the_engine_still_works(engine):
     assert usage.completion_tokens == 3
     assert body["choices"][0]["finish_reason"] == "length"
     assert engine.cancelled == 1
+
+
+@pytest.mark.parametrize(("given", "root"), [
+    ("http://h:8000", "http://h:8000"),
+    ("http://h:8000/", "http://h:8000"),
+    ("http://h:8000/v1", "http://h:8000"),
+    ("http://h:8000/v1/", "http://h:8000"),
+    ("https://api.example.com/openai/v1", "https://api.example.com/openai"),
+    ("http://h:8000/v10", "http://h:8000/v10"),
+])
+def test_base_urls_with_or_without_v1_name_the_same_server(given: str, root: str) -> None:
+    """Issue 12: `--upstream http://host:8000/v1` (how vLLM, llama-server and the OpenAI SDK
+    write base URLs) failed at start with "upstream /v1/models answered HTTP 404"."""
+    assert OpenAIHttpConfig(base_url=given).base_url == root
+
+
+@pytest.mark.parametrize("bad", ["localhost:8000", "ftp://h/v1", "http://", "h"])
+def test_a_base_url_that_is_not_http_is_a_config_error(bad: str) -> None:
+    with pytest.raises(ConfigError, match="base_url"):
+        OpenAIHttpConfig(base_url=bad)
+
+
+async def test_an_upstream_given_with_v1_is_reached(llama_server: str) -> None:
+    eng = await OpenAIHttpEngine.connect(OpenAIHttpConfig(base_url=llama_server + "/v1"))
+    try:
+        assert eng.models
+    finally:
+        await eng.close()

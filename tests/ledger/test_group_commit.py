@@ -87,3 +87,20 @@ def test_the_thread_groups_concurrent_calls_and_answers_only_when_durable(
         lt.close()
     with pytest.raises(LedgerError, match="closed"):
         lt.submit(lambda: None)
+
+
+def test_a_call_given_up_before_it_ran_is_skipped_and_the_thread_lives_on(
+        tmp_path: Path) -> None:
+    """A cancelled call (its awaiting task was cancelled: asyncio.wrap_future cancels the
+    future) once killed the ledger thread with InvalidStateError at set_result."""
+    lt = LedgerThread(str(tmp_path / "l.sqlite"))
+    try:
+        gate = threading.Event()
+        blocker = lt.submit(gate.wait, 5)  # holds the thread while the next call queues
+        doomed = lt.submit(lt.ledger.deposit, "c", 5)
+        assert doomed.cancel()
+        gate.set()
+        assert blocker.result() is True
+        assert lt.submit(lt.ledger.deposit, "c", 7).result(timeout=10).deposited == 7  # 5 never ran
+    finally:
+        lt.close()

@@ -104,6 +104,9 @@ def run_llama(runs: int, max_tokens: int, progress: Progress,
     def direct_once() -> tuple[float, str]:
         parts: list[str] = []
         t0 = perf_counter()
+        # Each job starts from an empty context, as the engine runs them (no prefix reuse
+        # across requests: engine.llama_cpp.prefix_cache is off by default).
+        llm.reset()
         for chunk in llm.create_chat_completion(stream=True, **gen):
             for choice in chunk["choices"]:
                 content = choice["delta"].get("content")

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Final, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+from cocoon.errors import ConfigError
 
 __all__ = ["DEFAULT_MODEL_NAME", "EngineConfig", "EngineKind", "FakeEngineConfig",
-           "LlamaCppConfig", "OpenAIHttpConfig"]
+           "LlamaCppConfig", "OpenAIHttpConfig", "upstream_root"]
 
 DEFAULT_MODEL_NAME: Final = "SmolLM2-135M-Instruct"
 
@@ -28,7 +31,15 @@ class LlamaCppConfig:
     model_name: str = DEFAULT_MODEL_NAME
     n_ctx: int = 2048
     n_threads: int = 0  # 0: llama.cpp's default
-    seed: int = 0
+    seed: int = 0  # the sampling seed of requests that give none; 0: a fresh one each
+    # Keep every position's logits (llama.cpp's logits_all), so requests may ask for
+    # logprobs; off, such requests are refused (400). Costs memory (n_ctx x vocabulary
+    # floats) and prompt-evaluation time: see the README.
+    logprobs: bool = False
+    # Reuse the previous request's common prompt prefix (llama-cpp-python's default): much
+    # faster for long multi-turn chats, but a request's result may then depend on what was
+    # served before it, and its timing tells a client whether another sent the same prefix.
+    prefix_cache: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +51,24 @@ class OpenAIHttpConfig:
     timeout_s: float = 600.0
     connect_timeout_s: float = 10.0
     usage_fallback: Literal["estimate", "error"] = "estimate"
+
+    def __post_init__(self) -> None:
+        # The server's root: vLLM, llama-server and the OpenAI SDK write base URLs with the
+        # API's /v1 (http://host:8000/v1); the engine adds /v1/... itself.
+        object.__setattr__(self, "base_url", upstream_root(self.base_url))
+
+
+def upstream_root(url: str) -> str:
+    """``url`` without trailing slashes and without a trailing ``/v1``; ConfigError when it
+    is not an http(s) URL with a host."""
+    parts = urlsplit(url.strip())
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigError(f"engine.openai-http.base_url must be an http:// or https:// URL "
+                          f"with a host, got {url!r}")
+    path = parts.path.rstrip("/")
+    if path.endswith("/v1"):
+        path = path[:-3].rstrip("/")
+    return urlunsplit((parts.scheme, parts.netloc, path, "", ""))
 
 
 @dataclass(frozen=True, slots=True)

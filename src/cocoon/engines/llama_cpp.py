@@ -10,6 +10,21 @@ every non-end-of-generation token it samples, the same numbers llama-cpp-python 
 non-streamed call (it reports none for streams). A generation that ends early (cancelled or
 failed) leaves the same counts in the job's meter once its thread has stopped: the tokens
 sampled so far, including up to ``_HANDOFF`` the consumer had not taken yet.
+
+Every job starts from an empty context (unless ``prefix_cache`` is on): llama-cpp-python
+would otherwise reuse the key/value cache of the previous prompt's common prefix, so the
+result of a request could depend on what another client asked before it (batch splits change
+the floating-point sums on some hardware), and its latency would tell a client whether
+another sent the same prefix. The price is re-evaluating a shared prefix. A request without a
+``seed`` samples with ``seed`` from the config, or a fresh one when that is 0, never with
+state left by an earlier request.
+
+What the model cannot take is refused before generating, each as a 400 naming the field: a
+prompt that does not fit the context window, or a prompt and a ``max_tokens`` that together
+do not (``context_length_exceeded``); a non-text content part; logprobs, unless the engine
+keeps all logits (``logprobs = true`` in its config); a JSON schema the grammar converter
+cannot express. ``response_format`` ``json_object`` / ``json_schema`` constrain the output
+with a llama.cpp grammar. A failure of llama.cpp itself is a 500 naming only its type.
 """
 
 from __future__ import annotations
@@ -17,16 +32,26 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import importlib.util
+import json
 import logging
+import random
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any, Final
 
 from cocoon.engines.base import EngineOutput, InferenceJob, require
 from cocoon.engines.config import DEFAULT_MODEL_NAME, LlamaCppConfig
-from cocoon.errors import ConfigError, EngineError
+from cocoon.errors import (
+    BadRequest,
+    ConfigError,
+    ContextLengthExceeded,
+    EngineError,
+    EngineUnsupported,
+    RequestError,
+)
 from cocoon.openai import protocol as oa
+from cocoon.openai.messages import text_messages
 from cocoon.usage import Usage
 
 __all__ = ["DEFAULT_MODEL_NAME", "LlamaCppConfig", "LlamaCppEngine", "default_model_path",
@@ -38,8 +63,9 @@ _GGUF: Final = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _HANDOFF: Final = 32  # tokens the generating thread may run ahead of the consumer
 
 # OpenAI fields -> llama-cpp-python keyword arguments, taken as they are.
-_PASSTHROUGH: Final = ("temperature", "top_p", "stop", "seed", "presence_penalty",
+_PASSTHROUGH: Final = ("temperature", "top_p", "stop", "presence_penalty",
                        "frequency_penalty")
+_SEED_MASK: Final = 0xFFFFFFFF  # llama.cpp's sampler seed is a uint32
 
 
 def default_model_path() -> Path:
@@ -80,8 +106,13 @@ class LlamaCppEngine:
             n_ctx=cfg.n_ctx,
             n_threads=cfg.n_threads or None,
             seed=cfg.seed,
+            logits_all=cfg.logprobs,
             verbose=False,
         )
+        self._llm.prefix_cache = cfg.prefix_cache
+        from llama_cpp import llama_grammar  # lazy: with llama_cpp above
+
+        self._grammars = llama_grammar
         self.models: tuple[str, ...] = (cfg.model_name,)
         self.model_hash = model_file_hash(path)  # what model allow-lists name
         self._lock = asyncio.Lock()
@@ -105,21 +136,19 @@ class LlamaCppEngine:
                 "best_of")
         kw: dict[str, Any] = {k: body[k] for k in _PASSTHROUGH if body.get(k) is not None}
         kw["model"] = job.model
-        kw["max_tokens"] = job.max_tokens or self.config.n_ctx
+        seed = body.get("seed")
+        if seed is None:
+            seed = self.config.seed or random.getrandbits(32)
+        kw["seed"] = seed & _SEED_MASK
         if isinstance(body.get("logit_bias"), dict):
-            try:
-                kw["logit_bias"] = {int(k): float(v) for k, v in body["logit_bias"].items()}
-            except (TypeError, ValueError):
-                require(False, "logit_bias keys must be token ids", "logit_bias")
+            kw["logit_bias"] = {int(k): float(v) for k, v in body["logit_bias"].items()}
         if job.endpoint == "chat":
-            kw["messages"] = body["messages"]
-            rf = body.get("response_format")
-            if isinstance(rf, dict) and rf.get("type") != "text":
-                require(rf.get("type") in ("json_object", "json_schema"),
-                        f"unsupported response_format type {rf.get('type')!r}",
-                        "response_format")
-                kw["response_format"] = rf
+            kw["messages"] = text_messages(body["messages"], self.name)
+            grammar = self._grammar(body.get("response_format"))
+            if grammar is not None:
+                kw["grammar"] = grammar
             if body.get("logprobs"):
+                self._require_logprobs()
                 kw["logprobs"] = True
                 kw["top_logprobs"] = body.get("top_logprobs") or 0
         else:
@@ -130,10 +159,63 @@ class LlamaCppEngine:
                 if len(prompt) == 1 and not isinstance(prompt[0], int):
                     prompt = prompt[0]
             kw["prompt"] = prompt
+            if body.get("logprobs") is not None:
+                self._require_logprobs()
             for k in ("echo", "suffix", "logprobs"):
                 if body.get(k) is not None:
                     kw[k] = body[k]
         return kw
+
+    def _require_logprobs(self) -> None:
+        require(self.config.logprobs,
+                "engine llama-cpp on this worker does not return logprobs (its operator can "
+                "turn them on with engine.llama_cpp.logprobs = true)", "logprobs")
+
+    def _grammar(self, rf: Any) -> Any:
+        """The grammar that constrains the output to ``response_format`` (None: free text)."""
+        if not isinstance(rf, dict) or rf.get("type") == "text":
+            return None
+        kind = rf.get("type")
+        if kind == "json_schema":
+            schema = rf["json_schema"].get("schema")
+            param = "response_format.json_schema.schema"
+        elif kind == "json_object":
+            schema = rf.get("schema")  # llama-cpp-python's own extension of json_object
+            param = "response_format.schema"
+        else:
+            raise EngineUnsupported(f"engine llama-cpp does not support response_format "
+                                    f"type {kind!r}", param="response_format.type")
+        g = self._grammars
+        if not isinstance(schema, dict) or not schema:
+            return g.LlamaGrammar.from_string(g.JSON_GBNF, verbose=False)
+        try:
+            return g.LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False)
+        except Exception as exc:  # the converter's refusals are of every type
+            raise EngineUnsupported(
+                f"engine llama-cpp cannot constrain its output to this JSON schema "
+                f"({type(exc).__name__}: {str(exc)[:200]})", param=param) from None
+
+    def _budget(self, job: InferenceJob, n_prompt: int) -> int:
+        """How many tokens a job may generate after its ``n_prompt``-token prompt:
+        ContextLengthExceeded when the prompt, or the prompt and the ``max_tokens`` the
+        body asks for, do not fit the context window; else the job's cap, within it."""
+        n_ctx = int(self._llm.n_ctx())
+        asked = oa.max_tokens_of(job.body)
+        if n_prompt >= n_ctx:
+            raise ContextLengthExceeded(
+                f"This model's maximum context length is {n_ctx} tokens, but the prompt is "
+                f"{n_prompt} tokens. Shorten the "
+                f"{'messages' if job.endpoint == 'chat' else 'prompt'}.",
+                param="messages" if job.endpoint == "chat" else "prompt")
+        if asked and n_prompt + asked > n_ctx:
+            which = ("max_completion_tokens" if job.body.get("max_completion_tokens")
+                     is not None else "max_tokens")
+            raise ContextLengthExceeded(
+                f"This model's maximum context length is {n_ctx} tokens. However, you "
+                f"requested {n_prompt + asked} tokens ({n_prompt} in the prompt, {asked} in "
+                f"the completion). Reduce the prompt or {which}.", param=which)
+        room = n_ctx - n_prompt
+        return min(job.max_tokens, room) if job.max_tokens else room
 
     async def generate(self, job: InferenceJob) -> AsyncIterator[EngineOutput]:
         kw = self._kwargs(job)
@@ -146,9 +228,14 @@ class LlamaCppEngine:
         done: asyncio.Future[tuple[int, int]] = loop.create_future()
         llm = self._llm
 
+        def budget(n_prompt: int) -> int:
+            return self._budget(job, n_prompt)
+
         def run() -> None:
             try:
                 llm.counts = [0, 0]
+                llm.budget = budget
+                llm.formatted = False
                 if job.endpoint == "chat":
                     out = llm.create_chat_completion(stream=stream, **kw)
                 else:
@@ -188,11 +275,10 @@ class LlamaCppEngine:
                         break
                     room.release()
                     rid = rid or item.get("id")
-                    yield oa.dumps(item)
+                    yield _dumps(item)
                 exc = done.exception()
                 if exc is not None:
-                    log.error("llama.cpp generation failed: %s", type(exc).__name__)
-                    raise EngineError(f"llama.cpp failed: {type(exc).__name__}: {exc}")
+                    raise self._request_error(job, exc, formatted=llm.formatted) from None
                 counts = done.result()
                 assert counts is not None
                 usage = Usage(prompt_tokens=counts[0], completion_tokens=counts[1])
@@ -212,8 +298,36 @@ class LlamaCppEngine:
                     # Stopped: the counts are final, and still this job's (we hold the lock).
                     job.meter.prompt_tokens, job.meter.completion_tokens = llm.counts
 
+    @staticmethod
+    def _request_error(job: InferenceJob, exc: BaseException, *,
+                       formatted: bool) -> RequestError:
+        """What the app is told when generation raised ``exc``: our own refusals as they
+        are; a chat template that could not format the messages (it raised before llama.cpp
+        was called) a 400; anything else a 500 naming only the exception's type (its text
+        may quote the request, and is not logged either)."""
+        if isinstance(exc, RequestError):
+            return exc
+        if job.endpoint == "chat" and not formatted:
+            return BadRequest(f"the model's chat template cannot format these messages "
+                              f"({type(exc).__name__}: {str(exc)[:200]})", param="messages")
+        log.error("llama.cpp generation failed: %s", type(exc).__name__)
+        return EngineError(f"llama.cpp failed: {type(exc).__name__}")
+
 
 _END: Final = object()
+
+
+def _dumps(obj: Any) -> bytes:
+    """``oa.dumps``, also for the numpy scalars llama-cpp-python puts in logprobs."""
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False,
+                      default=_numpy_scalar).encode()
+
+
+def _numpy_scalar(o: Any) -> Any:
+    item = getattr(o, "item", None)
+    if item is None:
+        raise TypeError(f"{type(o).__name__} is not JSON serializable")
+    return item()
 
 
 def model_file_hash(path: Path) -> bytes:
@@ -235,12 +349,31 @@ def _settle(fut: asyncio.Future[Any], value: Any, exc: BaseException | None) -> 
 
 
 def _counting_llama_class(llama_cpp: Any) -> Any:
-    """A Llama whose ``generate`` records [prompt tokens, sampled non-EOG tokens]."""
+    """A Llama for one job at a time: ``create_completion`` asks the job's ``budget`` how
+    many tokens the prompt leaves room for (which refuses a prompt that does not fit), and
+    records that the prompt was ``formatted``; ``generate`` starts from an empty context
+    (unless ``prefix_cache``) and records [prompt tokens, sampled non-EOG tokens] in ``counts``."""
 
     class _CountingLlama(llama_cpp.Llama):  # type: ignore[misc]
         counts: list[int]
+        budget: Callable[[int], int]
+        formatted: bool
+        prefix_cache: bool = False
+
+        def create_completion(self, prompt: Any, **kwargs: Any) -> Any:
+            self.formatted = True
+            if isinstance(prompt, list):
+                n_prompt = len(prompt)
+            else:  # what _create_completion evaluates: BOS/EOS as the model adds them
+                n_prompt = len(self.tokenize(prompt.encode(), add_bos=True, special=True))
+            cap, asked = self.budget(n_prompt), kwargs.get("max_tokens")
+            kwargs["max_tokens"] = min(cap, asked) if asked and asked > 0 else cap
+            return super().create_completion(prompt, **kwargs)
 
         def generate(self, tokens: Any, *args: Any, **kwargs: Any) -> Iterator[int]:
+            if not self.prefix_cache:
+                # No prefix reuse: a request's result never depends on what came before.
+                self.reset()
             self.counts = [len(tokens), 0]
             vocab = self._model.vocab
             for token in super().generate(tokens, *args, **kwargs):

@@ -5,8 +5,18 @@ what it honours), with two changes: ``model`` becomes the upstream's model name 
 differs, and streams always ask for ``stream_options.include_usage`` so the upstream's own
 token counts arrive in a final usage chunk. That chunk is forwarded only if the app asked
 for it. Upstreams that ignore ``include_usage`` (llama_cpp.server does) get their usage
-*estimated* (one token per content-bearing chunk, one prompt token per 4 prompt bytes) and
-counted in ``usage_estimated``; ``usage_fallback = "error"`` refuses such upstreams instead.
+*estimated* and counted in ``usage_estimated``: one completion token per content-bearing
+chunk, and the prompt counted by the upstream's own tokenizer where it has one (vLLM's and
+SGLang's ``/tokenize``, which apply the chat template too; llama_cpp.server's
+``/extras/tokenize/count`` for a completions prompt), else one prompt token per 4 prompt
+bytes. The usage chunk the app then sees says ``"estimated": true``. ``usage_fallback =
+"error"`` refuses such upstreams instead.
+
+``n`` passes through. An upstream that answers fewer choices than asked (llama_cpp.server
+ignores ``n``) is a 400 naming ``n``, never a silent single choice: a stream with ``n > 1`` is
+held back until every choice has started (vLLM starts them together), and refused if the
+upstream ends, or sends ``_N_PROBE`` content chunks, first. An upstream's refusal of a prompt
+too long for its context is ``context_length_exceeded``.
 
 An upstream reports usage only at the end, so a generation that ends early (cancelled,
 failed, timed out) is metered with that same estimate, marked ``estimated`` in the job's
@@ -33,8 +43,11 @@ from cocoon.engines.fake import prompt_tokens_of
 from cocoon.errors import (
     BadRequest,
     ConfigError,
+    ContextLengthExceeded,
     EngineError,
+    EngineUnsupported,
     ModelNotFound,
+    RequestError,
     RequestTimeout,
     UpstreamError,
 )
@@ -46,6 +59,8 @@ __all__ = ["OpenAIHttpConfig", "OpenAIHttpEngine"]
 log = logging.getLogger(__name__)
 
 _PATHS = {"chat": "/v1/chat/completions", "completions": "/v1/completions"}
+_N_PROBE = 64  # content chunks of a stream with n > 1 held back waiting for every choice
+_TOKENIZE_TIMEOUT_S = 5.0
 
 
 class OpenAIHttpEngine:
@@ -58,6 +73,9 @@ class OpenAIHttpEngine:
         self.model_hash = b""  # the upstream's weights are not ours to hash
         self.usage_estimated = 0
         self.cancelled = 0
+        # The upstream's tokenizer: None not asked yet, "tokenize" (vLLM, SGLang),
+        # "extras" (llama_cpp.server), "" none.
+        self._tokenizer: str | None = None
 
     @classmethod
     async def connect(cls, config: OpenAIHttpConfig) -> OpenAIHttpEngine:
@@ -116,6 +134,7 @@ class OpenAIHttpEngine:
                                       "include_usage": True}
         path = _PATHS[job.endpoint].lstrip("/")
         meter = job.meter
+        n = job.body.get("n") or 1
         finished = False
         try:
             async with self._client().post(path, json=body) as resp:
@@ -126,10 +145,14 @@ class OpenAIHttpEngine:
                 if not job.stream:
                     raw = await resp.read()
                     try:
-                        usage = oa.Usage.from_openai(json.loads(raw).get("usage"))
+                        obj = json.loads(raw)
+                        usage = oa.Usage.from_openai(obj.get("usage"))
                     except (ValueError, AttributeError):
                         raise UpstreamError("upstream response has no valid usage") from None
                     meter.set(usage)
+                    choices = obj.get("choices")
+                    if n > 1 and (not isinstance(choices, list) or len(choices) < n):
+                        raise _n_ignored(n)
                     yield raw
                     finished = True
                     yield usage
@@ -138,6 +161,9 @@ class OpenAIHttpEngine:
                 content_chunks = 0
                 decoder = SseDecoder()
                 done = False
+                # n > 1: events held back until every choice has started (None: not held).
+                held: list[bytes] | None = [] if n > 1 else None
+                started: set[Any] = set()
                 async for piece in resp.content.iter_any():
                     for data in decoder.feed(piece):
                         if data == DONE:
@@ -161,7 +187,10 @@ class OpenAIHttpEngine:
                         choices = obj.get("choices")
                         if not choices:
                             if u is not None and app_wants_usage:
-                                yield data
+                                if held is None:
+                                    yield data
+                                else:
+                                    held.append(data)
                             continue
                         if _has_content(choices):
                             content_chunks += 1
@@ -169,20 +198,33 @@ class OpenAIHttpEngine:
                                 meter.completion_tokens = content_chunks
                         if u is not None and not app_wants_usage:
                             obj["usage"] = None
-                            yield oa.dumps(obj)
-                        else:
+                            data = oa.dumps(obj)
+                        if held is None:
                             yield data
+                            continue
+                        held.append(data)
+                        started.update(c.get("index") for c in choices if isinstance(c, dict))
+                        if len(started) >= n:
+                            for d in held:
+                                yield d
+                            held = None
+                        elif content_chunks >= _N_PROBE:
+                            raise _n_ignored(n)
                     if done:
                         break
                 if not done:
                     raise UpstreamError("upstream stream ended without [DONE]")
+                if held is not None:
+                    raise _n_ignored(n)
                 if usage_seen is None:
-                    usage_seen = self._estimate(job, content_chunks)
+                    usage_seen = await self._estimate(job, content_chunks)
                     meter.set(usage_seen)
                     meter.estimated = True
                     if app_wants_usage:
-                        yield oa.dumps(oa.usage_chunk(job.endpoint, "", oa.now(), job.model,
-                                                      usage_seen))
+                        chunk = oa.usage_chunk(job.endpoint, "", oa.now(), job.model,
+                                               usage_seen)
+                        chunk["usage"]["estimated"] = True
+                        yield oa.dumps(chunk)
                 finished = True
                 yield usage_seen
         except TimeoutError:
@@ -194,12 +236,67 @@ class OpenAIHttpEngine:
             if not finished:
                 self.cancelled += 1
 
-    def _estimate(self, job: InferenceJob, content_chunks: int) -> oa.Usage:
+    async def _estimate(self, job: InferenceJob, content_chunks: int) -> oa.Usage:
         if self.config.usage_fallback == "error":
             raise UpstreamError("upstream did not report token usage for a stream")
         self.usage_estimated += 1
         log.warning("upstream did not report usage for a stream; estimating it")
-        return oa.Usage(prompt_tokens=prompt_tokens_of(job), completion_tokens=content_chunks)
+        prompt = await self._count_prompt(job)
+        return oa.Usage(prompt_tokens=prompt or prompt_tokens_of(job),
+                        completion_tokens=content_chunks)
+
+    async def _count_prompt(self, job: InferenceJob) -> int | None:
+        """The request's prompt tokens as the upstream's tokenizer counts them (None: it
+        has none we know, or it cannot count this prompt)."""
+        body = job.body
+        prompt = body.get("prompt")
+        if job.endpoint == "completions" and isinstance(prompt, list) and prompt and all(
+                type(t) is int for t in prompt):
+            return len(prompt)
+        model = self.config.upstream_model or job.model
+        if self._tokenizer is None:  # learnt once, at the first stream that needs it
+            if await self._post_count("tokenize", {"model": model, "prompt": "a"}):
+                self._tokenizer = "tokenize"
+            elif await self._post_count("extras/tokenize/count", {"model": model,
+                                                                  "input": "a"}):
+                self._tokenizer = "extras"
+            else:
+                self._tokenizer = ""
+        if self._tokenizer == "tokenize":
+            return await self._post_count("tokenize", {
+                "model": model, "messages": body["messages"], "add_generation_prompt": True}
+                if job.endpoint == "chat" else {"model": model, "prompt": prompt})
+        if self._tokenizer == "extras" and isinstance(prompt, str):
+            # llama_cpp.server counts text only: exact for a completions prompt (BOS
+            # included, as its completions add it), not for chat (no template applied).
+            return await self._post_count("extras/tokenize/count",
+                                          {"model": model, "input": prompt})
+        return None
+
+    async def _post_count(self, path: str, body: dict[str, Any]) -> int | None:
+        """POST ``body`` to a tokenizer endpoint: its ``count`` (or the length of its
+        ``tokens``), or None when it is missing, refuses or answers something else."""
+        try:
+            async with self._client().post(
+                    path, json=body,
+                    timeout=aiohttp.ClientTimeout(total=_TOKENIZE_TIMEOUT_S)) as resp:
+                if resp.status != 200:
+                    return None
+                data = await resp.json(content_type=None)
+        except (aiohttp.ClientError, TimeoutError, ValueError):
+            return None
+        if not isinstance(data, dict):
+            return None
+        count = data.get("count")
+        if type(count) is int and count > 0:
+            return count
+        tokens = data.get("tokens")
+        return len(tokens) if isinstance(tokens, list) and tokens else None
+
+
+def _n_ignored(n: int) -> EngineUnsupported:
+    return EngineUnsupported(f"the upstream model server ignored n={n} (it answered fewer "
+                             f"choices); send n=1", param="n")
 
 
 def read_secret(path: str) -> str:
@@ -239,14 +336,23 @@ def _message_of(obj: Any) -> str:
     return "unknown error"
 
 
-async def _upstream_error(resp: aiohttp.ClientResponse) -> Exception:
+_CONTEXT_WORDS = ("context length", "context window", "maximum context")
+
+
+async def _upstream_error(resp: aiohttp.ClientResponse) -> RequestError:
     try:
         obj = json.loads(await resp.read())
     except ValueError:
         obj = None
     msg = _message_of(obj)
-    if resp.status in (400, 422):
-        return BadRequest(f"upstream rejected the request: {msg}")
+    err = obj.get("error") if isinstance(obj, dict) else None
+    param = err.get("param") if isinstance(err, dict) else None
+    param = param if isinstance(param, str) and param else None
+    if resp.status in (400, 413, 422):
+        code = err.get("code") if isinstance(err, dict) else None
+        if code == "context_length_exceeded" or any(w in msg.lower() for w in _CONTEXT_WORDS):
+            return ContextLengthExceeded(f"upstream: {msg}", param=param or "messages")
+        return BadRequest(f"upstream rejected the request: {msg}", param=param)
     if resp.status == 404:
         return ModelNotFound(f"upstream: {msg}")
     if resp.status == 504 or resp.status == 408:

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from typing import Any, Final, Literal
 
 from cocoon.errors import BadRequest
+from cocoon.openai.messages import check_messages
 from cocoon.usage import Usage
 
 __all__ = [
@@ -46,7 +47,6 @@ ENDPOINTS: Final[dict[str, Endpoint]] = {
     "/v1/chat/completions": "chat",
     "/v1/completions": "completions",
 }
-_ROLES: Final = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 
 MAX_TOKENS_LIMIT: Final = 2**31 - 1
 """The largest ``max_tokens`` / ``max_completion_tokens`` / token id accepted (int32)."""
@@ -57,6 +57,7 @@ _INT64_MAX: Final = 2**63 - 1
 # Only a body whose raw bytes contain one of these needs the slower walk: a surrogate escape
 # (paired ones are fine), or a run of 19+ digits (an integer that may not fit 64 bits).
 _SUSPECT: Final = re.compile(rb"\\u[dD][89a-fA-F]|[0-9]{19}")
+_SCHEMA_NAME: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 # --- validation ------------------------------------------------------------------------
@@ -144,11 +145,6 @@ _CHAT: Final[tuple[tuple[str, Callable[[Any], bool], str], ...]] = (
     ("tools", lambda v: isinstance(v, list), "an array"),
     ("tool_choice", lambda v: isinstance(v, str | dict), "a string or an object"),
     ("parallel_tool_calls", lambda v: type(v) is bool, "a boolean"),
-    (
-        "response_format",
-        lambda v: isinstance(v, dict) and isinstance(v.get("type"), str),
-        "an object with a string 'type'",
-    ),
 )
 
 _COMPLETIONS: Final[tuple[tuple[str, Callable[[Any], bool], str], ...]] = (
@@ -159,19 +155,25 @@ _COMPLETIONS: Final[tuple[tuple[str, Callable[[Any], bool], str], ...]] = (
 )
 
 
-def _check_messages(messages: Any) -> None:
-    if not isinstance(messages, list) or not messages:
-        raise _fail("messages", "a non-empty array of message objects")
-    for i, m in enumerate(messages):
-        param = f"messages[{i}]"
-        if not isinstance(m, dict):
-            raise _fail(param, "an object")
-        role = m.get("role")
-        if not isinstance(role, str) or role not in _ROLES:
-            raise _fail(f"{param}.role", "one of " + ", ".join(sorted(_ROLES)))
-        content = m.get("content")
-        if content is not None and not isinstance(content, str | list):
-            raise _fail(f"{param}.content", "a string or an array of content parts")
+def _check_response_format(rf: Any) -> None:
+    """``response_format``: ``{"type": "text" | "json_object"}``, or ``{"type":
+    "json_schema", "json_schema": {"name": ..., "schema": {...}, "strict": bool}}``. Other
+    types pass (an engine that can't honour one says so)."""
+    if not isinstance(rf, dict) or not isinstance(rf.get("type"), str):
+        raise _fail("response_format", "an object with a string 'type'")
+    if rf["type"] != "json_schema":
+        return
+    js = rf.get("json_schema")
+    if not isinstance(js, dict):
+        raise _fail("response_format.json_schema", "an object")
+    name = js.get("name")
+    if not isinstance(name, str) or not _SCHEMA_NAME.fullmatch(name):
+        raise _fail("response_format.json_schema.name",
+                    "a string of 1 to 64 letters, digits, '_' or '-'")
+    if js.get("schema") is not None and not isinstance(js["schema"], dict):
+        raise _fail("response_format.json_schema.schema", "an object (a JSON Schema)")
+    if js.get("strict") is not None and type(js["strict"]) is not bool:
+        raise _fail("response_format.json_schema.strict", "a boolean")
 
 
 def _has_lone_surrogate(s: str) -> bool:
@@ -223,9 +225,11 @@ def parse_request(endpoint: Endpoint, raw: bytes) -> dict[str, Any]:
     for param, ok, what in _COMMON:
         _check_optional(body, param, ok, what)
     if endpoint == "chat":
-        _check_messages(body.get("messages"))
+        check_messages(body.get("messages"))
         for param, ok, what in _CHAT:
             _check_optional(body, param, ok, what)
+        if body.get("response_format") is not None:
+            _check_response_format(body["response_format"])
         if body.get("top_logprobs") is not None and body.get("logprobs") is not True:
             raise BadRequest("Invalid value for 'top_logprobs': 'logprobs' must be true "
                              "when 'top_logprobs' is given.", param="top_logprobs")

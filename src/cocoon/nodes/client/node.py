@@ -10,6 +10,11 @@ An app's mistakes (bad JSON, out-of-range fields, a body too large for one wire 
 ``MAX_REQUEST_BODY``, 413) are answered in OpenAI's shape and logged without a traceback,
 at most a few lines per interval, naming only the status, code and parameter: never a
 prompt, a completion or a key. Anything unexpected is a 500 in the same shape.
+
+``GET /v1/models`` lists the models the proxy's catalog offers and ``GET /v1/models/{id}``
+returns one (404 ``model_not_found`` otherwise). A browser app on an origin named in
+``client.cors_origins`` gets CORS headers on every answer (streams included), and any
+``OPTIONS`` preflight is answered 204.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from cocoon.crypto import load_or_create_ec_key
 from cocoon.errors import (
     ConfigError,
     FrameTooLarge,
+    ModelNotFound,
     NoWorkerAvailable,
     PaymentError,
     RequestError,
@@ -79,6 +85,9 @@ __all__ = ["ClientNode"]
 log = logging.getLogger(__name__)
 
 _BURST = 64
+_CORS_METHODS = "GET, POST, OPTIONS"
+_CORS_HEADERS = "Authorization, Content-Type, OpenAI-Organization, OpenAI-Project"
+_CORS_MAX_AGE_S = 600
 
 
 @dataclass(slots=True)
@@ -118,6 +127,7 @@ class ClientNode:
         self.stats = ClientStats()
         self._watchdog = Watchdog()
         self._started = time.monotonic()
+        self._cors = frozenset(o.strip() for o in config.cors_origins.split(",") if o.strip())
         self._app_errors = LogLimiter(log, "client errors")
         self._internal_errors = LogLimiter(log, "internal errors")
         self.http = HttpServer(self._http_app(), config.http, "client.http",
@@ -213,7 +223,10 @@ class ClientNode:
     @web.middleware
     async def _openai_errors(self, request: web.Request, handler: Any) -> web.StreamResponse:
         """Unknown paths, wrong methods, oversize or slow bodies answer in OpenAI's error
-        shape; an unexpected exception is a 500 in that shape, its traceback rate-limited."""
+        shape; an unexpected exception is a 500 in that shape, its traceback rate-limited.
+        ``OPTIONS`` (a CORS preflight) is answered here, whatever the path."""
+        if request.method == "OPTIONS":  # any path: a route would turn 404s into 405s
+            return self._preflight(request)
         try:
             return await handler(request)  # type: ignore[no-any-return]
         except web.HTTPException as exc:
@@ -286,14 +299,47 @@ class ClientNode:
                 return await end_sse(response, err)
 
     async def _models(self, _: web.Request) -> web.Response:
-        return json_response({
-            "object": "list",
-            "data": [
-                {"id": e.model, "object": "model", "created": 0, "owned_by": "cocoon",
-                 "workers": e.workers, "active": e.active, "capacity": e.capacity}
-                for e in self.catalog
-            ],
-        })
+        return json_response({"object": "list", "data": [_model(e) for e in self.catalog]})
+
+    async def _model(self, request: web.Request) -> web.Response:
+        """``GET /v1/models/{id}`` (``client.models.retrieve``): one model, or OpenAI's 404."""
+        model = request.match_info["model"]
+        for e in self.catalog:
+            if e.model == model:
+                return json_response(_model(e))
+        return self._invalid(request, ModelNotFound(f"The model '{model}' does not exist",
+                                                    param="model"))
+
+    # --- CORS -------------------------------------------------------------------------
+
+    def _allowed_origin(self, request: web.Request) -> str | None:
+        """The value of Access-Control-Allow-Origin for this request (None: no CORS)."""
+        origin = request.headers.get("Origin")
+        if not origin or not self._cors:
+            return None
+        if origin in self._cors:
+            return origin
+        return "*" if "*" in self._cors else None
+
+    async def _cors_headers(self, request: web.Request, response: web.StreamResponse) -> None:
+        """Before any answer's headers go out (a stream's included): the CORS headers."""
+        allowed = self._allowed_origin(request)
+        if allowed is not None:
+            response.headers["Access-Control-Allow-Origin"] = allowed
+            response.headers["Access-Control-Expose-Headers"] = "Retry-After"
+            if allowed != "*":
+                response.headers.add("Vary", "Origin")
+
+    def _preflight(self, request: web.Request) -> web.Response:
+        """``OPTIONS`` on any path: 204; with the preflight's CORS answer for an allowed
+        origin (its headers added by :meth:`_cors_headers`)."""
+        response = web.Response(status=204, headers={"Allow": _CORS_METHODS})
+        if self._allowed_origin(request) is not None:
+            response.headers["Access-Control-Allow-Methods"] = _CORS_METHODS
+            response.headers["Access-Control-Allow-Headers"] = request.headers.get(
+                "Access-Control-Request-Headers", _CORS_HEADERS)
+            response.headers["Access-Control-Max-Age"] = str(_CORS_MAX_AGE_S)
+        return response
 
     def snapshot(self) -> dict[str, Any]:
         s = self.stats
@@ -336,10 +382,18 @@ class ClientNode:
             return json_response(self.snapshot())
 
         app.router.add_get("/v1/models", self._models)
+        app.router.add_get("/v1/models/{model:.+}", self._model)
         for path in ENDPOINTS:
             app.router.add_post(path, self._completions)
         add_health_routes(app, health, stats)
+        app.on_response_prepare.append(self._cors_headers)
         return app
+
+
+def _model(e: CatalogEntry) -> dict[str, Any]:
+    """A catalog entry as an OpenAI model object (with cocoon's capacity fields)."""
+    return {"id": e.model, "object": "model", "created": 0, "owned_by": "cocoon",
+            "workers": e.workers, "active": e.active, "capacity": e.capacity}
 
 
 def _http_error(request: web.Request, exc: web.HTTPException) -> RequestError:

@@ -95,7 +95,10 @@ class LedgerThread:
                     except queue.Empty:
                         break
                 stop = any(item is _STOP for item in batch)
-                calls = [item for item in batch if item is not _STOP]
+                # a call whose caller gave up before it ran is not run (as an executor does);
+                # the others can no longer be cancelled
+                calls = [item for item in batch
+                         if item is not _STOP and item[2].set_running_or_notify_cancel()]
                 if calls:
                     self._run(ledger, calls)
                 if stop:
@@ -248,6 +251,27 @@ class Billing:
             to_worker = (self._worker_statement(s.worker)
                          if s.worker_voucher is not None else None)
             return to_client, to_worker
+
+        return await self._run(settle)  # type: ignore[no-any-return]
+
+    async def settle_accounts(self, request_id: str, end: End | Error | Usage
+                              ) -> tuple[str | None, str | None]:
+        """:meth:`settle` without building the statements: the client and worker accounts
+        that have a new voucher (None when nothing was charged), for the caller to send
+        their newest statements when it sends statements (the proxy: a few times a second,
+        however many requests settle meanwhile)."""
+        usage = end if isinstance(end, Usage) else end.usage
+        bill = price_usage(usage, self.config.worker_coefficient, self.prices)
+
+        def settle() -> tuple[str | None, str | None]:
+            s = self.ledger.settle(request_id, bill, self._key)
+            if s.overage:
+                log.warning("request %s used more than reserved: %d nanoTON not charged",
+                            request_id, s.overage)
+            if s.client_voucher is not None and self.payments is not None:
+                self.payments.note_charged(s.client, self.ledger.balance(s.client).charged)
+            return (s.client if s.client_voucher is not None else None,
+                    s.worker if s.worker_voucher is not None else None)
 
         return await self._run(settle)  # type: ignore[no-any-return]
 

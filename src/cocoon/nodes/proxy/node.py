@@ -86,7 +86,6 @@ from cocoon.wire import (
     Payment,
     Request,
     Roster,
-    Statement,
     WorkerInfo,
 )
 
@@ -201,7 +200,8 @@ class ProxyNode:
         self._tickets = itertools.count(time.time_ns())
         self._relays: dict[tuple[int, int], asyncio.Task[None]] = {}
         self._queue: FairQueue[_Waiter] = FairQueue(config.queue_limit)
-        self._outbox: dict[Peer, Statement] = {}  # the newest statement to send each peer
+        # the peers owed a statement at the next push: peer -> (account, kind)
+        self._outbox: dict[Peer, tuple[str, str]] = {}
         self._watchdog = Watchdog()
         self.stats = ProxyStats()
         self._started = time.monotonic()
@@ -379,27 +379,28 @@ class ProxyNode:
                             f"{peer.hello.role}")
 
     async def _resend_statement(self, peer: Peer, account: str, kind: str) -> None:
-        assert self.billing is not None
-        self._post(peer, await self.billing.statement(account, kind))
+        self._post(peer, account, kind)
 
-    def _post(self, peer: Peer, statement: Statement | None) -> None:
-        """Queue a statement for ``peer``; :meth:`_statement_pusher` sends the newest one it
-        has for each peer every ``billing.statement_interval_s``, so under load a client
-        signs (and a worker stores) a few statements a second, not one per request."""
-        if statement is None or peer.closed:
-            return
-        old = self._outbox.get(peer)
-        if old is None or (statement.charged, statement.earned) >= (old.charged, old.earned):
-            self._outbox[peer] = statement
+    def _post(self, peer: Peer, account: str, kind: str) -> None:
+        """Have ``peer`` sent the newest statement of ``account`` (``client``/``worker``)
+        at the next push: :meth:`_statement_pusher` builds and sends one per peer every
+        ``billing.statement_interval_s``, so under load a client signs (and a worker stores)
+        a few statements a second, not one per request."""
+        if not peer.closed:
+            self._outbox[peer] = (account, kind)
 
     async def _statement_pusher(self) -> None:
+        assert self.billing is not None
         interval = self.config.billing.statement_interval_s
         while True:
             await asyncio.sleep(interval)
             if self._outbox:
                 out, self._outbox = self._outbox, {}
-                for peer, statement in out.items():
-                    if not peer.closed:
+                for peer, (account, kind) in out.items():
+                    if peer.closed:
+                        continue
+                    statement = await self.billing.statement(account, kind)
+                    if statement is not None and not peer.closed:
                         peer.send(statement)
 
     async def _on_payment(self, peer: Peer, msg: Payment) -> None:
@@ -774,9 +775,11 @@ class ProxyNode:
     async def _settle(self, billing: Billing, bill_id: str, report: End | Error | Usage,
                       client: Peer, worker: _Worker) -> None:
         """Charge the worker's reported usage; send each side its new statement."""
-        to_client, to_worker = await billing.settle(bill_id, report)
-        self._post(worker.peer, to_worker)
-        self._post(client, to_client)
+        client_account, worker_account_ = await billing.settle_accounts(bill_id, report)
+        if worker_account_ is not None:
+            self._post(worker.peer, worker_account_, "worker")
+        if client_account is not None:
+            self._post(client, client_account, "client")
 
     async def _last_word(self, stream: OutgoingStream, reason: str) -> End | Error | None:
         """Tell the worker to stop, and wait at most ``_LAST_WORD_S`` for the End or Error
