@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cocoon.commands.money import MAX_NANOTON, format_ton, iso_utc, parse_ton
 from cocoon.errors import ConfigError
+from cocoon.money import MAX_NANOTON, format_ton, iso_utc, parse_ton
 
 
 @pytest.mark.parametrize(("text", "nano"), [

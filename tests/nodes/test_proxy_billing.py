@@ -33,6 +33,8 @@ async def test_reserve_settle_and_402(tmp_path: Path) -> None:
         with pytest.raises(PaymentRequired) as ei:
             await b.reserve("r2", "c", "w", 10**6, 50)
         assert ei.value.status == 402 and "top up" in ei.value.message
+        # issue 11: people read TON, never nanoTON
+        assert " TON available" in ei.value.message and "nanoTON" not in ei.value.message
         assert (tmp_path / "k.pem").stat().st_mode & 0o777 == 0o600
     finally:
         b.close()

@@ -10,9 +10,10 @@
 * :mod:`~cocoon.commands.registry`: ``cocoon registry``, the root registry's owner tool;
 * :mod:`~cocoon.commands.up`: ``cocoon up``, a whole local network as processes
   (:class:`~cocoon.commands.up.LocalNetwork`, also what the e2e tests and the bench start);
-* :mod:`~cocoon.commands.attest`: ``cocoon attest``;
-* :mod:`~cocoon.commands.money`: money and dates as people type and read them (TON with
-  decimals, ISO-8601 UTC), shared by every command.
+* :mod:`~cocoon.commands.attest`: ``cocoon attest``.
+
+Money and dates as people type and read them (TON with decimals, ISO-8601 UTC) are
+:mod:`cocoon.money`'s, shared by every command and by the messages the nodes give people.
 
 Faces sit above the nodes and the domain packages and may import them; nothing below imports
 a face. :mod:`cocoon.cli` assembles these (and :mod:`cocoon.benchmark`, a face above them).

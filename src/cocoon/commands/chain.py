@@ -3,7 +3,7 @@
 open-channel|stake|unstake``, ``cocoon client open|topup|close|withdraw`` and ``cocoon worker
 withdraw``; each reads the role's ``[chain]`` config (``-c FILE`` or ``--set
 chain.KEY=VALUE``), acts from the role's own wallet, and prints what happened (or JSON with
-``--json``). Amounts are typed and printed in TON (:mod:`cocoon.commands.money`); JSON
+``--json``). Amounts are typed and printed in TON (:mod:`cocoon.money`); JSON
 carries nanoTON in ``*_nanoton`` fields, dates in ISO-8601 UTC.
 
 A payment leaves the role's wallet only if the wallet can pay it: the amount, what the
@@ -31,9 +31,9 @@ from cocoon.chain.connect import NodeChain
 from cocoon.chain.localnet import NetworkParams
 from cocoon.chain.specs import ChannelSpec, ProxyStakeSpec
 from cocoon.chain.vouchers import parse_voucher, public_key, read_voucher_file
-from cocoon.commands.money import format_ton, iso_utc, parse_ton
 from cocoon.crypto import load_or_create_ed25519_key
 from cocoon.errors import CocoonError, ConfigError, InsufficientFunds
+from cocoon.money import format_ton, iso_utc, parse_ton
 
 __all__ = ["SEND_FEES", "add_chain_arguments", "channel_report", "client_chain_command",
            "proxy_open_channel", "proxy_stake", "require_funds", "switch_channel",

@@ -33,10 +33,10 @@ from cocoon.chain.errors import ContractRejected, WrongSender
 from cocoon.chain.localnet import NetworkParams
 from cocoon.chain.registry import read_registry
 from cocoon.chain.specs import RegistryParams
-from cocoon.commands.money import MAX_NANOTON, format_ton, parse_ton
 from cocoon.config import build_table, read_toml
 from cocoon.errors import ConfigError
 from cocoon.ledger.config import BillingConfig
+from cocoon.money import MAX_NANOTON, format_ton, parse_ton
 
 __all__ = ["add_registry_arguments", "chain_config", "parse_hash", "run_registry"]
 

@@ -20,10 +20,10 @@ from typing import Any
 from cocoon import config as cfg
 from cocoon.chain.connect import open_chain
 from cocoon.commands import chain as chain_cmd
-from cocoon.commands.money import format_ton, iso_utc
 from cocoon.commands.up import http_json
 from cocoon.errors import CocoonError
 from cocoon.ledger import Ledger
+from cocoon.money import format_ton, iso_utc
 from cocoon.validation import parse_hostport
 
 __all__ = ["ROLES", "add_role_arguments", "client_balance", "format_client_balance",

@@ -55,13 +55,13 @@ from cocoon.chain.embedded import EmbeddedChain, find_toolchain
 from cocoon.chain.localnet import LocalDeployment, NetworkParams, deploy_local_network
 from cocoon.chain.messages import default_contracts_dir
 from cocoon.chain.token import read_token
-from cocoon.commands.money import format_ton, parse_ton
 from cocoon.crypto import load_or_create_ec_key, load_or_create_ed25519_key
 from cocoon.engines.llama_cpp import default_model_path, model_file_hash
 from cocoon.errors import CocoonError, LaunchError, ToolchainMissing
 from cocoon.ledger import Ledger
 from cocoon.ledger.accounts import channel_account, client_account
 from cocoon.ledger.config import BillingConfig
+from cocoon.money import format_ton, parse_ton
 
 __all__ = ["ATTESTATION_MODES", "CHAIN_MODES", "LOG_GENERATIONS", "LocalNetwork", "Role",
            "add_up_arguments", "check_ports_free", "default_data_dir", "http_json",

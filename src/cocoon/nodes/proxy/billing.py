@@ -24,6 +24,7 @@ from cocoon.crypto import load_or_create_ed25519_key
 from cocoon.errors import InsufficientFunds, LedgerError, PaymentError, PaymentRequired
 from cocoon.ledger import Ledger, Prices, price_usage, reservation_for
 from cocoon.ledger.store import Commit, Reservation
+from cocoon.money import format_ton
 from cocoon.usage import Usage
 from cocoon.wire import End, Error, Statement
 
@@ -221,9 +222,9 @@ class Billing:
         except InsufficientFunds as exc:
             down = self.payments is not None and self.payments.health.down
             raise PaymentRequired(
-                f"client balance is too low: {exc.available} nanoTON available, this request "
-                f"reserves {amount} nanoTON (max_tokens {max_tokens} at "
-                f"{self.prices.price_per_token} nanoTON per token); top up the client's "
+                f"client balance is too low: {format_ton(exc.available)} available, this "
+                f"request reserves {format_ton(amount)} (max_tokens {max_tokens} at "
+                f"{format_ton(self.prices.price_per_token)} per token); top up the client's "
                 f"account or lower max_tokens"
                 + ("; the chain is unreachable now, so a top-up shows once it returns"
                    if down else "")) from None

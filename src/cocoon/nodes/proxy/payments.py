@@ -59,6 +59,7 @@ from cocoon.ledger.errors import (
 )
 from cocoon.ledger.store import Commit, SignedCharge
 from cocoon.ledger.vouchers import SignedVoucher, public_key_bytes
+from cocoon.money import format_ton
 
 __all__ = ["OUTAGE", "WORKER_FLOAT", "ChainHealth", "ProxyPayments"]
 
@@ -327,10 +328,11 @@ class ProxyPayments:
         limit = self.unsigned_limit(account)
         if unsigned > limit:
             raise PaymentRequired(
-                f"{unsigned} nanoTON of this client's charges are not signed yet (limit "
-                f"{limit}: billing.max_unsigned {self.max_unsigned}, at most "
-                f"{self.max_unsigned_fraction} of the deposit {client.deposit}): the client "
-                "must sign its statements before more work")
+                f"{format_ton(unsigned)} of this client's charges are not signed yet (limit "
+                f"{format_ton(limit)}: billing.max_unsigned {format_ton(self.max_unsigned)}, "
+                f"at most {self.max_unsigned_fraction} of the deposit "
+                f"{format_ton(client.deposit)}): the client must sign its statements before "
+                "more work")
 
     async def watch_forever(self, poll_s: float = 25.0) -> None:
         """Re-read every bound client channel whenever the chain moves (a close request, a
@@ -497,7 +499,7 @@ class ProxyPayments:
                 if state.status == ChannelStatus.OPEN and owed - state.charged > state.balance:
                     amount = owed - state.charged - state.balance + WORKER_FLOAT
                     await self.chain.chain.deposit(channel, amount, sender=self.chain.sender)
-                    log.info("topped up worker channel %s by %d nanoTON", channel, amount)
+                    log.info("topped up worker channel %s by %s", channel, format_ton(amount))
             except OUTAGE:
                 raise
             except (CocoonError, OSError) as exc:
@@ -510,8 +512,8 @@ class ProxyPayments:
         await self.chain.chain.submit_voucher(signed.channel, parse_voucher(signed.voucher),
                                               sender=self.chain.sender)
         self.collected += signed.cumulative - charged
-        log.info("redeemed client voucher %d on %s: +%d nanoTON", signed.seqno, signed.channel,
-                 signed.cumulative - charged)
+        log.info("redeemed client voucher %d on %s: +%s", signed.seqno, signed.channel,
+                 format_ton(signed.cumulative - charged))
 
     async def publish(self, commit: Commit) -> None:
         """Publish a ledger commit to the stake contract (signed by the proxy key); while the

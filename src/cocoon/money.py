@@ -1,4 +1,4 @@
-"""Money and time as a person types and reads them on the command line.
+"""Money and time as a person types and reads them (the command line, error messages).
 
 Inside, money is nanoTON ints (STYLE: money is integers). A person types and reads TON with
 decimals (``1.5``, ``0.000000186``): every amount argument goes through :func:`parse_ton` and
