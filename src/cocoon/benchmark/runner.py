@@ -70,11 +70,16 @@ def expected_events(spec: ModeSpec) -> int:
 
 
 async def measure(url: str, spec: ModeSpec, duration: float,
-                   pids: dict[str, int]) -> dict[str, Any]:
+                  pids: dict[str, int], on_warm: Callable[[], None] | None = None
+                  ) -> dict[str, Any]:
+    """One load phase against ``url`` (after a warm-up round, one request per stream, not
+    counted; ``on_warm`` is called between the two)."""
     meter = CpuMeter({**pids, "loadgen": os.getpid()})
     async with LoadGenerator(url, request_body(), spec.streams,
                              expected_events(spec)) as lg:
         warm = await lg.warm_up()
+        if on_warm is not None:
+            on_warm()
         meter.start()
         result = await lg.run(duration, stagger=spec.chunks * spec.delay_ms / 1000.0)
         cpu = meter.stop()

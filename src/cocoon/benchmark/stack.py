@@ -9,7 +9,8 @@ runs against the bare upstream and through the network, alternating, for each lo
 (paced and saturation, as ``--mode paced|saturation`` define them). Reported per side:
 requests/s, chunks/s, TTFT and latency p50/p99, errors by kind (HTTP status), CPU seconds per
 1,000 chunks per process (upstream, client, proxy, worker, chain), and each process's RSS
-and open file descriptors before, at the peak of and after the load.
+and open file descriptors after the warm-up round, at the peak of the load and a second
+after it.
 """
 
 from __future__ import annotations
@@ -140,9 +141,11 @@ def run_stack(specs: list[ModeSpec], duration: float, repeat: int,
                     url, side_pids = sides[side]
                     progress(f"up {spec.name}: {side} run {rep + 1}/{repeat} "
                              f"({spec.describe()})")
+                    # RSS and fds from after the warm-up round (connections opened, caches
+                    # filled) to a second after the load
                     sampler = ResourceSampler(side_pids)
-                    sampler.start()
-                    run = asyncio.run(measure(url, spec, duration, side_pids))
+                    run = asyncio.run(measure(url, spec, duration, side_pids,
+                                              on_warm=sampler.start))
                     run["resources"] = resources[side] = sampler.stop()
                     runs[side].append(run)
                     progress(f"up {spec.name}: {side}: {run['requests_per_s']:.1f} req/s, "
