@@ -207,7 +207,7 @@ class Chunk:
     data: bytes
 
 
-def _usage_of(msg: End | Error) -> Usage:
+def _usage_of(msg: End | Error | JobReport) -> Usage:
     """The message's token counts as the one usage type. The schema checks each count's
     type and range; counts that contradict each other (cached above prompt, reasoning above
     completion) break the protocol when they are read as usage."""
@@ -302,11 +302,7 @@ class JobReport:
 
     @property
     def usage(self) -> Usage:
-        try:
-            return Usage(self.prompt_tokens, self.completion_tokens, self.cached_tokens,
-                         self.reasoning_tokens)
-        except PricingError as exc:
-            raise ProtocolError(f"JobReport: {exc}") from None
+        return _usage_of(self)
 
 
 @dataclass(frozen=True, slots=True)
