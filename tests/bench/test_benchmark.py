@@ -24,7 +24,8 @@ HANDSHAKES = 5
 EVENTS = CHUNKS + 2  # the fake engine's chat stream: role chunk, N chunks, finish chunk
 CHAIN_ROLES = {"client", "proxy", "worker", "loadgen", "other"}
 ROLES = {"direct": {"direct", "loadgen", "other"}, "chain": CHAIN_ROLES,
-         "chain_plain": CHAIN_ROLES}
+         "chain_plain": CHAIN_ROLES, "upstream": {"upstream", "loadgen", "other"},
+         "cocoon_up": CHAIN_ROLES | {"chain", "upstream"}}
 TIMING_KEYS = {"n", "mean", "p50", "p99", "min", "max"}
 
 
@@ -204,3 +205,37 @@ def test_ledger_mode_reports_throughput_and_invariants() -> None:
     assert r["reserve_per_s"] > 0 and r["settle_per_s"] > 0
     assert r["paid_requests_per_s"] < min(r["reserve_per_s"], r["settle_per_s"])
     assert any("invariants: hold" in line for line in format_ledger(r))
+
+
+@pytest.mark.e2e
+def test_quick_bench_of_what_users_run(tmp_path: Path,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """``--mode up``: cocoon up with its defaults in front of a separate upstream, against
+    that bare upstream, both load shapes, with RSS and file descriptors per process."""
+    out = tmp_path / "up.json"
+    rc = main(["bench", "--mode", "up", "--quick", "--duration", "1.0",
+               "--streams", str(STREAMS), "--chunks", str(CHUNKS), "--chunk-bytes", "64",
+               "--json", str(out)])
+    table = capsys.readouterr().out
+    report = _strict_json(out.read_text())
+    assert rc == 0, table
+    assert report["ok"] is True
+    assert set(report["modes"]) == {"up_paced", "up_saturation"}
+    for name, section in report["modes"].items():
+        cfg = section["config"]
+        assert cfg["kind"] == "stack" and cfg["engine"] == "openai-http"
+        assert (cfg["attestation"], cfg["billing"], cfg["payments_chain"]) == (
+            "fake", True, "embedded")  # cocoon up's defaults
+        assert cfg["streams"] == STREAMS and cfg["events_per_request"] == EVENTS
+        for side in ("upstream", "cocoon_up"):
+            _check_side(side, section[side])
+        procs = set(section["cocoon_up"]["resources"])
+        assert procs == {"client", "proxy", "worker", "chain", "upstream"}
+        for r in section["cocoon_up"]["resources"].values():
+            assert 0 < r["rss_mb"]["start"] <= r["rss_mb"]["peak"]
+            assert r["fds"]["peak"] >= r["fds"]["start"] > 0
+        _check_ratios(section["comparison"], section["upstream"], section["cocoon_up"])
+        assert f"== {name}:" in table
+    assert report["modes"]["up_paced"]["comparison"]["targets"] == {
+        "throughput_ratio_min": 0.95, "ttft_p50_added_ms_max": 15.0}
+    assert table.count("up/upstream:") == 2 and "RSS MB / open fds" in table
