@@ -399,7 +399,11 @@ class ProxyNode:
                 for peer, (account, kind) in out.items():
                     if peer.closed:
                         continue
-                    statement = await self.billing.statement(account, kind)
+                    try:
+                        statement = await self.billing.statement(account, kind)
+                    except CocoonError as exc:  # the next settlement posts it again
+                        log.warning("statement for %s not sent: %s", account, exc)
+                        continue
                     if statement is not None and not peer.closed:
                         peer.send(statement)
 
@@ -516,6 +520,8 @@ class ProxyNode:
                 except RequestError:
                     break  # nobody serves it now: its waiters are failed on disconnect
                 if worker is None:
+                    # Strict order: the head waits for a slot it may take (only a request a
+                    # worker refused excludes any), and the others wait behind it.
                     break
                 taken = self._queue.pop(model)  # the same one; pop passes the turn on
                 assert taken is waiter
