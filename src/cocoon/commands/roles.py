@@ -286,14 +286,17 @@ def format_client_balance(r: dict[str, Any]) -> str:
                      f"proxy {format_ton(c['charged_nanoton'])}")
         if c.get("close_at"):
             lines.append(f"{'closes at':<12} {c['close_at']}")
-    v = r.get("voucher")
-    if v is None:
-        lines.append("no statement from the proxy yet (billing off, or no paid request so far)")
-    else:
-        lines.append(f"{'statement':<12} seqno {v['seqno']}: "
-                     f"{format_ton(v['cumulative_nanoton'])} for {v['cumulative_tokens']} "
-                     f"tokens, signed by proxy key {v['proxy_key'][:16]}...")
+    lines.append(_statement_line(r.get("voucher"), 12))
     return "\n".join(lines)
+
+
+def _statement_line(v: dict[str, Any] | None, width: int) -> str:
+    """The proxy's newest signed statement, as a line of a report."""
+    if v is None:
+        return "no statement from the proxy yet (billing off, or no paid request so far)"
+    return (f"{'statement':<{width}} seqno {v['seqno']}: {format_ton(v['cumulative_nanoton'])} "
+            f"for {v['cumulative_tokens']} tokens, signed by proxy key "
+            f"{v['proxy_key'][:16]}...")
 
 
 def worker_earnings(billing: dict[str, Any], on_chain: dict[str, Any] | None) -> dict[str, Any]:
@@ -325,13 +328,7 @@ def format_worker_earnings(r: dict[str, Any]) -> str:
                      f"{format_ton(c['charged_nanoton'])} ({c['status']})")
         lines.append(f"{'withdrawable':<14} {format_ton(r['withdrawable_nanoton'])} "
                      "(`cocoon worker withdraw`)")
-    v = r.get("voucher")
-    if v is None:
-        lines.append("no statement from the proxy yet (billing off, or no paid request so far)")
-    else:
-        lines.append(f"{'statement':<14} seqno {v['seqno']}: "
-                     f"{format_ton(v['cumulative_nanoton'])} for {v['cumulative_tokens']} "
-                     f"tokens, signed by proxy key {v['proxy_key'][:16]}...")
+    lines.append(_statement_line(r.get("voucher"), 14))
     return "\n".join(lines)
 
 
