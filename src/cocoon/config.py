@@ -26,6 +26,7 @@ from cocoon.chain.config import ChainConfig
 from cocoon.engines.config import EngineConfig
 from cocoon.errors import ConfigError
 from cocoon.ledger.config import BillingConfig
+from cocoon.money import format_ton, parse_config_ton
 from cocoon.validation import parse_hostport, require_positive
 
 __all__ = [
@@ -145,7 +146,10 @@ def _build(cls: type[T], data: dict[str, Any], where: str) -> T:
         if key not in known:
             raise ConfigError(f"{where}: unknown key {raw_key!r} "
                               f"(known: {', '.join(sorted(known))})")
-        kwargs[key] = _coerce(hints[key], value, f"{where}.{raw_key}")
+        if known[key].metadata.get("money"):
+            kwargs[key] = parse_config_ton(value, f"{where}.{raw_key}")
+        else:
+            kwargs[key] = _coerce(hints[key], value, f"{where}.{raw_key}")
     try:
         return cls(**kwargs)
     except ConfigError as exc:
@@ -278,6 +282,8 @@ def dump_toml(config: Any) -> str:
             if dataclasses.is_dataclass(value):
                 nested.append((f.name, value))
             elif value != getattr(default, f.name):
+                if f.metadata.get("money"):  # TON with decimals, as people write it
+                    value = format_ton(value).removesuffix(" TON")
                 scalars.append(f"{f.name} = {_toml_value(value)}")
         if scalars:
             out.append(f"[{name}]")

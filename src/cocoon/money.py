@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime
+from typing import Final
 
 from cocoon.errors import ConfigError
 
-__all__ = ["MAX_NANOTON", "NANO_PER_TON", "format_ton", "iso_utc", "parse_ton"]
+__all__ = ["MAX_NANOTON", "MONEY", "NANO_PER_TON", "format_ton", "iso_utc", "parse_config_ton",
+           "parse_ton"]
 
 NANO_PER_TON = 10**9
 """nanoTON in one TON: an amount has at most 9 decimals."""
@@ -58,6 +60,29 @@ def format_ton(nano: int) -> str:
     whole, frac = divmod(abs(nano), NANO_PER_TON)
     decimals = f".{frac:09d}".rstrip("0") if frac else ""
     return f"{'-' if nano < 0 else ''}{whole}{decimals} TON"
+
+
+MONEY: Final = {"money": True}
+"""Dataclass field metadata of a config key that is an amount of money: nanoTON inside,
+TON with decimals in a TOML file and in ``--set`` (see :func:`parse_config_ton`)."""
+
+
+def parse_config_ton(value: object, where: str) -> int:
+    """A money key's TOML value -> nanoTON. A string of TON with decimals, optionally ending
+    in ``TON`` (``"0.05"``, ``"0.000000002 TON"``). A bare number is refused, naming the
+    string to write: an integer here once meant nanoTON, and a float cannot hold every
+    amount exactly."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.upper().endswith("TON"):
+            text = text[:-3].rstrip()
+        return parse_ton(text, allow_zero=True, what=where)
+    if type(value) is int and value >= 0:
+        raise ConfigError(f'{where}: write TON with decimals, in quotes: "'
+                          f'{format_ton(value).removesuffix(" TON")}" for {value} nanoTON '
+                          f"(amounts in config files are TON)")
+    raise ConfigError(f'{where}: expected TON with decimals, in quotes (e.g. "1.5"), got '
+                      f"{value!r}")
 
 
 def iso_utc(unix: int | float | None) -> str | None:

@@ -355,3 +355,33 @@ def test_worker_capacity_defaults_to_what_its_engine_can_run() -> None:
     assert WorkerConfig(max_concurrent=0).max_concurrent == 4  # 0 asks for the default
     with pytest.raises(ConfigError):
         WorkerConfig(max_concurrent=-1)
+
+
+def test_money_keys_are_ton_with_decimals(tmp_path: Path) -> None:
+    """Issue 11: one unit for money wherever a person types it. The [billing] amounts are
+    TON with decimals in a config file and in --set (nanoTON inside); a bare integer, which
+    once meant nanoTON, is refused with the string to write instead."""
+    from cocoon.config import dump_toml
+
+    path = tmp_path / "proxy.toml"
+    path.write_text('[billing]\nprice_per_token = "0.000000003"\nmax_unsigned = "1.5 TON"\n'
+                    'redeem_threshold = "0"\n')
+    cfg = load(ProxyConfig, str(path), {"billing.worker_fee_per_token": "0.000000002"})
+    b = cfg.billing
+    assert (b.price_per_token, b.worker_fee_per_token, b.max_unsigned, b.redeem_threshold) == (
+        3, 2, 1_500_000_000, 0)
+    text = dump_toml(cfg)
+    assert 'max_unsigned = "1.5"' in text and 'price_per_token = "0.000000003"' in text
+    again = tmp_path / "again.toml"
+    again.write_text(text)
+    assert load(ProxyConfig, str(again)).billing == b  # what cocoon up writes reads back
+    path.write_text("[billing]\nmax_unsigned = 1000000000\n")
+    with pytest.raises(ConfigError, match=r'max_unsigned: write TON with decimals, in quotes: '
+                                          r'"1" for 1000000000 nanoTON'):
+        load(ProxyConfig, str(path))
+    for bad in ("1e9", "-1", "0.0000000001", "lots"):
+        with pytest.raises(ConfigError, match="redeem_threshold"):
+            load(ProxyConfig, None, {"billing.redeem_threshold": bad})
+    path.write_text("[billing]\nmax_unsigned = 1.5\n")
+    with pytest.raises(ConfigError, match="in quotes"):
+        load(ProxyConfig, str(path))

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from cocoon.errors import ConfigError
+from cocoon.money import MONEY
 from cocoon.validation import require_positive
 
 __all__ = ["BillingConfig"]
@@ -13,13 +14,15 @@ __all__ = ["BillingConfig"]
 
 @dataclass(frozen=True, slots=True)
 class BillingConfig:
-    """The proxy's prices and ledger (section ``[billing]``). Amounts in nanoTON."""
+    """The proxy's prices and ledger (section ``[billing]``). Amounts are nanoTON integers
+    here and TON with decimals in a config file (the fields marked ``MONEY``)."""
 
     enabled: bool = False
     ledger_path: str = ".cocoon/proxy-ledger.sqlite"
     signing_key_file: str = ".cocoon/proxy-voucher.key"  # Ed25519, 0600, created if missing
-    price_per_token: int = 2  # what clients pay per adjusted token
-    worker_fee_per_token: int = 1  # what workers earn per adjusted token
+    # Amounts of money: nanoTON here, TON with decimals in a config file ("0.000000002").
+    price_per_token: int = field(default=2, metadata=MONEY)  # clients pay per adjusted token
+    worker_fee_per_token: int = field(default=1, metadata=MONEY)  # workers earn per token
     prompt_mult: int = 10000  # 10000 = 1.0x
     cached_mult: int = 10000
     completion_mult: int = 10000
@@ -27,11 +30,12 @@ class BillingConfig:
     worker_coefficient: int = 1000  # 1000 = 1.0x
     default_max_tokens: int = 1000  # the cap reserved (and enforced) when a request has none
     commit_interval_s: float = 60.0  # how often the proxy commits its totals (a state commit)
-    max_unsigned: int = 1_000_000_000  # chain: charges a client may owe unsigned (nanoTON)
+    # chain: charges a client may owe unsigned (1 TON)
+    max_unsigned: int = field(default=1_000_000_000, metadata=MONEY)
     max_unsigned_fraction: float = 0.1  # chain: ... and at most this share of its deposit
     # chain: a client's signature is redeemed once it adds this much (a redemption costs about
     # 6 mTON of gas), and whatever it adds once the client asks to close its channel
-    redeem_threshold: int = 50_000_000
+    redeem_threshold: int = field(default=50_000_000, metadata=MONEY)  # 0.05 TON
     channel_recheck_s: float = 1.0  # chain: re-read a client's channel before its request
     # after a restart, how long reservations a killed proxy left open wait for their workers'
     # job reports (what was generated: charged) before they are released (charged nothing)
