@@ -225,17 +225,10 @@ def _account(args: argparse.Namespace) -> int:
     on_chain = (_on_chain(role_cfg) if role_cfg.chain.enabled and role_cfg.chain.contract
                 else None)
     if args.command == "client":
-        report = client_balance(billing, on_chain)
-        if args.json:
-            print(json.dumps(report, indent=2))
-        else:
-            print(format_client_balance(report))
-        return 0
-    report = worker_earnings(billing, on_chain)
-    if args.json:
-        print(json.dumps(report, indent=2))
+        report, text = client_balance(billing, on_chain), format_client_balance
     else:
-        print(format_worker_earnings(report))
+        report, text = worker_earnings(billing, on_chain), format_worker_earnings
+    print(json.dumps(report, indent=2) if args.json else text(report))
     return 0
 
 

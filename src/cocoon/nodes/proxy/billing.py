@@ -174,7 +174,7 @@ class Billing:
             usage = reported.get(r.request_id)
             if usage is not None and usage.total_tokens:
                 try:
-                    await self.settle(r.request_id, usage)
+                    await self.settle_accounts(r.request_id, usage)
                 except PaymentError as exc:
                     log.warning("charging reported %s failed: %s", r.request_id, exc)
                     continue
@@ -232,35 +232,20 @@ class Billing:
 
     async def settle(self, request_id: str, end: End | Error | Usage
                      ) -> tuple[Statement | None, Statement | None]:
-        """Charge the usage the worker reported: its End, or the Error that ended a
-        cancelled or failed stream with what was generated until then (or, when the worker
-        never reported, the proxy's count of what the app received). Returns the
-        statements for the client and the worker (None when nothing was charged, e.g. zero
-        tokens)."""
-        usage = end if isinstance(end, Usage) else end.usage
-        bill = price_usage(usage, self.config.worker_coefficient, self.prices)
-
-        def settle() -> tuple[Statement | None, Statement | None]:
-            s = self.ledger.settle(request_id, bill, self._key)
-            if s.overage:
-                log.warning("request %s used more than reserved: %d nanoTON not charged",
-                            request_id, s.overage)
-            to_client = (self._client_statement(s.client)
-                         if s.client_voucher is not None else None)
-            if to_client is not None and self.payments is not None:
-                self.payments.note_charged(s.client, to_client.charged)
-            to_worker = (self._worker_statement(s.worker)
-                         if s.worker_voucher is not None else None)
-            return to_client, to_worker
-
-        return await self._run(settle)  # type: ignore[no-any-return]
+        """:meth:`settle_accounts`, then the newest statements of the client and the worker
+        it charged (None when nothing was charged, e.g. zero tokens)."""
+        client, worker = await self.settle_accounts(request_id, end)
+        return (await self.statement(client, "client") if client is not None else None,
+                await self.statement(worker, "worker") if worker is not None else None)
 
     async def settle_accounts(self, request_id: str, end: End | Error | Usage
                               ) -> tuple[str | None, str | None]:
-        """:meth:`settle` without building the statements: the client and worker accounts
-        that have a new voucher (None when nothing was charged), for the caller to send
-        their newest statements when it sends statements (the proxy: a few times a second,
-        however many requests settle meanwhile)."""
+        """Charge the usage the worker reported: its End, or the Error that ended a
+        cancelled or failed stream with what was generated until then (or, when the worker
+        never reported, the proxy's count of what the app received). Returns the client and
+        worker accounts that have a new voucher (None when nothing was charged), for the
+        caller to send their newest statements when it sends statements (the proxy: a few
+        times a second, however many requests settle meanwhile)."""
         usage = end if isinstance(end, Usage) else end.usage
         bill = price_usage(usage, self.config.worker_coefficient, self.prices)
 

@@ -354,7 +354,7 @@ class ProxyNode:
                         await payments.bind_worker(worker_account(worker.node_id), msg.channel)
                         log.info("worker %s is paid on channel %s", worker.node_id,
                                  msg.channel)
-                        await self._resend_statement(peer, worker_account(worker.node_id),
+                        self._post(peer, worker_account(worker.node_id),
                                                      "worker")
                     except CocoonError as exc:
                         log.warning("worker %s channel %s refused: %s", worker.node_id,
@@ -377,9 +377,6 @@ class ProxyNode:
                 return
         raise ProtocolError(f"{type(msg).__name__} is not allowed from a "
                             f"{peer.hello.role}")
-
-    async def _resend_statement(self, peer: Peer, account: str, kind: str) -> None:
-        self._post(peer, account, kind)
 
     def _post(self, peer: Peer, account: str, kind: str) -> None:
         """Have ``peer`` sent the newest statement of ``account`` (``client``/``worker``)
@@ -432,7 +429,7 @@ class ProxyNode:
     async def _bind(self, peer: Peer, msg: Payment, payments: ProxyPayments) -> None:
         self._accounts[peer] = await payments.bind_client(msg.channel, msg.voucher)
         log.info("client %s pays through channel %s", peer.hello.node_id, msg.channel)
-        await self._resend_statement(peer, self._accounts[peer], "client")
+        self._post(peer, self._accounts[peer], "client")
 
     async def _bind_when_reachable(self, peer: Peer, msg: Payment,
                                    payments: ProxyPayments) -> None:
@@ -734,10 +731,10 @@ class ProxyNode:
         account = worker_account(worker.node_id)
         clients, charged, _ = await billing.charge_reported(account, reported)
         if charged:
-            await self._resend_statement(worker.peer, account, "worker")
+            self._post(worker.peer, account, "worker")
             for peer, client in list(self._accounts.items()):
                 if client in clients:
-                    await self._resend_statement(peer, client, "client")
+                    self._post(peer, client, "client")
 
     async def _release_unreported_later(self) -> None:
         assert self.billing is not None

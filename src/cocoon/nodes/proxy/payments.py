@@ -355,7 +355,7 @@ class ProxyPayments:
                     mark = await self.chain.chain.wait_for_change(seen, poll_s)
                     if mark != seen:
                         seen = mark
-                        await self._reread_clients()
+                        await self._reread_clients(list(self.clients))
                 except OUTAGE as exc:
                     self.watching = False  # requests re-read stale channels meanwhile
                     self._outage(exc, "watching the chain")
@@ -370,8 +370,10 @@ class ProxyPayments:
         finally:
             self.watching = False
 
-    async def _reread_clients(self) -> None:
-        for account in list(self.clients):
+    async def _reread_clients(self, accounts: list[str]) -> None:
+        """Re-read these bound clients' channels; a failure is logged and counted, an
+        outage stops it (the caller notes it)."""
+        for account in accounts:
             try:
                 await self.refresh(account)
             except PaymentRequired:
@@ -493,16 +495,7 @@ class ProxyPayments:
             except (CocoonError, OSError) as exc:
                 self.errors += 1
                 log.warning("redeeming the voucher of %s failed: %s", signed.channel, exc)
-        for account in [a for a in self.clients if a not in seen]:  # bound, nothing signed
-            try:
-                await self.refresh(account)
-            except PaymentRequired:
-                pass  # closing: noted in its status
-            except OUTAGE:
-                raise
-            except (CocoonError, OSError) as exc:
-                self.errors += 1
-                log.warning("reading the channel of %s failed: %s", account, exc)
+        await self._reread_clients([a for a in self.clients if a not in seen])  # unsigned
         for worker, channel in list(self.workers.items()):
             try:
                 owed = (await self._run(self._ledger.earnings, worker)).earned
