@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Profile the chain's processes under the bench's load with py-spy.
 
-    .venv/bin/pip install py-spy==0.4.1
+    .venv/bin/pip install py-spy==0.4.3
     python bench/profile_chain.py --mode saturation --duration 10 --out /tmp/prof
     python bench/profile_chain.py --mode paced --attestation off --out /tmp/prof-plain
     python bench/profile_chain.py --stack --mode saturation --out /tmp/prof-up
@@ -70,21 +70,27 @@ def main() -> int:
     p.add_argument("--mode", choices=sorted(MODES), default="saturation")
     p.add_argument("--duration", type=float, default=10.0)
     p.add_argument("--streams", type=int)
+    p.add_argument("--chunks", type=int, help="chunks per response (1: what a request costs)")
     p.add_argument("--attestation", choices=["fake", "none", "off"], default="fake",
                    help="the chain's attestation (default fake, as cocoon up)")
     p.add_argument("--rate", type=int, default=200, help="py-spy samples per second")
     p.add_argument("--top", type=int, default=15)
+    p.add_argument("--gil", action="store_true",
+                   help="sample only the thread holding the GIL (CPU in Python; leaves out "
+                        "a thread waiting in fsync or a socket)")
     p.add_argument("--out", default="/tmp/cocoon-profile")
     p.add_argument("--stack", action="store_true",
                    help="cocoon up defaults on openai-http in front of a separate upstream")
     args = p.parse_args()
     pyspy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if not Path(pyspy).exists():
-        print("py-spy not found: pip install py-spy==0.4.1", file=sys.stderr)
+        print("py-spy not found: pip install py-spy==0.4.3", file=sys.stderr)
         return 2
     spec = MODES[args.mode]
     if args.streams:
         spec = replace(spec, streams=args.streams)
+    if args.chunks:
+        spec = replace(spec, chunks=args.chunks)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     sets = [f"engine.fake.chunks={spec.chunks}", f"engine.fake.chunk_bytes={spec.chunk_bytes}",
@@ -108,7 +114,8 @@ def main() -> int:
             return [subprocess.Popen(
                 [pyspy, "record", "--pid", str(r.proc.pid), "--duration",
                  str(int(args.duration)), "--rate", str(args.rate), "--nonblocking",
-                 "--format", "raw", "-o", str(out / f"{name}.txt")],
+                 *(["--gil"] if args.gil else []), "--format", "raw",
+                 "-o", str(out / f"{name}.txt")],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 for name, r in roles.items() if r.proc is not None]
 

@@ -15,6 +15,7 @@ import pytest
 import pytest_asyncio
 
 from cocoon.engines import Engine, FakeEngine, InferenceJob
+from cocoon.engines.base import objects_of
 from cocoon.engines.openai_http import OpenAIHttpConfig, OpenAIHttpEngine
 from cocoon.errors import EngineUnsupported
 from cocoon.openai import Usage, parse_request
@@ -51,8 +52,8 @@ async def run(engine: Any, j: InferenceJob) -> tuple[list[dict[str, Any]], Usage
     assert outputs, "engine produced nothing"
     *objects, usage = outputs
     assert isinstance(usage, Usage), f"last output is {type(usage).__name__}, not Usage"
-    assert all(type(o) is bytes for o in objects), "outputs before the Usage must be bytes"
-    parsed = [json.loads(o) for o in objects]
+    # outputs before the Usage are JSON objects, one at a time or in bursts
+    parsed = [json.loads(o) for o in objects_of(objects)]
     assert all(isinstance(p, dict) for p in parsed)
     assert usage.completion_tokens >= 1 and usage.prompt_tokens >= 1
     return parsed, usage
@@ -133,7 +134,7 @@ async def test_closing_early_cancels_and_the_engine_still_works(engine, stream):
     started = time.monotonic()
     await asyncio.wait_for(gen.aclose(), 10)
     assert time.monotonic() - started < 5
-    assert all(type(g) is bytes for g in got)
+    assert objects_of(got)
     assert engine.cancelled == before + 1
     # The next request runs normally and, at temperature 0, gives the same answer as
     # before: nothing of the abandoned generation leaked into the engine's state.
@@ -241,7 +242,7 @@ async def test_the_last_output_is_the_usage_and_the_meter_agrees(any_engine):
     j = job(any_engine, "chat")
     outputs = [o async for o in any_engine.generate(j)]
     *objects, usage = outputs
-    assert isinstance(usage, Usage) and objects and all(type(o) is bytes for o in objects)
+    assert isinstance(usage, Usage) and objects_of(objects)
     assert j.meter.usage() == usage
 
 
@@ -258,7 +259,7 @@ async def test_the_granted_cap_wins_over_the_body(any_engine):
 async def test_closing_the_generation_early_is_counted(any_engine):
     before = any_engine.cancelled
     gen = any_engine.generate(job(any_engine, "chat", stream=True, max_tokens=200))
-    assert type(await anext(gen)) is bytes
+    assert objects_of([await anext(gen)])
     await asyncio.wait_for(gen.aclose(), 10)
     assert any_engine.cancelled == before + 1
 

@@ -14,6 +14,7 @@ import pytest
 import pytest_asyncio
 
 from cocoon.engines import InferenceJob
+from cocoon.engines.base import objects_of
 from cocoon.engines.config import LlamaCppConfig
 from cocoon.errors import (
     BadRequest,
@@ -65,7 +66,7 @@ def job(endpoint: str = "chat", granted: int = 0, **fields: Any) -> InferenceJob
 async def run(engine: Any, j: InferenceJob) -> tuple[list[dict[str, Any]], Usage]:
     *objects, usage = [o async for o in engine.generate(j)]
     assert isinstance(usage, Usage)
-    return [json.loads(o) for o in objects], usage
+    return [json.loads(o) for o in objects_of(objects)], usage
 
 
 async def answer(engine: Any, **fields: Any) -> tuple[str, Usage]:

@@ -13,6 +13,7 @@ import pytest
 from aiohttp import web
 
 from cocoon.engines import InferenceJob
+from cocoon.engines.base import objects_of
 from cocoon.engines.fake import prompt_tokens_of
 from cocoon.engines.openai_http import OpenAIHttpConfig, OpenAIHttpEngine
 from cocoon.errors import BadRequest, ContextLengthExceeded, EngineUnsupported
@@ -124,7 +125,7 @@ def job(endpoint: str = "chat", **fields: Any) -> InferenceJob:
 async def run(engine: OpenAIHttpEngine, j: InferenceJob) -> tuple[list[dict[str, Any]], Usage]:
     *objects, usage = [o async for o in engine.generate(j)]
     assert isinstance(usage, Usage)
-    return [json.loads(o) for o in objects], usage
+    return [json.loads(o) for o in objects_of(objects)], usage
 
 
 # --- n ------------------------------------------------------------------------------------

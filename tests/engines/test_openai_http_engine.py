@@ -11,8 +11,9 @@ from typing import Any
 import pytest
 
 from cocoon.engines import InferenceJob
+from cocoon.engines.base import objects_of
 from cocoon.engines.fake import prompt_tokens_of
-from cocoon.engines.openai_http import OpenAIHttpConfig, OpenAIHttpEngine
+from cocoon.engines.openai_http import OpenAIHttpConfig, OpenAIHttpEngine, _event_object
 from cocoon.errors import BadRequest, ConfigError, ContextLengthExceeded, UpstreamError
 from cocoon.openai import Usage, parse_request
 
@@ -38,8 +39,7 @@ async def run(engine: OpenAIHttpEngine, j: InferenceJob) -> tuple[list[dict[str,
     outputs = [o async for o in engine.generate(j)]
     *objects, usage = outputs
     assert isinstance(usage, Usage)
-    assert all(type(o) is bytes for o in objects)
-    return [json.loads(o) for o in objects], usage
+    return [json.loads(o) for o in objects_of(objects)], usage
 
 
 @pytest.fixture
@@ -142,7 +142,7 @@ async def test_closing_early_cancels_and_the_engine_still_works(engine):
     gen = engine.generate(job(stream=True, max_tokens=200))
     got = [await anext(gen), await anext(gen)]
     await asyncio.wait_for(gen.aclose(), 10)
-    assert all(type(g) is bytes for g in got)
+    assert len(objects_of(got)) >= 2
     assert engine.cancelled == 1
     (body,), usage = await run(engine, job(max_tokens=3))
     assert usage.completion_tokens == 3
@@ -176,3 +176,14 @@ async def test_an_upstream_given_with_v1_is_reached(llama_server: str) -> None:
         assert eng.models
     finally:
         await eng.close()
+
+
+def test_stream_events_read_what_python_json_reads() -> None:
+    """Events are read by orjson, and by the standard library where orjson refuses what
+    Python's JSON allows (an upstream's -Infinity logprob, a huge integer)."""
+    assert _event_object(b'{"a":[1,"\\u00e9"]}') == {"a": [1, "\u00e9"]}
+    assert _event_object(b'{"logprob":-Infinity}') == {"logprob": float("-inf")}
+    assert _event_object(b'{"n":%d}' % 2**70) == {"n": 2**70}
+    for bad in (b"{", b"not json", b'{"a":1}x', b"\xff"):
+        with pytest.raises(UpstreamError, match="non-JSON event"):
+            _event_object(bad)

@@ -5,6 +5,7 @@ durable."""
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import threading
 from pathlib import Path
@@ -104,3 +105,29 @@ def test_a_call_given_up_before_it_ran_is_skipped_and_the_thread_lives_on(
         assert lt.submit(lt.ledger.deposit, "c", 7).result(timeout=10).deposited == 7  # 5 never ran
     finally:
         lt.close()
+
+
+async def test_event_loop_calls_are_answered_on_the_loop_once_durable(tmp_path: Path) -> None:
+    """``call``: what the proxy awaits. Each answer comes when its batch is durable; a call
+    whose caller stopped waiting before it ran is skipped; one that failed fails alone."""
+    path = tmp_path / "l.sqlite"
+    lt = LedgerThread(str(path))
+    try:
+        await lt.call(lt.ledger.deposit, "c", 1_000)
+        gate = threading.Event()
+        blocker = lt.call(gate.wait, 5)  # holds the thread while the next calls queue
+        calls = [lt.call(lt.ledger.reserve, f"r{i}", "c", "w", 300) for i in range(4)]
+        doomed = lt.call(lt.ledger.deposit, "c", 5)
+        doomed.cancel()
+        gate.set()
+        assert await blocker is True
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        assert [type(r).__name__ for r in results] == ["Reservation"] * 3 + [
+            "InsufficientFunds"]  # 1,000 covers three of 300
+        assert _reserved(path) == {"r0": "open", "r1": "open", "r2": "open"}
+        assert (await lt.call(lt.ledger.balance, "c")).deposited == 1_000  # 5 never ran
+        assert lt.batches < lt.calls
+    finally:
+        lt.close()
+    with pytest.raises(LedgerError, match="closed"):
+        lt.call(lambda: None)

@@ -21,6 +21,7 @@ from cocoon.ledger import Ledger
 from cocoon.nodes.proxy import node as proxy_node
 from cocoon.nodes.proxy.billing import Billing
 from cocoon.nodes.proxy.node import ProxyNode
+from cocoon.openai import count_events, encode_event
 from cocoon.transport import OutgoingStream, Peer, TcpListener
 from cocoon.wire import (
     Announce,
@@ -64,7 +65,7 @@ class ScriptedWorker:
     async def _serve(self, peer: Peer, rid: int) -> None:
         peer.send(Head(rid, "w1"))
         for i in range(self.chunks):
-            await peer.send_chunk(rid, b'{"n": %d}' % i)
+            await peer.send_chunk(rid, encode_event(b'{"n": %d}' % i))
         if self.after_chunks is not None:
             self.after_chunks(peer, rid)
 
@@ -159,13 +160,13 @@ async def network(tmp_path: Path, worker: ScriptedWorker) -> AsyncIterator[Net]:
 
 
 async def chunks_then(stream: OutgoingStream, n: int) -> None:
-    """Take Head and ``n`` chunks."""
+    """Take Head and ``n`` events (the proxy may join them into fewer chunks)."""
     got = 0
     while got < n:
         ev = await asyncio.wait_for(stream.next(), T)
         assert isinstance(ev, Head | Chunk), ev
         if isinstance(ev, Chunk):
-            got += 1
+            got += count_events(ev.data)
             stream.consumed()
 
 
@@ -193,7 +194,7 @@ async def test_cancelled_stream_is_charged_what_the_worker_reports(tmp_path: Pat
 
 def relayed_tokens(net: Net) -> int:
     """The proxy's estimate for what it relayed of the one request: a quarter of the
-    request's bytes for the prompt (b'{"model": "m"}', 14 bytes: 3) and a token a chunk."""
+    request's bytes for the prompt (b'{"model": "m"}', 14 bytes: 3) and a token an event."""
     return 3 + net.proxy.stats.chunks
 
 

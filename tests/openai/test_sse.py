@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cocoon.errors import UpstreamError
-from cocoon.openai.sse import DONE, SseDecoder, encode_event
+from cocoon.openai.sse import DONE, SseDecoder, count_events, encode_event, encode_events
 
 MAX_EVENT = 8 * 1024 * 1024
 
@@ -121,6 +121,29 @@ def test_encode_event() -> None:
     assert encode_event(b'{"x":1}') == b'data: {"x":1}\n\n'
 
 
+def test_multi_line_data_is_encoded_on_several_data_lines() -> None:
+    pretty = b'{\n  "a": 1\n}'
+    assert encode_event(pretty) == b'data: {\ndata:   "a": 1\ndata: }\n\n'
+    assert bulk(encode_event(pretty)) == [pretty]
+
+
+def test_count_events_counts_whole_events_whatever_their_data() -> None:
+    events = [b'{"a":1}', b"line1\nline2", b"", b'{"text":"data: x\\n\\n"}', DONE]
+    encoded = encode_events(events)
+    assert count_events(encoded) == len(events)
+    assert bulk(encoded) == events
+    assert count_events(b"") == 0
+
+
+def test_a_long_event_in_many_pieces_is_kept_whole() -> None:
+    dec = SseDecoder()
+    pieces = [b"data: "] + [b"%06d" % i for i in range(10_000)]
+    for p in pieces:
+        assert dec.feed(p) == []
+    assert dec.feed(b"\n\ndata: next") == [b"".join(pieces)[6:]]
+    assert dec.close() == [b"next"]
+
+
 def test_oversize_unterminated_line_raises() -> None:
     dec = SseDecoder()
     with pytest.raises(UpstreamError) as ei:
@@ -161,6 +184,21 @@ def test_event_just_below_limit_is_accepted() -> None:
 
 
 single_line = st.binary(max_size=200).filter(lambda b: b"\n" not in b and b"\r" not in b)
+any_data = st.binary(max_size=200).filter(lambda b: b"\r" not in b)
+
+
+@settings(deadline=None)
+@given(payloads=st.lists(any_data, max_size=8),
+       cuts=st.lists(st.integers(min_value=0, max_value=10_000), max_size=12))
+def test_encoded_events_round_trip_and_count(payloads: list[bytes], cuts: list[int]) -> None:
+    stream = encode_events(payloads)
+    assert count_events(stream) == len(payloads)
+    points = sorted({c % (len(stream) + 1) for c in cuts} | {0, len(stream)})
+    dec = SseDecoder()
+    out: list[bytes] = []
+    for a, b in itertools.pairwise(points):
+        out += dec.feed(stream[a:b])
+    assert out + dec.close() == payloads
 
 
 @settings(deadline=None)

@@ -35,7 +35,7 @@ from cocoon.nodes.common import (
     run_until_signal,
     write_ready_file,
 )
-from cocoon.openai import ENDPOINTS, Usage, encode_event, parse_request
+from cocoon.openai import ENDPOINTS, Usage, encode_event, encode_events, parse_request
 
 __all__ = ["DirectServer", "main", "make_app"]
 
@@ -65,7 +65,7 @@ def make_app(engine: Engine) -> web.Application:
             if not job.stream:
                 payload = b""
                 async for out in outputs:
-                    if not isinstance(out, Usage):
+                    if type(out) is bytes:
                         payload += out
                 return web.Response(body=payload, content_type="application/json")
             async for out in outputs:
@@ -73,7 +73,8 @@ def make_app(engine: Engine) -> web.Application:
                     continue
                 if response is None:
                     response = await open_sse(request)
-                await response.write(encode_event(out))
+                await response.write(encode_event(out) if type(out) is bytes
+                                     else encode_events(out))  # type: ignore[arg-type]
             return await end_sse(response if response is not None else await open_sse(request))
         except RequestError as exc:
             if response is None:

@@ -2,7 +2,9 @@
 
 An engine turns a validated OpenAI request into the exact sequence of JSON objects the app
 will see (stream chunks, or one whole response when not streaming), followed by exactly one
-:class:`~cocoon.usage.Usage` with the engine's own token counts. Closing the
+:class:`~cocoon.usage.Usage` with the engine's own token counts. A stream's chunks may come
+one at a time (``bytes``) or several together (a ``list`` of them: an engine that receives
+them in bursts passes a burst on in one piece, and it travels as one wire message). Closing the
 iterator early (``aclose``, or cancelling the task awaiting it) must stop generation in the
 engine: that is how a disconnecting app frees a GPU.
 
@@ -26,9 +28,23 @@ from cocoon.openai.envelope import effective_max_tokens
 from cocoon.openai.protocol import Endpoint, max_tokens_of
 from cocoon.usage import Usage
 
-__all__ = ["Engine", "EngineOutput", "InferenceJob", "UsageMeter", "require"]
+__all__ = ["Engine", "EngineOutput", "InferenceJob", "UsageMeter", "objects_of", "require"]
 
-EngineOutput = bytes | Usage
+EngineOutput = bytes | list[bytes] | Usage
+
+
+def objects_of(outputs: list[EngineOutput]) -> list[bytes]:
+    """The JSON objects of an engine's outputs (the Usage left out), one per chunk whether
+    they came one at a time or in bursts. TypeError on anything an engine may not yield."""
+    objects: list[bytes] = []
+    for out in outputs:
+        if type(out) is bytes:
+            objects.append(out)
+        elif type(out) is list and out and all(type(o) is bytes for o in out):
+            objects += out
+        elif not isinstance(out, Usage):
+            raise TypeError(f"an engine yielded {type(out).__name__}")
+    return objects
 
 
 @dataclass(slots=True)

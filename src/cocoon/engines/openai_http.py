@@ -24,6 +24,9 @@ meter: once the upstream accepts the request, one prompt token per 4 prompt byte
 completion token per content-bearing chunk received. A non-streamed request cut short
 counts no completion tokens: the upstream's partial work cannot be seen from here.
 
+A stream's events are passed on as they arrive: the events of one read from the upstream
+together, as one list, so the worker sends a burst in one message.
+
 Closing the iterator closes the upstream HTTP response, which vLLM/SGLang treat as abort.
 """
 
@@ -36,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import orjson
 
 from cocoon.engines.base import EngineOutput, InferenceJob
 from cocoon.engines.config import OpenAIHttpConfig
@@ -165,14 +169,12 @@ class OpenAIHttpEngine:
                 held: list[bytes] | None = [] if n > 1 else None
                 started: set[Any] = set()
                 async for piece in resp.content.iter_any():
+                    batch: list[bytes] = []  # what this read brought: passed on together
                     for data in decoder.feed(piece):
                         if data == DONE:
                             done = True
                             break
-                        try:
-                            obj = json.loads(data)
-                        except ValueError:
-                            raise UpstreamError("upstream sent a non-JSON event") from None
+                        obj = _event_object(data)
                         if not isinstance(obj, dict):
                             raise UpstreamError("upstream sent a non-object event")
                         if "error" in obj and "choices" not in obj:
@@ -187,10 +189,7 @@ class OpenAIHttpEngine:
                         choices = obj.get("choices")
                         if not choices:
                             if u is not None and app_wants_usage:
-                                if held is None:
-                                    yield data
-                                else:
-                                    held.append(data)
+                                (batch if held is None else held).append(data)
                             continue
                         if _has_content(choices):
                             content_chunks += 1
@@ -200,16 +199,16 @@ class OpenAIHttpEngine:
                             obj["usage"] = None
                             data = oa.dumps(obj)
                         if held is None:
-                            yield data
+                            batch.append(data)
                             continue
                         held.append(data)
                         started.update(c.get("index") for c in choices if isinstance(c, dict))
                         if len(started) >= n:
-                            for d in held:
-                                yield d
-                            held = None
+                            batch, held = held, None
                         elif content_chunks >= _N_PROBE:
                             raise _n_ignored(n)
+                    if batch:
+                        yield batch
                     if done:
                         break
                 if not done:
@@ -292,6 +291,20 @@ class OpenAIHttpEngine:
             return count
         tokens = data.get("tokens")
         return len(tokens) if isinstance(tokens, list) and tokens else None
+
+
+def _event_object(data: bytes) -> Any:
+    """A stream event's JSON: orjson's, every event of every stream goes through here; the
+    standard library's where orjson refuses what Python's JSON allows (NaN, Infinity, a
+    64-bit-overflowing integer); UpstreamError for what neither reads."""
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        pass
+    try:
+        return json.loads(data)
+    except ValueError:
+        raise UpstreamError("upstream sent a non-JSON event") from None
 
 
 def _n_ignored(n: int) -> EngineUnsupported:

@@ -60,10 +60,21 @@ _U64 = 1 << 64
 _U128 = 1 << 128
 
 
+_PUBLIC: dict[int, tuple[Ed25519PublicKey | Ed25519PrivateKey, bytes]] = {}
+
+
 def public_key_bytes(key: Ed25519PublicKey | Ed25519PrivateKey) -> bytes:
-    """The 32 raw bytes of an Ed25519 public key (of a private key's public half)."""
+    """The 32 raw bytes of an Ed25519 public key (of a private key's public half).
+    Remembered per key object: a proxy asks for its own at every voucher it signs."""
+    hit = _PUBLIC.get(id(key))
+    if hit is not None and hit[0] is key:
+        return hit[1]
     pub = key.public_key() if isinstance(key, Ed25519PrivateKey) else key
-    return pub.public_bytes(Encoding.Raw, PublicFormat.Raw)
+    raw = pub.public_bytes(Encoding.Raw, PublicFormat.Raw)
+    if len(_PUBLIC) >= 64:
+        _PUBLIC.clear()
+    _PUBLIC[id(key)] = (key, raw)  # the key is kept, so its id is not reused meanwhile
+    return raw
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,7 +2,7 @@
 
 from cocoon.openai.envelope import Envelope, effective_max_tokens
 from cocoon.openai.protocol import ENDPOINTS, Endpoint, Usage, parse_request, wants_usage
-from cocoon.openai.sse import DONE, SseDecoder, encode_event, encode_events
+from cocoon.openai.sse import DONE, SseDecoder, count_events, encode_event, encode_events
 
 __all__ = [
     "DONE",
@@ -11,6 +11,7 @@ __all__ = [
     "Envelope",
     "SseDecoder",
     "Usage",
+    "count_events",
     "effective_max_tokens",
     "encode_event",
     "encode_events",

@@ -105,12 +105,16 @@ class OutgoingStream:
             self.done = True
         return ev
 
-    def take_chunks(self, limit: int) -> list[bytes]:
-        """Without waiting, take up to ``limit`` chunk payloads queued at the front, so a
-        caller can forward a burst in one write."""
+    def take_chunks(self, limit: int, max_bytes: int = 1 << 62) -> list[bytes]:
+        """Without waiting, take up to ``limit`` chunk payloads queued at the front (of at
+        most ``max_bytes`` together), so a caller can forward a burst in one write."""
         items = self._items
         out: list[bytes] = []
         while items and len(out) < limit and type(items[0]) is Chunk:
+            size = len(items[0].data)
+            if size > max_bytes:
+                break
+            max_bytes -= size
             out.append(items.popleft().data)  # type: ignore[union-attr]
         return out
 

@@ -59,7 +59,8 @@ __all__ = [
     "encode",
 ]
 
-PROTOCOL_VERSION: Final = 1
+PROTOCOL_VERSION: Final = 2
+"""2: a stream's ``Chunk`` carries whole server-sent events, not one bare JSON object."""
 
 _U64_MAX: Final = 2**64 - 1
 _MAX_STR: Final = 4096  # names, codes, messages: never anything large
@@ -200,7 +201,10 @@ class Head:
 
 @dataclass(frozen=True, slots=True)
 class Chunk:
-    """One OpenAI JSON object (a stream chunk, or the whole non-streamed response)."""
+    """The next bytes of the app's answer, exactly as it gets them: for a stream, one or
+    more whole server-sent events (``data: {json}\n\n`` each: the worker frames them, so
+    a hop may join chunks that wait together into one and nobody frames them twice); for a
+    non-streamed request, the JSON response (or a piece of it)."""
 
     TYPE: ClassVar[int] = 6
     req_id: int

@@ -62,7 +62,7 @@ from cocoon.nodes.common import (
     serve_until_stopped,
     uptime_since,
 )
-from cocoon.openai import ENDPOINTS, Envelope, encode_events
+from cocoon.openai import ENDPOINTS, Envelope
 from cocoon.transport import Connector, OutgoingStream, Peer, Watchdog
 from cocoon.wire import (
     MAX_REQUEST_BODY,
@@ -282,10 +282,12 @@ class ClientNode:
             if kind is Chunk:
                 if response is None:
                     response = await open_sse(request)
-                # Forward every chunk already here in one write: one syscall per burst.
-                burst = [ev.data, *stream.take_chunks(_BURST)]  # type: ignore[union-attr]
-                await response.write(encode_events(burst))
-                stream.consumed(len(burst))
+                # Chunks are whole events (the worker framed them): every one already
+                # here goes out in one write, one syscall per burst.
+                data: bytes = ev.data  # type: ignore[union-attr]
+                more = stream.take_chunks(_BURST)
+                await response.write(b"".join([data, *more]) if more else data)
+                stream.consumed(1 + len(more))
             elif kind is Head:
                 continue
             elif kind is End:

@@ -10,6 +10,7 @@ durable. Under load that is one fsync for many reservations and settlements, not
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import queue
@@ -73,6 +74,15 @@ class LedgerThread:
         self._queue.put((fn, args, fut))
         return fut
 
+    def call(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+        """:meth:`submit` for the event loop: an asyncio future, resolved on its loop. The
+        answers of one batch reach a loop together, in one wake-up, not one each."""
+        if self._closed:
+            raise LedgerError("the ledger is closed")
+        fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._queue.put((fn, args, fut))
+        return fut
+
     def close(self) -> None:
         """Run what is queued, close the ledger, end the thread."""
         if not self._closed:
@@ -98,8 +108,7 @@ class LedgerThread:
                 stop = any(item is _STOP for item in batch)
                 # a call whose caller gave up before it ran is not run (as an executor does);
                 # the others can no longer be cancelled
-                calls = [item for item in batch
-                         if item is not _STOP and item[2].set_running_or_notify_cancel()]
+                calls = [item for item in batch if item is not _STOP and _claim(item[2])]
                 if calls:
                     self._run(ledger, calls)
                 if stop:
@@ -117,16 +126,50 @@ class LedgerThread:
                     except Exception as exc:  # this call's own failure: undone alone
                         done.append((fut, None, exc))
         except Exception as failed:  # the commit failed: none of them happened
-            for _, _, fut in calls:
-                fut.set_exception(failed)
+            _answer([(fut, None, failed) for _, _, fut in calls])
             return
         self.batches += 1
         self.calls += len(calls)
-        for fut, result, error in done:  # durable now: answer
-            if error is not None:
-                fut.set_exception(error)
-            else:
-                fut.set_result(result)
+        _answer(done)  # durable now
+
+
+def _claim(fut: Future[Any] | asyncio.Future[Any]) -> bool:
+    """Whether a queued call still runs: not when its caller gave up before it ran (as an
+    executor does); once it runs it can no longer be cancelled (an asyncio caller that
+    stops waiting then is not answered, but the change stands)."""
+    if isinstance(fut, asyncio.Future):
+        return not fut.cancelled()  # read across threads: at worst it runs and is dropped
+    return fut.set_running_or_notify_cancel()
+
+
+_Answer = tuple[Any, Any, BaseException | None]  # (future, result, error)
+
+
+def _answer(answers: list[_Answer]) -> None:
+    """Resolve the futures of a batch: thread futures here, asyncio futures on their loop,
+    each loop in one call."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[_Answer]] = {}
+    for answer in answers:
+        fut = answer[0]
+        if isinstance(fut, asyncio.Future):
+            by_loop.setdefault(fut.get_loop(), []).append(answer)
+        elif answer[2] is not None:
+            fut.set_exception(answer[2])
+        else:
+            fut.set_result(answer[1])
+    for loop, items in by_loop.items():
+        with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits any more
+            loop.call_soon_threadsafe(_resolve, items)
+
+
+def _resolve(answers: list[_Answer]) -> None:
+    for fut, result, error in answers:
+        if fut.done():  # its caller stopped waiting
+            continue
+        if error is not None:
+            fut.set_exception(error)
+        else:
+            fut.set_result(result)
 
 
 class Billing:
@@ -200,7 +243,7 @@ class Billing:
         return len(stale)
 
     async def _run(self, fn: Any, *args: Any) -> Any:
-        return await asyncio.wrap_future(self._thread.submit(fn, *args))
+        return await self._thread.call(fn, *args)
 
     async def reserve(self, request_id: str, client: str, worker: str, max_tokens: int,
                       body_bytes: int) -> int:

@@ -67,7 +67,7 @@ from cocoon.nodes.common import (
 )
 from cocoon.nodes.proxy.billing import Billing
 from cocoon.nodes.proxy.payments import OUTAGE, ChainHealth, ProxyPayments
-from cocoon.openai import effective_max_tokens
+from cocoon.openai import count_events, effective_max_tokens
 from cocoon.routing import FairQueue, WorkerView, choose_worker
 from cocoon.transport import Listener, OutgoingStream, Peer, Watchdog
 from cocoon.usage import Usage
@@ -97,6 +97,8 @@ _KNOWN_MODEL_TTL = 600.0  # a model served this recently answers 503, not 404, w
 # How long a worker told to stop has to report what it generated: it answers a Cancel as
 # soon as its engine stops (within a token), so this only bounds a worker that went silent.
 _LAST_WORD_S = 5.0
+_BURST = 64  # worker chunks joined into one for the client, at most
+_BURST_BYTES = 1024 * 1024  # ... and at most this many bytes (well under a frame)
 _ROUTES = 3  # a request refused for capacity by this many workers in turn fails (503)
 
 
@@ -145,13 +147,13 @@ class _Relay:
     report: End | Error | None = None  # the worker's final word: its usage
     settled: bool = False  # nothing (more) to charge or release
     cap: int = 0  # the generation cap granted to the worker (0: none)
-    relayed: int = 0  # chunks the client was sent
+    relayed: int = 0  # events (a whole response: pieces) the client was sent
     relayed_bytes: int = 0
 
     def relayed_usage(self) -> Usage:
         """What the app received of a request the worker never reported on (it was lost,
         or went silent when told to stop), estimated the way engines estimate: a quarter of
-        the request's bytes for the prompt, and a token per streamed chunk (a quarter of the
+        the request's bytes for the prompt, and a token per streamed event (a quarter of the
         bytes of a whole response), never above the granted cap."""
         completion = self.relayed if self.req.stream else self.relayed_bytes // 4
         if self.cap:
@@ -673,11 +675,18 @@ class ProxyNode:
             ev = await stream.next()
             kind = type(ev)
             if kind is Chunk:
-                await client.send_chunk(rid, ev.data)  # type: ignore[union-attr]
-                stream.consumed()
-                stats.chunks += 1
-                relay.relayed += 1
-                relay.relayed_bytes += len(ev.data)  # type: ignore[union-attr]
+                # The worker's chunks that wait here already go on as one (bytes of the
+                # app's answer join as they are): one message, one TLS record, one credit.
+                data: bytes = ev.data  # type: ignore[union-attr]
+                more = stream.take_chunks(_BURST, _BURST_BYTES - len(data))
+                if more:
+                    data = b"".join([data, *more])
+                await client.send_chunk(rid, data)
+                stream.consumed(1 + len(more))
+                events = count_events(data) if req.stream else 1 + len(more)
+                stats.chunks += events
+                relay.relayed += events
+                relay.relayed_bytes += len(data)
             elif kind is Head:
                 client.send(Head(rid, ev.worker))  # type: ignore[union-attr]
             elif kind is End:

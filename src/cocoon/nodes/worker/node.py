@@ -51,7 +51,7 @@ from cocoon.nodes.common import (
     serve_until_stopped,
     uptime_since,
 )
-from cocoon.openai import Endpoint, parse_request
+from cocoon.openai import Endpoint, encode_event, encode_events, parse_request
 from cocoon.transport import Connector, Peer
 from cocoon.usage import Usage
 from cocoon.wire import (
@@ -74,6 +74,7 @@ log = logging.getLogger(__name__)
 
 _ENDPOINTS: dict[str, Endpoint] = {"chat": "chat", "completions": "completions"}
 _MAX_REPORTS = 4096  # recent ticketed jobs remembered for the next connection's report
+_BURST_BYTES = 256 * 1024  # the most event data one Chunk carries (well under any frame)
 
 
 @dataclass(slots=True)
@@ -273,9 +274,16 @@ class WorkerNode:
                 async for out in outputs:
                     if isinstance(out, Usage):
                         usage = out
-                    else:
-                        await peer.send_chunk(rid, out)
+                    elif not job.stream:
+                        await peer.send_chunk(rid, out)  # type: ignore[arg-type]
                         self.stats.chunks += 1
+                    elif type(out) is bytes:
+                        await peer.send_chunk(rid, encode_event(out))
+                        self.stats.chunks += 1
+                    else:  # a burst of events: as few messages as the frame size allows
+                        for part in _bursts(out):  # type: ignore[arg-type]
+                            await peer.send_chunk(rid, encode_events(part))
+                        self.stats.chunks += len(out)
         except TimeoutError:
             raise RequestTimeout(f"generation did not finish within {limit_s:g}s") from None
         finally:
@@ -329,3 +337,16 @@ class WorkerNode:
         add_health_routes(app, health, stats)
         return app
 
+
+def _bursts(events: list[bytes]) -> list[list[bytes]]:
+    """``events`` in runs of at most ``_BURST_BYTES`` of data (an event bigger than that
+    alone): one Chunk each."""
+    out: list[list[bytes]] = [[]]
+    size = 0
+    for e in events:
+        if out[-1] and size + len(e) > _BURST_BYTES:
+            out.append([])
+            size = 0
+        out[-1].append(e)
+        size += len(e)
+    return out
