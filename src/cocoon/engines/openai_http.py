@@ -65,6 +65,7 @@ log = logging.getLogger(__name__)
 _PATHS = {"chat": "/v1/chat/completions", "completions": "/v1/completions"}
 _N_PROBE = 64  # content chunks of a stream with n > 1 held back waiting for every choice
 _TOKENIZE_TIMEOUT_S = 5.0
+_JSON_HEADERS = {"Content-Type": "application/json"}
 
 
 class OpenAIHttpEngine:
@@ -141,7 +142,8 @@ class OpenAIHttpEngine:
         n = job.body.get("n") or 1
         finished = False
         try:
-            async with self._client().post(path, json=body) as resp:
+            async with self._client().post(path, data=oa.dumps(body),
+                                           headers=_JSON_HEADERS) as resp:
                 if resp.status != 200:
                     raise await _upstream_error(resp)
                 # Accepted: the upstream evaluates the prompt. Estimated until it reports.
