@@ -11,9 +11,11 @@ import threading
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from cocoon.errors import InsufficientFunds, LedgerError
-from cocoon.ledger import Ledger
+from cocoon.errors import InsufficientFunds, LedgerError, ReservationError
+from cocoon.ledger import Bill, Ledger, Prices
+from cocoon.ledger.vouchers import public_key_bytes
 from cocoon.nodes.proxy.billing import LedgerThread
 
 
@@ -131,3 +133,55 @@ async def test_event_loop_calls_are_answered_on_the_loop_once_durable(tmp_path: 
         lt.close()
     with pytest.raises(LedgerError, match="closed"):
         lt.call(lambda: None)
+
+
+def test_a_batch_signs_one_voucher_per_account_covering_all_its_settlements(
+        tmp_path: Path) -> None:
+    """Vouchers of a batch's settlements are signed at its end, once per account (the
+    proxy signed two per request), and every settled row carries the one covering it."""
+    key = Ed25519PrivateKey.generate()
+    pub = public_key_bytes(key)
+    prices = Prices(2, 1)
+    with Ledger(tmp_path / "l.sqlite") as ledger:
+        ledger.deposit("c", 100_000)
+        ledger.reserve("r0", "c", "w", 1_000)
+        first = ledger.settle("r0", Bill.for_tokens(10, prices), key)  # alone: signed now
+        assert first.client_voucher is not None and first.client_voucher.voucher.seqno == 1
+        with ledger.batch():
+            for i in range(1, 4):
+                ledger.reserve(f"r{i}", "c", "w", 1_000)
+                s = ledger.settle(f"r{i}", Bill.for_tokens(10 * i, prices), key)
+                assert s.client_voucher is None and s.bill.adjusted_tokens == 10 * i
+            ledger.reserve("r4", "c", "w", 1_000)
+            with pytest.raises(ReservationError):
+                ledger.settle("r-none", Bill.for_tokens(5, prices), key)  # undone alone
+            ledger.settle("r4", Bill.for_tokens(0, prices), key)  # nothing charged
+        charged = ledger.balance("c").charged
+        assert charged == 2 * (10 + 10 + 20 + 30)
+        client_v = ledger.last_voucher("client_charge", "c")
+        worker_v = ledger.last_voucher("worker_payout", "w")
+        assert client_v is not None and worker_v is not None
+        assert (client_v.voucher.seqno, client_v.voucher.cumulative_nanoton) == (2, charged)
+        assert (worker_v.voucher.seqno, worker_v.voucher.cumulative_nanoton) == (
+            2, ledger.earnings("w").earned)
+        for rid in ("r1", "r2", "r3"):
+            settled = ledger.settlement(rid)
+            assert settled is not None
+            assert (settled.client_voucher, settled.worker_voucher) == (client_v, worker_v)
+        assert ledger.check_invariants(pub) == []
+
+
+def test_a_batch_that_fails_after_settling_signs_nothing(tmp_path: Path) -> None:
+    key = Ed25519PrivateKey.generate()
+    with Ledger(tmp_path / "l.sqlite") as ledger:
+        ledger.deposit("c", 10_000)
+        with pytest.raises(RuntimeError, match="boom"), ledger.batch():
+            ledger.reserve("r1", "c", "w", 1_000)
+            ledger.settle("r1", Bill.for_tokens(10, Prices(2, 1)), key)
+            raise RuntimeError("boom")
+        assert ledger.last_voucher("client_charge", "c") is None
+        assert ledger.balance("c").charged == 0 and _reserved(tmp_path / "l.sqlite") == {}
+        with ledger.batch():  # the next batch signs with whatever key it is given
+            ledger.reserve("r2", "c", "w", 1_000)
+            ledger.settle("r2", Bill.for_tokens(10, Prices(2, 1)), key)
+        assert ledger.check_invariants(public_key_bytes(key)) == []

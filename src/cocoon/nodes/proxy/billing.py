@@ -297,10 +297,11 @@ class Billing:
             if s.overage:
                 log.warning("request %s used more than reserved: %d nanoTON not charged",
                             request_id, s.overage)
-            if s.client_voucher is not None and self.payments is not None:
+            if not s.bill.adjusted_tokens:  # nothing charged: no new voucher to send
+                return None, None
+            if self.payments is not None:
                 self.payments.note_charged(s.client, self.ledger.balance(s.client).charged)
-            return (s.client if s.client_voucher is not None else None,
-                    s.worker if s.worker_voucher is not None else None)
+            return s.client, s.worker
 
         return await self._run(settle)  # type: ignore[no-any-return]
 
