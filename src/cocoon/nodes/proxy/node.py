@@ -8,6 +8,13 @@ clients) until a slot frees (``_dispatch``), at most ``proxy.queue_timeout_s`` (
 a full queue (``proxy.queue_limit``) answers 429. A worker that refuses a request for
 capacity before starting it is not the end: the request is routed again, elsewhere.
 
+Nor is a worker that fails before the app has seen a byte of the answer: one that dies,
+answers a server-side error (engine or upstream failure, 5xx) or stays silent past
+``idle_timeout_s`` before its first chunk. The request goes to another worker (at most
+``_ROUTES`` attempts in all, within the request's own deadline), the failed attempt's
+reservation is released (the client pays only for the attempt that answered), and the
+failing worker is passed over for ``_PENALTY_S`` while others can serve.
+
 Failures become typed errors for the client: a worker that dies mid-request -> WorkerLost,
 no progress within ``idle_timeout_s`` or no end within ``request_timeout_s`` ->
 RequestTimeout (and the worker is told to stop). A client that goes away cancels its
@@ -99,11 +106,20 @@ _KNOWN_MODEL_TTL = 600.0  # a model served this recently answers 503, not 404, w
 _LAST_WORD_S = 5.0
 _BURST = 64  # worker chunks joined into one for the client, at most
 _BURST_BYTES = 1024 * 1024  # ... and at most this many bytes (well under a frame)
+_PENALTY_S = 10.0  # a worker that failed a request is passed over this long
+_MIN_ATTEMPT_S = 1.0  # a request with less time left than this is not tried again
+_RETRY_CODES = frozenset({"engine_error", "upstream_error", "worker_lost"})
 _ROUTES = 3  # a request refused for capacity by this many workers in turn fails (503)
 
 
-class _Refused(Exception):
-    """The worker refused the request for capacity before starting it: route it again."""
+class _Retry(Exception):
+    """The worker refused the request for capacity, or failed before the app saw anything
+    of it: route it again (``error`` is what the app is told if no attempt is left)."""
+
+    def __init__(self, error: RequestError, *, capacity: bool) -> None:
+        super().__init__(error.message)
+        self.error = error
+        self.capacity = capacity
 
 
 @dataclass(eq=False, slots=True)
@@ -147,6 +163,8 @@ class _Relay:
     report: End | Error | None = None  # the worker's final word: its usage
     settled: bool = False  # nothing (more) to charge or release
     cap: int = 0  # the generation cap granted to the worker (0: none)
+    deadline: float = 0.0  # loop time by which the request must end (0: the config's)
+    retried: bool = False  # failed before the app saw anything; routed again, not billed
     relayed: int = 0  # events (a whole response: pieces) the client was sent
     relayed_bytes: int = 0
 
@@ -171,6 +189,7 @@ class ProxyStats:
     timeouts: int = 0
     worker_lost: int = 0
     rerouted: int = 0  # requests a worker refused for capacity, routed again
+    failovers: int = 0  # requests a worker failed before their first chunk, routed again
     queued: int = 0  # requests that waited for a slot
     queue_full: int = 0  # refused with 429: the model's queue was full
     queue_timeouts: int = 0  # waited queue_timeout_s without a slot: 503
@@ -205,6 +224,7 @@ class ProxyNode:
         # the peers owed a statement at the next push: peer -> (account, kind)
         self._outbox: dict[Peer, tuple[str, str]] = {}
         self._watchdog = Watchdog()
+        self._penalties: dict[str, float] = {}  # worker id -> loop time its penalty ends
         self.stats = ProxyStats()
         self._started = time.monotonic()
         self._catalog_dirty = False
@@ -476,8 +496,27 @@ class ProxyNode:
 
     def _take_slot(self, model: str, exclude: frozenset[str] = frozenset()) -> _Worker | None:
         """Take a slot on the least-loaded worker serving ``model`` (it counts as busy from
-        now on); None when every slot is busy (the request may wait). ModelNotFound for a
+        now on), passing over workers that recently failed a request while another has a
+        free slot; None when every slot is busy (the request may wait). ModelNotFound for a
         model nobody serves, NoWorkerAvailable when none is connected for a known one."""
+        if self._penalties:
+            penalized = self._penalized()
+            if penalized - exclude:
+                try:
+                    worker = self._pick(model, exclude | penalized)
+                except RequestError:
+                    worker = None
+                if worker is not None:
+                    return worker
+        return self._pick(model, exclude)
+
+    def _penalized(self) -> frozenset[str]:
+        now = asyncio.get_running_loop().time()
+        for worker_id in [w for w, until in self._penalties.items() if until <= now]:
+            del self._penalties[worker_id]
+        return frozenset(self._penalties)
+
+    def _pick(self, model: str, exclude: frozenset[str]) -> _Worker | None:
         try:
             view = choose_worker(model, (w.view() for w in self.workers.values()
                                          if w.capacity and w.node_id not in exclude),
@@ -490,8 +529,9 @@ class ProxyNode:
         worker.active += 1
         return worker
 
-    def _serves(self, model: str) -> bool:
-        return any(model in w.models and w.capacity for w in self.workers.values())
+    def _serves(self, model: str, exclude: frozenset[str] = frozenset()) -> bool:
+        return any(model in w.models and w.capacity and w.node_id not in exclude
+                   for w in self.workers.values())
 
     def _fail_unserved_waiters(self) -> None:
         """Requests waiting for a model no connected worker serves any more: 503 now."""
@@ -568,34 +608,55 @@ class ProxyNode:
 
     async def _route(self, client: Peer, req: Request, key: tuple[int, int],
                      worker: _Worker | None) -> None:
-        """Wait for a slot if the request has none, then relay it; a worker that refuses
-        it for capacity gets it no more: it is routed again (at most ``_ROUTES`` times)."""
-        refused: frozenset[str] = frozenset()
+        """Wait for a slot if the request has none, then relay it. A worker that refuses it
+        for capacity, or fails before the app saw anything, gets it no more: it is routed
+        again (at most ``_ROUTES`` attempts, while the request's deadline leaves time)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._timeout_of(req)
+        tried: frozenset[str] = frozenset()
+        last: _Retry | None = None
         relaying = False  # the relay answers the requester itself, whatever happens
         try:
             for _ in range(_ROUTES):
+                if last is not None and (deadline - loop.time() < _MIN_ATTEMPT_S
+                                         or not self._serves(req.model, tried)):
+                    break  # no time left, or nobody left to try
                 if worker is None:
-                    worker = self._take_slot(req.model, refused)
+                    worker = self._take_slot(req.model, tried)
                 if worker is None:
-                    worker = await self._wait_for_slot(client, req, refused)
+                    worker = await self._wait_for_slot(client, req, tried)
                 ticket = next(self._tickets) if self.billing is not None else 0
                 relay = _Relay(client, req, worker, key, self._bill_id(ticket), ticket,
-                               settled=self.billing is None)
+                               settled=self.billing is None, deadline=deadline)
                 relaying = True
                 try:
                     await self._relay(relay)
                     return
-                except _Refused:
+                except _Retry as retry:
                     relaying = False
-                    self.stats.rerouted += 1
-                    refused |= {worker.node_id}
+                    last = retry
+                    if retry.capacity:
+                        self.stats.rerouted += 1
+                    else:
+                        self.stats.failovers += 1
+                        self._penalties[worker.node_id] = loop.time() + _PENALTY_S
+                        log.warning("worker %s failed request %s before its first chunk "
+                                    "(%s); routing it again", worker.node_id, req.req_id,
+                                    retry.error.code)
+                    tried |= {worker.node_id}
                     worker = None
-            raise NoWorkerAvailable(f"{_ROUTES} workers in turn refused the request for "
-                                    "capacity; retry shortly")
-        except RequestError as exc:  # waited in vain, or the queue is full
+            assert last is not None
+            if last.capacity:
+                raise NoWorkerAvailable(f"{len(tried)} worker(s) in turn refused the request "
+                                        "for capacity; retry shortly")
+            raise last.error
+        except RequestError as exc:  # waited in vain, the queue is full, or every try failed
             if isinstance(exc, QueueFull):
                 self.stats.queue_full += 1
-            self.stats.rejected += 1
+            if last is not None and exc is last.error:
+                self.stats.failed += 1
+            else:
+                self.stats.rejected += 1
             client.finish(Error.of(req.req_id, exc))
         except asyncio.CancelledError as exc:
             if not relaying:  # the requester went away while it waited for a slot
@@ -605,10 +666,18 @@ class ProxyNode:
         finally:
             self._relays.pop(key, None)
 
+    def _timeout_of(self, req: Request) -> float:
+        """The request's deadline, from now: the proxy's limit, or the requester's if less."""
+        timeout = self.config.request_timeout_s
+        if req.timeout_ms:
+            timeout = min(timeout, req.timeout_ms / 1000.0)
+        return timeout
+
     async def _relay(self, relay: _Relay) -> None:
         """One request on the worker whose slot it holds, in three steps: reserve its worst
         case, pump the worker's stream to the client, then settle what the worker reported
-        (or release the reservation). _Refused when the worker refused it for capacity."""
+        (or release the reservation). _Retry when the worker refused it for capacity or
+        failed before the app saw anything (the reservation is then released)."""
         client, rid, stats = relay.client, relay.req.req_id, self.stats
         relay.worker.served += 1
         try:
@@ -616,7 +685,8 @@ class ProxyNode:
             if cap is not None:
                 relay.cap = cap
                 await self._pump(relay, cap)
-        except _Refused:
+        except _Retry:
+            relay.retried = True
             raise
         except asyncio.CancelledError as exc:
             stats.cancelled += 1
@@ -659,9 +729,8 @@ class ProxyNode:
         worker's End or Error, a timeout, or the worker's connection is lost."""
         client, req, worker, stats = relay.client, relay.req, relay.worker, self.stats
         rid = req.req_id
-        timeout = self.config.request_timeout_s
-        if req.timeout_ms:
-            timeout = min(timeout, req.timeout_ms / 1000.0)
+        timeout = (relay.deadline - asyncio.get_running_loop().time() if relay.deadline
+                   else self._timeout_of(req))
         try:
             stream = relay.stream = worker.peer.open_stream(
                 lambda wid: replace(req, req_id=wid, timeout_ms=int(timeout * 950),
@@ -704,21 +773,30 @@ class ProxyNode:
             elif kind is Error:
                 assert isinstance(ev, Error)
                 relay.report = ev  # billed in _settle_or_release, after the client's answer
-                if (ev.code == NoWorkerAvailable.code and not relay.relayed
-                        and not ev.has_usage):
-                    raise _Refused  # at capacity (its own count): try another worker
+                if not relay.relayed:
+                    if ev.code == NoWorkerAvailable.code and not ev.has_usage:
+                        # at capacity (its own count): try another worker
+                        raise _Retry(ev.to_exception(), capacity=True)
+                    if ev.code in _RETRY_CODES:
+                        raise _Retry(ev.to_exception(), capacity=False)
                 stats.failed += 1
                 client.finish(Error(rid, ev.code, ev.message, ev.param))  # usage stays here
                 return
             elif isinstance(ev, RequestTimeout):
                 stats.timeouts += 1
+                if not relay.relayed:  # silent from the start: another worker may answer
+                    relay.report = await self._last_word(stream, "timed out at the proxy")
+                    raise _Retry(ev, capacity=False)
                 client.finish(Error.of(rid, ev))
                 relay.report = await self._last_word(stream, "timed out at the proxy")
                 return
             else:  # TransportError: the worker connection is gone
                 stats.worker_lost += 1
-                client.finish(Error.of(rid, WorkerLost(
-                    f"worker {worker.node_id} disconnected before finishing the request")))
+                lost = WorkerLost(
+                    f"worker {worker.node_id} disconnected before finishing the request")
+                if not relay.relayed:
+                    raise _Retry(lost, capacity=False)
+                client.finish(Error.of(rid, lost))
                 return
 
     def _bill_id(self, ticket: int) -> str:
@@ -761,6 +839,9 @@ class ProxyNode:
         the reservation of one that produced nothing."""
         billing, report = self.billing, relay.report
         if relay.settled or billing is None:
+            return
+        if relay.retried:  # the app saw nothing of it and it goes to another worker
+            await asyncio.shield(billing.release(relay.bill_id))
             return
         usage: Usage | None = None
         if report is not None:
@@ -855,7 +936,8 @@ class ProxyNode:
             "requests": {"total": s.requests, "completed": s.completed, "failed": s.failed,
                          "rejected": s.rejected, "cancelled": s.cancelled,
                          "timeouts": s.timeouts, "worker_lost": s.worker_lost,
-                         "rerouted": s.rerouted, "in_flight": len(self._relays)},
+                         "rerouted": s.rerouted, "failovers": s.failovers,
+                         "in_flight": len(self._relays)},
             "queue": {"waiting": self._queue.depth(),
                       "by_model": {m: self._queue.depth(m) for m in self._queue.models()},
                       "limit_per_model": self.config.queue_limit,
