@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from cocoon.benchmark import add_bench_arguments
 from cocoon.commands.attest import add_attest_arguments, run_attest
 from cocoon.commands.chain import add_chain_arguments
+from cocoon.commands.model_hash import add_model_hash_arguments, run_model_hash
 from cocoon.commands.registry import add_registry_arguments, run_registry
 from cocoon.commands.roles import ROLES, add_role_arguments, run_role_action
 from cocoon.commands.up import add_up_arguments, run_up
@@ -48,6 +49,7 @@ def _build_parser() -> argparse.ArgumentParser:
     add_attest_arguments(sub)
     add_chain_arguments(sub)
     add_registry_arguments(sub)
+    add_model_hash_arguments(sub)
     bench = sub.add_parser("bench", help="benchmark the chain against the engine served directly")
     add_bench_arguments(bench)
     return parser
@@ -75,6 +77,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_up(args)
         if args.command == "attest":
             return run_attest(args)
+        if args.command == "model-hash":
+            return run_model_hash(args)
         if args.command == "bench":
             from cocoon.benchmark.suite import run_bench  # lazy: aiohttp load generator, ~115 ms
 

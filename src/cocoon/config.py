@@ -99,6 +99,8 @@ class WorkerConfig:
     # server batches, so openai-http takes 256, as vLLM does; llama.cpp and fake take 4)
     max_concurrent: int = 0
     node_id: str = ""  # empty: worker-<pid>
+    # SIGTERM drains: no new requests, those in flight finish (at most this long), then exit
+    drain_timeout_s: float = 120.0
     engine: EngineConfig = field(default_factory=EngineConfig)
     attestation: AttestationConfig = field(default_factory=AttestationConfig)
     chain: ChainConfig = field(default_factory=ChainConfig)
@@ -109,6 +111,8 @@ class WorkerConfig:
         if self.max_concurrent == 0:
             object.__setattr__(self, "max_concurrent", ENGINE_CAPACITY[self.engine.kind])
         require_positive(self.max_concurrent, "worker.max_concurrent")
+        if self.drain_timeout_s < 0:
+            raise ConfigError("worker.drain_timeout_s must be >= 0")
 
 
 @dataclass(frozen=True, slots=True)

@@ -96,6 +96,15 @@ def _role_options(p: argparse.ArgumentParser, role: str, *, suppress: bool,
                             "to the least-loaded worker (worker.max_concurrent; default: "
                             "256 for openai-http, 4 for llama-cpp and fake)",
                        **d)
+        p.add_argument("--model-hash", metavar="HEX",
+                       help="--engine openai-http: the upstream's weights as `cocoon "
+                            "model-hash PATH` prints it, certified so registry model "
+                            "allow-lists admit this worker (engine.openai-http.model_hash)",
+                       **d)
+        p.add_argument("--drain-timeout", type=float, metavar="SECONDS",
+                       help="on SIGTERM, how long requests in flight may take to finish "
+                            "while no new ones are taken (worker.drain_timeout_s, default "
+                            "120; a second signal stops at once)", **d)
     else:
         p.add_argument("--proxy", metavar="HOST:PORT",
                        help="the proxy to send requests to (client.proxy, default "

@@ -46,7 +46,9 @@ async def _run_role(args: argparse.Namespace) -> None:
     elif args.command == "worker":
         wc = cfg.load(cfg.WorkerConfig, args.config, overrides(args, {
             "proxy": "proxy", "http": "http", "engine": "engine.kind",
-            "upstream": "engine.openai-http.base_url", "max_concurrent": "max_concurrent"}))
+            "upstream": "engine.openai-http.base_url", "max_concurrent": "max_concurrent",
+            "model_hash": "engine.openai-http.model_hash",
+            "drain_timeout": "drain_timeout_s"}))
         log.info("loading engine %s", wc.engine.kind)
         engine = await build_engine(wc.engine)
         log.info("engine %s ready: %s", engine.name, ", ".join(engine.models))

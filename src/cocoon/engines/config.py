@@ -51,11 +51,19 @@ class OpenAIHttpConfig:
     timeout_s: float = 600.0
     connect_timeout_s: float = 10.0
     usage_fallback: Literal["estimate", "error"] = "estimate"
+    # The upstream's weights, as `cocoon model-hash PATH` prints it (64 hex digits): what the
+    # worker certifies, so registry model allow-lists can admit it. "": none declared.
+    model_hash: str = ""
 
     def __post_init__(self) -> None:
         # The server's root: vLLM, llama-server and the OpenAI SDK write base URLs with the
         # API's /v1 (http://host:8000/v1); the engine adds /v1/... itself.
         object.__setattr__(self, "base_url", upstream_root(self.base_url))
+        h = self.model_hash.strip().lower()
+        if h and (len(h) != 64 or any(c not in "0123456789abcdef" for c in h)):
+            raise ConfigError("engine.openai-http.model_hash must be 64 hex digits (what "
+                              f"`cocoon model-hash PATH` prints), got {self.model_hash!r}")
+        object.__setattr__(self, "model_hash", h)
 
 
 def upstream_root(url: str) -> str:

@@ -30,7 +30,6 @@ with a llama.cpp grammar. A failure of llama.cpp itself is a 500 naming only its
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import importlib.util
 import json
 import logging
@@ -42,6 +41,7 @@ from typing import Any, Final
 
 from cocoon.engines.base import EngineOutput, InferenceJob, require
 from cocoon.engines.config import DEFAULT_MODEL_NAME, LlamaCppConfig
+from cocoon.engines.weights import file_hash
 from cocoon.errors import (
     BadRequest,
     ConfigError,
@@ -331,12 +331,9 @@ def _numpy_scalar(o: Any) -> Any:
 
 
 def model_file_hash(path: Path) -> bytes:
-    """SHA-256 of a model file: the model hash a worker certifies and allow-lists name."""
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.digest()
+    """SHA-256 of a model file: the model hash a worker certifies and allow-lists name (what
+    ``cocoon model-hash FILE`` prints)."""
+    return file_hash(path)
 
 
 def _settle(fut: asyncio.Future[Any], value: Any, exc: BaseException | None) -> None:

@@ -75,7 +75,8 @@ class OpenAIHttpEngine:
         self.config = config
         self.models = models
         self._session: aiohttp.ClientSession | None = None
-        self.model_hash = b""  # the upstream's weights are not ours to hash
+        # The upstream's weights are not ours to read: the operator declares their hash.
+        self.model_hash = bytes.fromhex(config.model_hash)
         self.usage_estimated = 0
         self.cancelled = 0
         # The upstream's tokenizer: None not asked yet, "tokenize" (vLLM, SGLang),

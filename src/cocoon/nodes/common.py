@@ -397,18 +397,36 @@ def keep_statement(account: AccountCopy, msg: Statement) -> bool:
 
 async def run_until_signal(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
     """Run ``main(stop)``; SIGINT/SIGTERM set ``stop`` so the role can shut down cleanly, and
-    so does the loss of the supervisor named in ``config.PARENT_PID_ENV``."""
+    so does the loss of the supervisor named in ``config.PARENT_PID_ENV``. A second signal
+    while it shuts down (a worker draining its requests) stops it at once."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    forced = False
+    task: asyncio.Future[None] | None = None
+
+    def on_signal() -> None:
+        nonlocal forced
+        if not stop.is_set():
+            stop.set()
+        elif task is not None and not forced:
+            forced = True
+            log.warning("second signal: stopping at once")
+            task.cancel()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, on_signal)
     parent = os.environ.get(PARENT_PID_ENV, "")
     async with asyncio.TaskGroup() as tg:
         watcher = (tg.create_task(_stop_when_orphaned(int(parent), stop))
                    if parent.isdigit() else None)
+        task = asyncio.ensure_future(main(stop))  # awaited right here: it ends before us
         try:
-            await main(stop)
+            await task
+        except asyncio.CancelledError:
+            me = asyncio.current_task()
+            if not forced or (me is not None and me.cancelling()):
+                raise  # we were cancelled ourselves, not stopped by a second signal
         finally:
             if watcher is not None:
                 watcher.cancel()

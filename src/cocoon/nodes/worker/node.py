@@ -4,12 +4,18 @@ engine and streams the results back under flow control.
 It remembers the usage of its recent ticketed jobs (the proxy's ``Request.ticket``) and,
 after it loses the proxy, reports them first thing on the next connection
 (:class:`~cocoon.wire.JobReports`): a proxy that died mid-request then charges what was
-generated, and the worker is paid for it."""
+generated, and the worker is paid for it.
+
+SIGTERM drains the worker: it tells the proxy it takes nothing more (an Announce of no
+capacity), refuses what still arrives as "at capacity" (so the proxy routes it elsewhere),
+lets the requests in flight finish, at most ``worker.drain_timeout_s``, then exits. A second
+signal stops it at once."""
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import os
 import time
@@ -35,6 +41,7 @@ from cocoon.errors import (
     RequestError,
     RequestTimeout,
     TransportError,
+    WorkerLost,
 )
 from cocoon.ledger.copies import AccountCopy
 from cocoon.ledger.errors import VoucherInvalid
@@ -112,6 +119,10 @@ class WorkerNode:
         if config.chain.voucher_file:
             self.payout = read_voucher_file(config.chain.voucher_file)
         self.active = 0
+        self.draining = False
+        self._idle = asyncio.Event()  # set whenever no request is in flight
+        self._idle.set()
+        self._proxy: Peer | None = None  # the connection to the proxy, while it is up
         self.proxy_state = "starting"
         self._jobs: dict[tuple[int, int], asyncio.Task[None]] = {}
         self._seq = 0
@@ -126,8 +137,10 @@ class WorkerNode:
         return Connection(role="worker", node_id=self.node_id)
 
     async def _announce(self, peer: Peer) -> None:
+        self._proxy = peer
         self.proxy_attestation = describe_evidence(peer.extra("verified_evidence"))
-        peer.send(Announce(tuple(self.engine.models), self.config.max_concurrent,
+        peer.send(Announce(tuple(self.engine.models),
+                           0 if self.draining else self.config.max_concurrent,
                            self.engine.name, self.config.chain.contract))
         if self._recent:
             # Jobs of earlier connections, all ended (a connection's jobs end with it): a
@@ -141,25 +154,52 @@ class WorkerNode:
         self.proxy_state = state
 
     async def run(self, stop: asyncio.Event, on_ready: Any = None) -> None:
+        drained = asyncio.Event()
+
+        async def drain_on_stop() -> None:
+            await stop.wait()
+            await self.drain()
+            drained.set()
+
         try:
             registry = await follow_registry(self.config.chain, self._registry)
             await serve_until_stopped(
-                self.http, self, on_ready, stop,
+                self.http, self, on_ready, drained,
                 dial_forever(self._connector, self.config.proxy, self._connection,
                              self._announce, self, self._set_state),
+                drain_on_stop(),
                 *([registry] if registry is not None else []))
         finally:
             await self.engine.close()
 
+    async def drain(self) -> None:
+        """Take no new request, and wait (at most ``drain_timeout_s``) for those in flight."""
+        self.draining = True
+        peer = self._proxy
+        if peer is not None and not peer.closed:
+            with contextlib.suppress(TransportError):
+                peer.send(Announce(tuple(self.engine.models), 0, self.engine.name))
+        if self.active:
+            log.info("draining: %d request(s) in flight finish first (at most %gs); no new "
+                     "ones", self.active, self.config.drain_timeout_s)
+            try:
+                async with asyncio.timeout(self.config.drain_timeout_s):
+                    await self._idle.wait()
+                log.info("drained")
+            except TimeoutError:
+                log.warning("drain timed out: %d request(s) cut off", self.active)
+
     async def on_message(self, peer: Peer, msg: Message) -> None:
         if isinstance(msg, Request):
             self.stats.received += 1
-            if self.active >= self.config.max_concurrent:
+            if self.draining or self.active >= self.config.max_concurrent:
                 self.stats.rejected += 1
                 peer.finish(Error.of(msg.req_id, NoWorkerAvailable(
-                    f"worker {self.node_id} is at capacity")))
+                    f"worker {self.node_id} is "
+                    + ("shutting down" if self.draining else "at capacity"))))
                 return
             self.active += 1
+            self._idle.clear()
             key = (id(peer), msg.req_id)
             self._jobs[key] = peer.spawn(self._job(peer, msg, key), f"job-{msg.req_id}")
         elif isinstance(msg, Cancel):
@@ -219,7 +259,9 @@ class WorkerNode:
             self._count_tokens(usage)
         except asyncio.CancelledError as exc:
             self.stats.cancelled += 1
-            peer.finish(self._failed(rid, job, as_request_error(exc, where="worker")))
+            err = (WorkerLost(f"worker {self.node_id} shut down before finishing the request")
+                   if self.draining else as_request_error(exc, where="worker"))
+            peer.finish(self._failed(rid, job, err))
             raise
         except TransportError:
             self.stats.failed += 1
@@ -233,6 +275,8 @@ class WorkerNode:
             peer.finish(self._failed(rid, job, err))
         finally:
             self.active -= 1
+            if not self.active:
+                self._idle.set()
             self._jobs.pop(key, None)
             if req.ticket and job is not None:
                 self._remember(req.ticket, usage if usage is not None else job.meter.usage())
@@ -315,6 +359,7 @@ class WorkerNode:
                        "usage_estimated": self.engine.usage_estimated},
             "active": self.active,
             "max_concurrent": self.config.max_concurrent,
+            "draining": self.draining,
             "requests": {"received": s.received, "completed": s.completed,
                          "failed": s.failed, "rejected": s.rejected,
                          "cancelled": s.cancelled, "errors": dict(s.errors)},
