@@ -132,6 +132,18 @@ def test_each_run_logs_afresh_and_stops_cleanly(tmp_path: Path) -> None:
     first = Up(data, "first")
     first.wait_for_output("Press Ctrl-C to stop")
     assert "funded with 10 TON" in first.output() and "nanoTON" not in first.output()
+    assert "proxy: workers and clients dial 127.0.0.1:" in first.output()
+    # network.json: every role, its live pid, addresses, config and log, for scripts
+    network = json.loads((data / "logs" / "network.json").read_text())
+    assert network["supervisor_pid"] == first.proc.pid
+    assert network["api"].startswith("http://127.0.0.1:") and network["api"].endswith("/v1")
+    by_name = {r["name"]: r for r in network["roles"]}
+    assert set(by_name) == set(ROLES)
+    for r in by_name.values():
+        assert r["alive"] and Path(f"/proc/{r['pid']}").exists(), r
+        assert Path(r["config"]).is_file() and Path(r["log"]).is_file(), r
+        assert r["http"].startswith("http://127.0.0.1:"), r
+    assert by_name["proxy"]["listen"].startswith("127.0.0.1:")
     first_logs = {r: (data / "logs" / f"{r}.log").read_text() for r in ROLES}
     assert first.stop() == 0
     first.assert_clean_exit()

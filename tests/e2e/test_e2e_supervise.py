@@ -270,6 +270,13 @@ def test_a_killed_worker_comes_back_and_the_other_keeps_serving(up: Up) -> None:
         return sorted(w["node_id"] for w in stats["workers"]) == ["worker-1", "worker-2"]
 
     wait_for(rejoined, "worker-1 back in the proxy's registry")
+
+    def recorded() -> bool:  # network.json names the restarted worker's new pid
+        doc = json.loads((up.data_dir / "logs" / "network.json").read_text())
+        entry = next(r for r in doc["roles"] if r["name"] == "worker-1")
+        return bool(entry["pid"] == up.children()["worker-1"] != old and entry["restarts"])
+
+    wait_for(recorded, "network.json updated with worker-1's new pid")
     threads, results = streams(base, 8, "after")
     join(threads)
     assert results == ["after:ok"] * 8, results

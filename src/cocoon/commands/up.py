@@ -61,7 +61,7 @@ from cocoon.errors import CocoonError, LaunchError, ToolchainMissing
 from cocoon.ledger import Ledger
 from cocoon.ledger.accounts import channel_account, client_account
 from cocoon.ledger.config import BillingConfig
-from cocoon.money import format_ton, parse_ton
+from cocoon.money import format_ton, iso_utc, parse_ton
 
 __all__ = ["ATTESTATION_MODES", "CHAIN_MODES", "LOG_GENERATIONS", "LocalNetwork", "Role",
            "add_up_arguments", "check_ports_free", "default_data_dir", "http_json",
@@ -634,9 +634,37 @@ class LocalNetwork:
                 return bool(body["models"]) and len(stats["workers"]) == self.n_workers
 
             client.wait_until(serving, "serving models", deadline)
+            self.write_network_file()
         except BaseException:
             self.stop()
             raise
+
+    @property
+    def network_file(self) -> Path:
+        return self.log_dir / "network.json"
+
+    def write_network_file(self) -> None:
+        """``network.json`` in the log directory, for scripts and tests: the OpenAI API and
+        every role's name, pid, addresses, config file and log (written again when a role
+        restarts, so its pid is current)."""
+        roles = []
+        for r in self.roles():
+            entry: dict[str, Any] = {
+                "name": r.name, "role": r.name.partition("-")[0],
+                "pid": r.proc.pid if r.proc is not None else None, "alive": r.alive(),
+                "http": r.info.get("http"), "log": str(r.log_path),
+                "restarts": r.restarts}
+            if "listen_port" in r.info:
+                entry["listen"] = f"{self.host}:{r.info['listen_port']}"
+            if r is self.chain_role:
+                entry["url"] = self.chain_url
+            else:
+                entry["config"] = str(self.config_path(r.name))
+            roles.append(entry)
+        doc = {"api": self.base_url if self.client is not None and self.client.info else None,
+               "data_dir": str(self.data_dir), "supervisor_pid": os.getpid(),
+               "written_at": iso_utc(time.time()), "roles": roles}
+        _write_json(self.network_file, doc)
 
     def restart_proxy(self, kill: bool = True, timeout: float | None = None) -> Role:
         """Stop the proxy (SIGKILL when ``kill``, else SIGTERM) and start it again with the
@@ -668,6 +696,7 @@ class LocalNetwork:
             return bool(stats["clients"]) and http_json(self.client.http + "/healthz")[0] == 200
 
         proxy.wait_until(reconnected, "rejoined by the workers and the client", deadline)
+        self.write_network_file()
         return proxy
 
     def _wait_worker(self, w: Role, deadline: float) -> None:
@@ -718,6 +747,7 @@ class LocalNetwork:
                 if r.awaiting_ready and r.read_ready():
                     r.awaiting_ready = False
                     report(f"{r.name} is back on {_ports(r)}")
+                    self.write_network_file()
                 continue
             if r.restart_at is None:  # just found dead
                 ran = now - r.started_at
@@ -1003,6 +1033,10 @@ def run_up(args: argparse.Namespace) -> int:
         models = net.models()
         progress(f"network up: 1 proxy, {args.workers} worker(s), 1 client; "
                  f"attestation {args.attestation}; logs in {net.log_dir}")
+        if net.proxy is not None and net.proxy.info:
+            progress(f"proxy: workers and clients dial {net.host}:"
+                     f"{net.proxy.info.get('listen_port')}, stats at {net.proxy.http}/stats")
+        progress(f"roles, pids, ports and configs: {net.network_file}")
         for line in net.attestation_summary():
             progress(line)
         if net.client_account:
