@@ -101,6 +101,9 @@ class WorkerConfig:
     node_id: str = ""  # empty: worker-<pid>
     # SIGTERM drains: no new requests, those in flight finish (at most this long), then exit
     drain_timeout_s: float = 120.0
+    # The price this worker asks (COCOON's worker coefficient): its requests are billed at
+    # price_per_token x coefficient / 1000, and routing weighs it against its speed.
+    coefficient: int = 1000
     engine: EngineConfig = field(default_factory=EngineConfig)
     attestation: AttestationConfig = field(default_factory=AttestationConfig)
     chain: ChainConfig = field(default_factory=ChainConfig)
@@ -113,6 +116,8 @@ class WorkerConfig:
         require_positive(self.max_concurrent, "worker.max_concurrent")
         if self.drain_timeout_s < 0:
             raise ConfigError("worker.drain_timeout_s must be >= 0")
+        if not 1 <= self.coefficient <= 1_000_000:
+            raise ConfigError("worker.coefficient must be from 1 to 1000000 (1000 = 1.0x)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +132,9 @@ class ClientConfig:
     # Browser origins allowed to call the API (CORS), comma-separated, e.g.
     # "http://localhost:3000"; "*": any; "": none (no CORS headers).
     cors_origins: str = ""
+    # The most this client's apps pay: only workers whose price coefficient (1000 = 1.0x) is
+    # at most this serve them; 0: no cap. A request's own max_coefficient may only lower it.
+    max_coefficient: int = 0
     attestation: AttestationConfig = field(default_factory=AttestationConfig)
     chain: ChainConfig = field(default_factory=ChainConfig)
 
@@ -136,6 +144,9 @@ class ClientConfig:
         require_positive(self.request_timeout_s, "client.request_timeout_s")
         require_positive(self.http_idle_timeout_s, "client.http_idle_timeout_s")
         require_positive(self.http_body_timeout_s, "client.http_body_timeout_s")
+        if not 0 <= self.max_coefficient <= 1_000_000:
+            raise ConfigError("client.max_coefficient must be from 0 (no cap) to 1000000 "
+                              "(1000 = 1.0x)")
 
 
 T = TypeVar("T")

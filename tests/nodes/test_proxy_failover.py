@@ -14,12 +14,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from cocoon.config import BillingConfig, ProxyConfig
 from cocoon.errors import BadRequest, EngineError, UpstreamError
 from cocoon.ledger import Ledger
 from cocoon.nodes.proxy import node as proxy_node
 from cocoon.nodes.proxy.node import ProxyNode
 from cocoon.openai import count_events, encode_event
+from cocoon.routing.select import ALPHA, Measured
 from cocoon.transport import OutgoingStream, Peer, TcpListener
 from cocoon.wire import Announce, Chunk, Connection, End, Error, Head, Message, Request
 
@@ -180,6 +183,14 @@ async def test_a_worker_that_fails_before_its_first_chunk_is_replaced_unseen(
         assert await charges(net, "w1", "w2") == (5 * PRICE, [0, 5 * FEE])
 
 
+def forgive(net: Net, name: str) -> None:
+    """Its penalty over and its failures forgotten: routing prefers it again (idle, older)."""
+    net.proxy._penalties.clear()
+    for w in net.proxy.workers.values():
+        if w.node_id == name:
+            w.measured = Measured()
+
+
 async def test_server_side_errors_and_silence_fail_over_and_the_failer_is_passed_over(
         tmp_path: Path, monkeypatch: Any) -> None:
     monkeypatch.setattr(proxy_node, "_LAST_WORD_S", 0.2)
@@ -194,10 +205,12 @@ async def test_server_side_errors_and_silence_fail_over_and_the_failer_is_passed
         # w1 failed: it is passed over while w2 has a free slot
         second, _ = await outcome(net.request())
         assert isinstance(second, End) and (flaky.served, good.served) == (1, 2)
-        net.proxy._penalties.clear()  # its penalty over: tried again, fails again
+        w1 = next(w for w in net.proxy.workers.values() if w.node_id == "w1")
+        assert w1.measured.error_rate == pytest.approx(ALPHA)  # it weighs on its score too
+        forgive(net, "w1")  # tried again, it fails again
         third, _ = await outcome(net.request())
         assert isinstance(third, End) and (flaky.served, good.served) == (2, 3)
-        net.proxy._penalties.clear()
+        forgive(net, "w1")
         fourth, _ = await outcome(net.request())  # silent past idle_timeout_s
         assert isinstance(fourth, End) and (flaky.served, good.served) == (3, 4)
         assert net.proxy.stats.failovers == 3

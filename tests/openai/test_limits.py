@@ -161,7 +161,7 @@ def test_max_request_body_fits_one_frame_at_worst() -> None:
     integers the schema allows still fits one default frame; one byte more may not."""
     longest = "\U0001F600" * 4096  # 4 UTF-8 bytes each, the schema's longest string
     worst = Request(2**64 - 1, longest, longest, True, 2**64 - 1, b"x" * MAX_REQUEST_BODY,
-                    2**64 - 1, 2**64 - 1)
+                    2**64 - 1, 2**64 - 1, 2**64 - 1)
     assert len(encode_frame(encode(worst))) <= DEFAULT_MAX_FRAME + 4
     assert MAX_REQUEST_BODY == DEFAULT_MAX_FRAME - REQUEST_OVERHEAD
     assert MAX_REQUEST_BODY > 4_000_000  # still close to the frame: ~4 MB of prompt

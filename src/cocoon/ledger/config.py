@@ -27,7 +27,10 @@ class BillingConfig:
     cached_mult: int = 10000
     completion_mult: int = 10000
     reasoning_mult: int = 10000
-    worker_coefficient: int = 1000  # 1000 = 1.0x
+    worker_coefficient: int = 1000  # what a worker that declares none asks; 1000 = 1.0x
+    # the most a worker may ask: one announcing more is not routed to (a worker sets its own
+    # price; this keeps a client without a cap of its own from paying any price)
+    max_worker_coefficient: int = 4000
     default_max_tokens: int = 1000  # the cap reserved (and enforced) when a request has none
     commit_interval_s: float = 60.0  # how often the proxy commits its totals (a state commit)
     # chain: charges a client may owe unsigned (1 TON)
@@ -48,6 +51,9 @@ class BillingConfig:
         if self.worker_fee_per_token > self.price_per_token:
             raise ConfigError("billing.worker_fee_per_token must not exceed price_per_token")
         require_positive(self.default_max_tokens, "billing.default_max_tokens")
+        if not 1 <= self.worker_coefficient <= self.max_worker_coefficient:
+            raise ConfigError("billing.worker_coefficient must be from 1 to "
+                              f"billing.max_worker_coefficient ({self.max_worker_coefficient})")
         require_positive(self.commit_interval_s, "billing.commit_interval_s")
         if self.redeem_threshold < 0:
             raise ConfigError("billing.redeem_threshold must be >= 0 (nanoTON), got "

@@ -266,7 +266,7 @@ def as_request_error(exc: BaseException, *, where: str,
 def request_for(env: Envelope, req_id: int, timeout_ms: int) -> Request:
     """The wire Request that opens stream ``req_id`` for an envelope."""
     return Request(req_id, env.endpoint, env.model, env.stream, timeout_ms, env.body,
-                   env.max_tokens)
+                   env.max_tokens, max_coefficient=env.max_coefficient)
 
 
 def write_ready_file(path: str | None, info: dict[str, Any]) -> None:

@@ -1,6 +1,16 @@
 """Routing decisions (pure)."""
 
 from cocoon.routing.queue import FairQueue
-from cocoon.routing.select import WorkerView, choose_worker
+from cocoon.routing.select import (
+    Candidate,
+    Measured,
+    ModelIndex,
+    WorkerView,
+    choose_worker,
+    pick,
+    price_cap_error,
+    score,
+)
 
-__all__ = ["FairQueue", "WorkerView", "choose_worker"]
+__all__ = ["Candidate", "FairQueue", "Measured", "ModelIndex", "WorkerView", "choose_worker",
+           "pick", "price_cap_error", "score"]

@@ -66,9 +66,9 @@ _U64_MAX: Final = 2**64 - 1
 _MAX_STR: Final = 4096  # names, codes, messages: never anything large
 _MAX_LIST: Final = 4096
 
-REQUEST_OVERHEAD: Final = 44 + 2 * (3 + 4 * _MAX_STR)
+REQUEST_OVERHEAD: Final = 53 + 2 * (3 + 4 * _MAX_STR)
 """The most bytes a ``Request`` frame holds besides its body: the msgpack array and type,
-five u64 fields at 9 bytes (one spare), a bool, the body's bin32 header, and two strings (endpoint,
+six u64 fields at 9 bytes (one spare), a bool, the body's bin32 header, and two strings (endpoint,
 model) of at most ``_MAX_STR`` characters at 4 UTF-8 bytes each, 3-byte headers."""
 MAX_REQUEST_BODY: Final = DEFAULT_MAX_FRAME - REQUEST_OVERHEAD
 """The largest request body that always fits one default-sized frame: the one limit the
@@ -97,12 +97,17 @@ class Announce:
     """Worker -> proxy: what it serves and how many requests it runs at once. Re-sent on change."""
 
     TYPE: ClassVar[int] = 2
-    OPTIONAL_TAIL: ClassVar[int] = 1
+    OPTIONAL_TAIL: ClassVar[int] = 2
     models: tuple[str, ...]
     max_concurrent: int
     engine: str
     channel: str = ""
     """The worker's on-chain payment channel (funded by the proxy), if it has one."""
+    coefficient: int = 0
+    """The worker's price coefficient (COCOON's worker coefficient, 1000 = 1.0x): its
+    requests are billed at it and routing weighs it. 0: not declared (the proxy's
+    ``billing.worker_coefficient``). Sent over the worker's attested channel, so it is the
+    worker's own word."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,10 +181,12 @@ class Request:
 
     ``ticket`` (proxy -> worker, the optional tail) names the proxy's reservation for the
     request; the worker quotes it in its :class:`JobReports` after a lost connection, so a
-    proxy that died mid-request can still charge what was generated. 0: none (unbilled)."""
+    proxy that died mid-request can still charge what was generated. 0: none (unbilled).
+    ``max_coefficient`` (client -> proxy, the optional tail) is the app's price cap: only
+    workers whose coefficient is at most this serve it. 0: no cap."""
 
     TYPE: ClassVar[int] = 4
-    OPTIONAL_TAIL: ClassVar[int] = 1
+    OPTIONAL_TAIL: ClassVar[int] = 2
     req_id: int
     endpoint: str
     model: str
@@ -188,6 +195,7 @@ class Request:
     body: bytes
     max_tokens: int = 0
     ticket: int = 0
+    max_coefficient: int = 0
 
 
 @dataclass(frozen=True, slots=True)

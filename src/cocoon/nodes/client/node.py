@@ -183,7 +183,8 @@ class ClientNode:
         endpoint = ENDPOINTS[request.path]
         self.stats.requests += 1
         try:
-            env, _ = Envelope.parse(endpoint, await request.read())
+            env, _ = Envelope.parse(endpoint, await request.read(),
+                                    max_coefficient=self.config.max_coefficient)
         except RequestError as exc:
             return self._invalid(request, exc)
         peer = self.proxy

@@ -201,8 +201,8 @@ class Billing:
         """Run a blocking ledger call on the ledger's thread."""
         return await self._run(fn, *args)
 
-    async def charge_reported(self, worker: str, reported: dict[str, Usage]
-                              ) -> tuple[set[str], int, int]:
+    async def charge_reported(self, worker: str, reported: dict[str, Usage],
+                              coefficient: int | None = None) -> tuple[set[str], int, int]:
         """Resolve the reservations a previous run left open for ``worker``, with the usage
         the worker reports for their requests (``JobReports``, keyed by request id): charge
         each reported one what was generated (capped at its reservation, like any
@@ -217,7 +217,7 @@ class Billing:
             usage = reported.get(r.request_id)
             if usage is not None and usage.total_tokens:
                 try:
-                    await self.settle_accounts(r.request_id, usage)
+                    await self.settle_accounts(r.request_id, usage, coefficient)
                 except PaymentError as exc:
                     log.warning("charging reported %s failed: %s", r.request_id, exc)
                     continue
@@ -246,11 +246,13 @@ class Billing:
         return await self._thread.call(fn, *args)
 
     async def reserve(self, request_id: str, client: str, worker: str, max_tokens: int,
-                      body_bytes: int) -> int:
+                      body_bytes: int, coefficient: int | None = None) -> int:
         """Reserve the worst case of a request whose generation is capped at ``max_tokens``
-        (the effective cap, see ``effective_max_tokens``); PaymentRequired if the client can't."""
+        (the effective cap, see ``effective_max_tokens``), served by a worker asking
+        ``coefficient`` (None: ``billing.worker_coefficient``); PaymentRequired if the
+        client can't."""
         amount = reservation_for(max_tokens, body_bytes + _TEMPLATE_MARGIN,
-                                 self.config.worker_coefficient, self.prices)
+                                 coefficient or self.config.worker_coefficient, self.prices)
         if self.payments is not None:
             await self.payments.check_signed(client)
         try:
@@ -273,15 +275,17 @@ class Billing:
                    if down else "")) from None
         return int(amount)
 
-    async def settle(self, request_id: str, end: End | Error | Usage
+    async def settle(self, request_id: str, end: End | Error | Usage,
+                     coefficient: int | None = None
                      ) -> tuple[Statement | None, Statement | None]:
         """:meth:`settle_accounts`, then the newest statements of the client and the worker
         it charged (None when nothing was charged, e.g. zero tokens)."""
-        client, worker = await self.settle_accounts(request_id, end)
+        client, worker = await self.settle_accounts(request_id, end, coefficient)
         return (await self.statement(client, "client") if client is not None else None,
                 await self.statement(worker, "worker") if worker is not None else None)
 
-    async def settle_accounts(self, request_id: str, end: End | Error | Usage
+    async def settle_accounts(self, request_id: str, end: End | Error | Usage,
+                              coefficient: int | None = None
                               ) -> tuple[str | None, str | None]:
         """Charge the usage the worker reported: its End, or the Error that ended a
         cancelled or failed stream with what was generated until then (or, when the worker
@@ -290,7 +294,7 @@ class Billing:
         caller to send their newest statements when it sends statements (the proxy: a few
         times a second, however many requests settle meanwhile)."""
         usage = end if isinstance(end, Usage) else end.usage
-        bill = price_usage(usage, self.config.worker_coefficient, self.prices)
+        bill = price_usage(usage, coefficient or self.config.worker_coefficient, self.prices)
 
         def settle() -> tuple[str | None, str | None]:
             s = self.ledger.settle(request_id, bill, self._key)

@@ -41,6 +41,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import random
 import time
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -52,6 +53,7 @@ from cocoon.config import ProxyConfig, parse_hostport
 from cocoon.errors import (
     AttestationError,
     CocoonError,
+    ModelNotFound,
     NoWorkerAvailable,
     PaymentRequired,
     ProtocolError,
@@ -75,7 +77,7 @@ from cocoon.nodes.common import (
 from cocoon.nodes.proxy.billing import Billing
 from cocoon.nodes.proxy.payments import OUTAGE, ChainHealth, ProxyPayments
 from cocoon.openai import count_events, effective_max_tokens
-from cocoon.routing import FairQueue, WorkerView, choose_worker
+from cocoon.routing import FairQueue, Measured, ModelIndex, pick, price_cap_error
 from cocoon.transport import Listener, OutgoingStream, Peer, Watchdog
 from cocoon.usage import Usage
 from cocoon.wire import (
@@ -128,10 +130,13 @@ class _Waiter:
 
     slot: asyncio.Future[_Worker]
     exclude: frozenset[str]
+    req: Request
 
 
 @dataclass(slots=True)
 class _Worker:
+    """A connected worker as routing sees it (a :class:`~cocoon.routing.Candidate`)."""
+
     peer: Peer
     order: int
     models: tuple[str, ...] = ()
@@ -139,14 +144,17 @@ class _Worker:
     engine: str = ""
     active: int = 0
     served: int = 0
+    coefficient: int = 1000  # its price coefficient (1000 = 1.0x)
+    measured: Measured = field(default_factory=Measured)
     attestation: dict[str, Any] = field(default_factory=dict)
 
     @property
     def node_id(self) -> str:
         return self.peer.hello.node_id
 
-    def view(self) -> WorkerView:
-        return WorkerView(self.node_id, self.models, self.active, self.capacity, self.order)
+    @property
+    def worker_id(self) -> str:
+        return self.peer.hello.node_id
 
 
 @dataclass(slots=True)
@@ -225,6 +233,11 @@ class ProxyNode:
         self._outbox: dict[Peer, tuple[str, str]] = {}
         self._watchdog = Watchdog()
         self._penalties: dict[str, float] = {}  # worker id -> loop time its penalty ends
+        self._index: dict[str, ModelIndex] = {}  # model -> its workers, by coefficient
+        # what a worker that declares no coefficient asks
+        self._default_coefficient = config.billing.worker_coefficient
+        self._max_coefficient = config.billing.max_worker_coefficient
+        self._rng = random.Random()
         self.stats = ProxyStats()
         self._started = time.monotonic()
         self._catalog_dirty = False
@@ -339,6 +352,7 @@ class ProxyNode:
                 await peer.run(self)
             finally:
                 del self.workers[peer]
+                self._reindex()
                 self._fail_unserved_waiters()
                 self._catalog_dirty = True
                 log.info("worker %s disconnected", hello.node_id)
@@ -363,6 +377,13 @@ class ProxyNode:
             if isinstance(msg, Announce):
                 worker.models, worker.capacity, worker.engine = (
                     msg.models, msg.max_concurrent, msg.engine)
+                worker.coefficient = msg.coefficient or self._default_coefficient
+                if worker.coefficient > self._max_coefficient:
+                    log.warning("worker %s asks a price coefficient of %d, above "
+                                "billing.max_worker_coefficient (%d): not routed to",
+                                worker.node_id, worker.coefficient, self._max_coefficient)
+                    worker.capacity = 0
+                self._reindex()
                 now = time.monotonic()
                 for m in msg.models:
                     self._known[m] = now
@@ -485,7 +506,7 @@ class ProxyNode:
         self.stats.requests += 1
         try:
             # Waiting requests go first: a new one only takes a slot nobody waits for.
-            worker = None if self._queue.depth(req.model) else self._take_slot(req.model)
+            worker = None if self._queue.depth(req.model) else self._take_slot(req)
         except RequestError as exc:  # no such model
             self.stats.rejected += 1
             client.finish(Error.of(req.req_id, exc))
@@ -494,7 +515,7 @@ class ProxyNode:
         self._relays[key] = client.spawn(self._route(client, req, key, worker),
                                          f"relay-{req.req_id}")
 
-    def _take_slot(self, model: str, exclude: frozenset[str] = frozenset()) -> _Worker | None:
+    def _take_slot(self, req: Request, exclude: frozenset[str] = frozenset()) -> _Worker | None:
         """Take a slot on the least-loaded worker serving ``model`` (it counts as busy from
         now on), passing over workers that recently failed a request while another has a
         free slot; None when every slot is busy (the request may wait). ModelNotFound for a
@@ -503,12 +524,12 @@ class ProxyNode:
             penalized = self._penalized()
             if penalized - exclude:
                 try:
-                    worker = self._pick(model, exclude | penalized)
+                    worker = self._pick(req, exclude | penalized)
                 except RequestError:
                     worker = None
                 if worker is not None:
                     return worker
-        return self._pick(model, exclude)
+        return self._pick(req, exclude)
 
     def _penalized(self) -> frozenset[str]:
         now = asyncio.get_running_loop().time()
@@ -516,18 +537,44 @@ class ProxyNode:
             del self._penalties[worker_id]
         return frozenset(self._penalties)
 
-    def _pick(self, model: str, exclude: frozenset[str]) -> _Worker | None:
-        try:
-            view = choose_worker(model, (w.view() for w in self.workers.values()
-                                         if w.capacity and w.node_id not in exclude),
-                                 self._known_models())
-        except NoWorkerAvailable:
-            if not self._serves(model):
-                raise
+    def _reindex(self) -> None:
+        """Rebuild the per-model indexes (a worker joined, left or announced anew); each
+        model's measurements of its workers together carry over."""
+        old, self._index = self._index, {}
+        for w in self.workers.values():
+            for m in w.models:
+                index = self._index.get(m)
+                if index is None:
+                    index = self._index[m] = ModelIndex()
+                    if m in old:
+                        index.typical = old[m].typical
+                index.add(w)
+
+    def _pick(self, req: Request, exclude: frozenset[str]) -> _Worker | None:
+        """Routing's choice (:mod:`cocoon.routing.select`) among the model's workers within
+        the request's price cap, its slot taken; None when all are busy. ModelNotFound for a
+        model nobody serves or served lately, NoWorkerAvailable when none is connected for a
+        known one, or none asks at most the request's ``max_coefficient``."""
+        model = req.model
+        index = self._index.get(model)
+        if index is None or not self._serves(model):
+            if model in self._known_models():
+                raise NoWorkerAvailable(f"no worker is currently connected for model "
+                                        f"'{model}'")
+            raise ModelNotFound(f"The model '{model}' does not exist or no worker serves "
+                                "it.", param="model")
+        within = index.within(req.max_coefficient)
+        if not within:
+            raise price_cap_error(model, req.max_coefficient, index.cheapest())
+        max_tokens = req.max_tokens or (self.billing.config.default_max_tokens
+                                        if self.billing is not None else 0)
+        chosen = pick(within, max_tokens=max_tokens, typical=index.typical, exclude=exclude,
+                      rng=self._rng)
+        if chosen is None:
             return None
-        worker = next(w for w in self.workers.values() if w.node_id == view.worker_id)
-        worker.active += 1
-        return worker
+        assert isinstance(chosen, _Worker)
+        chosen.active += 1
+        return chosen
 
     def _serves(self, model: str, exclude: frozenset[str] = frozenset()) -> bool:
         return any(model in w.models and w.capacity and w.node_id not in exclude
@@ -555,8 +602,12 @@ class ProxyNode:
                     self._queue.remove(waiter)
                     continue
                 try:
-                    worker = self._take_slot(model, waiter.exclude)
-                except RequestError:
+                    worker = self._take_slot(waiter.req, waiter.exclude)
+                except RequestError as exc:
+                    if exc.param == "max_coefficient":  # no worker is cheap enough now
+                        self._queue.pop(model)
+                        waiter.slot.set_exception(exc)
+                        continue
                     break  # nobody serves it now: its waiters are failed on disconnect
                 if worker is None:
                     # Strict order: the head waits for a slot it may take (only a request a
@@ -592,7 +643,7 @@ class ProxyNode:
 
     async def _queued(self, client: Peer, req: Request, exclude: frozenset[str]) -> _Worker:
         """Wait in the queue for the worker whose slot :meth:`_dispatch` gives."""
-        waiter = _Waiter(asyncio.get_running_loop().create_future(), exclude)
+        waiter = _Waiter(asyncio.get_running_loop().create_future(), exclude, req)
         self._queue.push(req.model, id(client), waiter)
         got = False
         try:
@@ -622,7 +673,7 @@ class ProxyNode:
                                          or not self._serves(req.model, tried)):
                     break  # no time left, or nobody left to try
                 if worker is None:
-                    worker = self._take_slot(req.model, tried)
+                    worker = self._take_slot(req, tried)
                 if worker is None:
                     worker = await self._wait_for_slot(client, req, tried)
                 ticket = next(self._tickets) if self.billing is not None else 0
@@ -716,7 +767,8 @@ class ProxyNode:
         cap = effective_max_tokens(req.max_tokens, default=billing.config.default_max_tokens)
         try:
             await billing.reserve(relay.bill_id, self._accounts.get(relay.client, "?"),
-                                  worker_account(relay.worker.node_id), cap, len(req.body))
+                                  worker_account(relay.worker.node_id), cap, len(req.body),
+                                  relay.worker.coefficient)
         except PaymentRequired as exc:
             self.stats.rejected += 1
             relay.settled = True
@@ -740,10 +792,15 @@ class ProxyNode:
             client.finish(Error.of(rid, WorkerLost(f"worker {worker.node_id} disconnected")))
             return
         self._watchdog.watch(stream, timeout, self.config.idle_timeout_s)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        first = 0.0  # loop time of the first chunk
         while True:
             ev = await stream.next()
             kind = type(ev)
             if kind is Chunk:
+                if not first:
+                    first = loop.time()
                 # The worker's chunks that wait here already go on as one (bytes of the
                 # app's answer join as they are): one message, one TLS record, one credit.
                 data: bytes = ev.data  # type: ignore[union-attr]
@@ -766,6 +823,9 @@ class ProxyNode:
                     relay.settled = True  # the ledger settles even if we are cancelled now
                     await self._settle(self.billing, relay.bill_id, ev, client, worker)
                 client.finish(replace(ev, req_id=rid))
+                if first:
+                    self._measured(worker, first - started, usage.completion_tokens,
+                                   loop.time() - first)
                 stats.completed += 1
                 stats.prompt_tokens += usage.prompt_tokens
                 stats.completion_tokens += usage.completion_tokens
@@ -778,12 +838,14 @@ class ProxyNode:
                         # at capacity (its own count): try another worker
                         raise _Retry(ev.to_exception(), capacity=True)
                     if ev.code in _RETRY_CODES:
+                        worker.measured.failed()
                         raise _Retry(ev.to_exception(), capacity=False)
                 stats.failed += 1
                 client.finish(Error(rid, ev.code, ev.message, ev.param))  # usage stays here
                 return
             elif isinstance(ev, RequestTimeout):
                 stats.timeouts += 1
+                worker.measured.failed()
                 if not relay.relayed:  # silent from the start: another worker may answer
                     relay.report = await self._last_word(stream, "timed out at the proxy")
                     raise _Retry(ev, capacity=False)
@@ -792,12 +854,21 @@ class ProxyNode:
                 return
             else:  # TransportError: the worker connection is gone
                 stats.worker_lost += 1
+                worker.measured.failed()
                 lost = WorkerLost(
                     f"worker {worker.node_id} disconnected before finishing the request")
                 if not relay.relayed:
                     raise _Retry(lost, capacity=False)
                 client.finish(Error.of(rid, lost))
                 return
+
+    def _measured(self, worker: _Worker, ttft_s: float, tokens: int, decode_s: float) -> None:
+        """A request the worker answered: into its measurements and its models'."""
+        worker.measured.served(ttft_s, tokens, decode_s)
+        for m in worker.models:
+            index = self._index.get(m)
+            if index is not None:
+                index.typical.served(ttft_s, tokens, decode_s)
 
     def _bill_id(self, ticket: int) -> str:
         """The ledger's request id of the reservation a ticket names."""
@@ -816,7 +887,8 @@ class ProxyNode:
             except ProtocolError as exc:
                 log.warning("worker %s reported impossible usage: %s", worker.node_id, exc)
         account = worker_account(worker.node_id)
-        clients, charged, _ = await billing.charge_reported(account, reported)
+        clients, charged, _ = await billing.charge_reported(account, reported,
+                                                            worker.coefficient)
         if charged:
             self._post(worker.peer, account, "worker")
             for peer, client in list(self._accounts.items()):
@@ -868,7 +940,8 @@ class ProxyNode:
     async def _settle(self, billing: Billing, bill_id: str, report: End | Error | Usage,
                       client: Peer, worker: _Worker) -> None:
         """Charge the worker's reported usage; send each side its new statement."""
-        client_account, worker_account_ = await billing.settle_accounts(bill_id, report)
+        client_account, worker_account_ = await billing.settle_accounts(
+            bill_id, report, worker.coefficient)
         if worker_account_ is not None:
             self._post(worker.peer, worker_account_, "worker")
         if client_account is not None:

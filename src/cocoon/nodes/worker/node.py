@@ -141,7 +141,8 @@ class WorkerNode:
         self.proxy_attestation = describe_evidence(peer.extra("verified_evidence"))
         peer.send(Announce(tuple(self.engine.models),
                            0 if self.draining else self.config.max_concurrent,
-                           self.engine.name, self.config.chain.contract))
+                           self.engine.name, self.config.chain.contract,
+                           self.config.coefficient))
         if self._recent:
             # Jobs of earlier connections, all ended (a connection's jobs end with it): a
             # proxy that restarted charges those it was relaying when it died; one that did
@@ -178,7 +179,8 @@ class WorkerNode:
         peer = self._proxy
         if peer is not None and not peer.closed:
             with contextlib.suppress(TransportError):
-                peer.send(Announce(tuple(self.engine.models), 0, self.engine.name))
+                peer.send(Announce(tuple(self.engine.models), 0, self.engine.name,
+                                   coefficient=self.config.coefficient))
         if self.active:
             log.info("draining: %d request(s) in flight finish first (at most %gs); no new "
                      "ones", self.active, self.config.drain_timeout_s)
