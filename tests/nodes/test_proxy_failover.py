@@ -3,7 +3,11 @@ scripted workers and a client over loopback. A worker that dies, fails server-si
 silent before its first chunk does not reach the app: the request goes to another worker,
 the failed attempt's reservation is released (the client pays only for the attempt that
 answered), and the failing worker is passed over for a while. A refusal the app caused (400)
-is not retried, nor is a failure after the app saw a chunk."""
+is not retried, nor is a failure after the app saw a chunk.
+
+Also item 4's pricing: each worker is billed at the coefficient it announces, an app's cap
+keeps dearer workers out, and a worker above ``billing.max_worker_coefficient`` gets
+nothing."""
 
 from __future__ import annotations
 
@@ -86,16 +90,17 @@ class Net:
         self.tasks.append(asyncio.create_task(peer.run(handler)))
         return peer
 
-    async def worker(self, w: Worker, capacity: int = 4) -> None:
+    async def worker(self, w: Worker, capacity: int = 4, coefficient: int = 0) -> None:
         w.peer = await self.dial("worker", w.name, w)
-        w.peer.send(Announce(("m",), capacity, "scripted"))
+        w.peer.send(Announce(("m",), capacity, "scripted", coefficient=coefficient))
         await until(lambda: any(x.node_id == w.name and x.capacity
                                 for x in self.proxy.workers.values()))
 
-    def request(self) -> OutgoingStream:
+    def request(self, max_coefficient: int = 0) -> OutgoingStream:
         assert self.client is not None
         return self.client.open_stream(
-            lambda rid: Request(rid, "chat", "m", True, 30_000, b'{"model": "m"}', 100))
+            lambda rid: Request(rid, "chat", "m", True, 30_000, b'{"model": "m"}', 100,
+                                max_coefficient=max_coefficient))
 
     async def ledger(self, fn: Any, *args: Any) -> Any:
         assert self.proxy.billing is not None
@@ -252,3 +257,40 @@ async def test_a_lone_failing_worker_answers_its_error_at_once(tmp_path: Path) -
         assert net.proxy.stats.failed == 1 and not net.proxy._relays
         await net.settled()
         assert await charges(net, "w1") == (0, [0])  # released: nothing answered
+
+
+async def test_workers_are_billed_at_their_price_and_apps_cap_it(tmp_path: Path) -> None:
+    async with network(tmp_path) as net:
+        dear, cheap = Worker("dear"), Worker("cheap")
+        await net.worker(dear, capacity=8, coefficient=3000)
+        await net.worker(cheap, capacity=1, coefficient=2000)
+        net.client = await net.dial("client", "c1", Quiet())
+        # both idle and unmeasured: the cheaper wins
+        end, _ = await outcome(net.request())
+        assert isinstance(end, End) and (dear.served, cheap.served) == (0, 1)
+        await net.settled()
+        # 3 prompt + 2 completion tokens at 2.0x: 10 adjusted tokens
+        assert await charges(net, "dear", "cheap") == (10 * PRICE, [0, 10 * FEE])
+        # a cap below the dear one's price keeps it out; below both: a 503 naming the cap
+        end, _ = await outcome(net.request(max_coefficient=2500))
+        assert isinstance(end, End) and (dear.served, cheap.served) == (0, 2)
+        err, _ = await outcome(net.request(max_coefficient=1000))
+        assert isinstance(err, Error) and err.code == "no_worker_available"
+        assert err.param == "max_coefficient" and "cheapest asks 2000" in err.message
+        assert dear.served == 0
+
+
+async def test_a_worker_asking_above_the_proxys_bound_gets_nothing(tmp_path: Path) -> None:
+    async with network(tmp_path) as net:
+        greedy = Worker("greedy")
+        greedy.peer = await net.dial("worker", "greedy", greedy)
+        greedy.peer.send(Announce(("m",), 4, "scripted", coefficient=5000))  # bound: 4000
+        await until(lambda: any(w.node_id == "greedy" and w.models
+                                for w in net.proxy.workers.values()))
+        fair = Worker("fair")
+        await net.worker(fair, coefficient=4000)
+        net.client = await net.dial("client", "c1", Quiet())
+        for _ in range(3):
+            end, _ = await outcome(net.request())
+            assert isinstance(end, End)
+        assert (greedy.served, fair.served) == (0, 3)

@@ -8,6 +8,8 @@ Modes (``--mode``):
   saying why, when llama-cpp-python or the model is missing);
 * ``handshake``: RA-TLS handshake times in-process on loopback (fake-tdx, none, plain TCP),
   one fake quote verification and one identity creation;
+* ``routing``: how long the proxy's pick of a worker takes over 10,000 workers
+  (:mod:`cocoon.benchmark.routing`; ``--workers N``);
 * ``all`` (default): all of these, with ``--tls-compare``;
 * ``up``: what users run: ``cocoon up`` with its defaults (RA-TLS fake, billing, embedded
   chain; ``openai-http`` engine) in front of an OpenAI-compatible fake upstream in its own
@@ -39,12 +41,14 @@ DEFAULT_DURATION = 10.0
 
 def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mode", choices=["saturation", "paced", "llama", "handshake", "ledger",
-                                      "up", "all"],
+                                      "routing", "up", "all"],
                    default="all",
                    help="what to measure (default all: saturation and paced with "
                         "--tls-compare, llama, handshake; up: cocoon up with its defaults "
                         "in front of a separate OpenAI-compatible upstream, against the "
                         "bare upstream)")
+    p.add_argument("--workers", type=int, metavar="N",
+                   help="--mode routing: the fleet a pick chooses from (default 10000)")
     p.add_argument("--billing", action="store_true",
                    help="bill every chain request into the proxy's SQLite ledger (reserve + "
                         "settle, fsync each), to measure what billing costs")

@@ -6,6 +6,7 @@ import math
 from typing import Any
 
 from cocoon.benchmark.ledger import format_ledger
+from cocoon.benchmark.routing import format_routing
 
 __all__ = ["format_report"]
 
@@ -181,6 +182,9 @@ def format_report(report: dict[str, Any]) -> str:
     if "llama" in report:
         lines.append("")
         lines.extend(_llama_lines(report["llama"]))
+    if "routing" in report:
+        lines.append("")
+        lines.extend(format_routing(report["routing"]))
     if "ledger" in report:
         lines.append("")
         lines.extend(format_ledger(report["ledger"]))

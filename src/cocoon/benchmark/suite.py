@@ -19,6 +19,7 @@ from cocoon.benchmark.handshake import run_handshake
 from cocoon.benchmark.ledger import run_ledger
 from cocoon.benchmark.llama import run_llama
 from cocoon.benchmark.report import format_report
+from cocoon.benchmark.routing import run_routing
 from cocoon.benchmark.runner import MODES, run_mode
 from cocoon.benchmark.stack import default_specs, run_stack
 from cocoon.errors import CocoonError
@@ -63,6 +64,7 @@ def run_bench(args: argparse.Namespace) -> int:
     with_llama = not args.no_llama and (args.mode in ("all", "llama") or args.llama)
     with_handshake = args.mode in ("all", "handshake")
     with_ledger = args.mode in ("all", "ledger")
+    with_routing = args.mode in ("all", "routing")
     with_stack = args.mode == "up"
     tls_compare = bool(fake_modes) and (
         args.tls_compare or (args.mode == "all" and not args.no_tls_compare))
@@ -130,6 +132,12 @@ def run_bench(args: argparse.Namespace) -> int:
     if with_ledger:
         report["ledger"] = run_ledger(300 if args.quick else 3000, progress)
         if report["ledger"]["invariant_problems"]:
+            failed = True
+    if with_routing:
+        _positive("--workers", args.workers)
+        report["routing"] = run_routing(args.workers or 10_000,
+                                        2_000 if args.quick else 20_000, progress)
+        if not report["routing"]["meets_target"]:
             failed = True
     report["ok"] = not failed
 

@@ -57,6 +57,8 @@ class Envelope:
         body = parse_request(endpoint, raw)
         if "max_coefficient" in body:
             asked = body.pop("max_coefficient")
+            if asked is None:  # as OpenAI reads an optional null: not given
+                asked = 0
             if type(asked) is not int or not 0 <= asked <= MAX_COEFFICIENT:
                 raise BadRequest(f"Invalid 'max_coefficient': expected an integer from 0 to "
                                  f"{MAX_COEFFICIENT} (1000 = 1.0x the base price).",
