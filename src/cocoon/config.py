@@ -26,7 +26,7 @@ from cocoon.chain.config import ChainConfig
 from cocoon.engines.config import EngineConfig
 from cocoon.errors import ConfigError
 from cocoon.ledger.config import BillingConfig
-from cocoon.money import format_ton, parse_config_ton
+from cocoon.money import parse_config_ton, ton_decimal
 from cocoon.validation import parse_hostport, require_positive
 
 __all__ = [
@@ -298,7 +298,7 @@ def dump_toml(config: Any) -> str:
                 nested.append((f.name, value))
             elif value != getattr(default, f.name):
                 if f.metadata.get("money"):  # TON with decimals, as people write it
-                    value = format_ton(value).removesuffix(" TON")
+                    value = ton_decimal(value)
                 scalars.append(f"{f.name} = {_toml_value(value)}")
         if scalars:
             out.append(f"[{name}]")

@@ -16,7 +16,7 @@ from typing import Final
 from cocoon.errors import ConfigError
 
 __all__ = ["MAX_NANOTON", "MONEY", "NANO_PER_TON", "format_ton", "iso_utc", "parse_config_ton",
-           "parse_ton"]
+           "parse_ton", "ton_decimal"]
 
 NANO_PER_TON = 10**9
 """nanoTON in one TON: an amount has at most 9 decimals."""
@@ -62,6 +62,12 @@ def format_ton(nano: int) -> str:
     return f"{'-' if nano < 0 else ''}{whole}{decimals} TON"
 
 
+def ton_decimal(nano: int) -> str:
+    """``1_500_000_000`` nanoTON -> ``"1.5"``: :func:`format_ton` without the unit (config
+    files, JSON fields that say their currency)."""
+    return format_ton(nano).removesuffix(" TON")
+
+
 MONEY: Final = {"money": True}
 """Dataclass field metadata of a config key that is an amount of money: nanoTON inside,
 TON with decimals in a TOML file and in ``--set`` (see :func:`parse_config_ton`)."""
@@ -79,7 +85,7 @@ def parse_config_ton(value: object, where: str) -> int:
         return parse_ton(text, allow_zero=True, what=where)
     if type(value) is int and value >= 0:
         raise ConfigError(f'{where}: write TON with decimals, in quotes: "'
-                          f'{format_ton(value).removesuffix(" TON")}" for {value} nanoTON '
+                          f'{ton_decimal(value)}" for {value} nanoTON '
                           f"(amounts in config files are TON)")
     raise ConfigError(f'{where}: expected TON with decimals, in quotes (e.g. "1.5"), got '
                       f"{value!r}")

@@ -21,7 +21,7 @@ ORIGIN = "http://localhost:3000"
 async def started(**config: Any) -> ClientNode:
     n = ClientNode(ClientConfig(http="127.0.0.1:0", proxy="127.0.0.1:9", **config))
     n.catalog = (CatalogEntry("SmolLM2-135M-Instruct", 1, 0, 4),
-                 CatalogEntry("org/model:v1", 2, 1, 8))
+                 CatalogEntry("org/model:v1", 2, 1, 8, 2_000_000, 5_000_000))
     await n.http.start()
     return n
 
@@ -62,6 +62,18 @@ async def test_models_retrieve_returns_the_model_object(plain: ClientNode) -> No
         assert (await client.models.retrieve("org/model:v1")).id == "org/model:v1"
         listed = [m.model_dump() for m in (await client.models.list()).data]
         assert (await client.models.retrieve("org/model:v1")).model_dump() == listed[1]
+
+
+async def test_models_show_how_many_workers_serve_them_and_at_what_price(
+        plain: ClientNode) -> None:
+    async with openai.AsyncOpenAI(base_url=plain.http.url + "/v1", api_key="unused",
+                                  max_retries=0, timeout=10) as client:
+        free, priced = [m.model_dump() for m in (await client.models.list()).data]
+    assert (free["workers"], free["capacity"]) == (1, 4)
+    assert "price_per_million_tokens" not in free  # a proxy without billing
+    assert (priced["workers"], priced["active"], priced["capacity"]) == (2, 1, 8)
+    assert priced["price_per_million_tokens"] == {"min": "0.002", "max": "0.005",
+                                                  "currency": "TON"}
 
 
 async def test_unknown_model_is_an_openai_404(plain: ClientNode) -> None:

@@ -265,6 +265,10 @@ async def test_workers_are_billed_at_their_price_and_apps_cap_it(tmp_path: Path)
         await net.worker(dear, capacity=8, coefficient=3000)
         await net.worker(cheap, capacity=1, coefficient=2000)
         net.client = await net.dial("client", "c1", Quiet())
+        # the catalog the client's /v1/models shows: nanoTON per million tokens
+        (entry,) = net.proxy._catalog().entries
+        assert (entry.workers, entry.price_min, entry.price_max) == (
+            2, PRICE * 2_000_000, PRICE * 3_000_000)
         # both idle and unmeasured: the cheaper wins
         end, _ = await outcome(net.request())
         assert isinstance(end, End) and (dear.served, cheap.served) == (0, 1)

@@ -183,7 +183,10 @@ def test_chunk_hot_path_encoding_matches_generic_layout() -> None:
 
 def test_wire_layout_of_nested_catalog() -> None:
     msg = Catalog((CatalogEntry("m", 1, 2, 3),))
-    assert wire_list(msg) == [3, [["m", 1, 2, 3]]]
+    assert wire_list(msg) == [3, [["m", 1, 2, 3, 0, 0]]]
+    priced = Catalog((CatalogEntry("m", 1, 2, 3, 2_000_000, 8_000_000),))
+    assert wire_list(priced) == [3, [["m", 1, 2, 3, 2_000_000, 8_000_000]]]
+    assert decode(encode(priced)) == priced
 
 
 # --- schema rejections ----------------------------------------------------------------

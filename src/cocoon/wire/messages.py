@@ -116,6 +116,10 @@ class CatalogEntry:
     workers: int
     active: int
     capacity: int
+    price_min: int = 0
+    """What its cheapest worker asks, in nanoTON per million tokens (at 1.0x token
+    multipliers); 0 with billing off."""
+    price_max: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -410,9 +414,10 @@ def _catalog_entries(v: Any) -> tuple[CatalogEntry, ...]:
         raise ProtocolError("expected list of catalog entries")
     out = []
     for item in v:
-        if type(item) is not list or len(item) != 4:
-            raise ProtocolError("catalog entry must be [model, workers, active, capacity]")
-        out.append(CatalogEntry(_str(item[0]), _u64(item[1]), _u64(item[2]), _u64(item[3])))
+        if type(item) is not list or len(item) != 6:
+            raise ProtocolError("catalog entry must be [model, workers, active, capacity, "
+                                "price_min, price_max]")
+        out.append(CatalogEntry(_str(item[0]), *(_u64(x) for x in item[1:])))
     return tuple(out)
 
 
@@ -467,7 +472,8 @@ def _to_wire(value: Any) -> Any:
     if isinstance(value, tuple):
         return [_to_wire(v) for v in value]
     if isinstance(value, CatalogEntry):
-        return [value.model, value.workers, value.active, value.capacity]
+        return [value.model, value.workers, value.active, value.capacity, value.price_min,
+                value.price_max]
     if isinstance(value, WorkerInfo):
         return [value.node_id, value.tier, value.image_hash, list(value.models)]
     if isinstance(value, JobReport):

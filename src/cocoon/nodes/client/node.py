@@ -43,6 +43,7 @@ from cocoon.errors import (
     WorkerLost,
 )
 from cocoon.ledger.copies import AccountCopy
+from cocoon.money import ton_decimal
 from cocoon.nodes.channels import build_channels, describe_evidence
 from cocoon.nodes.client.payments import ChargeSigner
 from cocoon.nodes.common import (
@@ -394,9 +395,14 @@ class ClientNode:
 
 
 def _model(e: CatalogEntry) -> dict[str, Any]:
-    """A catalog entry as an OpenAI model object (with cocoon's capacity fields)."""
-    return {"id": e.model, "object": "model", "created": 0, "owned_by": "cocoon",
-            "workers": e.workers, "active": e.active, "capacity": e.capacity}
+    """A catalog entry as an OpenAI model object (with cocoon's capacity fields, and the
+    range of what its workers ask, in TON per million tokens, when the proxy bills)."""
+    out: dict[str, Any] = {"id": e.model, "object": "model", "created": 0, "owned_by": "cocoon",
+                           "workers": e.workers, "active": e.active, "capacity": e.capacity}
+    if e.price_max:
+        out["price_per_million_tokens"] = {"min": ton_decimal(e.price_min),
+                                           "max": ton_decimal(e.price_max), "currency": "TON"}
+    return out
 
 
 def _http_error(request: web.Request, exc: web.HTTPException) -> RequestError:

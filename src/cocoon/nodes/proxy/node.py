@@ -973,8 +973,15 @@ class ProxyNode:
         for w in self.workers.values():
             for m in w.models:
                 by_model.setdefault(m, []).append(w)
+        price = self.billing.prices.price_per_token if self.billing is not None else 0
+
+        def per_million(coefficient: int) -> int:  # nanoTON per 1M tokens at this price
+            return price * coefficient * 1_000_000 // 1000
+
         return Catalog(tuple(
-            CatalogEntry(m, len(ws), sum(w.active for w in ws), sum(w.capacity for w in ws))
+            CatalogEntry(m, len(ws), sum(w.active for w in ws), sum(w.capacity for w in ws),
+                         per_million(min(w.coefficient for w in ws)),
+                         per_million(max(w.coefficient for w in ws)))
             for m, ws in sorted(by_model.items())
         ))
 
