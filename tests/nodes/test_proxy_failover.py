@@ -19,18 +19,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from loopback import Loopback, Quiet, T, running_proxy, until
 
-from cocoon.config import BillingConfig, ProxyConfig
+from cocoon.config import BillingConfig
 from cocoon.errors import BadRequest, EngineError, UpstreamError
 from cocoon.ledger import Ledger
 from cocoon.nodes.proxy import node as proxy_node
-from cocoon.nodes.proxy.node import ProxyNode
 from cocoon.openai import count_events, encode_event
 from cocoon.routing.select import ALPHA, Measured
-from cocoon.transport import OutgoingStream, Peer, TcpListener
-from cocoon.wire import Announce, Chunk, Connection, End, Error, Head, Message, Request
+from cocoon.transport import OutgoingStream, Peer
+from cocoon.wire import Announce, Chunk, End, Error, Head, Message, Request
 
-T = 10.0
 PRICE, FEE = 2, 1  # BillingConfig defaults
 CLIENT = "node:c1"
 
@@ -72,23 +71,9 @@ class Worker:
         # "silent": nothing more
 
 
-class Quiet:
-    async def on_message(self, peer: Peer, msg: Message) -> None:
-        pass
-
-
 @dataclass
-class Net:
-    proxy: ProxyNode
-    tasks: list[asyncio.Task[None]]
+class Net(Loopback):
     client: Peer | None = None
-
-    async def dial(self, role: str, node_id: str, handler: Any) -> Peer:
-        reader, writer = await asyncio.open_connection("127.0.0.1", self.proxy.port)
-        peer = Peer(reader, writer, Connection(role=role, node_id=node_id))
-        await asyncio.wait_for(peer.handshake(), T)
-        self.tasks.append(asyncio.create_task(peer.run(handler)))
-        return peer
 
     async def worker(self, w: Worker, capacity: int = 4, coefficient: int = 0) -> None:
         w.peer = await self.dial("worker", w.name, w)
@@ -107,25 +92,14 @@ class Net:
         return await self.proxy.billing.run(fn, *args)
 
     async def settled(self) -> None:
+        """Until the proxy holds no open reservation."""
         assert self.proxy.billing is not None
         ledger = self.proxy.billing.ledger
-        await until_async(lambda: self.ledger(ledger.open_reservations), lambda r: not r)
-
-
-async def until(check: Any) -> None:
-    for _ in range(int(T / 0.01)):
-        if check():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("condition not reached")
-
-
-async def until_async(read: Any, ok: Any) -> None:
-    for _ in range(int(T / 0.02)):
-        if ok(await read()):
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError("condition not reached")
+        for _ in range(int(T / 0.02)):
+            if not await self.ledger(ledger.open_reservations):
+                return
+            await asyncio.sleep(0.02)
+        raise AssertionError("a reservation stayed open")
 
 
 @contextlib.asynccontextmanager
@@ -134,21 +108,8 @@ async def network(tmp_path: Path, **proxy: Any) -> AsyncIterator[Net]:
                             signing_key_file=str(tmp_path / "k.pem"))
     with Ledger(billing.ledger_path) as ledger:
         ledger.deposit(CLIENT, 10**9)
-    node = ProxyNode(ProxyConfig(listen="127.0.0.1:0", http="127.0.0.1:0", node_id="proxy",
-                                 billing=billing, **proxy), listener=TcpListener())
-    stop, ready = asyncio.Event(), asyncio.Event()
-    runner = asyncio.create_task(node.run(stop, lambda _: ready.set()))
-    net = Net(node, [])
-    try:
-        await asyncio.wait_for(ready.wait(), T)
-        yield net
-    finally:
-        stop.set()
-        await asyncio.wait_for(runner, T)
-        for t in net.tasks:
-            t.cancel()
-            with contextlib.suppress(BaseException):
-                await t
+    async with running_proxy(node_id="proxy", billing=billing, **proxy) as loop:
+        yield Net(loop.proxy, loop.tasks)
 
 
 async def outcome(stream: OutgoingStream) -> tuple[End | Error, int]:

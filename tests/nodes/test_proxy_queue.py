@@ -13,13 +13,11 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from cocoon.config import ProxyConfig
-from cocoon.errors import NoWorkerAvailable
-from cocoon.nodes.proxy.node import ProxyNode
-from cocoon.transport import OutgoingStream, Peer, TcpListener
-from cocoon.wire import Announce, Chunk, Connection, End, Error, Head, Message, Request
+from loopback import Loopback, Quiet, T, running_proxy, until
 
-T = 10.0
+from cocoon.errors import NoWorkerAvailable
+from cocoon.transport import OutgoingStream, Peer
+from cocoon.wire import Announce, Chunk, End, Error, Head, Message, Request
 
 
 @dataclass
@@ -47,52 +45,19 @@ class GatedWorker:
         peer.finish(End(rid, 1, 1, 0, 0))
 
 
-class Quiet:
-    async def on_message(self, peer: Peer, msg: Message) -> None:
-        pass
-
-
 @dataclass
-class Net:
-    proxy: ProxyNode
-    port: int
-    tasks: list[asyncio.Task[None]]
-
-    async def dial(self, role: str, node_id: str, handler: Any) -> Peer:
-        reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
-        peer = Peer(reader, writer, Connection(role=role, node_id=node_id))
-        await asyncio.wait_for(peer.handshake(), T)
-        self.tasks.append(asyncio.create_task(peer.run(handler)))
-        return peer
-
+class Net(Loopback):
     async def worker(self, w: GatedWorker, capacity: int) -> None:
         peer = await self.dial("worker", w.name, w)
         peer.send(Announce(("m",), capacity, "scripted"))
-        for _ in range(int(T / 0.01)):
-            if any(x.node_id == w.name and x.capacity for x in self.proxy.workers.values()):
-                return
-            await asyncio.sleep(0.01)
-        raise AssertionError("worker not announced")
+        await until(lambda: any(x.node_id == w.name and x.capacity
+                                for x in self.proxy.workers.values()))
 
 
 @contextlib.asynccontextmanager
 async def network(**proxy: Any) -> AsyncIterator[Net]:
-    node = ProxyNode(ProxyConfig(listen="127.0.0.1:0", http="127.0.0.1:0", **proxy),
-                     listener=TcpListener())
-    stop, ready = asyncio.Event(), asyncio.Event()
-    runner = asyncio.create_task(node.run(stop, lambda _: ready.set()))
-    net = Net(node, 0, [])
-    try:
-        await asyncio.wait_for(ready.wait(), T)
-        net.port = node.port
-        yield net
-    finally:
-        stop.set()
-        await asyncio.wait_for(runner, T)
-        for t in net.tasks:
-            t.cancel()
-            with contextlib.suppress(BaseException):
-                await t
+    async with running_proxy(**proxy) as loop:
+        yield Net(loop.proxy, loop.tasks)
 
 
 def send(client: Peer, body: bytes = b'{"model": "m"}') -> OutgoingStream:
@@ -107,14 +72,6 @@ async def outcome(stream: OutgoingStream) -> End | Error:
         assert isinstance(ev, Head | Chunk), ev
         if isinstance(ev, Chunk):
             stream.consumed()
-
-
-async def until(check: Any) -> None:
-    for _ in range(int(T / 0.01)):
-        if check():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("condition not reached")
 
 
 async def test_a_burst_is_spread_over_the_workers() -> None:

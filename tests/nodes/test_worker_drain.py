@@ -15,21 +15,16 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-from cocoon.config import ProxyConfig, WorkerConfig
+from loopback import Loopback, Quiet, T, running_proxy, until
+
+from cocoon.config import WorkerConfig
 from cocoon.engines import FakeEngine, FakeEngineConfig
-from cocoon.nodes.proxy.node import ProxyNode
 from cocoon.nodes.worker.node import WorkerNode
 from cocoon.openai import count_events
-from cocoon.transport import OutgoingStream, Peer, TcpConnector, TcpListener
-from cocoon.wire import Chunk, Connection, End, Error, Head, Message, Request
+from cocoon.transport import OutgoingStream, Peer, TcpConnector
+from cocoon.wire import Chunk, End, Error, Head, Request
 
-T = 15.0
 BODY = b'{"model": "fake", "messages": [{"role": "user", "content": "hi"}], "stream": true}'
-
-
-class Quiet:
-    async def on_message(self, peer: Peer, msg: Message) -> None:
-        pass
 
 
 @dataclass
@@ -40,9 +35,7 @@ class Running:
 
 
 @dataclass
-class Net:
-    proxy: ProxyNode
-    tasks: list[asyncio.Task[None]]
+class Net(Loopback):
     client: Peer | None = None
 
     async def worker(self, name: str, delay_ms: float, **config: Any) -> Running:
@@ -56,12 +49,6 @@ class Net:
                                 for w in self.proxy.workers.values()))
         return running
 
-    async def dial_client(self) -> None:
-        reader, writer = await asyncio.open_connection("127.0.0.1", self.proxy.port)
-        self.client = Peer(reader, writer, Connection(role="client", node_id="c1"))
-        await asyncio.wait_for(self.client.handshake(), T)
-        self.tasks.append(asyncio.create_task(self.client.run(Quiet())))
-
     def request(self) -> OutgoingStream:
         assert self.client is not None
         return self.client.open_stream(
@@ -71,32 +58,12 @@ class Net:
         return next(w.capacity for w in self.proxy.workers.values() if w.node_id == name)
 
 
-async def until(check: Any) -> None:
-    for _ in range(int(T / 0.01)):
-        if check():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("condition not reached")
-
-
 @contextlib.asynccontextmanager
 async def network() -> AsyncIterator[Net]:
-    proxy = ProxyNode(ProxyConfig(listen="127.0.0.1:0", http="127.0.0.1:0"),
-                      listener=TcpListener())
-    stop, ready = asyncio.Event(), asyncio.Event()
-    runner = asyncio.create_task(proxy.run(stop, lambda _: ready.set()))
-    net = Net(proxy, [])
-    try:
-        await asyncio.wait_for(ready.wait(), T)
-        await net.dial_client()
+    async with running_proxy() as loop:
+        net = Net(loop.proxy, loop.tasks)
+        net.client = await net.dial("client", "c1", Quiet())
         yield net
-    finally:
-        stop.set()
-        await asyncio.wait_for(runner, T)
-        for t in net.tasks:
-            t.cancel()
-            with contextlib.suppress(BaseException):
-                await t
 
 
 async def first_chunk(stream: OutgoingStream) -> int:

@@ -1,0 +1,70 @@
+"""A real ProxyNode on loopback (plain TCP) for node tests, with scripted peers dialling it:
+shared by the proxy's queue, failover and drain tests (imported by name, as pytest puts
+this folder on the path)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from cocoon.config import ProxyConfig
+from cocoon.nodes.proxy.node import ProxyNode
+from cocoon.transport import Peer, TcpListener
+from cocoon.wire import Connection, Message
+
+T = 10.0
+
+
+class Quiet:
+    """A peer's handler that ignores what it is sent."""
+
+    async def on_message(self, peer: Peer, msg: Message) -> None:
+        pass
+
+
+async def until(check: Any) -> None:
+    """Poll ``check()`` until it holds (AssertionError after ``T`` seconds)."""
+    for _ in range(int(T / 0.01)):
+        if check():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("condition not reached")
+
+
+@dataclass
+class Loopback:
+    """The running proxy, and the peers' read loops (cancelled when it ends)."""
+
+    proxy: ProxyNode
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    async def dial(self, role: str, node_id: str, handler: Any) -> Peer:
+        """A peer of ``role`` connected and handshaken, its messages going to ``handler``."""
+        reader, writer = await asyncio.open_connection("127.0.0.1", self.proxy.port)
+        peer = Peer(reader, writer, Connection(role=role, node_id=node_id))
+        await asyncio.wait_for(peer.handshake(), T)
+        self.tasks.append(asyncio.create_task(peer.run(handler)))
+        return peer
+
+
+@contextlib.asynccontextmanager
+async def running_proxy(**config: Any) -> AsyncIterator[Loopback]:
+    """A ProxyNode with ``config`` on loopback ports, stopped (and its peers) at the end."""
+    proxy = ProxyNode(ProxyConfig(listen="127.0.0.1:0", http="127.0.0.1:0", **config),
+                      listener=TcpListener())
+    stop, ready = asyncio.Event(), asyncio.Event()
+    runner = asyncio.create_task(proxy.run(stop, lambda _: ready.set()))
+    net = Loopback(proxy)
+    try:
+        await asyncio.wait_for(ready.wait(), T)
+        yield net
+    finally:
+        stop.set()
+        await asyncio.wait_for(runner, T)
+        for t in net.tasks:
+            t.cancel()
+            with contextlib.suppress(BaseException):
+                await t
