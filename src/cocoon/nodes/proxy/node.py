@@ -704,8 +704,13 @@ class ProxyNode:
         except RequestError as exc:  # waited in vain, the queue is full, or every try failed
             if isinstance(exc, QueueFull):
                 self.stats.queue_full += 1
-            if last is not None and exc is last.error:
-                self.stats.failed += 1
+            if last is not None and exc is last.error:  # counted as what reached the app
+                if isinstance(exc, WorkerLost):
+                    self.stats.worker_lost += 1
+                elif isinstance(exc, RequestTimeout):
+                    self.stats.timeouts += 1
+                else:
+                    self.stats.failed += 1
             else:
                 self.stats.rejected += 1
             client.finish(Error.of(req.req_id, exc))
@@ -787,10 +792,10 @@ class ProxyNode:
             stream = relay.stream = worker.peer.open_stream(
                 lambda wid: replace(req, req_id=wid, timeout_ms=int(timeout * 950),
                                     max_tokens=cap, ticket=relay.ticket))
-        except TransportError:
-            stats.worker_lost += 1
-            client.finish(Error.of(rid, WorkerLost(f"worker {worker.node_id} disconnected")))
-            return
+        except TransportError:  # gone before it got the request: another may serve it
+            worker.measured.failed()
+            raise _Retry(WorkerLost(f"worker {worker.node_id} disconnected"),
+                         capacity=False) from None
         self._watchdog.watch(stream, timeout, self.config.idle_timeout_s)
         loop = asyncio.get_running_loop()
         started = loop.time()
@@ -844,21 +849,21 @@ class ProxyNode:
                 client.finish(Error(rid, ev.code, ev.message, ev.param))  # usage stays here
                 return
             elif isinstance(ev, RequestTimeout):
-                stats.timeouts += 1
                 worker.measured.failed()
                 if not relay.relayed:  # silent from the start: another worker may answer
                     relay.report = await self._last_word(stream, "timed out at the proxy")
                     raise _Retry(ev, capacity=False)
+                stats.timeouts += 1
                 client.finish(Error.of(rid, ev))
                 relay.report = await self._last_word(stream, "timed out at the proxy")
                 return
             else:  # TransportError: the worker connection is gone
-                stats.worker_lost += 1
                 worker.measured.failed()
                 lost = WorkerLost(
                     f"worker {worker.node_id} disconnected before finishing the request")
                 if not relay.relayed:
                     raise _Retry(lost, capacity=False)
+                stats.worker_lost += 1
                 client.finish(Error.of(rid, lost))
                 return
 
