@@ -557,12 +557,8 @@ class ProxyNode:
         known one, or none asks at most the request's ``max_coefficient``."""
         model = req.model
         index = self._index.get(model)
-        if index is None or not self._serves(model):
-            if model in self._known_models():
-                raise NoWorkerAvailable(f"no worker is currently connected for model "
-                                        f"'{model}'")
-            raise ModelNotFound(f"The model '{model}' does not exist or no worker serves "
-                                "it.", param="model")
+        if index is None:
+            raise self._unserved(model)
         within = index.within(req.max_coefficient)
         if not within:
             raise price_cap_error(model, req.max_coefficient, index.cheapest())
@@ -570,11 +566,21 @@ class ProxyNode:
                                         if self.billing is not None else 0)
         chosen = pick(within, max_tokens=max_tokens, typical=index.typical, exclude=exclude,
                       rng=self._rng)
-        if chosen is None:
+        if chosen is None:  # all busy, or none takes requests (draining, too dear)
+            if not self._serves(model):
+                raise self._unserved(model)
             return None
         assert isinstance(chosen, _Worker)
         chosen.active += 1
         return chosen
+
+    def _unserved(self, model: str) -> RequestError:
+        """No connected worker takes requests for ``model``: NoWorkerAvailable if it was
+        served lately, else ModelNotFound."""
+        if model in self._known_models():
+            return NoWorkerAvailable(f"no worker is currently connected for model '{model}'")
+        return ModelNotFound(f"The model '{model}' does not exist or no worker serves it.",
+                             param="model")
 
     def _serves(self, model: str, exclude: frozenset[str] = frozenset()) -> bool:
         return any(model in w.models and w.capacity and w.node_id not in exclude
