@@ -31,6 +31,7 @@ from cocoon.chain.messages import (
     add_image_hash_body,
     channel_data,
     sign_commit,
+    update_params_body,
 )
 from cocoon.chain.registry import RegistryAllowLists, parse_registry, read_registry
 from cocoon.chain.vouchers import parse_voucher, public_key, sign_voucher, verify_voucher
@@ -41,6 +42,7 @@ from cocoon.ledger import Bill, Ledger
 from cocoon.ledger.accounts import channel_account
 from cocoon.ledger.errors import VoucherInvalid, VoucherReplay
 from cocoon.nodes.common import HttpServer
+from cocoon.nodes.proxy.billing import Billing
 from cocoon.nodes.proxy.payments import WORKER_FLOAT, ProxyPayments
 
 try:
@@ -170,6 +172,44 @@ async def test_registry_allow_lists_follow_the_registry(served: Served) -> None:
     assert state2.version == state.version + 1
     assert lists.allow_lists().image_hashes == {IMAGE, other}
     assert lists.allow_lists().version == state2.version
+
+
+async def test_the_proxy_prices_by_the_registry_at_run_time(served: Served,
+                                                            tmp_path: Path) -> None:
+    """Issue 13, item 4: the proxy reads the registry's price parameters at start-up and
+    again whenever their version moves (an allow-list change does not count)."""
+    chain = served.chain
+    dep = await _deploy(chain)
+    billing = Billing(BillingConfig(enabled=True, ledger_path=str(tmp_path / "l.sqlite"),
+                                    signing_key_file=str(tmp_path / "k.pem"),
+                                    price_per_token=7, worker_fee_per_token=3))
+    try:
+        lists = RegistryAllowLists(dep.registry)
+        seen: list[int] = []
+
+        def adopt(state: Any) -> None:
+            seen.append(state.params_version)
+            billing.adopt_registry_params(state)
+
+        lists.on_params = adopt
+        first = await lists.refresh(chain)  # the registry was deployed with the defaults
+        assert billing.prices.price_per_token == BillingConfig().price_per_token
+        await chain.registry_update(dep.registry, add_image_hash_body(b"\x01" * 32),
+                                    sender="owner")
+        await lists.refresh(chain)
+        assert seen == [first.params_version]  # not told again: the prices did not move
+        dearer = replace(first.params, price_per_token=5, worker_fee=2)
+        await chain.registry_update(dep.registry, update_params_body(dearer), sender="owner")
+        await lists.refresh(chain)
+        assert (billing.prices.price_per_token, billing.prices.worker_fee_per_token) == (5, 2)
+        senseless = replace(first.params, price_per_token=1, worker_fee=9)  # fee > price
+        await chain.registry_update(dep.registry, update_params_body(senseless),
+                                    sender="owner")
+        await lists.refresh(chain)
+        assert billing.prices.price_per_token == 5  # refused, logged: the last good stand
+        assert len(seen) == 3
+    finally:
+        billing.close()
 
 
 async def test_registry_read_rejects_non_registries(served: Served) -> None:

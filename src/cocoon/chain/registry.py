@@ -4,7 +4,9 @@
 ``contracts/README.md``), so the whole allow-lists come in one read, as a liteserver's
 account state would give them. :class:`RegistryAllowLists` is the attestation policy's
 :class:`~cocoon.attestation.policy.AllowListSource` backed by it, re-read every
-``chain.registry_refresh_s`` and adopted only when the registry's version moved.
+``chain.registry_refresh_s`` and adopted only when the registry's version moved; whoever
+prices by the registry (the proxy) is told of its parameters at the first read and whenever
+their version moves (``on_params``).
 
 Semantics: image hashes are required (an empty list allows no image: fail closed until the
 registry is read); model hashes are optional (an empty list allows any model).
@@ -15,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -89,6 +92,8 @@ class RegistryAllowLists:
         self.state: RegistryState | None = None
         self._lists = AllowLists(image_hashes=frozenset())
         self.failures = 0
+        # told the registry's parameters at the first read and when their version moves
+        self.on_params: Callable[[RegistryState], None] | None = None
 
     def allow_lists(self) -> AllowLists:
         return self._lists
@@ -99,8 +104,11 @@ class RegistryAllowLists:
             log.info("registry %s version %d: %d image hash(es), %d model hash(es)",
                      self.registry, state.version, len(state.image_hashes),
                      len(state.model_hashes))
-        self.state = state
+        previous, self.state = self.state, state
         self._lists = state.allow_lists()
+        if self.on_params is not None and (
+                previous is None or state.params_version != previous.params_version):
+            self.on_params(state)
         return state
 
     async def refresh_forever(self, chain: Any, interval: float) -> None:

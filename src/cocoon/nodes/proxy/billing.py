@@ -22,7 +22,13 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from cocoon.config import BillingConfig
 from cocoon.crypto import load_or_create_ed25519_key
-from cocoon.errors import InsufficientFunds, LedgerError, PaymentError, PaymentRequired
+from cocoon.errors import (
+    InsufficientFunds,
+    LedgerError,
+    PaymentError,
+    PaymentRequired,
+    PricingError,
+)
 from cocoon.ledger import Ledger, Prices, price_usage, reservation_for
 from cocoon.ledger.store import Commit, Reservation
 from cocoon.money import format_ton
@@ -32,6 +38,7 @@ from cocoon.wire import End, Error, Statement
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+    from cocoon.chain.registry import RegistryState
     from cocoon.nodes.proxy.payments import ProxyPayments  # typing only: payments use Billing
 
 __all__ = ["Billing", "LedgerThread"]
@@ -192,6 +199,26 @@ class Billing:
             log.warning("%d reservation(s) left open by a previous run wait up to %gs for "
                         "their workers' reports", len(self.unreported), config.report_grace_s)
         self.payments: ProxyPayments | None = None  # on-chain channels, when configured
+
+    def adopt_registry_params(self, state: RegistryState) -> None:
+        """Price by the root registry's parameters (read at start-up and whenever their
+        version moves), as COCOON proxies do; the config's prices stand until then, and
+        stay if the registry's do not make sense (logged)."""
+        p = state.params
+        try:
+            prices = Prices(p.price_per_token, p.worker_fee, p.prompt_mult, p.cached_mult,
+                            p.completion_mult, p.reasoning_mult)
+        except PricingError as exc:
+            log.error("registry parameters version %d not adopted (%s); prices stay %s per "
+                      "token", state.params_version, exc,
+                      format_ton(self.prices.price_per_token))
+            return
+        if prices != self.prices:
+            log.info("prices from the registry (parameters version %d): %s per token, "
+                     "workers earn %s", state.params_version,
+                     format_ton(prices.price_per_token),
+                     format_ton(prices.worker_fee_per_token))
+        self.prices = prices
 
     @property
     def key(self) -> Ed25519PrivateKey:

@@ -218,6 +218,8 @@ class ProxyNode:
             listener, self.attestation = channels.listener, channels.own
         self._listener = listener
         self.billing = Billing(config.billing) if config.billing.enabled else None
+        if self.billing is not None and self._registry is not None:
+            self._registry.on_params = self.billing.adopt_registry_params
         self.workers: dict[Peer, _Worker] = {}
         self.clients: set[Peer] = set()
         self._accounts: dict[Peer, str] = {}  # client peer -> ledger account
