@@ -10,7 +10,8 @@ from cocoon.routing.select import (
     pick,
     price_cap_error,
     score,
+    unserved_error,
 )
 
 __all__ = ["Candidate", "FairQueue", "Measured", "ModelIndex", "WorkerView", "choose_worker",
-           "pick", "price_cap_error", "score"]
+           "pick", "price_cap_error", "score", "unserved_error"]

@@ -36,7 +36,7 @@ from typing import Protocol
 from cocoon.errors import ModelNotFound, NoWorkerAvailable
 
 __all__ = ["EXACT", "SAMPLE", "Candidate", "Measured", "ModelIndex", "WorkerView",
-           "choose_worker", "pick", "score"]
+           "choose_worker", "pick", "price_cap_error", "score", "unserved_error"]
 
 EXACT = 64  # eligible workers scored one by one; more: the best of SAMPLE random ones
 SAMPLE = 16
@@ -195,10 +195,7 @@ def choose_worker(model: str, workers: Iterable[Candidate],
     none within ``max_coefficient``."""
     serving = [w for w in workers if model in w.models]
     if not serving:
-        if model in set(known_models):
-            raise NoWorkerAvailable(f"no worker is currently connected for model '{model}'")
-        raise ModelNotFound(f"The model '{model}' does not exist or no worker serves it.",
-                            param="model")
+        raise unserved_error(model, known_models)
     index = ModelIndex()
     for w in serving:
         index.add(w)
@@ -210,6 +207,15 @@ def choose_worker(model: str, workers: Iterable[Candidate],
         raise NoWorkerAvailable(
             f"all {len(serving)} worker(s) serving '{model}' are busy; retry shortly")
     return chosen
+
+
+def unserved_error(model: str, known_models: Iterable[str]) -> NoWorkerAvailable | ModelNotFound:
+    """No worker takes requests for ``model``: a 503 if it was served lately (one may come
+    back), else OpenAI's 404."""
+    if model in set(known_models):
+        return NoWorkerAvailable(f"no worker is currently connected for model '{model}'")
+    return ModelNotFound(f"The model '{model}' does not exist or no worker serves it.",
+                         param="model")
 
 
 def price_cap_error(model: str, max_coefficient: int, cheapest: int | None

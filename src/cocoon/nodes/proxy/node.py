@@ -53,7 +53,6 @@ from cocoon.config import ProxyConfig, parse_hostport
 from cocoon.errors import (
     AttestationError,
     CocoonError,
-    ModelNotFound,
     NoWorkerAvailable,
     PaymentRequired,
     ProtocolError,
@@ -77,7 +76,14 @@ from cocoon.nodes.common import (
 from cocoon.nodes.proxy.billing import Billing
 from cocoon.nodes.proxy.payments import OUTAGE, ChainHealth, ProxyPayments
 from cocoon.openai import count_events, effective_max_tokens
-from cocoon.routing import FairQueue, Measured, ModelIndex, pick, price_cap_error
+from cocoon.routing import (
+    FairQueue,
+    Measured,
+    ModelIndex,
+    pick,
+    price_cap_error,
+    unserved_error,
+)
 from cocoon.transport import Listener, OutgoingStream, Peer, Watchdog
 from cocoon.usage import Usage
 from cocoon.wire import (
@@ -577,12 +583,8 @@ class ProxyNode:
         return chosen
 
     def _unserved(self, model: str) -> RequestError:
-        """No connected worker takes requests for ``model``: NoWorkerAvailable if it was
-        served lately, else ModelNotFound."""
-        if model in self._known_models():
-            return NoWorkerAvailable(f"no worker is currently connected for model '{model}'")
-        return ModelNotFound(f"The model '{model}' does not exist or no worker serves it.",
-                             param="model")
+        """No connected worker takes requests for ``model`` (see ``unserved_error``)."""
+        return unserved_error(model, self._known_models())
 
     def _serves(self, model: str, exclude: frozenset[str] = frozenset()) -> bool:
         return any(model in w.models and w.capacity and w.node_id not in exclude
