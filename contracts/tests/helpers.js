@@ -80,6 +80,15 @@ function channelData({ funder, payee, signerPubkey, payeePubkey, closeDelay, cha
         .endCell();
 }
 
+// ProxyStorage of a fresh stake (contracts/README.md): the registry recomputes this to check a listing
+function proxyData({ owner, pubkey, minStake, delay, registry }) {
+    const cfg = beginCell().storeAddress(owner).storeCoins(minStake).storeUint(delay, 32).storeAddress(registry).endCell();
+    return beginCell()
+        .storeBuffer(pubkey, 32).storeCoins(0).storeUint(0, 2).storeUint(0, 32)
+        .storeUint(0, 64).storeUint(0, 256).storeUint(0, 32)
+        .storeRef(cfg).endCell();
+}
+
 function voucherPayload(op, channel, seqno, cumulative) {
     return beginCell()
         .storeUint(op, 32)
@@ -159,7 +168,7 @@ async function balanceOf(blockchain, addr) {
 }
 
 module.exports = {
-    OP, ERR, TOPUP_FEE, loadCode, keyPair, channelData, voucherPayload, voucherBody, simpleBody, topUpBody,
+    OP, ERR, TOPUP_FEE, loadCode, keyPair, channelData, proxyData, voucherPayload, voucherBody, simpleBody, topUpBody,
     newChain, send, txOn, exitCode, assertOk, assertExit, outMessages, balanceOf,
     beginCell, contractAddress, toNano, Cell,
 };

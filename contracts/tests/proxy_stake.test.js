@@ -9,16 +9,13 @@ const OP_ADD_STAKE = 0x9713f187;
 const OP_STATE_COMMIT = 0x5c1a7e3b;
 const OP_REQUEST_UNSTAKE = 0x6a1f6a60;
 const OP_UNSTAKE = 0xb51d5a01;
+const OP_REGISTER = 0x7a3c51e9;
+const OP_DEREGISTER = 0x91e4b6f2;
+const OP_LIST_PROXY = 0x4f1d2c83;
+const OP_UNLIST_PROXY = 0x2b7e90d4;
 const ERR_STAKE_TOO_LOW = 112;
 const DELAY = 86400;
-
-function proxyData({ owner, pubkey, minStake, delay }) {
-    const cfg = beginCell().storeAddress(owner).storeCoins(minStake).storeUint(delay, 32).endCell();
-    return beginCell()
-        .storeBuffer(pubkey, 32).storeCoins(0).storeUint(0, 2).storeUint(0, 32)
-        .storeUint(0, 64).storeUint(0, 256).storeUint(0, 32)
-        .storeRef(cfg).endCell();
-}
+const { proxyData } = h;
 
 function commitPayload(op, proxy, seqno, stateHash) {
     return beginCell().storeUint(op, 32).storeAddress(proxy).storeUint(seqno, 64).storeUint(stateHash, 256).endCell();
@@ -31,7 +28,7 @@ function commitBody(secretKey, payload, queryId = 0) {
 const stakeBody = (amount) => beginCell().storeUint(OP_ADD_STAKE, 32).storeUint(0, 64).storeCoins(amount).endCell();
 
 describe('proxy_stake', () => {
-    let bc, owner, stranger, key, otherKey, addr, init;
+    let bc, owner, stranger, registry, key, otherKey, addr, init;
     const sendFrom = (from, body, value = toNano('0.05')) => h.send(bc, { from, to: addr, value, body });
     const commit = (seqno, stateHash, opts = {}) =>
         sendFrom(stranger, commitBody((opts.key ?? key).secretKey, commitPayload(opts.op ?? OP_STATE_COMMIT, opts.proxy ?? addr, seqno, stateHash)));
@@ -44,9 +41,10 @@ describe('proxy_stake', () => {
         bc = await h.newChain();
         owner = (await bc.treasury('proxy-owner')).address;
         stranger = (await bc.treasury('stranger')).address;
+        registry = (await bc.treasury('registry')).address;  // a wallet: receives what the stake sends it
         key = h.keyPair('proxy-key');
         otherKey = h.keyPair('attacker');
-        init = { code: h.loadCode('proxy_stake'), data: proxyData({ owner, pubkey: key.publicKey, minStake: toNano('10'), delay: DELAY }) };
+        init = { code: h.loadCode('proxy_stake'), data: proxyData({ owner, pubkey: key.publicKey, minStake: toNano('10'), delay: DELAY, registry }) };
         addr = h.contractAddress(0, init);
         h.assertOk(await h.send(bc, { from: owner, to: addr, value: toNano('6') + 10000000n, body: stakeBody(toNano('6')), init }), addr);
     });
@@ -57,6 +55,7 @@ describe('proxy_stake', () => {
         assert.equal(c.readBigNumber(), BigInt('0x' + key.publicKey.toString('hex')));
         assert.equal(c.readBigNumber(), toNano('10'));
         assert.equal(c.readNumber(), DELAY);
+        assert.ok(c.readAddress().equals(registry));
         assert.equal((await state()).stake, toNano('6'));
         h.assertExit(await sendFrom(stranger, stakeBody(toNano('4')), toNano('4')), addr, ERR.INSUFFICIENT_VALUE);
         h.assertOk(await sendFrom(stranger, stakeBody(toNano('4')), toNano('4.01')), addr);
@@ -98,5 +97,43 @@ describe('proxy_stake', () => {
         assert.equal(await h.balanceOf(bc, addr), 0n);
         assert.equal((await state()).state, 2);
         h.assertExit(await sendFrom(stranger, beginCell().storeUint(0x0badc0de, 32).endCell()), addr, ERR.UNKNOWN_OP);
+    });
+
+    it('register: owner only, active and staked; forwards the listing with the stake\'s terms', async () => {
+        const info = beginCell().storeStringTail('{"client":"h:1"}').endCell();
+        const reg = beginCell().storeUint(OP_REGISTER, 32).storeUint(7, 64).storeRef(info).endCell();
+        h.assertExit(await sendFrom(owner, reg), addr, ERR_STAKE_TOO_LOW);   // 6 of 10 staked
+        h.assertOk(await sendFrom(owner, stakeBody(toNano('4')), toNano('4.01')), addr);
+        h.assertExit(await sendFrom(stranger, reg), addr, ERR.WRONG_SENDER);
+        const r = await sendFrom(owner, reg, toNano('0.2'));
+        h.assertOk(r, addr);
+        const out = h.outMessages(r, addr);
+        assert.equal(out.length, 1);
+        assert.ok(out[0].to.equals(registry));
+        assert.ok(out[0].value > toNano('0.19'), 'forwards what the owner attached, less gas');
+        const b = out[0].body.beginParse();
+        assert.equal(b.loadUint(32), OP_LIST_PROXY);
+        assert.equal(b.loadUintBig(64), 7n);
+        assert.equal(b.loadUintBig(256), BigInt('0x' + key.publicKey.toString('hex')));
+        assert.equal(b.loadCoins(), toNano('10'));
+        assert.ok(b.loadRef().equals(init.data.beginParse().loadRef()), 'the stake\'s config cell as deployed');
+        assert.ok(b.loadRef().equals(info));
+        assert.equal((await state()).stake, toNano('10'), 'registering costs no stake');
+    });
+
+    it('deregister and request-unstake send an unlisting to the registry; deregister is owner only', async () => {
+        h.assertExit(await sendFrom(stranger, beginCell().storeUint(OP_DEREGISTER, 32).storeUint(0, 64).endCell()), addr, ERR.WRONG_SENDER);
+        for (const op of [OP_DEREGISTER, OP_REQUEST_UNSTAKE]) {
+            const r = await sendFrom(owner, beginCell().storeUint(op, 32).storeUint(3, 64).endCell());
+            h.assertOk(r, addr);
+            const out = h.outMessages(r, addr);
+            assert.equal(out.length, 1);
+            assert.ok(out[0].to.equals(registry));
+            const b = out[0].body.beginParse();
+            assert.equal(b.loadUint(32), OP_UNLIST_PROXY);
+            assert.equal(b.loadUintBig(64), 3n);
+        }
+        const reg = beginCell().storeUint(OP_REGISTER, 32).storeUint(0, 64).storeRef(beginCell().endCell()).endCell();
+        h.assertExit(await sendFrom(owner, reg), addr, ERR.WRONG_STATE);   // unstaking: no new listing
     });
 });

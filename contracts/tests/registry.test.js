@@ -22,13 +22,24 @@ function paramsCell(p) {
 function registryData(owner, params, imageHashes = []) {
     const images = Dictionary.empty(Dictionary.Keys.BigUint(256), Dictionary.Values.Uint(32));
     for (const x of imageHashes) images.set(x, 0);
+    const book = beginCell().storeRef(h.loadCode('proxy_stake')).storeDict(null).endCell();
     return beginCell()
         .storeAddress(owner).storeUint(0, 32).storeUint(0, 32)
         .storeRef(paramsCell(params))
         .storeDict(images)
         .storeDict(null)
+        .storeRef(book)
         .endCell();
 }
+
+const OP_ADD_STAKE = 0x9713f187;
+const OP_REGISTER = 0x7a3c51e9;
+const OP_DEREGISTER = 0x91e4b6f2;
+const OP_REQUEST_UNSTAKE = 0x6a1f6a60;
+const OP_LIST_PROXY = 0x4f1d2c83;
+const OP_UNLIST_PROXY = 0x2b7e90d4;
+const ERR_STAKE_TOO_LOW = 112;
+const ERR_WRONG_REGISTRY = 113;
 
 const H1 = BigInt('0x' + 'aa'.repeat(32));
 const H2 = BigInt('0x' + '0b'.repeat(32));
@@ -112,5 +123,106 @@ describe('root_registry', () => {
         h.assertExit(await sendFrom(owner, hashBody(OP.ADD_IMAGE_HASH, H1)), addr, ERR.WRONG_SENDER);
         h.assertOk(await sendFrom(stranger, hashBody(OP.ADD_IMAGE_HASH, H1)), addr);
         assert.deepEqual(await versions(), [2, 0]);
+    });
+
+    describe('proxy listings', () => {
+        let operator, key, info;
+        const opBody = (op, q = 0) => beginCell().storeUint(op, 32).storeUint(q, 64).endCell();
+        const registerBody = (cell) => beginCell().storeUint(OP_REGISTER, 32).storeUint(0, 64).storeRef(cell).endCell();
+        const listing = async (stake) => {
+            const s = await get('get_proxy', [{ type: 'int', value: BigInt('0x' + stake.hash.toString('hex')) }]);
+            return { version: s.readNumber(), stake: s.readBigNumber(), pubkey: s.readBigNumber() };
+        };
+        // a stake contract of `operator` with these terms, deployed and staked `amount`
+        async function deployStake({ minStake = toNano('10'), amount = toNano('10'), registry = addr, seed = 'proxy-key' } = {}) {
+            key = h.keyPair(seed);
+            const init = { code: h.loadCode('proxy_stake'), data: h.proxyData({ owner: operator, pubkey: key.publicKey, minStake, delay: 600, registry }) };
+            const stake = h.contractAddress(0, init);
+            const body = beginCell().storeUint(OP_ADD_STAKE, 32).storeUint(0, 64).storeCoins(amount).endCell();
+            h.assertOk(await h.send(bc, { from: operator, to: stake, value: amount + h.TOPUP_FEE, body, init }), stake);
+            return stake;
+        }
+        const toStake = (stake, body) => h.send(bc, { from: operator, to: stake, value: toNano('0.2'), body });
+
+        beforeEach(async () => {
+            operator = (await bc.treasury('proxy-operator')).address;
+            info = beginCell().storeStringTail('{"client":"10.0.0.1:8443"}').endCell();
+        });
+
+        it('a staked proxy lists itself through its stake; re-listing replaces; deregister removes', async () => {
+            const stake = await deployStake();
+            const r = await toStake(stake, registerBody(info));
+            h.assertOk(r, stake);
+            h.assertOk(r, addr);
+            assert.deepEqual(await listing(stake), { version: 1, stake: toNano('10'), pubkey: BigInt('0x' + key.publicKey.toString('hex')) });
+            assert.deepEqual(await versions(), [1, 0]);
+            // the listing's owner and info, from the data cell as readers see it
+            const data = (await bc.getContract(addr)).accountState.state.data.beginParse();
+            data.loadAddress(); data.skip(64); data.loadRef(); data.loadMaybeRef(); data.loadMaybeRef();
+            const book = data.loadRef().beginParse();
+            book.loadRef();
+            const entries = book.loadDict(Dictionary.Keys.BigUint(256), Dictionary.Values.Cell());
+            const e = entries.get(BigInt('0x' + stake.hash.toString('hex'))).beginParse();
+            assert.ok(e.loadAddress().equals(operator));
+            e.skip(256); e.loadCoins(); e.skip(32);
+            assert.ok(e.loadRef().equals(info));
+
+            const info2 = beginCell().storeStringTail('{"client":"10.0.0.2:8443"}').endCell();
+            h.assertOk(await toStake(stake, registerBody(info2)), addr);
+            assert.equal((await listing(stake)).version, 2);
+            h.assertOk(await toStake(stake, opBody(OP_DEREGISTER)), addr);
+            assert.equal((await listing(stake)).version, 0);
+            assert.deepEqual(await versions(), [3, 0]);
+            // nothing left to remove: the registry refuses and the value bounces back to the stake
+            const again = await toStake(stake, opBody(OP_DEREGISTER));
+            h.assertExit(again, addr, ERR.NOT_FOUND);
+            assert.ok(h.outMessages(again, addr).some((m) => m.to.equals(stake)), 'bounced');
+            assert.deepEqual(await versions(), [3, 0]);
+        });
+
+        it('requesting to unstake removes the listing', async () => {
+            const stake = await deployStake();
+            h.assertOk(await toStake(stake, registerBody(info)), addr);
+            const r = await toStake(stake, opBody(OP_REQUEST_UNSTAKE));
+            h.assertOk(r, stake);
+            h.assertOk(r, addr);
+            assert.equal((await listing(stake)).version, 0);
+        });
+
+        it('refused: a stake below the registry minimum, a stake of another registry, a forged listing', async () => {
+            // the stake contract's own minimum is lower than the network's
+            const low = await deployStake({ minStake: toNano('1'), amount: toNano('5'), seed: 'low' });
+            h.assertExit(await toStake(low, registerBody(info)), addr, ERR_STAKE_TOO_LOW);
+            assert.equal((await listing(low)).version, 0);
+            const elsewhere = await deployStake({ registry: stranger, seed: 'elsewhere' });
+            // its stake forwards to its own registry; sent here by hand, the registry refuses it
+            const cfgOf = async (stake) => (await bc.getContract(stake)).accountState.state.data.beginParse().loadRef();
+            const forged = (pubkey, cfg) => beginCell().storeUint(OP_LIST_PROXY, 32).storeUint(0, 64)
+                .storeBuffer(pubkey, 32).storeCoins(toNano('10')).storeRef(cfg).storeRef(info).endCell();
+            h.assertExit(await sendFrom(stranger, forged(key.publicKey, await cfgOf(elsewhere))), addr, ERR.WRONG_SENDER);
+            // a genuine stake's terms, sent from someone else's address
+            const good = await deployStake({ seed: 'good' });
+            h.assertExit(await sendFrom(stranger, forged(key.publicKey, await cfgOf(good))), addr, ERR.WRONG_SENDER);
+            // ... and from the stake itself would be accepted, so the check is the sender's address
+            h.assertOk(await toStake(good, registerBody(info)), addr);
+            // a stranger cannot unlist anyone but itself
+            h.assertExit(await sendFrom(stranger, opBody(OP_UNLIST_PROXY)), addr, ERR.NOT_FOUND);
+            assert.equal((await listing(good)).version, 1);
+            assert.deepEqual(await versions(), [1, 0]);
+        });
+
+        it('a genuine stake of another registry is refused here (its listing injected from its own address)', async () => {
+            // such a stake only ever sends to its own registry; the emulator lets us send from
+            // its address anyway, to show the registry check holds on its own
+            const elsewhere = await deployStake({ registry: stranger, seed: 'elsewhere2' });
+            const cfg = (await bc.getContract(elsewhere)).accountState.state.data.beginParse().loadRef();
+            const body = beginCell().storeUint(OP_LIST_PROXY, 32).storeUint(0, 64)
+                .storeBuffer(key.publicKey, 32).storeCoins(toNano('10')).storeRef(cfg).storeRef(info).endCell();
+            h.assertExit(await h.send(bc, { from: elsewhere, to: addr, value: toNano('0.1'), body }), addr, ERR_WRONG_REGISTRY);
+            assert.equal((await listing(elsewhere)).version, 0);
+            // the same stake's terms with this registry's address would come from another address
+            const here = await deployStake({ seed: 'elsewhere2' });
+            assert.ok(!here.equals(elsewhere));
+        });
     });
 });

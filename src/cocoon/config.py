@@ -72,12 +72,20 @@ class ProxyConfig:
     queue_limit: int = 1024  # ... at most this many per model (more: 429)
     queue_timeout_s: float = 30.0  # ... at most this long (then 503)
     node_id: str = "proxy"
+    # where clients and workers on other hosts dial this proxy, as its registry listing says
+    # (empty: `listen`, which must then name a host others can reach, not 0.0.0.0)
+    public_endpoint: str = ""
+    # with chain.registry and chain.contract (its stake) set: list itself in the registry at
+    # start, and again when its listing differs (stake with `cocoon proxy stake` first)
+    register: bool = True
     attestation: AttestationConfig = field(default_factory=AttestationConfig)
     chain: ChainConfig = field(default_factory=ChainConfig)
     billing: BillingConfig = field(default_factory=BillingConfig)
 
     def __post_init__(self) -> None:
         parse_hostport(self.listen, "proxy.listen")
+        if self.public_endpoint:
+            parse_hostport(self.public_endpoint, "proxy.public_endpoint")
         parse_hostport(self.http, "proxy.http")
         require_positive(self.request_timeout_s, "proxy.request_timeout_s")
         require_positive(self.idle_timeout_s, "proxy.idle_timeout_s")
@@ -85,6 +93,17 @@ class ProxyConfig:
         if self.queue_limit < 0:
             raise ConfigError(f"proxy.queue_limit must be >= 0 (0: never wait), got "
                               f"{self.queue_limit}")
+
+    def advertised_endpoint(self, port: int) -> str:
+        """The ``host:port`` the registry listing gives: ``public_endpoint``, else the
+        ``listen`` host with the ``port`` bound; ConfigError when that host is a wildcard."""
+        if self.public_endpoint:
+            return self.public_endpoint
+        host, _ = parse_hostport(self.listen, "proxy.listen")
+        if host in ("0.0.0.0", "::"):
+            raise ConfigError(f"proxy.listen is {self.listen}: set proxy.public_endpoint to "
+                              "the host:port others dial, for the registry listing")
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 ENGINE_CAPACITY: Final[dict[str, int]] = {"openai-http": 256, "llama-cpp": 4, "fake": 4}

@@ -50,9 +50,12 @@ SPEC = ChannelSpec(
     close_delay=3600,
     channel_id=7,
 )
+REGISTRY = "0:" + "55" * 32
 STAKE = m.ProxyStakeSpec(
-    owner=OWNER, proxy_pubkey=public_key(KEY), min_stake=10 * 10**9, unstake_delay=86400
+    owner=OWNER, proxy_pubkey=public_key(KEY), min_stake=10 * 10**9, unstake_delay=86400,
+    registry=REGISTRY,
 )
+INFO = m.ProxyInfo("proxy.example:8443", "10.0.0.1:9443", ("smollm2", "llama-3"))
 
 
 def _head(cell: Cell) -> tuple[int, int]:
@@ -124,11 +127,31 @@ def test_registry_initial_hashes_carry_version_1() -> None:
     models = data.load_dict(256, value_deserializer=lambda s: s.load_uint(32))
     assert images == {int(H1.hex(), 16): 1, int(H2.hex(), 16): 1}
     assert models == {int(H2.hex(), 16): m.INITIAL_HASH_VERSION}
+    book = data.load_ref().begin_parse()
+    assert book.load_ref() == m.load_code("proxy_stake")  # listings are checked against it
+    assert (book.load_bit(), book.remaining_bits, data.remaining_refs) == (0, 0, 0)
     empty = m.registry_data(OWNER, PARAMS).begin_parse()
     empty.load_address()
     empty.skip_bits(64)
     empty.load_ref()
     assert (empty.load_bit(), empty.load_bit(), empty.remaining_bits) == (0, 0, 0)
+
+
+def test_proxy_info_round_trips_and_bad_info_is_named() -> None:
+    cell = m.proxy_info_cell(INFO)
+    assert m.parse_proxy_info(cell) == INFO
+    body = m.register_body(INFO, query_id=4).begin_parse()
+    assert (body.load_uint(32), body.load_uint(64)) == (m.OP_REGISTER, 4)
+    assert body.load_ref() == cell
+    assert _head(m.deregister_body(query_id=2)) == (m.OP_DEREGISTER, 2)
+    with pytest.raises(ValueError, match="more than 2048"):
+        m.proxy_info_cell(m.ProxyInfo("a:1", "b:2", tuple(f"model-{i:04}" for i in range(300))))
+    from pytoniq_core.boc.builder import Builder
+    for raw, problem in [(b"not json", "not JSON"), (b'{"v":2}', "version 1"),
+                         (b'{"v":1,"client":1,"worker":"b:2"}', "host:port"),
+                         (b'{"v":1,"client":"a:1","worker":"b:2","models":[1]}', "models")]:
+        with pytest.raises(ValueError, match=problem):
+            m.parse_proxy_info(Builder().store_snake_bytes(raw).end_cell())
 
 
 def test_signed_commit_verifies() -> None:
@@ -206,13 +229,15 @@ const dict = (hs) => {
     for (const hh of hs) d.set(BigInt('0x' + hh), 1);
     return d;
 };
+const book = beginCell().storeRef(h.loadCode('proxy_stake')).storeDict(null).endCell();
 const registry = beginCell().storeAddress(a(inp.owner)).storeUint(0, 32).storeUint(0, 32)
-    .storeRef(params).storeDict(dict(inp.images)).storeDict(dict(inp.models)).endCell();
+    .storeRef(params).storeDict(dict(inp.images)).storeDict(dict(inp.models)).storeRef(book)
+    .endCell();
 const s = inp.stake;
 const stake = beginCell().storeBuffer(x(s.pubkey), 32).storeCoins(0).storeUint(0, 2)
     .storeUint(0, 32).storeUint(0, 64).storeUint(0, 256).storeUint(0, 32)
     .storeRef(beginCell().storeAddress(a(s.owner)).storeCoins(BigInt(s.minStake))
-        .storeUint(s.delay, 32).endCell())
+        .storeUint(s.delay, 32).storeAddress(a(s.registry)).endCell())
     .endCell();
 const c = inp.channel;
 const channel = h.channelData({ funder: a(c.funder), payee: a(c.payee),
@@ -237,6 +262,9 @@ const cells = {
     add_stake: head(0x9713f187, 0).storeCoins(5n).endCell(),
     request_unstake: head(0x6a1f6a60, 5).endCell(),
     unstake: head(0xb51d5a01, 5).endCell(),
+    register: head(0x7a3c51e9, 6).storeRef(beginCell().storeStringTail(inp.info).endCell())
+        .endCell(),
+    deregister: head(0x91e4b6f2, 5).endCell(),
 };
 const out = {};
 for (const [k, v] of Object.entries(cells)) out[k] = v.hash().toString('hex');
@@ -266,7 +294,9 @@ def test_cells_match_ton_core_byte_for_byte() -> None:
             "owner": OWNER,
             "minStake": str(STAKE.min_stake),
             "delay": STAKE.unstake_delay,
+            "registry": REGISTRY,
         },
+        "info": m.proxy_info_cell(INFO).begin_parse().load_snake_bytes().decode(),
         "channel": {
             "funder": FUNDER,
             "payee": PAYEE,
@@ -306,6 +336,8 @@ def test_cells_match_ton_core_byte_for_byte() -> None:
         "add_stake": m.add_stake_body(5),
         "request_unstake": m.request_unstake_body(query_id=5),
         "unstake": m.unstake_body(query_id=5),
+        "register": m.register_body(INFO, query_id=6),
+        "deregister": m.deregister_body(query_id=5),
     }
     assert {k: c.hash.hex() for k, c in ours.items()} == {k: js[k] for k in ours}
     assert m.channel_address(SPEC) == js["channel_address"]

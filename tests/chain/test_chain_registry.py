@@ -6,6 +6,7 @@ Skipped, with the reason, when `node` or contracts/node_modules is missing.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections.abc import AsyncIterator
 from typing import Any
@@ -34,6 +35,7 @@ from cocoon.chain.errors import (
     WrongSender,
     WrongState,
 )
+from cocoon.chain.registry import ensure_listed, read_registry
 from cocoon.chain.vouchers import public_key, sign_payload
 from cocoon.errors import ToolchainMissing
 
@@ -316,3 +318,79 @@ async def test_unstake(chain: EmbeddedChain) -> None:
     assert await chain.balance(addr) == 0
     st = await chain.proxy_state(addr)
     assert (st.state, st.stake) == (ProxyStatus.CLOSED, 0)
+
+
+# ---- proxy listings ------------------------------------------------------------------------
+
+
+async def _listed_stake(chain: EmbeddedChain, registry: str, *, stake: int = 10 * TON,
+                        min_stake: int = 10 * TON, seed: str = "proxy-key") -> str:
+    spec = m.ProxyStakeSpec(owner=await chain.wallet("proxy-owner"),
+                            proxy_pubkey=public_key(_key(seed)), min_stake=min_stake,
+                            unstake_delay=DELAY, registry=registry)
+    return (await chain.deploy_proxy_stake(spec, sender="proxy-owner", stake=stake)).to
+
+
+async def test_a_staked_proxy_lists_itself_and_readers_see_it(chain: EmbeddedChain) -> None:
+    registry, _ = await _registry(chain)
+    stake = await _listed_stake(chain, registry)
+    info = m.ProxyInfo("10.0.0.1:11100", "10.0.0.1:11100", ("smollm2",))
+    listing, sent = await ensure_listed(chain, registry, stake, info, sender="proxy-owner")
+    assert sent and listing.info == info and listing.stake == 10 * TON
+    assert listing.owner == await chain.wallet("proxy-owner")
+    assert listing.pubkey == public_key(PROXY_KEY) and listing.stake_contract == stake
+    state = await read_registry(chain, registry)
+    assert state.live_proxies() == (listing,) and state.version == listing.version == 1
+    # the same info again: nothing sent; new info: listed again, in place
+    assert (await ensure_listed(chain, registry, stake, info, sender="proxy-owner"))[1] is False
+    moved = m.ProxyInfo("10.0.0.2:11100", "10.0.0.2:11100")
+    listing, sent = await ensure_listed(chain, registry, stake, moved, sender="proxy-owner")
+    assert sent and listing.info == moved and listing.version == 2
+    assert len((await read_registry(chain, registry)).proxies) == 1
+    # raising the network's minimum above the stake hides the listing from readers
+    await chain.registry_update(registry, m.update_params_body(
+        dataclasses.replace(PARAMS, min_proxy_stake=11 * TON)), sender="owner")
+    state = await read_registry(chain, registry)
+    assert len(state.proxies) == 1 and state.live_proxies() == ()
+    await chain.registry_update(registry, m.update_params_body(PARAMS), sender="owner")
+    # deregistering removes it; again: the registry refuses (nothing listed), typed
+    with pytest.raises(WrongSender):
+        await chain.deregister_proxy(stake, sender="stranger")
+    await chain.deregister_proxy(stake, sender="proxy-owner")
+    assert (await read_registry(chain, registry)).proxies == ()
+    with pytest.raises(HashNotPresent, match="unlisting refused by the registry"):
+        await chain.deregister_proxy(stake, sender="proxy-owner")
+
+
+async def test_listing_refusals_are_typed(chain: EmbeddedChain) -> None:
+    registry, _ = await _registry(chain)
+    info = m.ProxyInfo("h:1", "h:1")
+    # the stake's own minimum is met, the network's (10 TON) is not: the registry refuses
+    low = await _listed_stake(chain, registry, stake=5 * TON, min_stake=TON, seed="low")
+    with pytest.raises(StakeTooLow, match="listing refused by the registry"):
+        await chain.register_proxy(low, info, sender="proxy-owner")
+    # below the stake's own minimum: the stake refuses
+    short = await _listed_stake(chain, registry, stake=5 * TON, seed="short")
+    with pytest.raises(StakeTooLow, match="register rejected"):
+        await chain.register_proxy(short, info, sender="proxy-owner")
+    with pytest.raises(WrongSender):
+        await chain.register_proxy(await _listed_stake(chain, registry, seed="ok"), info,
+                                   sender="stranger")
+    # unstaking removes the listing, and an unstaking stake cannot list again
+    ok = await _listed_stake(chain, registry, seed="ok")
+    await chain.register_proxy(ok, info, sender="proxy-owner")
+    assert [p.stake_contract for p in (await read_registry(chain, registry)).proxies] == [ok]
+    await chain.request_unstake(ok, sender="proxy-owner")
+    assert (await read_registry(chain, registry)).proxies == ()
+    with pytest.raises(WrongState):
+        await chain.register_proxy(ok, info, sender="proxy-owner")
+    # a forged listing straight to the registry, with a real stake's terms
+    forged = (Builder().store_uint(m.OP_LIST_PROXY, 32).store_uint(0, 64)
+              .store_bytes(public_key(_key("low"))).store_coins(10 * TON)
+              .store_ref(m.proxy_stake_data(m.ProxyStakeSpec(  # the config cell of `low`
+                  await chain.wallet("proxy-owner"), public_key(_key("low")), TON, DELAY,
+                  registry)).refs[0])
+              .store_ref(m.proxy_info_cell(info)).end_cell())
+    with pytest.raises(WrongSender):
+        await chain.registry_update(registry, forged, sender="stranger")
+    assert (await read_registry(chain, registry)).proxies == ()

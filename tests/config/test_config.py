@@ -385,3 +385,16 @@ def test_money_keys_are_ton_with_decimals(tmp_path: Path) -> None:
     path.write_text("[billing]\nmax_unsigned = 1.5\n")
     with pytest.raises(ConfigError, match="in quotes"):
         load(ProxyConfig, str(path))
+
+
+def test_the_proxy_listing_endpoint() -> None:
+    """What the registry listing says others dial: public_endpoint, else the listen host with
+    the bound port; a wildcard listen host needs public_endpoint, named in the error."""
+    assert ProxyConfig(listen="10.0.0.5:0").advertised_endpoint(4431) == "10.0.0.5:4431"
+    assert ProxyConfig(listen="[::1]:0").advertised_endpoint(7) == "[::1]:7"
+    assert ProxyConfig(listen="0.0.0.0:9", public_endpoint="p.example:443") \
+        .advertised_endpoint(9) == "p.example:443"
+    with pytest.raises(ConfigError, match=r"proxy\.public_endpoint"):
+        ProxyConfig(listen="0.0.0.0:9").advertised_endpoint(9)
+    with pytest.raises(ConfigError, match=r"proxy\.public_endpoint"):
+        ProxyConfig(public_endpoint="no-port")

@@ -254,3 +254,41 @@ def test_proxy_stake_from_the_cli(net: LocalNetwork, configs: dict[str, Path],
     assert unstaking["state"] == "unstaking" and unstaking["unlock_at"]
     assert "unlocks at" in cocoon_fails("proxy", "unstake", *other)
     assert "amount" in cocoon_fails("proxy", "stake", "-c", proxy_cfg)
+
+
+def test_the_proxy_lists_itself_and_the_cli_lists_and_unlists(
+        net: LocalNetwork, configs: dict[str, Path], tmp_path: Path) -> None:
+    """Issue 13, item 1: the proxy `cocoon up` started listed itself through its stake at
+    start (its /stats says so, `cocoon registry show` lists it with the address it
+    listens on); another staked proxy lists itself from the CLI, `deregister` removes it,
+    `register` again and `unstake` remove it too; an unstaked proxy cannot list."""
+    assert net.deployment is not None and net.proxy is not None
+    registry = net.deployment.registry
+    proxy_cfg = str(configs["proxy"])
+    show = ["registry", "show", registry, "-c", proxy_cfg]
+    wait_for(lambda: stats(net.proxy.http)["registry_listing"]["state"] == "listed",
+             "the proxy's own listing")
+    own = stats(net.proxy.http)["registry_listing"]
+    assert own["endpoint"] == net.proxy_addr
+    listed = {p["stake_contract"]: p for p in cocoon(*show)["proxies"]}
+    mine = listed[net.deployment.proxy_stake]
+    assert (mine["client_endpoint"], mine["worker_endpoint"]) == (net.proxy_addr,) * 2
+    assert mine["owner"] == net.deployment.proxy_wallet and mine["live"] is True
+
+    other_key = ["--set", f"billing.signing_key_file={tmp_path / 'second-proxy.key'}"]
+    fresh = cocoon("proxy", "stake", "10", "-c", proxy_cfg, "--set", "chain.contract=",
+                   "--set", f"chain.registry={registry}", *other_key)
+    second = ["-c", proxy_cfg, "--set", f"chain.contract={fresh['contract']}",
+              "--set", "public_endpoint=proxy-2.example:8443", *other_key]
+    done = cocoon("proxy", "register", *second)
+    assert done["listed"] and done["sent"] and done["client_endpoint"] == "proxy-2.example:8443"
+    assert cocoon("proxy", "register", *second)["sent"] is False  # already so: nothing sent
+    assert fresh["contract"] in {p["stake_contract"] for p in cocoon(*show)["proxies"]}
+    assert cocoon("proxy", "deregister", *second)["listed"] is False
+    assert "no proxy listing to remove" in cocoon_fails("proxy", "deregister", *second)
+    assert cocoon("proxy", "register", *second)["listed"]
+    cocoon("proxy", "unstake", *second)
+    assert fresh["contract"] not in {p["stake_contract"] for p in cocoon(*show)["proxies"]}
+    assert "wrong state" in cocoon_fails("proxy", "register", *second)
+    # the running proxy's listing is untouched by all that
+    assert net.deployment.proxy_stake in {p["stake_contract"] for p in cocoon(*show)["proxies"]}

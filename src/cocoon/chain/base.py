@@ -22,17 +22,19 @@ from typing import Protocol, runtime_checkable
 
 from pytoniq_core.boc.cell import Cell
 
-from cocoon.chain.specs import ChannelSpec, ProxyStakeSpec, RegistryParams
+from cocoon.chain.specs import ChannelSpec, ProxyInfo, ProxyStakeSpec, RegistryParams
 from cocoon.chain.vouchers import ChainVoucher
 
 __all__ = [
     "DEFAULT_MSG_VALUE",
+    "LISTING_VALUE",
     "TOPUP_FEE",
     "Chain",
     "ChannelSpec",
     "ChannelState",
     "ChannelStatus",
     "OutMessage",
+    "ProxyInfo",
     "ProxyStakeSpec",
     "ProxyState",
     "ProxyStatus",
@@ -46,6 +48,9 @@ TOPUP_FEE = 10_000_000
 contract's reserve."""
 DEFAULT_MSG_VALUE = 50_000_000
 """Value attached to control messages (vouchers, close, withdraw): 0.05 TON."""
+LISTING_VALUE = 100_000_000
+"""Value attached to a registration or deregistration (0.1 TON): the stake forwards it to
+the registry, which keeps what gas leaves (its storage reserve)."""
 
 
 class ChannelStatus(enum.IntEnum):
@@ -218,6 +223,17 @@ class Chain(Protocol):
 
     async def unstake(self, proxy: str, *, sender: str) -> TxResult:
         """Owner, once ``now >= unlockAt``: closed, the whole balance goes to the owner."""
+        ...
+
+    async def register_proxy(self, proxy: str, info: ProxyInfo, *, sender: str) -> TxResult:
+        """Owner: list the proxy in the stake's registry with ``info`` (through the stake,
+        which must be active and hold its minimum; the registry checks the network's
+        minimum). A refusal by the registry raises like one by the stake, where the backend
+        sees the registry's transaction."""
+        ...
+
+    async def deregister_proxy(self, proxy: str, *, sender: str) -> TxResult:
+        """Owner: remove the proxy's listing (the stake stays; unstaking removes it too)."""
         ...
 
     async def proxy_state(self, proxy: str) -> ProxyState: ...

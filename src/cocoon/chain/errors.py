@@ -45,13 +45,15 @@ __all__ = [
     "VoucherReplayed",
     "VoucherWrongChannel",
     "VoucherWrongKind",
+    "WrongRegistry",
     "WrongSender",
     "WrongState",
     "rejection_for",
 ]
 
 EXIT_MEANINGS: dict[int, str] = {
-    100: "wrong sender (not the funder / payee / registry owner)",
+    100: "wrong sender (not the funder / payee / registry owner, or a proxy listing that "
+         "does not come from a genuine stake contract)",
     101: "bad voucher / state commit signature",
     102: "replay: voucher / commit seqno not newer than the last accepted",
     103: "voucher cumulative amount below the already charged amount",
@@ -62,8 +64,9 @@ EXIT_MEANINGS: dict[int, str] = {
     108: "voucher / commit is for another contract address",
     109: "voucher of the other kind (client charge vs worker payout), or wrong commit op",
     110: "registry: hash already present",
-    111: "registry: hash not present",
-    112: "proxy: stake below the minimum",
+    111: "registry: hash not present (or no proxy listing to remove)",
+    112: "proxy: stake below the minimum (the stake's own, or the registry's for a listing)",
+    113: "registry: the stake contract lists in another registry",
     0xFFFF: "unknown op",
     9: "malformed message/params cell (TVM cell underflow)",
 }
@@ -148,6 +151,10 @@ class StakeTooLow(ContractRejected):
     exit_code = 112
 
 
+class WrongRegistry(ContractRejected):
+    exit_code = 113
+
+
 class UnknownOp(ContractRejected):
     exit_code = 0xFFFF
 
@@ -168,6 +175,7 @@ _BY_CODE: dict[int, type[ContractRejected]] = {
         HashAlreadyPresent,
         HashNotPresent,
         StakeTooLow,
+        WrongRegistry,
         UnknownOp,
     )
 }

@@ -5,7 +5,8 @@ Wallets (sandbox treasuries, named): ``owner`` (registry owner), ``proxy``, ``cl
 
 1. the root registry: the network's prices and multipliers (from the proxy's billing
    config), close delays and stakes, the allowed image hashes (and model hashes, if given);
-2. the proxy's stake contract (its voucher key signs state commits), staked at the minimum;
+2. the proxy's stake contract (its voucher key signs state commits), staked at the minimum
+   and pointed at the registry (the proxy lists itself there when it starts);
 3. the demo client's payment channel (funder: client wallet, payee: proxy wallet, signer:
    the client's voucher key), deposited with the demo funds;
 4. one payout channel per worker (funder: proxy wallet, payee: that worker's wallet,
@@ -84,7 +85,7 @@ async def deploy_local_network(
         owner, p.registry_params(billing), image_hashes, model_hashes, sender="owner")).to
     stake = (await chain.deploy_proxy_stake(
         ProxyStakeSpec(owner=proxy, proxy_pubkey=proxy_pub, min_stake=p.min_proxy_stake,
-                       unstake_delay=p.proxy_close_delay),
+                       unstake_delay=p.proxy_close_delay, registry=registry),
         sender="proxy", stake=p.min_proxy_stake)).to
     client_channel = (await chain.deploy_channel(
         ChannelSpec(kind="client", funder=client, payee=proxy, signer_pubkey=client_pub,

@@ -31,7 +31,7 @@ from pytoniq_core.boc.hashmap.hashmap import HashMap
 from pytoniq_core.tlb.account import StateInit
 
 from cocoon.chain.errors import ChainError, ChainUnavailable
-from cocoon.chain.specs import ChannelSpec, ProxyStakeSpec, RegistryParams
+from cocoon.chain.specs import ChannelSpec, ProxyInfo, ProxyStakeSpec, RegistryParams
 from cocoon.chain.vouchers import ChannelKind, cell_boc, sign_payload
 
 __all__ = [
@@ -43,19 +43,25 @@ __all__ = [
     "OP_CHANGE_OWNER",
     "OP_DEL_IMAGE_HASH",
     "OP_DEL_MODEL_HASH",
+    "OP_DEREGISTER",
     "OP_EXCESSES",
     "OP_FINALIZE_CLOSE",
+    "OP_LIST_PROXY",
     "OP_PAYEE_CLOSE",
     "OP_PAYOUT",
     "OP_REFUND",
+    "OP_REGISTER",
     "OP_REQUEST_CLOSE",
     "OP_REQUEST_UNSTAKE",
     "OP_STATE_COMMIT",
     "OP_TOPUP",
+    "OP_UNLIST_PROXY",
     "OP_UNSTAKE",
     "OP_UPDATE_PARAMS",
     "OP_WITHDRAW",
+    "PROXY_INFO_MAX_BYTES",
     "ChannelSpec",
+    "ProxyInfo",
     "ProxyStakeSpec",
     "RegistryParams",
     "add_image_hash_body",
@@ -71,12 +77,16 @@ __all__ = [
     "default_contracts_dir",
     "del_image_hash_body",
     "del_model_hash_body",
+    "deregister_body",
     "finalize_close_body",
     "load_code",
     "params_cell",
+    "parse_proxy_info",
     "payee_close_body",
+    "proxy_info_cell",
     "proxy_stake_address",
     "proxy_stake_data",
+    "register_body",
     "registry_address",
     "registry_data",
     "request_close_body",
@@ -108,11 +118,17 @@ OP_DEL_IMAGE_HASH = 0x8D94A79A
 OP_ADD_MODEL_HASH = 0xC146134D
 OP_DEL_MODEL_HASH = 0x92B11C18
 OP_CHANGE_OWNER = 0xC4A1AE54
+OP_LIST_PROXY = 0x4F1D2C83
+"""Stake contract -> registry: list (or re-list) the proxy."""
+OP_UNLIST_PROXY = 0x2B7E90D4
+"""Stake contract -> registry: remove its listing."""
 # proxy stake
 OP_ADD_STAKE = 0x9713F187
 OP_STATE_COMMIT = 0x5C1A7E3B
 OP_REQUEST_UNSTAKE = 0x6A1F6A60
 OP_UNSTAKE = 0xB51D5A01
+OP_REGISTER = 0x7A3C51E9
+OP_DEREGISTER = 0x91E4B6F2
 
 CHANNEL_CONTRACTS: dict[ChannelKind, str] = {"client": "client_channel", "worker": "worker_channel"}
 REGISTRY_CONTRACT = "root_registry"
@@ -304,10 +320,13 @@ def registry_data(
     params: RegistryParams,
     image_hashes: Iterable[bytes] = (),
     model_hashes: Iterable[bytes] = (),
+    contracts_dir: Path | None = None,
 ) -> Cell:
     """RegistryStorage of a fresh registry: owner, version = paramsVersion = 0, ^Params,
     imageHashes and modelHashes (HashmapE 256 uint32, each initial hash ->
-    :data:`INITIAL_HASH_VERSION`)."""
+    :data:`INITIAL_HASH_VERSION`), ^ProxyBook {the proxy stake code, no listings}."""
+    book = _end(Builder().store_ref(load_code(PROXY_STAKE_CONTRACT, contracts_dir))
+                .store_dict(None))
     return _end(
         Builder()
         .store_address(_addr(owner))
@@ -316,6 +335,7 @@ def registry_data(
         .store_ref(params_cell(params))
         .store_dict(_hash_dict(image_hashes, "image hash"))
         .store_dict(_hash_dict(model_hashes, "model hash"))
+        .store_ref(book)
     )
 
 
@@ -327,7 +347,8 @@ def registry_address(
     contracts_dir: Path | None = None,
 ) -> str:
     code = load_code(REGISTRY_CONTRACT, contracts_dir)
-    return contract_address(code, registry_data(owner, params, image_hashes, model_hashes))
+    return contract_address(
+        code, registry_data(owner, params, image_hashes, model_hashes, contracts_dir))
 
 
 def update_params_body(params: RegistryParams, *, query_id: int = 0) -> Cell:
@@ -363,12 +384,13 @@ def change_owner_body(new_owner: Address | str, *, query_id: int = 0) -> Cell:
 
 def proxy_stake_data(spec: ProxyStakeSpec) -> Cell:
     """ProxyStorage of a fresh stake: proxyPubkey, stake = state = unlockAt = commitSeqno =
-    commitHash = committedAt = 0, ^ProxyConfig {owner, minStake, unstakeDelay}."""
+    commitHash = committedAt = 0, ^ProxyConfig {owner, minStake, unstakeDelay, registry}."""
     config = (
         Builder()
         .store_address(_addr(spec.owner))
         .store_coins(_coins(spec.min_stake, "min_stake"))
         .store_uint(_uint(spec.unstake_delay, 32, "unstake_delay"), 32)
+        .store_address(_addr(spec.registry))
     )
     return _end(
         Builder()
@@ -398,6 +420,54 @@ def request_unstake_body(*, query_id: int = 0) -> Cell:
 
 def unstake_body(*, query_id: int = 0) -> Cell:
     return _end(_head(OP_UNSTAKE, query_id))
+
+
+PROXY_INFO_MAX_BYTES = 2048
+"""A listing's info (compact JSON, snake bytes) may not be longer: readers skip longer ones."""
+
+
+def proxy_info_cell(info: ProxyInfo) -> Cell:
+    """A listing's info: ``{"v":1,"client":…,"worker":…,"models":[…]}`` as UTF-8 snake
+    bytes (written and read only off chain; the contracts store it as it is)."""
+    raw = json.dumps({"v": 1, "client": info.client_endpoint, "worker": info.worker_endpoint,
+                      "models": list(info.models)}, separators=(",", ":")).encode()
+    if len(raw) > PROXY_INFO_MAX_BYTES:
+        raise ValueError(f"a proxy listing's info is {len(raw)} bytes encoded, more than "
+                         f"{PROXY_INFO_MAX_BYTES}: list fewer or shorter model names")
+    return _end(Builder().store_snake_bytes(raw))
+
+
+def parse_proxy_info(cell: Cell) -> ProxyInfo:
+    """The inverse of :func:`proxy_info_cell`; ``ValueError`` naming what is wrong."""
+    try:
+        raw = cell.begin_parse().load_snake_bytes()  # type: ignore[no-untyped-call]
+    except Exception as exc:  # pytoniq-core asserts on a cell that is not snake bytes
+        raise ValueError(f"not snake bytes: {exc}") from None
+    if len(raw) > PROXY_INFO_MAX_BYTES:
+        raise ValueError(f"{len(raw)} bytes, more than {PROXY_INFO_MAX_BYTES}")
+    try:
+        d = json.loads(raw)
+    except ValueError as exc:
+        raise ValueError(f"not JSON: {exc}") from None
+    if not isinstance(d, dict) or d.get("v") != 1:
+        raise ValueError("not a version 1 listing")
+    client, worker, models = d.get("client"), d.get("worker"), d.get("models", [])
+    if not isinstance(client, str) or not isinstance(worker, str):
+        raise ValueError("client and worker must be host:port strings")
+    if not isinstance(models, list) or not all(isinstance(x, str) for x in models):
+        raise ValueError("models must be a list of strings")
+    return ProxyInfo(client, worker, tuple(models))
+
+
+def register_body(info: ProxyInfo, *, query_id: int = 0) -> Cell:
+    """Owner -> its stake: list the proxy in the stake's registry with ``info`` (the stake
+    must be active and hold its minimum; the registry checks the network's minimum)."""
+    return _end(_head(OP_REGISTER, query_id).store_ref(proxy_info_cell(info)))
+
+
+def deregister_body(*, query_id: int = 0) -> Cell:
+    """Owner -> its stake: remove the listing (the stake stays)."""
+    return _end(_head(OP_DEREGISTER, query_id))
 
 
 def commit_payload(

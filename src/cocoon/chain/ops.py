@@ -19,6 +19,7 @@ from pytoniq_core.boc.cell import Cell
 from cocoon.chain import messages as m
 from cocoon.chain.base import (
     DEFAULT_MSG_VALUE,
+    LISTING_VALUE,
     TOPUP_FEE,
     ChannelState,
     ChannelStatus,
@@ -26,8 +27,8 @@ from cocoon.chain.base import (
     ProxyStatus,
     TxResult,
 )
-from cocoon.chain.errors import ChainError
-from cocoon.chain.specs import ChannelSpec, ProxyStakeSpec, RegistryParams
+from cocoon.chain.errors import ChainError, rejection_for
+from cocoon.chain.specs import ChannelSpec, ProxyInfo, ProxyStakeSpec, RegistryParams
 from cocoon.chain.vouchers import ChainVoucher
 
 __all__ = ["ContractOps"]
@@ -37,6 +38,19 @@ def _hash_int(h: bytes) -> int:
     if len(h) != 32:
         raise ValueError(f"a hash is 32 bytes, got {len(h)}")
     return int.from_bytes(h, "big")
+
+
+def _forwarded(res: TxResult, proxy: str, what: str) -> TxResult:
+    """Raise the registry's refusal of what the stake at ``proxy`` forwarded to it, when the
+    trace holds the registry's transaction (the embedded chain's does; a liteserver backend
+    reports the first transaction only, and its callers read the registry to confirm)."""
+    for out in res.sent_by(proxy):
+        for tx in res.on(out.to):
+            if tx.exit_code not in (0, None) or tx.aborted:
+                cls = rejection_for(tx.exit_code)
+                raise cls(f"{what} refused by the registry {out.to}", exit_code=tx.exit_code,
+                          address=out.to, result=res)
+    return res
 
 
 class ContractOps(abc.ABC):
@@ -191,6 +205,16 @@ class ContractOps(abc.ABC):
     async def unstake(self, proxy: str, *, sender: str, query_id: int = 0) -> TxResult:
         body = m.unstake_body(query_id=query_id)
         return await self._send_cell(sender, proxy, body, what="unstake")
+
+    async def register_proxy(self, proxy: str, info: ProxyInfo, *, sender: str) -> TxResult:
+        res = await self._send_cell(sender, proxy, m.register_body(info), value=LISTING_VALUE,
+                                    what="register")
+        return _forwarded(res, proxy, "listing")
+
+    async def deregister_proxy(self, proxy: str, *, sender: str) -> TxResult:
+        res = await self._send_cell(sender, proxy, m.deregister_body(), value=LISTING_VALUE,
+                                    what="deregister")
+        return _forwarded(res, proxy, "unlisting")
 
     async def proxy_state(self, proxy: str) -> ProxyState:
         state, stake, unlock_at, seqno, commit_hash, committed_at = await self._ints(

@@ -13,7 +13,10 @@ from dataclasses import dataclass
 
 from cocoon.chain.vouchers import ChannelKind
 
-__all__ = ["ChannelSpec", "ProxyStakeSpec", "RegistryParams"]
+__all__ = ["NO_REGISTRY", "ChannelSpec", "ProxyInfo", "ProxyStakeSpec", "RegistryParams"]
+
+NO_REGISTRY = "0:" + "0" * 64
+"""The registry address of a stake that lists nowhere (a listing sent there bounces)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +41,17 @@ class ProxyStakeSpec:
     proxy_pubkey: bytes
     min_stake: int
     unstake_delay: int
+    registry: str = NO_REGISTRY  # the root registry the stake lists its proxy in
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyInfo:
+    """What a proxy's registry listing says besides its keys: where clients and workers reach
+    it (``host:port``) and the models it routes (empty: whatever its workers serve)."""
+
+    client_endpoint: str
+    worker_endpoint: str
+    models: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

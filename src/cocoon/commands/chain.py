@@ -1,7 +1,7 @@
 """The chain commands: the arguments of ``cocoon chain run`` (the service itself is
 :mod:`cocoon.commands.chain_service`), and the roles' on-chain actions: ``cocoon proxy
-open-channel|stake|unstake``, ``cocoon client open|topup|close|withdraw`` and ``cocoon worker
-withdraw``; each reads the role's ``[chain]`` config (``-c FILE`` or ``--set
+open-channel|stake|unstake|register|deregister``, ``cocoon client open|topup|close|withdraw``
+and ``cocoon worker withdraw``; each reads the role's ``[chain]`` config (``-c FILE`` or ``--set
 chain.KEY=VALUE``), acts from the role's own wallet, and prints what happened (or JSON with
 ``--json``). Amounts are typed and printed in TON (:mod:`cocoon.money`); JSON
 carries nanoTON in ``*_nanoton`` fields, dates in ISO-8601 UTC.
@@ -26,17 +26,19 @@ from pathlib import Path
 from typing import Any
 
 from cocoon import config as role_config
-from cocoon.chain.base import TOPUP_FEE, Chain, ChannelStatus, ProxyStatus
+from cocoon.chain.base import LISTING_VALUE, TOPUP_FEE, Chain, ChannelStatus, ProxyStatus
 from cocoon.chain.connect import NodeChain
 from cocoon.chain.localnet import NetworkParams
-from cocoon.chain.specs import ChannelSpec, ProxyStakeSpec
+from cocoon.chain.registry import ensure_listed, raw_address, read_registry
+from cocoon.chain.specs import NO_REGISTRY, ChannelSpec, ProxyInfo, ProxyStakeSpec
 from cocoon.chain.vouchers import parse_voucher, public_key, read_voucher_file
 from cocoon.crypto import load_or_create_ed25519_key
 from cocoon.errors import CocoonError, ConfigError, InsufficientFunds
 from cocoon.money import format_ton, iso_utc, parse_ton
+from cocoon.validation import parse_hostport
 
 __all__ = ["SEND_FEES", "add_chain_arguments", "channel_report", "client_chain_command",
-           "proxy_open_channel", "proxy_stake", "require_funds", "switch_channel",
+           "proxy_listing", "proxy_open_channel", "proxy_stake", "require_funds", "switch_channel",
            "worker_withdraw"]
 
 SEND_FEES = 50_000_000
@@ -169,7 +171,8 @@ async def _stake(cfg: Any, action: str, amount: int) -> dict[str, Any]:
                 min_stake, delay = params.min_proxy_stake, params.proxy_close_delay
             key = load_or_create_ed25519_key(cfg.billing.signing_key_file)
             spec = ProxyStakeSpec(owner=nc.wallet, proxy_pubkey=public_key(key),
-                                  min_stake=min_stake, unstake_delay=delay)
+                                  min_stake=min_stake, unstake_delay=delay,
+                                  registry=cfg.chain.registry or NO_REGISTRY)
             contract = (await chain.deploy_proxy_stake(spec, sender=me, stake=amount)).to
             report["next"] = (f"set chain.contract = \"{contract}\" in the proxy's config: "
                               "its commits are published there")
@@ -195,6 +198,39 @@ async def _stake(cfg: Any, action: str, amount: int) -> dict[str, Any]:
         return report
     finally:
         await nc.aclose()
+
+
+async def _listing(cfg: Any, action: str) -> dict[str, Any]:
+    registry, contract = cfg.chain.registry, cfg.chain.contract
+    if not registry or not contract:
+        raise ConfigError("chain.registry and chain.contract (the proxy's stake contract) "
+                          "must both be configured to list the proxy")
+    endpoint = cfg.advertised_endpoint(parse_hostport(cfg.listen, "proxy.listen")[1])
+    info = ProxyInfo(client_endpoint=endpoint, worker_endpoint=endpoint)
+    nc = await NodeChain.open(cfg.chain)
+    try:
+        report: dict[str, Any] = {"action": action, "registry": registry,
+                                  "stake_contract": raw_address(contract)}
+        if action == "register":
+            await require_funds(nc, LISTING_VALUE, "listing the proxy")
+            listing, sent = await ensure_listed(nc.chain, registry, contract, info,
+                                                sender=nc.sender)
+            report.update(listing.as_json(), sent=sent)
+        else:
+            await require_funds(nc, LISTING_VALUE, "removing the listing")
+            await nc.chain.deregister_proxy(contract, sender=nc.sender)
+        state = await read_registry(nc.chain, registry)
+        report["listed"] = any(p.stake_contract == report["stake_contract"]
+                               for p in state.proxies)
+        return report
+    finally:
+        await nc.aclose()
+
+
+def proxy_listing(args: argparse.Namespace, cfg: Any) -> int:
+    """``cocoon proxy register`` / ``cocoon proxy deregister``."""
+    _print(asyncio.run(_listing(cfg, args.action)), args.json)
+    return 0
 
 
 def proxy_stake(args: argparse.Namespace, cfg: Any) -> int:

@@ -209,6 +209,7 @@ def add_registry_arguments(sub: Any) -> None:
 
 
 def _state_report(registry: str, state: Any) -> dict[str, Any]:
+    live = set(state.live_proxies())
     return {
         "registry": registry,
         "owner": state.owner,
@@ -218,6 +219,8 @@ def _state_report(registry: str, state: Any) -> dict[str, Any]:
                    for k, v in dataclasses.asdict(state.params).items()},
         "image_hashes": sorted(h.hex() for h in state.image_hashes),
         "model_hashes": sorted(h.hex() for h in state.model_hashes),
+        # every listing; "live": staked at least the current minimum, info readable
+        "proxies": [{**p.as_json(), "live": p in live} for p in state.proxies],
     }
 
 
@@ -307,6 +310,16 @@ def _print_text(report: dict[str, Any]) -> None:
         print(f"{kind + ' hashes':<20} {len(hashes) or empty}")
         for h in hashes:
             print(f"  {h}")
+    proxies = report["proxies"]
+    print(f"{'proxies':<20} {len(proxies) or 'none listed'}")
+    for p in proxies:
+        where = (f"clients {p['client_endpoint']}, workers {p['worker_endpoint']}"
+                 if p["client_endpoint"] is not None else p.get("problem", ""))
+        models = ", ".join(p["models"] or []) or "any model"
+        state = "" if p["live"] else "  (not used: " + (
+            "stake below the minimum" if p["client_endpoint"] is not None else "unreadable") + ")"
+        print(f"  {p['stake_contract']}  stake {format_ton(p['stake_nanoton'])}, {where}, "
+              f"{models}{state}")
 
 
 def run_registry(args: argparse.Namespace) -> int:

@@ -150,7 +150,11 @@ def add_role_arguments(sub: Any) -> None:
                   ("open-channel", "deploy a worker's payout channel, funded from the "
                                    "proxy's wallet"),
                   ("stake", "deploy the proxy's stake contract, or add to it"),
-                  ("unstake", "ask the stake back; run again after the delay to take it"),
+                  ("unstake", "ask the stake back (this also removes the registry listing); "
+                              "run again after the delay to take it"),
+                  ("register", "list the proxy in chain.registry through its stake, with "
+                               "proxy.public_endpoint (a running proxy does this itself)"),
+                  ("deregister", "remove the proxy's registry listing; the stake stays"),
               ])
     a["open-channel"].add_argument("worker_wallet", metavar="WORKER_WALLET",
                                    help="the worker's wallet address (it is paid there)")
@@ -200,10 +204,13 @@ def run_role_action(args: argparse.Namespace) -> int:
     (:func:`cocoon.commands.serve.serve_role`)."""
     if args.command == "proxy" and args.action == "ledger":
         return _proxy_ledger(args)
-    if args.command == "proxy" and args.action in ("open-channel", "stake", "unstake"):
+    if args.command == "proxy" and args.action in ("open-channel", "stake", "unstake",
+                                                   "register", "deregister"):
         pc = cfg.load(cfg.ProxyConfig, args.config, overrides(args, {}))
         if args.action == "open-channel":
             return chain_cmd.proxy_open_channel(args, pc)
+        if args.action in ("register", "deregister"):
+            return chain_cmd.proxy_listing(args, pc)
         return chain_cmd.proxy_stake(args, pc)
     if args.command in ("client", "worker") and args.action in ("balance", "earnings"):
         return _account(args)

@@ -49,6 +49,8 @@ from typing import Any
 from aiohttp import web
 
 from cocoon.chain.connect import NodeChain
+from cocoon.chain.registry import ensure_listed
+from cocoon.chain.specs import ProxyInfo
 from cocoon.config import ProxyConfig, parse_hostport
 from cocoon.errors import (
     AttestationError,
@@ -63,6 +65,7 @@ from cocoon.errors import (
     WorkerLost,
 )
 from cocoon.ledger.accounts import channel_account, client_account, worker_account
+from cocoon.money import format_ton
 from cocoon.nodes.channels import build_channels, describe_evidence
 from cocoon.nodes.common import (
     HttpServer,
@@ -252,6 +255,7 @@ class ProxyNode:
         self.port = 0
         self.http = HttpServer(self._http_app(), config.http, "proxy.http")
         self._tasks: asyncio.TaskGroup | None = None
+        self.listing: dict[str, Any] = {"state": "not asked"}  # in the registry (/stats)
 
     async def run(self, stop: asyncio.Event, on_ready: Any = None) -> None:
         host, port = parse_hostport(self.config.listen, "proxy.listen")
@@ -276,6 +280,11 @@ class ProxyNode:
                     background.append(tg.create_task(self.billing.payments.watch_forever()))
             if registry is not None:
                 background.append(tg.create_task(registry))
+            if (self.billing is not None and self.billing.payments is not None
+                    and self.config.register and self.config.chain.registry
+                    and self.config.chain.contract):
+                background.append(tg.create_task(self._list_in_registry(
+                    self.billing.payments.chain)))
             log.info("proxy listening on %s:%s", host, self.port)
             if on_ready is not None:
                 on_ready(self)
@@ -297,6 +306,28 @@ class ProxyNode:
                     if self.billing.payments is not None:
                         await self.billing.payments.chain.aclose()
                     self.billing.close()
+
+    async def _list_in_registry(self, nc: NodeChain) -> None:
+        """List this proxy in the registry through its stake (``proxy.register``), with the
+        endpoint others dial; a refusal is logged and shown in /stats, and the proxy goes on
+        serving whoever is configured to dial it."""
+        cfg = self.config
+        try:
+            endpoint = cfg.advertised_endpoint(self.port)
+            info = ProxyInfo(client_endpoint=endpoint, worker_endpoint=endpoint)
+            listing, sent = await ensure_listed(nc.chain, cfg.chain.registry,
+                                                cfg.chain.contract, info, sender=nc.sender)
+        except (CocoonError, OSError) as exc:
+            self.listing = {"state": "not listed", "error": str(exc)}
+            log.warning("listing this proxy in the registry %s failed: %s (clients and "
+                        "workers that find proxies there will not find it)",
+                        cfg.chain.registry, exc)
+            return
+        self.listing = {"state": "listed", "endpoint": endpoint, "version": listing.version,
+                        "stake_nanoton": listing.stake}
+        log.info("%s in the registry %s as %s (stake %s)",
+                 "listed" if sent else "already listed", cfg.chain.registry, endpoint,
+                 format_ton(listing.stake))
 
     async def _open_payments(self, billing: Billing) -> Any:
         """Connect to the chain and put the ledger's accounts on its channels. A chain that
@@ -1033,6 +1064,7 @@ class ProxyNode:
                          "timeouts": s.timeouts, "worker_lost": s.worker_lost,
                          "rerouted": s.rerouted, "failovers": s.failovers,
                          "in_flight": len(self._relays)},
+            "registry_listing": self.listing,
             "queue": {"waiting": self._queue.depth(),
                       "by_model": {m: self._queue.depth(m) for m in self._queue.models()},
                       "limit_per_model": self.config.queue_limit,
