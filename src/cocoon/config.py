@@ -110,9 +110,24 @@ ENGINE_CAPACITY: Final[dict[str, int]] = {"openai-http": 256, "llama-cpp": 4, "f
 """``worker.max_concurrent`` when the config leaves it 0 (the default), per engine."""
 
 
+DEFAULT_PROXY: Final = "127.0.0.1:11100"
+"""Where a worker or client looks for its proxy when nothing else says."""
+
+
+def split_proxies(value: str, key: str) -> tuple[str, ...]:
+    """A comma-separated list of ``host:port``, each checked (ConfigError naming ``key``)."""
+    out = tuple(x.strip() for x in value.split(",") if x.strip())
+    for x in out:
+        parse_hostport(x, key)
+    return out
+
+
 @dataclass(frozen=True, slots=True)
 class WorkerConfig:
-    proxy: str = "127.0.0.1:11100"
+    # the proxies to serve, comma-separated host:port; with chain.registry set the worker
+    # also serves every proxy listed there whose attestation passes (empty and no
+    # registry: 127.0.0.1:11100)
+    proxy: str = ""
     http: str = "127.0.0.1:12000"
     # requests run at once; 0: the engine's default (ENGINE_CAPACITY: an OpenAI-compatible
     # server batches, so openai-http takes 256, as vLLM does; llama.cpp and fake take 4)
@@ -128,7 +143,7 @@ class WorkerConfig:
     chain: ChainConfig = field(default_factory=ChainConfig)
 
     def __post_init__(self) -> None:
-        parse_hostport(self.proxy, "worker.proxy")
+        split_proxies(self.proxy, "worker.proxy")
         parse_hostport(self.http, "worker.http")
         if self.max_concurrent == 0:
             object.__setattr__(self, "max_concurrent", ENGINE_CAPACITY[self.engine.kind])
@@ -137,6 +152,17 @@ class WorkerConfig:
             raise ConfigError("worker.drain_timeout_s must be >= 0")
         if not 1 <= self.coefficient <= 1_000_000:
             raise ConfigError("worker.coefficient must be from 1 to 1000000 (1000 = 1.0x)")
+
+    @property
+    def discovers(self) -> bool:
+        """Whether the proxies listed in the registry are served too."""
+        return self.chain.enabled and bool(self.chain.registry)
+
+    def static_proxies(self) -> tuple[str, ...]:
+        """The proxies named in the config (the default one when none is named and none is
+        found in a registry)."""
+        named = split_proxies(self.proxy, "worker.proxy")
+        return named or (() if self.discovers else (DEFAULT_PROXY,))
 
 
 @dataclass(frozen=True, slots=True)

@@ -292,3 +292,45 @@ def test_the_proxy_lists_itself_and_the_cli_lists_and_unlists(
     assert "wrong state" in cocoon_fails("proxy", "register", *second)
     # the running proxy's listing is untouched by all that
     assert net.deployment.proxy_stake in {p["stake_contract"] for p in cocoon(*show)["proxies"]}
+
+
+def test_a_worker_joins_by_the_registry_alone(net: LocalNetwork, configs: dict[str, Path],
+                                              tmp_path: Path) -> None:
+    """Issue 13, items 2 and 5: `cocoon worker --registry ADDRESS` with only its chain and
+    attestation settings (no proxy address) finds the proxy listed there and serves it;
+    when the proxy's listing goes, the worker lets it go; when it comes back, so does the
+    worker."""
+    assert net.deployment is not None and net.proxy is not None
+    registry = net.deployment.registry
+    proxy_cfg = str(configs["proxy"])
+    ready = tmp_path / "ready.json"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cocoon", "worker", "-c", str(configs["worker-1"]),
+         "--registry", registry, "--set", "proxy=", "--set", "node_id=joiner",
+         "--set", "chain.contract=", "--set", "chain.registry_refresh_s=0.3",
+         "--http", "127.0.0.1:0", "--engine", "fake", "--ready-file", str(ready)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(ready.exists, "the joining worker's ready file")
+        http = json.loads(ready.read_text())["http"]
+
+        def proxies() -> list[dict[str, Any]]:
+            return stats(http)["proxies"]  # type: ignore[no-any-return]
+
+        def joined() -> bool:
+            return any(w["node_id"] == "joiner" and w["capacity"]
+                       for w in stats(net.proxy.http)["workers"])
+
+        wait_for(joined, "the proxy to see the worker that found it in the registry")
+        assert [(p["address"], p["source"], p["state"]) for p in proxies()] == [
+            (net.proxy_addr, "registry", "connected")]
+        cocoon("proxy", "deregister", "-c", proxy_cfg)
+        wait_for(lambda: proxies() == [], "the worker to let the unlisted proxy go")
+        wait_for(lambda: not joined(), "the proxy to lose the worker")
+        cocoon("proxy", "register", "-c", proxy_cfg)
+        wait_for(joined, "the worker to come back to the proxy listed again")
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err[-2000:]
+    assert "left the registry" in err

@@ -78,8 +78,14 @@ def _role_options(p: argparse.ArgumentParser, role: str, *, suppress: bool,
         p.add_argument("--http", metavar="HOST:PORT",
                        help="health and stats (proxy.http, default 127.0.0.1:11000)", **d)
     elif role == "worker":
-        p.add_argument("--proxy", metavar="HOST:PORT",
-                       help="the proxy to serve (worker.proxy, default 127.0.0.1:11100)", **d)
+        p.add_argument("--proxy", metavar="HOST:PORT[,HOST:PORT...]",
+                       help="the proxies to serve (worker.proxy; default 127.0.0.1:11100 "
+                            "unless --registry finds them)", **d)
+        p.add_argument("--registry", metavar="ADDRESS",
+                       help="join the network of this root registry: serve every proxy "
+                            "listed there whose attestation passes, and take the allow-lists "
+                            "from it (chain.registry; the [chain] settings say how to read "
+                            "the chain)", **d)
         p.add_argument("--engine", choices=["llama-cpp", "openai-http", "fake"],
                        help="what generates the tokens (engine.kind, default llama-cpp): "
                             "llama-cpp, embedded llama.cpp with SmolLM2-135M-Instruct unless "

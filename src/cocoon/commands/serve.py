@@ -48,7 +48,7 @@ async def _run_role(args: argparse.Namespace) -> None:
             "proxy": "proxy", "http": "http", "engine": "engine.kind",
             "upstream": "engine.openai-http.base_url", "max_concurrent": "max_concurrent",
             "model_hash": "engine.openai-http.model_hash",
-            "drain_timeout": "drain_timeout_s"}))
+            "drain_timeout": "drain_timeout_s", "registry": "chain.registry"}))
         log.info("loading engine %s", wc.engine.kind)
         engine = await build_engine(wc.engine)
         log.info("engine %s ready: %s", engine.name, ", ".join(engine.models))

@@ -9,6 +9,7 @@ import contextlib
 import json
 import logging
 import os
+import random
 import signal
 import tempfile
 import time
@@ -289,7 +290,9 @@ async def dial_forever(
     on_state: Callable[[str], None] = lambda s: None,
 ) -> None:
     """Keep one connection to ``hostport`` up: connect, handshake, ``on_peer``, serve;
-    on loss wait (0.1 s doubling to 5 s) and again. Never returns; cancel to stop."""
+    on loss wait (0.1 s doubling to 5 s, each wait drawn between half and all of that so
+    that many nodes that lost one proxy do not come back in step) and again. Never returns;
+    cancel to stop."""
     host, port = parse_hostport(hostport, "proxy address")
     backoff = 0.1
     while True:
@@ -316,7 +319,7 @@ async def dial_forever(
         except (TransportError, ProtocolError) as exc:
             on_state("disconnected")
             log.warning("proxy %s:%s: %s; retrying in %.1fs", host, port, exc, backoff)
-        await asyncio.sleep(backoff)
+        await asyncio.sleep(backoff * random.uniform(0.5, 1.0))
         backoff = min(backoff * 2, 5.0)
 
 

@@ -1,10 +1,18 @@
-"""The worker: keeps a connection to the proxy, announces its models, runs requests on its
-engine and streams the results back under flow control.
+"""The worker: keeps a connection to each proxy it serves, announces its models, runs
+requests on its engine and streams the results back under flow control.
 
-It remembers the usage of its recent ticketed jobs (the proxy's ``Request.ticket``) and,
-after it loses the proxy, reports them first thing on the next connection
-(:class:`~cocoon.wire.JobReports`): a proxy that died mid-request then charges what was
-generated, and the worker is paid for it.
+The proxies it serves are those its config names (``worker.proxy``, comma-separated) and,
+with ``chain.registry`` set, every proxy listed there (re-read every
+``chain.registry_refresh_s``); a proxy whose attestation fails the worker's policy is refused
+at the handshake and tried again with backoff. One engine serves them all: each proxy is told
+the whole capacity, and a request that finds the engine full is refused "at capacity", which
+the proxy routes elsewhere. A proxy that leaves the registry is told the worker takes nothing
+more and is let go once its requests have finished.
+
+Per proxy (:class:`_Link`), it remembers the usage of its recent ticketed jobs (the proxy's
+``Request.ticket``) and, after it loses that proxy, reports them first thing on the next
+connection to it (:class:`~cocoon.wire.JobReports`): a proxy that died mid-request then
+charges what was generated, and the worker is paid for it.
 
 SIGTERM drains the worker: it tells the proxy it takes nothing more (an Announce of no
 capacity), refuses what still arrives as "at capacity" (so the proxy routes it elsewhere),
@@ -82,6 +90,30 @@ log = logging.getLogger(__name__)
 _ENDPOINTS: dict[str, Endpoint] = {"chat": "chat", "completions": "completions"}
 _MAX_REPORTS = 4096  # recent ticketed jobs remembered for the next connection's report
 _BURST_BYTES = 256 * 1024  # the most event data one Chunk carries (well under any frame)
+_DISCOVERY_POLL_S = 1.0  # how often the registry's last read is compared with the links
+
+
+@dataclass(eq=False)
+class _Link:
+    """One proxy this worker serves: its connection and what the worker keeps of it."""
+
+    address: str
+    source: str  # "config" or "registry"
+    state: str = "starting"
+    peer: Peer | None = None
+    attestation: dict[str, Any] = field(default_factory=dict)
+    account: AccountCopy = field(default_factory=lambda: AccountCopy("worker_payout"))
+    # ticket -> usage of the most recent ticketed jobs, oldest first (see module doc)
+    recent: collections.OrderedDict[int, Usage] = field(
+        default_factory=collections.OrderedDict)
+    task: asyncio.Task[None] | None = None
+    retiring: bool = False  # no longer listed: let go once its jobs end
+    jobs: int = 0
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"address": self.address, "source": self.source, "state": self.state,
+                "attestation": self.attestation, "active": self.jobs,
+                **({"retiring": True} if self.retiring else {})}
 
 
 @dataclass(slots=True)
@@ -112,9 +144,7 @@ class WorkerNode:
                                       expect_peer_role="proxy", lists=self._registry)
             connector, self.attestation = channels.connector, channels.own
         self._connector = connector
-        self.proxy_attestation: dict[str, Any] = {}
         self.stats = WorkerStats()
-        self.account = AccountCopy("worker_payout")
         self.payout: ChainVoucher | None = None  # newest on-chain payout voucher
         if config.chain.voucher_file:
             self.payout = read_voucher_file(config.chain.voucher_file)
@@ -122,12 +152,11 @@ class WorkerNode:
         self.draining = False
         self._idle = asyncio.Event()  # set whenever no request is in flight
         self._idle.set()
-        self._proxy: Peer | None = None  # the connection to the proxy, while it is up
-        self.proxy_state = "starting"
+        self._links: dict[str, _Link] = {}  # proxy address -> its link
+        self._by_peer: dict[Peer, _Link] = {}  # connected peers
+        self._dials: asyncio.TaskGroup | None = None
         self._jobs: dict[tuple[int, int], asyncio.Task[None]] = {}
         self._seq = 0
-        # ticket -> usage of the most recent ticketed jobs, oldest first (see module doc)
-        self._recent: collections.OrderedDict[int, Usage] = collections.OrderedDict()
         self._started = time.monotonic()
         self.http = HttpServer(self._http_app(), config.http, "worker.http")
 
@@ -136,23 +165,98 @@ class WorkerNode:
     def _connection(self) -> Connection:
         return Connection(role="worker", node_id=self.node_id)
 
-    async def _announce(self, peer: Peer) -> None:
-        self._proxy = peer
-        self.proxy_attestation = describe_evidence(peer.extra("verified_evidence"))
-        peer.send(Announce(tuple(self.engine.models),
-                           0 if self.draining else self.config.max_concurrent,
-                           self.engine.name, self.config.chain.contract,
-                           self.config.coefficient))
-        if self._recent:
-            # Jobs of earlier connections, all ended (a connection's jobs end with it): a
-            # proxy that restarted charges those it was relaying when it died; one that did
-            # not has settled them and ignores the report. They are kept, not cleared: a
-            # proxy killed again before it read them gets them from its successor too.
-            peer.send(JobReports(tuple(JobReport.of(t, u) for t, u in self._recent.items())))
-            log.info("reported the usage of %d recent job(s) to the proxy", len(self._recent))
+    @property
+    def links(self) -> list[_Link]:
+        return list(self._links.values())
 
-    def _set_state(self, state: str) -> None:
-        self.proxy_state = state
+    @property
+    def proxy_state(self) -> str:
+        """"connected" when some proxy is, else the first one's state."""
+        states = [link.state for link in self._links.values()]
+        return "connected" if "connected" in states else (states[0] if states else "starting")
+
+    def _capacity(self, link: _Link) -> int:
+        return 0 if self.draining or link.retiring else self.config.max_concurrent
+
+    async def _announce(self, link: _Link, peer: Peer) -> None:
+        link.peer = peer
+        self._by_peer[peer] = link
+        link.attestation = describe_evidence(peer.extra("verified_evidence"))
+        peer.send(Announce(tuple(self.engine.models), self._capacity(link), self.engine.name,
+                           self.config.chain.contract, self.config.coefficient))
+        if link.recent:
+            # Jobs of earlier connections to this proxy, all ended (a connection's jobs end
+            # with it): a proxy that restarted charges those it was relaying when it died;
+            # one that did not has settled them and ignores the report. They are kept, not
+            # cleared: a proxy killed again before it read them gets them from its successor.
+            peer.send(JobReports(tuple(JobReport.of(t, u) for t, u in link.recent.items())))
+            log.info("reported the usage of %d recent job(s) to the proxy %s",
+                     len(link.recent), link.address)
+
+    def _set_state(self, link: _Link, state: str) -> None:
+        link.state = state
+        if state != "connected" and link.peer is not None:
+            self._by_peer.pop(link.peer, None)
+            link.peer = None
+
+    def _open_link(self, address: str, source: str) -> None:
+        assert self._dials is not None
+        link = self._links[address] = _Link(address, source)
+        link.task = self._dials.create_task(dial_forever(
+            self._connector, address, self._connection,
+            lambda peer: self._announce(link, peer), self,
+            lambda state: self._set_state(link, state)))
+        log.info("serving the proxy %s (%s)", address, source)
+
+    def _sync_links(self, listed: set[str]) -> None:
+        """Serve the proxies listed now; let go of those no longer listed once idle."""
+        for address in sorted(listed - self._links.keys()):
+            self._open_link(address, "registry")
+        for link in list(self._links.values()):
+            if link.source != "registry":
+                continue
+            if link.address in listed:
+                if link.retiring:  # listed again
+                    link.retiring = False
+                    self._tell_capacity(link)
+                continue
+            if not link.retiring:
+                link.retiring = True
+                self._tell_capacity(link)
+                log.info("the proxy %s left the registry: no new requests from it",
+                         link.address)
+            if not link.jobs and link.task is not None:
+                link.task.cancel()
+                del self._links[link.address]
+                self._set_state(link, "retired")
+
+    def _tell_capacity(self, link: _Link) -> None:
+        peer = link.peer
+        if peer is not None and not peer.closed:
+            with contextlib.suppress(TransportError):
+                peer.send(Announce(tuple(self.engine.models), self._capacity(link),
+                                   self.engine.name, self.config.chain.contract,
+                                   self.config.coefficient))
+
+    async def _serve_proxies(self) -> None:
+        """Keep a connection to every proxy served, following the registry when it lists
+        proxies for this worker to find."""
+        async with asyncio.TaskGroup() as tg:
+            self._dials = tg
+            for address in self.config.static_proxies():
+                self._open_link(address, "config")
+            lists, seen = self._registry, -1
+            if not self.config.discovers or lists is None:
+                return  # the dial tasks run until cancelled
+            while True:
+                state = lists.state
+                if state is not None and (state.version != seen or any(
+                        link.retiring for link in self._links.values())):
+                    seen = state.version
+                    self._sync_links({p.info.worker_endpoint for p in state.live_proxies()
+                                      if p.info is not None} - set(
+                                          self.config.static_proxies()))
+                await asyncio.sleep(_DISCOVERY_POLL_S)
 
     async def run(self, stop: asyncio.Event, on_ready: Any = None) -> None:
         drained = asyncio.Event()
@@ -165,10 +269,7 @@ class WorkerNode:
         try:
             registry = await follow_registry(self.config.chain, self._registry)
             await serve_until_stopped(
-                self.http, self, on_ready, drained,
-                dial_forever(self._connector, self.config.proxy, self._connection,
-                             self._announce, self, self._set_state),
-                drain_on_stop(),
+                self.http, self, on_ready, drained, self._serve_proxies(), drain_on_stop(),
                 *([registry] if registry is not None else []))
         finally:
             await self.engine.close()
@@ -176,11 +277,8 @@ class WorkerNode:
     async def drain(self) -> None:
         """Take no new request, and wait (at most ``drain_timeout_s``) for those in flight."""
         self.draining = True
-        peer = self._proxy
-        if peer is not None and not peer.closed:
-            with contextlib.suppress(TransportError):
-                peer.send(Announce(tuple(self.engine.models), 0, self.engine.name,
-                                   coefficient=self.config.coefficient))
+        for link in self._links.values():
+            self._tell_capacity(link)
         if self.active:
             log.info("draining: %d request(s) in flight finish first (at most %gs); no new "
                      "ones", self.active, self.config.drain_timeout_s)
@@ -192,33 +290,39 @@ class WorkerNode:
                 log.warning("drain timed out: %d request(s) cut off", self.active)
 
     async def on_message(self, peer: Peer, msg: Message) -> None:
+        link = self._by_peer.get(peer)
+        if link is None:  # a message racing its connection's end
+            return
         if isinstance(msg, Request):
             self.stats.received += 1
-            if self.draining or self.active >= self.config.max_concurrent:
+            if self.draining or link.retiring or self.active >= self.config.max_concurrent:
                 self.stats.rejected += 1
                 peer.finish(Error.of(msg.req_id, NoWorkerAvailable(
                     f"worker {self.node_id} is "
-                    + ("shutting down" if self.draining else "at capacity"))))
+                    + ("shutting down" if self.draining or link.retiring
+                       else "at capacity"))))
                 return
             self.active += 1
+            link.jobs += 1
             self._idle.clear()
             key = (id(peer), msg.req_id)
-            self._jobs[key] = peer.spawn(self._job(peer, msg, key), f"job-{msg.req_id}")
+            self._jobs[key] = peer.spawn(self._job(link, peer, msg, key),
+                                         f"job-{msg.req_id}")
         elif isinstance(msg, Cancel):
             task = self._jobs.get((id(peer), msg.req_id))
             if task is not None:
                 task.cancel()
         elif isinstance(msg, Statement):
-            if keep_statement(self.account, msg) and msg.chain_voucher:
-                self._keep_payout(msg)
+            if keep_statement(link.account, msg) and msg.chain_voucher:
+                self._keep_payout(link, msg)
         else:
             log.warning("ignoring unexpected %s from the proxy", type(msg).__name__)
 
-    def _keep_payout(self, msg: Statement) -> None:
+    def _keep_payout(self, link: _Link, msg: Statement) -> None:
         """Keep the on-chain payout voucher of a statement we accepted, if it pays exactly
         what the statement says, on our channel, under the proxy's key."""
         try:
-            v = verify_voucher(parse_voucher(msg.chain_voucher), self.account.pubkey or b"")
+            v = verify_voucher(parse_voucher(msg.chain_voucher), link.account.pubkey or b"")
             if v.kind != "worker" or v.channel != self.config.chain.contract:
                 raise VoucherInvalid(f"payout voucher for {v.kind} channel {v.channel}, not "
                                      f"ours ({self.config.chain.contract or 'none'})")
@@ -236,7 +340,7 @@ class WorkerNode:
         if self.config.chain.voucher_file:
             write_voucher_file(self.config.chain.voucher_file, v)
 
-    async def _job(self, peer: Peer, req: Request, key: tuple[int, int]) -> None:
+    async def _job(self, link: _Link, peer: Peer, req: Request, key: tuple[int, int]) -> None:
         rid = req.req_id
         job: InferenceJob | None = None
         usage: Usage | None = None
@@ -277,17 +381,20 @@ class WorkerNode:
             peer.finish(self._failed(rid, job, err))
         finally:
             self.active -= 1
+            link.jobs -= 1
             if not self.active:
                 self._idle.set()
             self._jobs.pop(key, None)
             if req.ticket and job is not None:
-                self._remember(req.ticket, usage if usage is not None else job.meter.usage())
+                self._remember(link, req.ticket,
+                               usage if usage is not None else job.meter.usage())
 
-    def _remember(self, ticket: int, usage: Usage) -> None:
+    @staticmethod
+    def _remember(link: _Link, ticket: int, usage: Usage) -> None:
         """Keep a ticketed job's usage for the report after a lost connection."""
         if not usage.total_tokens:
             return
-        recent = self._recent
+        recent = link.recent
         recent[ticket] = usage
         if len(recent) > _MAX_REPORTS:
             recent.popitem(last=False)
@@ -349,12 +456,16 @@ class WorkerNode:
 
     def snapshot(self) -> dict[str, Any]:
         s = self.stats
+        first = next(iter(self._links.values()), None)
+        account = next((link.account for link in self._links.values() if link.account.pubkey),
+                       first.account if first else AccountCopy("worker_payout"))
         return {
             "role": "worker",
             "node_id": self.node_id,
             "uptime_s": uptime_since(self._started),
-            "proxy": {"address": self.config.proxy, "state": self.proxy_state,
-                      "attestation": self.proxy_attestation},
+            # the first proxy served (its state "connected" when any is), then each
+            "proxy": {**(first.snapshot() if first else {}), "state": self.proxy_state},
+            "proxies": [link.snapshot() for link in self._links.values()],
             "attestation": self.attestation,
             "engine": {"name": self.engine.name, "models": list(self.engine.models),
                        "cancelled": self.engine.cancelled,
@@ -367,7 +478,8 @@ class WorkerNode:
                          "cancelled": s.cancelled, "errors": dict(s.errors)},
             "tokens": {"prompt": s.prompt_tokens, "completion": s.completion_tokens},
             "chunks_sent": s.chunks,
-            "billing": {**self.account.snapshot(), **self._payout_snapshot()},
+            # the account of the first proxy that sent a statement
+            "billing": {**account.snapshot(), **self._payout_snapshot()},
         }
 
     def _http_app(self) -> web.Application:
