@@ -161,13 +161,24 @@ class WorkerConfig:
     def static_proxies(self) -> tuple[str, ...]:
         """The proxies named in the config (the default one when none is named and none is
         found in a registry)."""
-        named = split_proxies(self.proxy, "worker.proxy")
-        return named or (() if self.discovers else (DEFAULT_PROXY,))
+        return _static_proxies(self.proxy, self.discovers, "worker.proxy")
+
+
+def _static_proxies(value: str, discovers: bool, key: str) -> tuple[str, ...]:
+    named = split_proxies(value, key)
+    return named or (() if discovers else (DEFAULT_PROXY,))
 
 
 @dataclass(frozen=True, slots=True)
 class ClientConfig:
-    proxy: str = "127.0.0.1:11100"
+    # the proxies to send requests through, comma-separated host:port; with chain.registry
+    # set, also those listed there (empty and no registry: 127.0.0.1:11100). A request goes
+    # through one; one that had no answer yet when its proxy's connection dropped is sent
+    # again through another.
+    proxy: str = ""
+    # with a registry: connect to at most this many of the proxies found there (at least 2
+    # stay warm when 2 exist), those this client has a payment channel to first
+    max_proxies: int = 3
     http: str = "127.0.0.1:10000"  # the OpenAI API
     request_timeout_s: float = 120.0
     http_idle_timeout_s: float = HTTP_IDLE_TIMEOUT_S  # idle or header-less connections close
@@ -184,7 +195,9 @@ class ClientConfig:
     chain: ChainConfig = field(default_factory=ChainConfig)
 
     def __post_init__(self) -> None:
-        parse_hostport(self.proxy, "client.proxy")
+        split_proxies(self.proxy, "client.proxy")
+        if self.max_proxies < 2:
+            raise ConfigError("client.max_proxies must be at least 2 (a spare stays warm)")
         parse_hostport(self.http, "client.http")
         require_positive(self.request_timeout_s, "client.request_timeout_s")
         require_positive(self.http_idle_timeout_s, "client.http_idle_timeout_s")
@@ -192,6 +205,19 @@ class ClientConfig:
         if not 0 <= self.max_coefficient <= 1_000_000:
             raise ConfigError("client.max_coefficient must be from 0 (no cap) to 1000000 "
                               "(1000 = 1.0x)")
+
+    @property
+    def discovers(self) -> bool:
+        """Whether the proxies listed in the registry are used too."""
+        return self.chain.enabled and bool(self.chain.registry)
+
+    def static_proxies(self) -> tuple[str, ...]:
+        return _static_proxies(self.proxy, self.discovers, "client.proxy")
+
+    def channels(self) -> tuple[str, ...]:
+        """The payment channels this client pays through (``chain.contract``, comma-
+        separated: one per proxy it pays)."""
+        return tuple(x.strip() for x in self.chain.contract.split(",") if x.strip())
 
 
 T = TypeVar("T")

@@ -12,7 +12,7 @@ import openai
 import pytest
 
 from cocoon.config import ClientConfig
-from cocoon.nodes.client.node import ClientNode
+from cocoon.nodes.client.node import ClientNode, _ProxyLink
 from cocoon.wire import CatalogEntry
 
 ORIGIN = "http://localhost:3000"
@@ -20,8 +20,10 @@ ORIGIN = "http://localhost:3000"
 
 async def started(**config: Any) -> ClientNode:
     n = ClientNode(ClientConfig(http="127.0.0.1:0", proxy="127.0.0.1:9", **config))
-    n.catalog = (CatalogEntry("SmolLM2-135M-Instruct", 1, 0, 4),
-                 CatalogEntry("org/model:v1", 2, 1, 8, 2_000_000, 5_000_000))
+    # as a proxy's Catalog would have set it
+    n._links["127.0.0.1:9"] = _ProxyLink("127.0.0.1:9", "config", catalog=(
+        CatalogEntry("SmolLM2-135M-Instruct", 1, 0, 4),
+        CatalogEntry("org/model:v1", 2, 1, 8, 2_000_000, 5_000_000)))
     await n.http.start()
     return n
 

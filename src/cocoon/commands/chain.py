@@ -38,8 +38,8 @@ from cocoon.money import format_ton, iso_utc, parse_ton
 from cocoon.validation import parse_hostport
 
 __all__ = ["SEND_FEES", "add_chain_arguments", "channel_report", "client_chain_command",
-           "proxy_listing", "proxy_open_channel", "proxy_stake", "require_funds", "switch_channel",
-           "worker_withdraw"]
+           "one_channel", "proxy_listing", "proxy_open_channel", "proxy_stake",
+           "require_funds", "switch_channel", "worker_withdraw"]
 
 SEND_FEES = 50_000_000
 """What a payment may cost its sender in fees on top of the value it carries (0.05 TON: the
@@ -315,8 +315,17 @@ async def _client_open(cfg: Any, args: argparse.Namespace, amount: int) -> dict[
         await nc.aclose()
 
 
+def one_channel(cfg: Any) -> None:
+    """A client action acts on one channel: ConfigError when the config names several."""
+    channels = cfg.channels()
+    if len(channels) > 1:
+        raise ConfigError(f"chain.contract names {len(channels)} channels (one per proxy): "
+                          "say which with --set chain.contract=CHANNEL")
+
+
 def client_chain_command(args: argparse.Namespace, cfg: Any) -> int:
     """``cocoon client open|topup|close|withdraw``."""
+    one_channel(cfg)
     amount = parse_ton(args.amount) if args.action in ("topup", "open") else 0
     if args.action != "open":
         _print(asyncio.run(_client_action(cfg, args.action, amount)), args.json)

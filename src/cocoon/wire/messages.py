@@ -124,10 +124,14 @@ class CatalogEntry:
 
 @dataclass(frozen=True, slots=True)
 class Catalog:
-    """Proxy -> client: the models currently served, pushed whenever it changes."""
+    """Proxy -> client: the models currently served, pushed whenever it changes, and (when
+    it bills) the proxy's voucher key, so a client with channels to several proxies binds
+    the one whose payee key it is."""
 
     TYPE: ClassVar[int] = 3
+    OPTIONAL_TAIL: ClassVar[int] = 1
     entries: tuple[CatalogEntry, ...]
+    payee_pubkey: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,4 +1,18 @@
-"""The client: an OpenAI-compatible HTTP API for apps, relaying each request to the proxy.
+"""The client: an OpenAI-compatible HTTP API for apps, relaying each request through a proxy.
+
+It keeps connections to the proxies its config names (``client.proxy``, comma-separated) and,
+with ``chain.registry`` set, to those listed there (at most ``client.max_proxies``; those it
+has a payment channel to first), each one a :class:`_ProxyLink`. Each request goes through the
+connected proxy that offers its model and has the fewest of this client's requests in flight.
+When a proxy's connection drops before the request's first chunk arrived (the app has had no
+byte), the request is sent again through another proxy, at most ``_MAX_SENDS`` times in
+all; a stream already under way ends with an ``error`` event, billed as before.
+
+Payment: one channel per proxy paid (``chain.contract``, comma-separated). With several, the
+client reads each channel's parties from the chain at start and binds a proxy's connection to
+the channel whose payee key is the proxy's voucher key (from its registry listing, or the key
+its Catalog announces); each channel has its own signer and its own copy of the account,
+pinned to that payee key.
 
 The HTTP response is committed at the first chunk, so any failure before it (validation,
 routing, engine refusal) reaches the app as a proper OpenAI error with its HTTP status.
@@ -20,14 +34,16 @@ returns one (404 ``model_not_found`` otherwise). A browser app on an origin name
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
 
+from cocoon.chain.connect import channel_parties, open_chain
 from cocoon.config import ClientConfig
 from cocoon.crypto import load_or_create_ec_key
 from cocoon.errors import (
@@ -86,6 +102,8 @@ __all__ = ["ClientNode"]
 log = logging.getLogger(__name__)
 
 _BURST = 64
+_MAX_SENDS = 3  # a request is sent through at most this many proxies
+_DISCOVERY_POLL_S = 1.0  # how often the registry's last read is compared with the links
 _CORS_METHODS = "GET, POST, OPTIONS"
 _CORS_HEADERS = "Authorization, Content-Type, OpenAI-Organization, OpenAI-Project"
 _CORS_MAX_AGE_S = 600
@@ -98,8 +116,43 @@ class ClientStats:
     failed: int = 0
     invalid: int = 0
     disconnected: int = 0
+    resent: int = 0  # requests sent again through another proxy
     prompt_tokens: int = 0
     completion_tokens: int = 0
+
+
+class _Resend(Exception):
+    """The proxy's connection dropped before the request's first chunk: send it again."""
+
+
+@dataclass(eq=False)
+class _ProxyLink:
+    """One proxy this client sends through: its connection, what it offers, how it is paid."""
+
+    address: str
+    source: str  # "config" or "registry"
+    payee_pubkey: bytes = b""  # its voucher key: from its listing, else its Catalog
+    state: str = "starting"
+    peer: Peer | None = None
+    attestation: dict[str, Any] = field(default_factory=dict)
+    catalog: tuple[CatalogEntry, ...] = ()
+    roster: tuple[WorkerInfo, ...] = ()
+    signer: ChargeSigner | None = None  # the channel it is paid through, once bound
+    account: AccountCopy = field(default_factory=lambda: AccountCopy("client_charge"))
+    in_flight: int = 0
+    task: asyncio.Task[None] | None = None
+
+    @property
+    def up(self) -> bool:
+        return self.peer is not None and not self.peer.closed
+
+    def offers(self, model: str) -> bool:
+        return any(e.model == model for e in self.catalog)
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"address": self.address, "source": self.source, "state": self.state,
+                "attestation": self.attestation, "in_flight": self.in_flight,
+                "channel": self.signer.channel if self.signer else None}
 
 
 class ClientNode:
@@ -113,18 +166,19 @@ class ClientNode:
                                        expect_peer_role="proxy", key=key,
                                        lists=self._registry).connector
         self._connector = connector
-        self.proxy_attestation: dict[str, Any] = {}
-        self.roster: tuple[WorkerInfo, ...] = ()
-        self.account = AccountCopy("client_charge")
-        self.signer: ChargeSigner | None = None
-        if config.chain.contract:
-            if not config.chain.key_file:
-                raise ConfigError("chain.key_file (the key that signs this client's charge "
-                                  "vouchers) is required with chain.contract")
-            self.signer = ChargeSigner(config.chain.key_file, config.chain.contract)
-        self.proxy: Peer | None = None
-        self.proxy_state = "starting"
-        self.catalog: tuple[CatalogEntry, ...] = ()
+        # channel -> its signer; with several, channel -> its payee's key (read at start)
+        self._signers: dict[str, ChargeSigner] = {}
+        self._payees: dict[bytes, str] = {}
+        channels = config.channels()
+        if channels and not config.chain.key_file:
+            raise ConfigError("chain.key_file (the key that signs this client's charge "
+                              "vouchers) is required with chain.contract")
+        for ch in channels:
+            self._signers[ch] = ChargeSigner(config.chain.key_file, ch,
+                                             shared_state=len(channels) == 1)
+        self._links: dict[str, _ProxyLink] = {}
+        self._by_peer: dict[Peer, _ProxyLink] = {}
+        self._dials: asyncio.TaskGroup | None = None
         self.stats = ClientStats()
         self._watchdog = Watchdog()
         self._started = time.monotonic()
@@ -135,32 +189,92 @@ class ClientNode:
                                idle_timeout_s=config.http_idle_timeout_s,
                                body_timeout_s=config.http_body_timeout_s)
 
-    # --- proxy connection -------------------------------------------------------------
+    # --- proxy connections ------------------------------------------------------------
 
     def _connection(self) -> Connection:
         return Connection(role="client", node_id=self.node_id)
 
-    async def _on_proxy(self, peer: Peer) -> None:
-        self.proxy = peer
-        self.proxy_attestation = describe_evidence(peer.extra("verified_evidence"))
-        if self.signer is not None:  # bind this connection to our channel (proves the key)
-            v = self.signer.sign(self.signer.cumulative)
-            peer.send(Payment(v.channel, v.body_boc()))
+    @property
+    def links(self) -> list[_ProxyLink]:
+        return list(self._links.values())
 
-    def _set_state(self, state: str) -> None:
-        self.proxy_state = state
-        if state != "connected":
-            self.proxy = None
+    @property
+    def proxy_state(self) -> str:
+        """"connected" when some proxy is, else the first one's state."""
+        states = [link.state for link in self._links.values()]
+        return "connected" if "connected" in states else (states[0] if states else "starting")
+
+    @property
+    def catalog(self) -> tuple[CatalogEntry, ...]:
+        """Every connected proxy's models (a lost connection's are cleared), merged: worker
+        counts and capacity added up, prices spanning them all."""
+        merged: dict[str, CatalogEntry] = {}
+        for link in self._links.values():
+            for e in link.catalog:
+                m = merged.get(e.model)
+                merged[e.model] = e if m is None else CatalogEntry(
+                    e.model, m.workers + e.workers, m.active + e.active,
+                    m.capacity + e.capacity,
+                    min(x for x in (m.price_min, e.price_min) if x) if (
+                        m.price_min or e.price_min) else 0,
+                    max(m.price_max, e.price_max))
+        return tuple(merged[k] for k in sorted(merged))
+
+    @property
+    def roster(self) -> tuple[WorkerInfo, ...]:
+        return tuple(w for link in self._links.values() for w in link.roster)
+
+    def _bind(self, link: _ProxyLink) -> None:
+        """Bind this connection to the channel that pays this proxy (proves the key): the
+        only one, or the one whose payee key is the proxy's."""
+        peer = link.peer
+        if peer is None or link.signer is not None or not self._signers:
+            return
+        if len(self._signers) == 1:
+            signer = next(iter(self._signers.values()))
+        else:
+            channel = self._payees.get(link.payee_pubkey)
+            if channel is None:
+                if link.payee_pubkey:
+                    log.warning("no payment channel to the proxy %s (its key %s…): its "
+                                "requests are not paid", link.address,
+                                link.payee_pubkey.hex()[:16])
+                return
+            signer = self._signers[channel]
+            link.account.pubkey = link.payee_pubkey  # its statements must be signed so
+        link.signer = signer
+        v = signer.sign(signer.cumulative)
+        peer.send(Payment(v.channel, v.body_boc()))
+
+    async def _on_proxy(self, link: _ProxyLink, peer: Peer) -> None:
+        link.peer = peer
+        self._by_peer[peer] = link
+        link.attestation = describe_evidence(peer.extra("verified_evidence"))
+        self._bind(link)
+
+    def _set_state(self, link: _ProxyLink, state: str) -> None:
+        link.state = state
+        if state != "connected" and link.peer is not None:
+            self._by_peer.pop(link.peer, None)
+            link.peer = None
+            link.signer = None  # bound again on the next connection
+            link.catalog, link.roster = (), ()
 
     async def on_message(self, peer: Peer, msg: Message) -> None:
+        link = self._by_peer.get(peer)
+        if link is None:
+            return
         if isinstance(msg, Catalog):
-            self.catalog = msg.entries
+            link.catalog = msg.entries
+            if msg.payee_pubkey and not link.payee_pubkey:
+                link.payee_pubkey = msg.payee_pubkey
+            self._bind(link)
         elif isinstance(msg, Roster):
-            self.roster = msg.workers
+            link.roster = msg.workers
         elif isinstance(msg, Statement):
-            if keep_statement(self.account, msg) and self.signer is not None:
+            if keep_statement(link.account, msg) and link.signer is not None:
                 try:
-                    v = self.signer.sign(msg.charged)
+                    v = link.signer.sign(msg.charged)
                 except PaymentError as exc:
                     log.error("not signing the proxy's statement: %s", exc)
                 else:
@@ -168,15 +282,78 @@ class ClientNode:
         else:
             log.warning("ignoring unexpected %s from the proxy", type(msg).__name__)
 
+    def _open_link(self, address: str, source: str, payee_pubkey: bytes = b"") -> None:
+        assert self._dials is not None
+        link = self._links[address] = _ProxyLink(address, source, payee_pubkey)
+        link.task = self._dials.create_task(dial_forever(
+            self._connector, address, self._connection,
+            lambda peer: self._on_proxy(link, peer), self,
+            lambda state: self._set_state(link, state)))
+
+    def _sync_links(self, listed: dict[str, bytes]) -> None:
+        """Connect to the listed proxies (endpoint -> voucher key), those this client pays
+        first, at most ``client.max_proxies`` from the registry; drop the unlisted ones
+        when nothing of ours runs through them."""
+        paid = [a for a, key in listed.items() if key in self._payees or len(self._signers) < 2]
+        order = sorted(listed, key=lambda a: (a not in paid, a))
+        keep = set(order[:self.config.max_proxies])
+        for address in order:
+            if address in keep and address not in self._links:
+                self._open_link(address, "registry", listed[address])
+        for link in list(self._links.values()):
+            if (link.source == "registry" and link.address not in keep
+                    and not link.in_flight and link.task is not None):
+                link.task.cancel()
+                del self._links[link.address]
+                self._set_state(link, "dropped")
+                log.info("the proxy %s is no longer listed: disconnected", link.address)
+
+    async def _read_payees(self) -> None:
+        """With several channels: which proxy key each one pays (read on chain once)."""
+        if len(self._signers) < 2:
+            return
+        chain = await open_chain(self.config.chain)
+        try:
+            for ch in self._signers:
+                parties = await channel_parties(chain, ch)
+                self._payees[parties.payee_pubkey] = ch
+        finally:
+            await chain.aclose()
+
+    async def _serve_proxies(self) -> None:
+        async with asyncio.TaskGroup() as tg:
+            self._dials = tg
+            for address in self.config.static_proxies():
+                self._open_link(address, "config")
+            lists, seen = self._registry, -1
+            if not self.config.discovers or lists is None:
+                return  # the dial tasks run until cancelled
+            static = set(self.config.static_proxies())
+            while True:
+                state = lists.state
+                if state is not None and state.version != seen:
+                    seen = state.version
+                    self._sync_links({p.info.client_endpoint: p.pubkey
+                                      for p in state.live_proxies()
+                                      if p.info is not None
+                                      and p.info.client_endpoint not in static})
+                await asyncio.sleep(_DISCOVERY_POLL_S)
+
     async def run(self, stop: asyncio.Event, on_ready: Any = None) -> None:
+        await self._read_payees()
         registry = await follow_registry(self.config.chain, self._registry)
         await serve_until_stopped(
-            self.http, self, on_ready, stop,
-            dial_forever(self._connector, self.config.proxy, self._connection, self._on_proxy,
-                         self, self._set_state),
+            self.http, self, on_ready, stop, self._serve_proxies(),
             self._watchdog.run(), self._app_errors.flush_forever(),
             self._internal_errors.flush_forever(),
             *([registry] if registry is not None else []))
+
+    def _pick(self, model: str, tried: set[_ProxyLink]) -> _ProxyLink | None:
+        """The connected proxy offering ``model`` with the fewest of our requests in flight
+        (one that offers nothing yet will do when none offers it), not yet tried."""
+        up = [link for link in self._links.values() if link.up and link not in tried]
+        offering = [link for link in up if link.offers(model)] or up
+        return min(offering, key=lambda link: link.in_flight, default=None)
 
     # --- OpenAI HTTP ------------------------------------------------------------------
 
@@ -188,32 +365,46 @@ class ClientNode:
                                     max_coefficient=self.config.max_coefficient)
         except RequestError as exc:
             return self._invalid(request, exc)
-        peer = self.proxy
-        if peer is None or peer.closed:
-            self.stats.failed += 1
-            return error_response(NoWorkerAvailable(
-                f"the client is not connected to the proxy ({self.proxy_state}); retry shortly"))
         timeout = self.config.request_timeout_s
-        try:
-            stream = peer.open_stream(lambda rid: request_for(env, rid, int(timeout * 1000)))
-        except FrameTooLarge:  # the proxy announced frames smaller than ours
-            return self._invalid(request, RequestTooLarge(
-                "Request body too large for the proxy's frame limit."))
-        except TransportError:
-            self.stats.failed += 1
-            return error_response(NoWorkerAvailable("the connection to the proxy was lost"))
-        # Our own deadline, a little past the proxy's, so its precise error wins the race.
-        self._watchdog.watch(stream, timeout + 2.0, timeout + 2.0)
-        try:
-            if env.stream:
-                return await self._stream(request, stream)
-            return await self._unary(stream)
-        except (asyncio.CancelledError, ConnectionResetError):
-            self.stats.disconnected += 1
-            raise
-        finally:
-            self._watchdog.forget(stream)
-            stream.cancel("app disconnected")
+        deadline = time.monotonic() + timeout
+        tried: set[_ProxyLink] = set()
+        while True:
+            link = self._pick(env.model, tried)
+            if link is None or link.peer is None:
+                self.stats.failed += 1
+                return error_response(NoWorkerAvailable(
+                    "the connection to the proxy was lost" if tried else
+                    f"the client is not connected to a proxy ({self.proxy_state}); retry "
+                    "shortly"))
+            tried.add(link)
+            left = deadline - time.monotonic()
+            try:
+                stream = link.peer.open_stream(functools.partial(
+                    _request_of, env, int(left * 1000)))
+            except FrameTooLarge:  # the proxy announced frames smaller than ours
+                return self._invalid(request, RequestTooLarge(
+                    "Request body too large for the proxy's frame limit."))
+            except TransportError:
+                continue
+            # Our own deadline, a little past the proxy's, so its precise error wins.
+            self._watchdog.watch(stream, left + 2.0, left + 2.0)
+            link.in_flight += 1
+            try:
+                if env.stream:
+                    return await self._stream(request, stream, resend=len(tried) < _MAX_SENDS)
+                return await self._unary(stream, resend=len(tried) < _MAX_SENDS)
+            except _Resend:
+                self.stats.resent += 1
+                log.info("the proxy %s went away before answering: sending the request "
+                         "through another", link.address)
+                continue
+            except (asyncio.CancelledError, ConnectionResetError):
+                self.stats.disconnected += 1
+                raise
+            finally:
+                link.in_flight -= 1
+                self._watchdog.forget(stream)
+                stream.cancel("app disconnected")
 
     def _invalid(self, request: web.Request, err: RequestError) -> web.Response:
         """An app's mistake: counted, logged (rate-limited, no content), answered."""
@@ -261,10 +452,12 @@ class ClientNode:
         self.stats.prompt_tokens += end.prompt_tokens
         self.stats.completion_tokens += end.completion_tokens
 
-    async def _unary(self, stream: OutgoingStream) -> web.Response:
+    async def _unary(self, stream: OutgoingStream, *, resend: bool) -> web.Response:
         body = b""
         while True:
             ev = await stream.next()
+            if resend and not body and isinstance(ev, TransportError):
+                raise _Resend
             if type(ev) is Chunk:
                 body += ev.data
                 stream.consumed()
@@ -276,11 +469,14 @@ class ClientNode:
             else:
                 return error_response(self._failure(ev))  # type: ignore[arg-type]
 
-    async def _stream(self, request: web.Request, stream: OutgoingStream) -> web.StreamResponse:
+    async def _stream(self, request: web.Request, stream: OutgoingStream, *,
+                      resend: bool) -> web.StreamResponse:
         response: web.StreamResponse | None = None
         while True:
             ev = await stream.next()
             kind = type(ev)
+            if resend and response is None and isinstance(ev, TransportError):
+                raise _Resend
             if kind is Chunk:
                 if response is None:
                     response = await open_sse(request)
@@ -351,32 +547,54 @@ class ClientNode:
             "role": "client",
             "node_id": self.node_id,
             "uptime_s": uptime_since(self._started),
-            "proxy": {"address": self.config.proxy, "state": self.proxy_state,
-                      "attestation": self.proxy_attestation},
+            # the first proxy (its state "connected" when any is), then each
+            "proxy": {**(self.links[0].snapshot() if self._links else {}),
+                      "state": self.proxy_state},
+            "proxies": [link.snapshot() for link in self._links.values()],
             "workers": [{"node_id": w.node_id, "tier": w.tier,
                          "image_hash": w.image_hash.hex() or None, "models": list(w.models)}
                         for w in self.roster],
             "api": self.http.url + "/v1",
             "requests": {"total": s.requests, "succeeded": s.succeeded, "failed": s.failed,
-                         "invalid": s.invalid, "disconnected": s.disconnected},
+                         "invalid": s.invalid, "disconnected": s.disconnected,
+                         "resent": s.resent},
             "tokens": {"prompt": s.prompt_tokens, "completion": s.completion_tokens},
             "models": [{"id": e.model, "workers": e.workers, "capacity": e.capacity}
                        for e in self.catalog],
-            "billing": {**self.account.snapshot(), **self._signed()},
+            # the first channel's account (the one `cocoon client balance` reads), then each
+            "billing": self._billing(self._first_paid()),
+            "channels": [self._billing(link) for link in self._links.values()
+                         if link.signer is not None],
         }
 
-    def _signed(self) -> dict[str, Any]:
-        if self.signer is None:
-            return {}
-        return {"channel": self.signer.channel, "signed": {
-            "seqno": self.signer.seqno, "cumulative_nanoton": self.signer.cumulative}}
+    def _first_paid(self) -> _ProxyLink | None:
+        """The link of the first channel; without channels (billing off the chain), the
+        first that sent a statement."""
+        first = next(iter(self._signers), None)
+        if first is None:
+            return next((link for link in self._links.values()
+                         if link.account.voucher is not None), None)
+        return next((link for link in self._links.values()
+                     if link.signer is not None and link.signer.channel == first), None)
+
+    def _billing(self, link: _ProxyLink | None) -> dict[str, Any]:
+        if link is None:
+            signer = next(iter(self._signers.values()), None)
+            account = AccountCopy("client_charge")
+        else:
+            signer, account = link.signer, link.account
+        out = account.snapshot()
+        if signer is not None:
+            out.update(channel=signer.channel, signed={
+                "seqno": signer.seqno, "cumulative_nanoton": signer.cumulative})
+        return out
 
     def _http_app(self) -> web.Application:
         app = web.Application(client_max_size=MAX_REQUEST_BODY,
                               middlewares=[self._openai_errors])
 
         async def health(_: web.Request) -> web.Response:
-            ok = self.proxy is not None and not self.proxy.closed
+            ok = any(link.up for link in self._links.values())
             return json_response({"status": "ok" if ok else "degraded",
                                   "proxy": self.proxy_state,
                                   "models": [e.model for e in self.catalog]},
@@ -392,6 +610,10 @@ class ClientNode:
         add_health_routes(app, health, stats)
         app.on_response_prepare.append(self._cors_headers)
         return app
+
+
+def _request_of(env: Envelope, timeout_ms: int, rid: int) -> Any:
+    return request_for(env, rid, timeout_ms)
 
 
 def _model(e: CatalogEntry) -> dict[str, Any]:

@@ -5,7 +5,9 @@ own key (``chain.key_file``). After each proxy statement that checks out (signed
 proxy, strictly newer, figures matching), the client signs the statement's cumulative
 charge for its channel and sends it back; nothing else is ever signed. Seqnos are
 ``max(last + 1, unix milliseconds)``, so they keep increasing across restarts even if the
-small state file (the last voucher signed) is lost.
+small state file (the last voucher signed) is lost. A client paying through one channel keeps
+that file beside its key (``KEY.signed.json``); one paying several proxies keeps one per
+channel (``KEY.signed-<channel>.json``).
 """
 
 from __future__ import annotations
@@ -26,10 +28,11 @@ log = logging.getLogger(__name__)
 
 
 class ChargeSigner:
-    def __init__(self, key_file: str, channel: str) -> None:
+    def __init__(self, key_file: str, channel: str, *, shared_state: bool = True) -> None:
         self._key = load_or_create_ed25519_key(key_file)
         self.channel = channel
-        self._state = Path(key_file + ".signed.json")
+        self._state = Path(key_file + ".signed.json" if shared_state else
+                           f"{key_file}.signed-{channel.replace(':', '_')}.json")
         self.seqno = 0
         self.cumulative = 0
         try:

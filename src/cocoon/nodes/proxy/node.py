@@ -65,6 +65,7 @@ from cocoon.errors import (
     WorkerLost,
 )
 from cocoon.ledger.accounts import channel_account, client_account, worker_account
+from cocoon.ledger.vouchers import public_key_bytes
 from cocoon.money import format_ton
 from cocoon.nodes.channels import build_channels, describe_evidence
 from cocoon.nodes.common import (
@@ -1029,7 +1030,7 @@ class ProxyNode:
                          per_million(min(w.coefficient for w in ws)),
                          per_million(max(w.coefficient for w in ws)))
             for m, ws in sorted(by_model.items())
-        ))
+        ), public_key_bytes(self.billing.key) if self.billing is not None else b"")
 
     def _roster(self) -> Roster:
         return Roster(tuple(

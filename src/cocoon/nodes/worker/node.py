@@ -5,9 +5,11 @@ The proxies it serves are those its config names (``worker.proxy``, comma-separa
 with ``chain.registry`` set, every proxy listed there (re-read every
 ``chain.registry_refresh_s``); a proxy whose attestation fails the worker's policy is refused
 at the handshake and tried again with backoff. One engine serves them all: each proxy is told
-the whole capacity, and a request that finds the engine full is refused "at capacity", which
-the proxy routes elsewhere. A proxy that leaves the registry is told the worker takes nothing
-more and is let go once its requests have finished.
+the whole capacity, and a request that finds every engine slot taken by another proxy's waits
+at the worker for the next free one (at most as many wait as the other proxies were
+promised; beyond that it is refused "at capacity", which the proxy routes elsewhere). A proxy
+that leaves the registry is told the worker takes nothing more and is let go once its
+requests have finished.
 
 Per proxy (:class:`_Link`), it remembers the usage of its recent ticketed jobs (the proxy's
 ``Request.ticket``) and, after it loses that proxy, reports them first thing on the next
@@ -123,6 +125,7 @@ class WorkerStats:
     failed: int = 0
     rejected: int = 0
     cancelled: int = 0
+    waited: int = 0  # requests that waited for an engine slot another proxy's held
     prompt_tokens: int = 0
     completion_tokens: int = 0
     chunks: int = 0
@@ -148,7 +151,9 @@ class WorkerNode:
         self.payout: ChainVoucher | None = None  # newest on-chain payout voucher
         if config.chain.voucher_file:
             self.payout = read_voucher_file(config.chain.voucher_file)
-        self.active = 0
+        self.active = 0  # requests taken: running, or waiting for an engine slot
+        self._slots = asyncio.Semaphore(config.max_concurrent)
+        self.running = 0  # requests on the engine
         self.draining = False
         self._idle = asyncio.Event()  # set whenever no request is in flight
         self._idle.set()
@@ -295,7 +300,9 @@ class WorkerNode:
             return
         if isinstance(msg, Request):
             self.stats.received += 1
-            if self.draining or link.retiring or self.active >= self.config.max_concurrent:
+            # every proxy was promised the whole capacity: what more than that arrives waits
+            limit = self.config.max_concurrent * max(1, len(self._by_peer))
+            if self.draining or link.retiring or self.active >= limit:
                 self.stats.rejected += 1
                 peer.finish(Error.of(msg.req_id, NoWorkerAvailable(
                     f"worker {self.node_id} is "
@@ -359,7 +366,14 @@ class WorkerNode:
             # The job's cap never exceeds what the proxy granted (reserved funds for).
             job = InferenceJob(endpoint, body, (os.getpid() << 32) | self._seq,
                                granted=req.max_tokens)
-            usage = await self._generate(peer, rid, job, req.timeout_ms / 1000.0)
+            if self._slots.locked():  # another proxy's requests hold every slot
+                self.stats.waited += 1
+            async with self._slots:
+                self.running += 1
+                try:
+                    usage = await self._generate(peer, rid, job, req.timeout_ms / 1000.0)
+                finally:
+                    self.running -= 1
             peer.finish(End.of(rid, usage))
             self.stats.completed += 1
             self._count_tokens(usage)
@@ -471,11 +485,13 @@ class WorkerNode:
                        "cancelled": self.engine.cancelled,
                        "usage_estimated": self.engine.usage_estimated},
             "active": self.active,
+            "running": self.running,
             "max_concurrent": self.config.max_concurrent,
             "draining": self.draining,
             "requests": {"received": s.received, "completed": s.completed,
                          "failed": s.failed, "rejected": s.rejected,
-                         "cancelled": s.cancelled, "errors": dict(s.errors)},
+                         "cancelled": s.cancelled, "waited": s.waited,
+                         "errors": dict(s.errors)},
             "tokens": {"prompt": s.prompt_tokens, "completion": s.completion_tokens},
             "chunks_sent": s.chunks,
             # the account of the first proxy that sent a statement
