@@ -163,6 +163,15 @@ class WorkerConfig:
         found in a registry)."""
         return _static_proxies(self.proxy, self.discovers, "worker.proxy")
 
+    def channels(self) -> tuple[str, ...]:
+        """The payout channels this worker is paid through (``chain.contract``, comma-
+        separated: one per proxy that pays it)."""
+        return _channels(self.chain.contract)
+
+
+def _channels(value: str) -> tuple[str, ...]:
+    return tuple(x.strip() for x in value.split(",") if x.strip())
+
 
 def _static_proxies(value: str, discovers: bool, key: str) -> tuple[str, ...]:
     named = split_proxies(value, key)
@@ -217,7 +226,7 @@ class ClientConfig:
     def channels(self) -> tuple[str, ...]:
         """The payment channels this client pays through (``chain.contract``, comma-
         separated: one per proxy it pays)."""
-        return tuple(x.strip() for x in self.chain.contract.split(",") if x.strip())
+        return _channels(self.chain.contract)
 
 
 T = TypeVar("T")

@@ -47,6 +47,7 @@ __all__ = [
     "sign_voucher",
     "verify_voucher",
     "voucher_message",
+    "voucher_path",
     "voucher_payload",
     "write_voucher_file",
 ]
@@ -237,6 +238,12 @@ def write_voucher_file(path: str, voucher: ChainVoucher) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, target)
+
+
+def voucher_path(voucher_file: str, channel: str, *, several: bool) -> str:
+    """Where a worker keeps the newest payout voucher of ``channel``: ``voucher_file``
+    itself when it is paid through one channel, else one file per channel beside it."""
+    return f"{voucher_file}.{channel.replace(':', '_')}" if several else voucher_file
 
 
 def read_voucher_file(path: str) -> ChainVoucher | None:

@@ -31,7 +31,7 @@ from cocoon.chain.connect import NodeChain
 from cocoon.chain.localnet import NetworkParams
 from cocoon.chain.registry import ensure_listed, raw_address, read_registry
 from cocoon.chain.specs import NO_REGISTRY, ChannelSpec, ProxyInfo, ProxyStakeSpec
-from cocoon.chain.vouchers import parse_voucher, public_key, read_voucher_file
+from cocoon.chain.vouchers import parse_voucher, public_key, read_voucher_file, voucher_path
 from cocoon.crypto import load_or_create_ed25519_key
 from cocoon.errors import CocoonError, ConfigError, InsufficientFunds
 from cocoon.money import format_ton, iso_utc, parse_ton
@@ -316,7 +316,8 @@ async def _client_open(cfg: Any, args: argparse.Namespace, amount: int) -> dict[
 
 
 def one_channel(cfg: Any) -> None:
-    """A client action acts on one channel: ConfigError when the config names several."""
+    """A client's or worker's action acts on one channel: ConfigError when the config names
+    several."""
     channels = cfg.channels()
     if len(channels) > 1:
         raise ConfigError(f"chain.contract names {len(channels)} channels (one per proxy): "
@@ -436,11 +437,20 @@ def worker_withdraw(args: argparse.Namespace, cfg: Any, stats: dict[str, Any] | 
     /stats), else the one kept in ``chain.voucher_file``."""
     if not cfg.chain.contract:
         raise ConfigError("chain.contract (the worker's payout channel) is not configured")
-    voucher = ((stats or {}).get("billing") or {}).get("payout_voucher")
+    one_channel(cfg)
+    channel = cfg.chain.contract
+    payouts = (stats or {}).get("payouts") or [(stats or {}).get("billing") or {}]
+    voucher = next((p.get("payout_voucher") for p in payouts
+                    if p.get("channel") == channel), None)
     boc = voucher["boc"] if voucher else None
     if boc is None and cfg.chain.voucher_file:
-        kept = read_voucher_file(cfg.chain.voucher_file)
-        boc = base64.b64encode(kept.body_boc()).decode() if kept is not None else None
+        # kept beside voucher_file when the worker is paid through several channels
+        for path in (cfg.chain.voucher_file,
+                     voucher_path(cfg.chain.voucher_file, channel, several=True)):
+            kept = read_voucher_file(path)
+            if kept is not None and kept.channel == channel:
+                boc = base64.b64encode(kept.body_boc()).decode()
+                break
     if boc is None:
         where = "the worker is not running and " if stats is None else ""
         raise CocoonError(f"no payout voucher to cash out: {where}none was received yet "

@@ -243,8 +243,7 @@ def _account(args: argparse.Namespace) -> int:
     role_cfg: Any = (cfg.load(cfg.ClientConfig, args.config, over)
                      if args.command == "client"
                      else cfg.load(cfg.WorkerConfig, args.config, over))
-    if args.command == "client":
-        chain_cmd.one_channel(role_cfg)
+    chain_cmd.one_channel(role_cfg)
     billing = _stats(args, role_cfg.http).get("billing") or {}
     on_chain = (_on_chain(role_cfg) if role_cfg.chain.enabled and role_cfg.chain.contract
                 else None)

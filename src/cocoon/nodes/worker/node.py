@@ -34,11 +34,13 @@ from typing import Any
 
 from aiohttp import web
 
+from cocoon.chain.connect import channel_parties, open_chain
 from cocoon.chain.vouchers import (
     ChainVoucher,
     parse_voucher,
     read_voucher_file,
     verify_voucher,
+    voucher_path,
     write_voucher_file,
 )
 from cocoon.config import WorkerConfig
@@ -101,6 +103,8 @@ class _Link:
 
     address: str
     source: str  # "config" or "registry"
+    proxy_pubkey: bytes = b""  # its voucher key: from its listing, else its first statement
+    channel: str = ""  # the payout channel announced to it ("" while unknown)
     state: str = "starting"
     peer: Peer | None = None
     attestation: dict[str, Any] = field(default_factory=dict)
@@ -115,6 +119,7 @@ class _Link:
     def snapshot(self) -> dict[str, Any]:
         return {"address": self.address, "source": self.source, "state": self.state,
                 "attestation": self.attestation, "active": self.jobs,
+                "channel": self.channel or None,
                 **({"retiring": True} if self.retiring else {})}
 
 
@@ -148,9 +153,16 @@ class WorkerNode:
             connector, self.attestation = channels.connector, channels.own
         self._connector = connector
         self.stats = WorkerStats()
-        self.payout: ChainVoucher | None = None  # newest on-chain payout voucher
-        if config.chain.voucher_file:
-            self.payout = read_voucher_file(config.chain.voucher_file)
+        # payout channel -> its newest on-chain payout voucher (kept in a file, if set);
+        # with several channels, which proxy key signs each (read on chain at start)
+        self._channels = config.channels()
+        self.payouts: dict[str, ChainVoucher] = {}
+        self._payers: dict[bytes, str] = {}
+        for ch in self._channels:
+            kept = (read_voucher_file(self._voucher_path(ch)) if config.chain.voucher_file
+                    else None)
+            if kept is not None and kept.channel == ch:
+                self.payouts[ch] = kept
         self.active = 0  # requests taken: running, or waiting for an engine slot
         self._slots = asyncio.Semaphore(config.max_concurrent)
         self.running = 0  # requests on the engine
@@ -180,6 +192,37 @@ class WorkerNode:
         states = [link.state for link in self._links.values()]
         return "connected" if "connected" in states else (states[0] if states else "starting")
 
+    def _voucher_path(self, channel: str) -> str:
+        return voucher_path(self.config.chain.voucher_file, channel,
+                            several=len(self._channels) > 1)
+
+    @property
+    def payout(self) -> ChainVoucher | None:
+        """The newest payout voucher of the first channel."""
+        return self.payouts.get(self._channels[0]) if self._channels else None
+
+    def _channel_for(self, link: _Link) -> str:
+        """The channel this proxy pays through: the only one, or the one its key signs."""
+        if len(self._channels) == 1:
+            return self._channels[0]
+        return self._payers.get(link.proxy_pubkey or link.account.pubkey or b"", "")
+
+    def _announcement(self, link: _Link) -> Announce:
+        link.channel = self._channel_for(link)
+        return Announce(tuple(self.engine.models), self._capacity(link), self.engine.name,
+                        link.channel, self.config.coefficient)
+
+    async def _read_payers(self) -> None:
+        """With several channels: which proxy key signs each one's vouchers (on chain)."""
+        if len(self._channels) < 2:
+            return
+        chain = await open_chain(self.config.chain)
+        try:
+            for ch in self._channels:
+                self._payers[(await channel_parties(chain, ch)).signer_pubkey] = ch
+        finally:
+            await chain.aclose()
+
     def _capacity(self, link: _Link) -> int:
         return 0 if self.draining or link.retiring else self.config.max_concurrent
 
@@ -187,8 +230,7 @@ class WorkerNode:
         link.peer = peer
         self._by_peer[peer] = link
         link.attestation = describe_evidence(peer.extra("verified_evidence"))
-        peer.send(Announce(tuple(self.engine.models), self._capacity(link), self.engine.name,
-                           self.config.chain.contract, self.config.coefficient))
+        peer.send(self._announcement(link))
         if link.recent:
             # Jobs of earlier connections to this proxy, all ended (a connection's jobs end
             # with it): a proxy that restarted charges those it was relaying when it died;
@@ -204,19 +246,20 @@ class WorkerNode:
             self._by_peer.pop(link.peer, None)
             link.peer = None
 
-    def _open_link(self, address: str, source: str) -> None:
+    def _open_link(self, address: str, source: str, proxy_pubkey: bytes = b"") -> None:
         assert self._dials is not None
-        link = self._links[address] = _Link(address, source)
+        link = self._links[address] = _Link(address, source, proxy_pubkey)
         link.task = self._dials.create_task(dial_forever(
             self._connector, address, self._connection,
             lambda peer: self._announce(link, peer), self,
             lambda state: self._set_state(link, state)))
         log.info("serving the proxy %s (%s)", address, source)
 
-    def _sync_links(self, listed: set[str]) -> None:
-        """Serve the proxies listed now; let go of those no longer listed once idle."""
-        for address in sorted(listed - self._links.keys()):
-            self._open_link(address, "registry")
+    def _sync_links(self, listed: dict[str, bytes]) -> None:
+        """Serve the proxies listed now (endpoint -> voucher key); let go of those no longer
+        listed once idle."""
+        for address in sorted(listed.keys() - self._links.keys()):
+            self._open_link(address, "registry", listed[address])
         for link in list(self._links.values()):
             if link.source != "registry":
                 continue
@@ -239,9 +282,7 @@ class WorkerNode:
         peer = link.peer
         if peer is not None and not peer.closed:
             with contextlib.suppress(TransportError):
-                peer.send(Announce(tuple(self.engine.models), self._capacity(link),
-                                   self.engine.name, self.config.chain.contract,
-                                   self.config.coefficient))
+                peer.send(self._announcement(link))
 
     async def _serve_proxies(self) -> None:
         """Keep a connection to every proxy served, following the registry when it lists
@@ -258,9 +299,11 @@ class WorkerNode:
                 if state is not None and (state.version != seen or any(
                         link.retiring for link in self._links.values())):
                     seen = state.version
-                    self._sync_links({p.info.worker_endpoint for p in state.live_proxies()
-                                      if p.info is not None} - set(
-                                          self.config.static_proxies()))
+                    static = set(self.config.static_proxies())
+                    self._sync_links({p.info.worker_endpoint: p.pubkey
+                                      for p in state.live_proxies()
+                                      if p.info is not None
+                                      and p.info.worker_endpoint not in static})
                 await asyncio.sleep(_DISCOVERY_POLL_S)
 
     async def run(self, stop: asyncio.Event, on_ready: Any = None) -> None:
@@ -272,6 +315,7 @@ class WorkerNode:
             drained.set()
 
         try:
+            await self._read_payers()
             registry = await follow_registry(self.config.chain, self._registry)
             await serve_until_stopped(
                 self.http, self, on_ready, drained, self._serve_proxies(), drain_on_stop(),
@@ -320,8 +364,11 @@ class WorkerNode:
             if task is not None:
                 task.cancel()
         elif isinstance(msg, Statement):
-            if keep_statement(link.account, msg) and msg.chain_voucher:
-                self._keep_payout(link, msg)
+            if keep_statement(link.account, msg):
+                if not link.channel and self._channel_for(link):
+                    self._tell_capacity(link)  # its key is known now: name its channel
+                if msg.chain_voucher:
+                    self._keep_payout(link, msg)
         else:
             log.warning("ignoring unexpected %s from the proxy", type(msg).__name__)
 
@@ -330,22 +377,23 @@ class WorkerNode:
         what the statement says, on our channel, under the proxy's key."""
         try:
             v = verify_voucher(parse_voucher(msg.chain_voucher), link.account.pubkey or b"")
-            if v.kind != "worker" or v.channel != self.config.chain.contract:
+            if v.kind != "worker" or not link.channel or v.channel != link.channel:
                 raise VoucherInvalid(f"payout voucher for {v.kind} channel {v.channel}, not "
-                                     f"ours ({self.config.chain.contract or 'none'})")
+                                     f"the one this proxy pays ({link.channel or 'none'})")
             if v.cumulative != msg.earned:
                 raise VoucherInvalid(f"payout voucher pays {v.cumulative}, statement says "
                                      f"{msg.earned}")
-            if self.payout is not None and v == self.payout:
+            kept = self.payouts.get(v.channel)
+            if kept is not None and v == kept:
                 return  # the same voucher again (re-sent on reconnect)
-            if self.payout is not None and v.seqno <= self.payout.seqno:
+            if kept is not None and v.seqno <= kept.seqno:
                 raise VoucherInvalid(f"payout voucher seqno {v.seqno} is not newer")
         except PaymentError as exc:
             log.error("proxy payout voucher rejected: %s", exc)
             return
-        self.payout = v
+        self.payouts[v.channel] = v
         if self.config.chain.voucher_file:
-            write_voucher_file(self.config.chain.voucher_file, v)
+            write_voucher_file(self._voucher_path(v.channel), v)
 
     async def _job(self, link: _Link, peer: Peer, req: Request, key: tuple[int, int]) -> None:
         rid = req.req_id
@@ -461,17 +509,17 @@ class WorkerNode:
 
     # --- health and stats -------------------------------------------------------------
 
-    def _payout_snapshot(self) -> dict[str, Any]:
-        if not self.config.chain.contract:
-            return {}
-        v = self.payout
-        return {"channel": self.config.chain.contract, "payout_voucher": None if v is None else {
+    def _payout_snapshot(self, channel: str) -> dict[str, Any]:
+        v = self.payouts.get(channel)
+        return {"channel": channel, "payout_voucher": None if v is None else {
             "seqno": v.seqno, "cumulative_nanoton": v.cumulative, "boc": v.body_b64()}}
 
     def snapshot(self) -> dict[str, Any]:
         s = self.stats
         first = next(iter(self._links.values()), None)
-        account = next((link.account for link in self._links.values() if link.account.pubkey),
+        paid = self._channels[0] if self._channels else ""
+        account = next((link.account for link in self._links.values()
+                        if link.account.pubkey and (not paid or link.channel == paid)),
                        first.account if first else AccountCopy("worker_payout"))
         return {
             "role": "worker",
@@ -494,8 +542,11 @@ class WorkerNode:
                          "errors": dict(s.errors)},
             "tokens": {"prompt": s.prompt_tokens, "completion": s.completion_tokens},
             "chunks_sent": s.chunks,
-            # the account of the first proxy that sent a statement
-            "billing": {**account.snapshot(), **self._payout_snapshot()},
+            # the account kept from the proxy paying the first channel (else the first
+            # proxy that sent a statement), then every channel's newest payout voucher
+            "billing": {**account.snapshot(),
+                        **(self._payout_snapshot(paid) if paid else {})},
+            "payouts": [self._payout_snapshot(ch) for ch in self._channels],
         }
 
     def _http_app(self) -> web.Application:
