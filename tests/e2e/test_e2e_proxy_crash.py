@@ -27,16 +27,13 @@ from __future__ import annotations
 import asyncio
 import collections
 import random
-import sqlite3
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
-import openai
 import pytest
 from e2e_support import get_stats, until
-from openai.types.chat import ChatCompletionMessageParam
+from traffic import CHUNKS, STRIDE, Traffic, drive, settled_tokens
 
 from cocoon.chain.embedded import EmbeddedChain, find_toolchain
 from cocoon.commands.up import LocalNetwork
@@ -46,99 +43,11 @@ from cocoon.ledger import Ledger
 pytestmark = pytest.mark.e2e
 
 PRICE, FEE = 2, 1  # BillingConfig defaults: nanoTON per adjusted token (1.0x multipliers)
-CHUNKS = 8  # completion tokens of every request (fake engine: one token per chunk)
-STRIDE = CHUNKS + 1  # request k has k * STRIDE prompt tokens
 DELAY_MS = 15  # per chunk: a request streams for ~120 ms, so kills land mid-stream
 KILLS = 50
 CHAIN_KILLS = 15  # the same with the accounts on the embedded chain (each restart rebinds)
 THREADS = 4
 SEED = 20240607
-
-
-@dataclass
-class Traffic:
-    """What the app saw, per request (keyed by its unique prompt token count ``k``)."""
-
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    next_k: int = 1
-    in_flight: set[int] = field(default_factory=set)
-    completed: dict[int, int] = field(default_factory=dict)  # k -> prompt + completion
-    failed: dict[int, str] = field(default_factory=dict)  # k -> error
-    received: dict[int, int] = field(default_factory=dict)  # failed k -> content chunks seen
-    truncated: set[int] = field(default_factory=set)  # stream ended, no error, no usage
-    wrong_usage: dict[int, tuple[int, int]] = field(default_factory=dict)
-
-    def start(self) -> int:
-        with self.lock:
-            k = self.next_k
-            self.next_k += 1
-            self.in_flight.add(k)
-            return k
-
-    def done(self, k: int, usage: tuple[int, int] | None, error: str | None,
-             received: int = 0) -> None:
-        with self.lock:
-            self.in_flight.discard(k)
-            if error is not None:
-                self.failed[k] = error
-                self.received[k] = received
-            elif usage is None:
-                self.truncated.add(k)
-            else:
-                if usage != (k * STRIDE, CHUNKS):
-                    self.wrong_usage[k] = usage
-                self.completed[k] = sum(usage)
-
-
-def _one_request(client: openai.OpenAI, traffic: Traffic, stream: bool) -> bool:
-    """Send one request; True if it failed (the caller backs off a little)."""
-    k = traffic.start()
-    messages: list[ChatCompletionMessageParam] = [
-        {"role": "user", "content": "x" * (4 * k * STRIDE)}]
-    usage: tuple[int, int] | None = None
-    received = 0
-    try:
-        if stream:
-            for chunk in client.chat.completions.create(
-                    model="fake", messages=messages, max_tokens=CHUNKS, stream=True,
-                    stream_options={"include_usage": True}):
-                if chunk.choices and chunk.choices[0].delta.content:
-                    received += 1
-                if chunk.usage is not None:
-                    usage = (chunk.usage.prompt_tokens, chunk.usage.completion_tokens)
-        else:
-            r = client.chat.completions.create(model="fake", messages=messages,
-                                               max_tokens=CHUNKS)
-            assert r.usage is not None
-            usage = (r.usage.prompt_tokens, r.usage.completion_tokens)
-    except Exception as exc:  # any failure while the proxy dies is allowed
-        traffic.done(k, None, f"{type(exc).__name__}: {exc}"[:200], received)
-        return True
-    traffic.done(k, usage, None)
-    return False
-
-
-def _drive(base_url: str, traffic: Traffic, stop: threading.Event, seed: int) -> None:
-    rng = random.Random(seed)
-    client = openai.OpenAI(base_url=base_url, api_key="unused", max_retries=0, timeout=10.0)
-    try:
-        while not stop.is_set():
-            if _one_request(client, traffic, stream=rng.random() < 0.7):
-                stop.wait(0.05)  # the proxy is down: don't spin
-    finally:
-        client.close()
-
-
-def _settled_tokens(ledger_path: object) -> tuple[list[int], collections.Counter[str]]:
-    conn = sqlite3.connect(f"file:{ledger_path}?mode=ro", uri=True)
-    try:
-        tokens = [row[0] for row in conn.execute(
-            "SELECT adjusted_tokens FROM reservations WHERE state = 'settled'")]
-        states = collections.Counter(row[0] for row in conn.execute(
-            "SELECT state FROM reservations"))
-    finally:
-        conn.close()
-    return tokens, states
 
 
 def _until(check: Callable[[], bool], seconds: float = 15.0) -> bool:
@@ -198,7 +107,7 @@ def test_kill_proxy_at_random_points_keeps_the_ledger_consistent(chain: str,
         net.start()
         traffic = Traffic()
         stop = threading.Event()
-        threads = [threading.Thread(target=_drive, args=(net.base_url, traffic, stop, SEED + i),
+        threads = [threading.Thread(target=drive, args=(net.base_url, traffic, stop, SEED + i),
                                     daemon=True, name=f"app-{i}") for i in range(THREADS)]
         for t in threads:
             t.start()
@@ -233,7 +142,7 @@ def test_kill_proxy_at_random_points_keeps_the_ledger_consistent(chain: str,
             deadline = time.monotonic() + 5.0
             while ledger.open_reservations() and time.monotonic() < deadline:
                 time.sleep(0.05)
-            settled, states = _settled_tokens(net.ledger_path)
+            settled, states = settled_tokens(net.ledger_path)
             problems = ledger.check_invariants()
             totals = ledger.totals()
             account = ledger.balance(net.client_account)

@@ -19,7 +19,7 @@ from cocoon.engines import FakeEngine, FakeEngineConfig
 from cocoon.nodes.client.node import ClientNode
 from cocoon.nodes.worker.node import WorkerNode
 from cocoon.transport import Peer, TcpConnector, TcpListener
-from cocoon.wire import Catalog, CatalogEntry, Connection, Message, Request
+from cocoon.wire import Catalog, CatalogEntry, Connection, Head, Message, Request
 
 
 @contextlib.asynccontextmanager
@@ -38,7 +38,8 @@ class DroppingProxy:
     """Speaks the proxy's side of the protocol: offers model ``fake``, then drops the
     connection of whoever sends it a request (before any answer)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, head_first: bool = False) -> None:
+        self.head_first = head_first  # a worker "took" the request before the drop
         self.requests = 0
         self.port = 0
         self._server: asyncio.Server | None = None
@@ -57,6 +58,9 @@ class DroppingProxy:
     async def on_message(self, peer: Peer, msg: Message) -> None:
         if isinstance(msg, Request):
             self.requests += 1
+            if self.head_first:
+                peer.send(Head(msg.req_id, "w-elsewhere"))
+                await asyncio.sleep(0.05)
             peer.close("test: the proxy dies before answering")
 
     def close(self) -> None:
@@ -123,6 +127,31 @@ async def test_a_proxy_that_drops_before_answering_is_invisible_to_the_app() -> 
             assert client.stats.resent == dropper.requests
             assert client.stats.succeeded == 2 and client.stats.failed == 0
             assert good.proxy.stats.completed == 2
+    finally:
+        dropper.close()
+
+
+async def test_a_request_a_worker_took_is_not_sent_again() -> None:
+    """Once a worker took it (Head), the dead proxy may have charged it: sending it through
+    another proxy could charge it twice, so the app gets a clear 502 instead."""
+    dropper = DroppingProxy(head_first=True)
+    await dropper.start()
+    try:
+        async with running_proxy() as good, node(worker_for(good.proxy.port)), \
+                node(client_for(dropper.port, good.proxy.port)) as client:
+            await until(lambda: all(link.offers("fake") for link in client.links))
+            async with openai.AsyncOpenAI(base_url=client.http.url + "/v1", api_key="unused",
+                                          max_retries=0, timeout=T) as app:
+                for _ in range(2):  # the dropper takes a turn within two requests
+                    try:
+                        await app.chat.completions.create(
+                            model="fake", messages=[{"role": "user", "content": "hi"}])
+                    except openai.APIStatusError as exc:
+                        assert exc.status_code == 502 and "worker_lost" in str(exc.body)
+                        break
+                else:
+                    raise AssertionError("the dropper was never picked")
+            assert dropper.requests == 1 and client.stats.resent == 0
     finally:
         dropper.close()
 

@@ -1,7 +1,7 @@
 """Deploy a whole local network's contracts on the embedded chain (what ``cocoon up`` does).
 
-Wallets (sandbox treasuries, named): ``owner`` (registry owner), ``proxy``, ``client``,
-``worker-N``. Deployed, in order:
+Wallets (sandbox treasuries, named): ``owner`` (registry owner), ``proxy`` (and ``proxy-K``
+for the K-th proxy of a network of several), ``client``, ``worker-N``. Deployed, in order:
 
 1. the root registry: the network's prices and multipliers (from the proxy's billing
    config), close delays and stakes, the allowed image hashes (and model hashes, if given);
@@ -10,7 +10,9 @@ Wallets (sandbox treasuries, named): ``owner`` (registry owner), ``proxy``, ``cl
 3. the demo client's payment channel (funder: client wallet, payee: proxy wallet, signer:
    the client's voucher key), deposited with the demo funds;
 4. one payout channel per worker (funder: proxy wallet, payee: that worker's wallet,
-   signer: the proxy's voucher key), with a float the proxy keeps topped up.
+   signer: the proxy's voucher key), with a float the proxy keeps topped up;
+5. with several proxies, 2 to 4 again for each further proxy: its stake, the client's
+   channel to it (same deposit) and each worker's payout channel from it.
 
 Every amount is nanoTON.
 """
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -27,7 +30,7 @@ from cocoon.chain.specs import ChannelSpec, ProxyStakeSpec, RegistryParams
 from cocoon.chain.vouchers import public_key
 from cocoon.ledger.config import BillingConfig
 
-__all__ = ["LocalDeployment", "NetworkParams", "deploy_local_network"]
+__all__ = ["LocalDeployment", "NetworkParams", "ProxyDeployment", "deploy_local_network"]
 
 TON = 10**9
 
@@ -52,6 +55,16 @@ class NetworkParams:
 
 
 @dataclass(frozen=True, slots=True)
+class ProxyDeployment:
+    """What a further proxy of the network has on chain."""
+
+    wallet: str
+    stake: str
+    client_channel: str  # the client's channel to it
+    worker_channels: tuple[str, ...]  # its payout channel to each worker, in worker order
+
+
+@dataclass(frozen=True, slots=True)
 class LocalDeployment:
     registry: str
     proxy_wallet: str
@@ -60,6 +73,29 @@ class LocalDeployment:
     client_channel: str
     worker_wallets: tuple[str, ...] = field(default=())
     worker_channels: tuple[str, ...] = field(default=())
+    more_proxies: tuple[ProxyDeployment, ...] = field(default=())  # proxies 2, 3, ...
+
+    @property
+    def proxies(self) -> int:
+        return 1 + len(self.more_proxies)
+
+    def client_channels(self) -> tuple[str, ...]:
+        return (self.client_channel, *(p.client_channel for p in self.more_proxies))
+
+    def channels_of_worker(self, i: int) -> tuple[str, ...]:
+        """Worker ``i``'s payout channels (1-based), one per proxy."""
+        return (self.worker_channels[i - 1],
+                *(p.worker_channels[i - 1] for p in self.more_proxies))
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> LocalDeployment:
+        """From :func:`dataclasses.asdict` output read back from JSON (lists to tuples)."""
+        more = tuple(ProxyDeployment(p["wallet"], p["stake"], p["client_channel"],
+                                     tuple(p["worker_channels"]))
+                     for p in raw.get("more_proxies", ()))
+        fields_: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v
+                                   for k, v in raw.items() if k != "more_proxies"}
+        return cls(**fields_, more_proxies=more)
 
 
 async def deploy_local_network(
@@ -73,33 +109,37 @@ async def deploy_local_network(
     image_hashes: Sequence[bytes] = (),
     model_hashes: Sequence[bytes] = (),
     params: NetworkParams | None = None,
+    more_proxy_keys: Sequence[Ed25519PrivateKey | bytes] = (),
 ) -> LocalDeployment:
-    """Deploy registry, proxy stake, the client's channel and each worker's channel."""
+    """Deploy registry, proxy stake, the client's channel and each worker's channel; and as
+    much again for each further proxy (``more_proxy_keys``: their voucher keys)."""
     p = params or NetworkParams()
     owner = await chain.wallet("owner")
-    proxy = await chain.wallet("proxy")
     client = await chain.wallet("client")
-    proxy_pub, client_pub = public_key(proxy_key), public_key(client_key)
-
     registry = (await chain.deploy_registry(
         owner, p.registry_params(billing), image_hashes, model_hashes, sender="owner")).to
-    stake = (await chain.deploy_proxy_stake(
-        ProxyStakeSpec(owner=proxy, proxy_pubkey=proxy_pub, min_stake=p.min_proxy_stake,
-                       unstake_delay=p.proxy_close_delay, registry=registry),
-        sender="proxy", stake=p.min_proxy_stake)).to
-    client_channel = (await chain.deploy_channel(
-        ChannelSpec(kind="client", funder=client, payee=proxy, signer_pubkey=client_pub,
-                    payee_pubkey=proxy_pub, close_delay=p.client_close_delay, channel_id=1),
-        sender="client", deposit=client_funds)).to
-    wallets, channels = [], []
-    for i in range(1, workers + 1):
-        wallet = await chain.wallet(f"worker-{i}")
-        ch = (await chain.deploy_channel(
-            ChannelSpec(kind="worker", funder=proxy, payee=wallet, signer_pubkey=proxy_pub,
-                        payee_pubkey=bytes(32), close_delay=p.worker_close_delay,
-                        channel_id=i),
-            sender="proxy", deposit=p.worker_float)).to
-        wallets.append(wallet)
-        channels.append(ch)
-    return LocalDeployment(registry, proxy, stake, client, client_channel, tuple(wallets),
-                           tuple(channels))
+    wallets = [await chain.wallet(f"worker-{i}") for i in range(1, workers + 1)]
+    deployed = []
+    for k, key in enumerate((proxy_key, *more_proxy_keys), start=1):
+        name = "proxy" if k == 1 else f"proxy-{k}"
+        proxy, proxy_pub = await chain.wallet(name), public_key(key)
+        stake = (await chain.deploy_proxy_stake(
+            ProxyStakeSpec(owner=proxy, proxy_pubkey=proxy_pub, min_stake=p.min_proxy_stake,
+                           unstake_delay=p.proxy_close_delay, registry=registry),
+            sender=name, stake=p.min_proxy_stake)).to
+        client_channel = (await chain.deploy_channel(
+            ChannelSpec(kind="client", funder=client, payee=proxy,
+                        signer_pubkey=public_key(client_key), payee_pubkey=proxy_pub,
+                        close_delay=p.client_close_delay, channel_id=k),
+            sender="client", deposit=client_funds)).to
+        channels = []
+        for i, wallet in enumerate(wallets, start=1):
+            channels.append((await chain.deploy_channel(
+                ChannelSpec(kind="worker", funder=proxy, payee=wallet, signer_pubkey=proxy_pub,
+                            payee_pubkey=bytes(32), close_delay=p.worker_close_delay,
+                            channel_id=i),
+                sender=name, deposit=p.worker_float)).to)
+        deployed.append(ProxyDeployment(proxy, stake, client_channel, tuple(channels)))
+    first = deployed[0]
+    return LocalDeployment(registry, first.wallet, first.stake, client, first.client_channel,
+                           tuple(wallets), first.worker_channels, tuple(deployed[1:]))

@@ -30,6 +30,7 @@ import contextlib
 import dataclasses
 import errno
 import fcntl
+import functools
 import json
 import os
 import shutil
@@ -222,9 +223,12 @@ class LocalNetwork:
         commit_interval_s: float | None = None,
         network_params: NetworkParams | None = None,
         data_dir: str | Path | None = None,
+        proxies: int = 1,
     ) -> None:
         if workers < 1:
             raise LaunchError("--workers must be at least 1")
+        if proxies < 1:
+            raise LaunchError("--proxies must be at least 1")
         if attestation not in ATTESTATION_MODES:
             raise LaunchError(f"--attestation must be one of {', '.join(ATTESTATION_MODES)}")
         if engine == "openai-http" and not upstream:
@@ -236,6 +240,7 @@ class LocalNetwork:
         self.host = host
         self.engine = engine
         self.n_workers = workers
+        self.n_proxies = proxies
         self.upstream = upstream
         self.client_port = client_port
         self.worker_sets = worker_sets or []
@@ -270,7 +275,9 @@ class LocalNetwork:
                 self.proxy_sets = [f"billing.commit_interval_s={commit_interval_s}",
                                    *self.proxy_sets]
         self.proxy: Role | None = None
+        self.more_proxies: list[Role] = []  # proxy-2, proxy-3, ...
         self.proxy_addr = ""  # host:port the workers and the client dial, once started
+        self.proxy_addrs: list[str] = []  # every proxy's, in order
         self.workers: list[Role] = []
         self.client: Role | None = None
         self._interrupted = False
@@ -347,14 +354,44 @@ class LocalNetwork:
                 key = load_or_create_ec_key(key_file)
                 self.client_account = client_account(public_key_der(key.public_key()),
                                                      "client-1")
-            if not ledger_path.exists():  # a lasting data dir's ledger was funded before
-                with Ledger(ledger_path) as ledger:
-                    ledger.deposit(self.client_account, funds)
+            for path in [ledger_path, *(d / f"proxy-{k}-ledger.sqlite"
+                                        for k in range(2, self.n_proxies + 1))]:
+                if not path.exists():  # a lasting data dir's ledger was funded before
+                    with Ledger(path) as ledger:
+                        ledger.deposit(self.client_account, funds)
         self.ledger_path = ledger_path
         self.proxy_sets = ["billing.enabled=true", f"billing.ledger_path={ledger_path}",
                            f"billing.signing_key_file={d / 'proxy-voucher.key'}",
                            *self.proxy_sets]
         self.client_sets = [f"key_file={key_file}", "node_id=client-1", *self.client_sets]
+
+    def proxy_sets_for(self, k: int) -> list[str]:
+        """The config overrides of the ``k``-th proxy (1-based): the first's, each further
+        one with its own node id, ledger, voucher key, wallet and stake."""
+        if k == 1:
+            return self.proxy_sets
+        d = self.data_dir
+        own = [f"node_id=proxy-{k}"]
+        if any(x.startswith("billing.enabled=true") for x in self.proxy_sets):
+            own += [f"billing.ledger_path={d / f'proxy-{k}-ledger.sqlite'}",
+                    f"billing.signing_key_file={d / f'proxy-{k}-voucher.key'}"]
+        if self.deployment is not None:
+            own += [f"chain.wallet=proxy-{k}",
+                    f"chain.contract={self.deployment.more_proxies[k - 2].stake}"]
+        return [*self.proxy_sets, *own]
+
+    @property
+    def discovers(self) -> bool:
+        """Whether workers and the client find the proxies in the registry (several proxies
+        on the embedded chain with its registry) rather than being told their addresses."""
+        return (self.n_proxies > 1 and self.deployment is not None
+                and self.attestation == "fake")
+
+    @property
+    def dialled_proxies(self) -> str:
+        """What workers and the client are given as ``proxy``: every proxy's address, or
+        nothing when they find them in the registry."""
+        return "" if self.discovers else ",".join(self.proxy_addrs)
 
     # --- processes ----------------------------------------------------------------------
 
@@ -412,7 +449,8 @@ class LocalNetwork:
             progress(f"chain at {self.chain_url}: continuing the network deployed in "
                      f"{self.data_dir}")
         self.deployment = dep
-        channel = dep.client_channel
+        # the client's channel; with several proxies, one to each
+        channel = ",".join(dep.client_channels())
         named = self._configured_client_channel() if self.continued else ""
         if named and named != channel:
             channel = named
@@ -421,7 +459,7 @@ class LocalNetwork:
         self.client_channel = channel
         common = ["chain.backend=embedded", f"chain.url={self.chain_url}",
                   f"chain.token_file={role.info['token_file']}"]  # the service's RPC token
-        if self.attestation == "fake":  # allow-lists from the registry
+        if self.attestation == "fake":  # allow-lists (and, with several, proxies) from it
             common.append(f"chain.registry={dep.registry}")
         self.proxy_sets = [*common, "chain.wallet=proxy", f"chain.contract={dep.proxy_stake}",
                            *self.proxy_sets]
@@ -429,7 +467,7 @@ class LocalNetwork:
                             f"chain.contract={channel}",
                             f"chain.key_file={d / 'client-voucher.key'}", *self.client_sets]
         self.worker_sets = [*common, *self.worker_sets]
-        self.client_account = channel_account(channel)
+        self.client_account = channel_account(channel.split(",")[0])
         progress(f"registry {dep.registry}; client channel {channel}")
 
     def _configured_client_channel(self) -> str:
@@ -485,11 +523,9 @@ class LocalNetwork:
             return None
         try:
             raw = json.loads(path.read_text())
-            fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v
-                                      for k, v in raw.items()}
-            deployed_code = fields.pop("code_hashes", {})
-            dep = LocalDeployment(**fields)
-        except (OSError, ValueError, TypeError) as exc:
+            deployed_code = raw.pop("code_hashes", {})
+            dep = LocalDeployment.from_json(raw)
+        except (OSError, ValueError, TypeError, KeyError) as exc:
             raise LaunchError(f"{path}: {exc}") from None
         changed = sorted(name for name, h in _code_hashes().items()
                          if deployed_code.get(name, h) != h)
@@ -499,6 +535,10 @@ class LocalNetwork:
         if not (self.chain_role is not None and self.chain_role.info.get("restored")):
             raise LaunchError(f"{path} names contracts but the chain state is gone: start "
                               "over with --fresh")
+        if dep.proxies != self.n_proxies:
+            raise LaunchError(f"the network in {self.data_dir} was deployed for "
+                              f"{dep.proxies} prox{'y' if dep.proxies == 1 else 'ies'}: start "
+                              "it with as many --proxies, or start over with --fresh")
         if len(dep.worker_channels) < self.n_workers:
             raise LaunchError(f"the network in {self.data_dir} was deployed for "
                               f"{len(dep.worker_channels)} worker(s): start at most that many, "
@@ -530,7 +570,9 @@ class LocalNetwork:
                 proxy_key=load_or_create_ed25519_key(d / "proxy-voucher.key"),
                 client_key=load_or_create_ed25519_key(d / "client-voucher.key"),
                 workers=self.n_workers, client_funds=self.demo_funds, image_hashes=images,
-                model_hashes=models, params=self.network_params)
+                model_hashes=models, params=self.network_params,
+                more_proxy_keys=[load_or_create_ed25519_key(d / f"proxy-{k}-voucher.key")
+                                 for k in range(2, self.n_proxies + 1)])
         finally:
             await chain.aclose()
 
@@ -540,7 +582,8 @@ class LocalNetwork:
         client|worker|proxy`` take with ``-c``."""
         role = {r.name: r for r in self.roles()}[name]
         kind, sets = (("client", self.client_sets) if name == "client" else
-                      ("proxy", self.proxy_sets) if name == "proxy" else
+                      ("proxy", self.proxy_sets_for(int(name.partition("-")[2] or 1)))
+                      if name.startswith("proxy") else
                       ("worker", [*self.worker_sets, *self._worker_chain_sets(name)]))
         cls = {"client": cfg.ClientConfig, "proxy": cfg.ProxyConfig,
                "worker": cfg.WorkerConfig}[kind]
@@ -550,7 +593,7 @@ class LocalNetwork:
         if kind == "proxy":
             overrides["listen"] = f"{self.host}:{role.info['listen_port']}"
         else:
-            overrides["proxy"] = self.proxy_addr
+            overrides["proxy"] = self.dialled_proxies
         if kind == "worker":
             overrides["node_id"] = name
             overrides["engine.kind"] = self.engine
@@ -572,7 +615,8 @@ class LocalNetwork:
         if self.deployment is None:
             return []
         i = int(name.rpartition("-")[2])
-        return [f"chain.wallet={name}", f"chain.contract={self.deployment.worker_channels[i - 1]}",
+        return [f"chain.wallet={name}",
+                f"chain.contract={','.join(self.deployment.channels_of_worker(i))}",
                 f"chain.voucher_file={self.data_dir / (name + '-payout.boc')}"]
 
     def write_role_configs(self) -> dict[str, Path]:
@@ -596,16 +640,34 @@ class LocalNetwork:
             self._check_interrupted()
             if self.chain_mode == "embedded":
                 self._start_chain(deadline, progress)
-            progress("starting proxy")
-            proxy = self.proxy = self._spawn("proxy", "proxy", [
-                "--listen", f"{self.host}:0", "--http", f"{self.host}:0",
-                *_sets(self.proxy_sets)])
-            proxy.wait_until(proxy.read_ready, "ready", deadline)
-            proxy_addr = self.proxy_addr = f"{self.host}:{proxy.info['listen_port']}"
-            self._pin(proxy)
-            progress(f"proxy listening on {proxy_addr}")
+            for k in range(1, self.n_proxies + 1):
+                name = "proxy" if k == 1 else f"proxy-{k}"
+                progress(f"starting {name}")
+                role = self._spawn(name, "proxy", [
+                    "--listen", f"{self.host}:0", "--http", f"{self.host}:0",
+                    *_sets(self.proxy_sets_for(k))])
+                if k == 1:
+                    self.proxy = role
+                else:
+                    self.more_proxies.append(role)
+                role.wait_until(role.read_ready, "ready", deadline)
+                self.proxy_addrs.append(f"{self.host}:{role.info['listen_port']}")
+                progress(f"{name} listening on {self.proxy_addrs[-1]}")
+            proxy = self.proxy
+            assert proxy is not None
+            self.proxy_addr = self.proxy_addrs[0]
+            for role in self.proxies:
+                self._pin(role)
+                if self.discovers:  # workers and the client find it there
+                    role.wait_until(functools.partial(_listed, role),
+                                    "listed in the registry", deadline)
+            if self.discovers:
+                progress(f"{self.n_proxies} proxies listed in the registry "
+                         f"{self.deployment.registry if self.deployment else ''}: workers "
+                         "and the client find them there")
+            dial = ["--proxy", self.dialled_proxies] if self.dialled_proxies else []
             for i in range(self.n_workers):
-                args = ["--proxy", proxy_addr, "--http", f"{self.host}:0",
+                args = [*dial, "--http", f"{self.host}:0",
                         "--engine", self.engine, *_sets(self.worker_sets),
                         *_sets(self._worker_chain_sets(f"worker-{i + 1}")),
                         "--set", f"node_id=worker-{i + 1}"]
@@ -621,17 +683,22 @@ class LocalNetwork:
                 progress(f"{w.name}: ready, serving {models}")
             progress("starting client")
             client = self.client = self._spawn("client", "client", [
-                "--proxy", proxy_addr, "--http", f"{self.host}:{self.client_port}",
-                *_sets(self.client_sets)])
+                *dial, "--http", f"{self.host}:{self.client_port}", *_sets(self.client_sets)])
             client.wait_until(client.read_ready, "ready", deadline)
             self._pin(client)
 
             def serving() -> bool:
                 status, body = http_json(client.http + "/healthz")
-                if status != 200:
+                if status != 200 or not body["models"]:
                     return False
-                _, stats = http_json(proxy.http + "/stats")
-                return bool(body["models"]) and len(stats["workers"]) == self.n_workers
+                _, mine = http_json(client.http + "/stats")
+                if sum(p["state"] == "connected" for p in mine["proxies"]) < self.n_proxies:
+                    return False
+                for role in self.proxies:
+                    _, stats = http_json(role.http + "/stats")
+                    if not stats or len(stats["workers"]) != self.n_workers:
+                        return False
+                return True
 
             client.wait_until(serving, "serving models", deadline)
             self.write_network_file()
@@ -726,8 +793,12 @@ class LocalNetwork:
                 for w in stats.get("workers", [])]
         return out
 
+    @property
+    def proxies(self) -> list[Role]:
+        return [r for r in (self.proxy, *self.more_proxies) if r is not None]
+
     def roles(self) -> list[Role]:
-        return [r for r in (self.chain_role, self.proxy, *self.workers, self.client)
+        return [r for r in (self.chain_role, *self.proxies, *self.workers, self.client)
                 if r is not None]
 
     def dead(self) -> list[Role]:
@@ -771,7 +842,7 @@ class LocalNetwork:
         then the chain service; each stage SIGTERM, then SIGKILL what is left after
         ``grace``. So the proxy, still running, settles the requests the client's going cut
         off, and the chain outlives the proxy's last commit."""
-        for stage in ([self.client], self.workers, [self.proxy], [self.chain_role]):
+        for stage in ([self.client], self.workers, self.proxies, [self.chain_role]):
             roles = [r for r in stage if r is not None]
             for r in roles:
                 r.terminate()
@@ -793,6 +864,11 @@ class LocalNetwork:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _listed(role: Role) -> bool:
+    _, stats = http_json(role.http + "/stats")
+    return bool(stats) and stats.get("registry_listing", {}).get("state") == "listed"
 
 
 def _sets(items: list[str]) -> list[str]:
@@ -917,6 +993,10 @@ def add_up_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=int, default=10000, help="client API port (default 10000)")
     p.add_argument("--host", default="127.0.0.1", help="address every role binds")
     p.add_argument("--workers", type=int, default=1, help="number of workers (default 1)")
+    p.add_argument("--proxies", type=int, default=1,
+                   help="number of proxies (default 1); with several, each is staked and "
+                        "listed in the registry, where the workers and the client find them "
+                        "(the client has a payment channel to each)")
     p.add_argument("--engine", choices=["llama-cpp", "openai-http", "fake"],
                    default="llama-cpp", help="worker engine (default llama-cpp + SmolLM2)")
     p.add_argument("--upstream", help="OpenAI-compatible base URL for --engine openai-http")
@@ -1008,7 +1088,7 @@ def run_up(args: argparse.Namespace) -> int:
                            startup_timeout=args.timeout, attestation=args.attestation,
                            billing=args.demo_funds > 0, demo_funds=args.demo_funds,
                            chain=args.chain if args.demo_funds > 0 else "none",
-                           commit_interval_s=5.0, data_dir=data_dir)
+                           commit_interval_s=5.0, data_dir=data_dir, proxies=args.proxies)
     except LaunchError as exc:
         print(f"cocoon up: {exc}", file=sys.stderr)
         return 1
@@ -1031,11 +1111,13 @@ def run_up(args: argparse.Namespace) -> int:
                  + f"{net.data_dir} (`cocoon up --fresh` starts over)")
         net.start(progress)
         models = net.models()
-        progress(f"network up: 1 proxy, {args.workers} worker(s), 1 client; "
-                 f"attestation {args.attestation}; logs in {net.log_dir}")
-        if net.proxy is not None and net.proxy.info:
-            progress(f"proxy: workers and clients dial {net.host}:"
-                     f"{net.proxy.info.get('listen_port')}, stats at {net.proxy.http}/stats")
+        progress(f"network up: {args.proxies} prox{'y' if args.proxies == 1 else 'ies'}, "
+                 f"{args.workers} worker(s), 1 client; attestation {args.attestation}; logs "
+                 f"in {net.log_dir}")
+        for role in net.proxies:
+            if role.info:
+                progress(f"{role.name}: workers and clients dial {net.host}:"
+                         f"{role.info.get('listen_port')}, stats at {role.http}/stats")
         progress(f"roles, pids, ports and configs: {net.network_file}")
         for line in net.attestation_summary():
             progress(line)
@@ -1054,6 +1136,10 @@ def run_up(args: argparse.Namespace) -> int:
                          f"`cocoon client withdraw -c {c}`; a new channel: `cocoon client "
                          f"open 10 -c {c}` (the client switches to it); "
                          f"`cocoon worker withdraw -c {w}`")
+                if net.n_proxies > 1:
+                    progress("the client and each worker have a channel per proxy: add "
+                             "`--set chain.contract=CHANNEL` (from their config) to act on "
+                             "one")
         print(_snippets(net.base_url, models[0] if models else "?"), flush=True)
         print("Press Ctrl-C to stop. A role that dies is restarted on the same ports.",
               flush=True)

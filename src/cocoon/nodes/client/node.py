@@ -4,9 +4,16 @@ It keeps connections to the proxies its config names (``client.proxy``, comma-se
 with ``chain.registry`` set, to those listed there (at most ``client.max_proxies``; those it
 has a payment channel to first), each one a :class:`_ProxyLink`. Each request goes through the
 connected proxy that offers its model and has the fewest of this client's requests in flight.
-When a proxy's connection drops before the request's first chunk arrived (the app has had no
-byte), the request is sent again through another proxy, at most ``_MAX_SENDS`` times in
-all; a stream already under way ends with an ``error`` event, billed as before.
+When a proxy's connection drops before any worker took the request (no ``Head`` came back,
+so the app has had no byte and nobody can have charged it), the request is sent again
+through another proxy, at most ``_MAX_SENDS`` times in all, within its deadline. Once a
+worker took it, the request is not sent again: the dead proxy may have charged it already
+(it settles a completion before passing it on), and a second proxy would charge it again;
+the app gets a clear error (502 ``worker_lost`` before any byte, an ``error`` event in a
+stream under way), billed as before. What remains: a proxy killed with its socket buffer
+holding a request's Head, answer and End all at once loses them together (a kill resets
+the connection), so a request answered within that instant can be sent again and charged by
+both proxies.
 
 Payment: one channel per proxy paid (``chain.contract``, comma-separated). With several, the
 client reads each channel's parties from the chain at start and binds a proxy's connection to
@@ -122,7 +129,7 @@ class ClientStats:
 
 
 class _Resend(Exception):
-    """The proxy's connection dropped before the request's first chunk: send it again."""
+    """The proxy's connection dropped before any worker took the request: send it again."""
 
 
 @dataclass(eq=False)
@@ -179,6 +186,7 @@ class ClientNode:
         self._links: dict[str, _ProxyLink] = {}
         self._by_peer: dict[Peer, _ProxyLink] = {}
         self._dials: asyncio.TaskGroup | None = None
+        self._turn = 0  # the proxy that takes the next tie
         self.stats = ClientStats()
         self._watchdog = Watchdog()
         self._started = time.monotonic()
@@ -350,10 +358,16 @@ class ClientNode:
 
     def _pick(self, model: str, tried: set[_ProxyLink]) -> _ProxyLink | None:
         """The connected proxy offering ``model`` with the fewest of our requests in flight
-        (one that offers nothing yet will do when none offers it), not yet tried."""
+        (one that offers nothing yet will do when none offers it), not yet tried; ties
+        taken in turn."""
         up = [link for link in self._links.values() if link.up and link not in tried]
         offering = [link for link in up if link.offers(model)] or up
-        return min(offering, key=lambda link: link.in_flight, default=None)
+        if not offering:
+            return None
+        self._turn += 1
+        n = len(offering)
+        return min(enumerate(offering),
+                   key=lambda il: (il[1].in_flight, (il[0] - self._turn) % n))[1]
 
     # --- OpenAI HTTP ------------------------------------------------------------------
 
@@ -456,12 +470,13 @@ class ClientNode:
         body = b""
         while True:
             ev = await stream.next()
-            if resend and not body and isinstance(ev, TransportError):
+            if resend and isinstance(ev, TransportError):
                 raise _Resend
             if type(ev) is Chunk:
                 body += ev.data
                 stream.consumed()
             elif type(ev) is Head:
+                resend = False  # a worker took it: the proxy may charge it
                 continue
             elif type(ev) is End:
                 self._count(ev)
@@ -475,9 +490,10 @@ class ClientNode:
         while True:
             ev = await stream.next()
             kind = type(ev)
-            if resend and response is None and isinstance(ev, TransportError):
+            if resend and isinstance(ev, TransportError):
                 raise _Resend
             if kind is Chunk:
+                resend = False
                 if response is None:
                     response = await open_sse(request)
                 # Chunks are whole events (the worker framed them): every one already
@@ -487,6 +503,7 @@ class ClientNode:
                 await response.write(b"".join([data, *more]) if more else data)
                 stream.consumed(1 + len(more))
             elif kind is Head:
+                resend = False  # a worker took it: the proxy may charge it
                 continue
             elif kind is End:
                 self._count(ev)  # type: ignore[arg-type]
