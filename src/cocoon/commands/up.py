@@ -117,11 +117,15 @@ class Role:
     awaiting_ready: bool = False  # restarted, not serving again yet
     # True once the network is asked to stop (SIGINT/SIGTERM): waits end at their next poll
     interrupted: Callable[[], bool] = lambda: False
+    # what the command runs under, e.g. ["ip", "netns", "exec", NS] for a role on its own
+    # network namespace (a test of separate hosts); it must exec, keeping the pid
+    prefix: list[str] = field(default_factory=list)
 
     def spawn(self, module: str, args: list[str]) -> None:
         self.module, self.args = module, list(args)
         self.ready_path.unlink(missing_ok=True)
-        cmd = [sys.executable, "-m", module, *args, "--ready-file", str(self.ready_path)]
+        cmd = [*self.prefix, sys.executable, "-m", module, *args, "--ready-file",
+               str(self.ready_path)]
         # The role stops by itself if this process dies, even by SIGKILL (nodes.common).
         env = dict(os.environ, PYTHONUNBUFFERED="1", **{cfg.PARENT_PID_ENV: str(os.getpid())})
         with self.log_path.open("ab") as log:
@@ -224,6 +228,7 @@ class LocalNetwork:
         network_params: NetworkParams | None = None,
         data_dir: str | Path | None = None,
         proxies: int = 1,
+        placement: Callable[[str], tuple[str, list[str]]] | None = None,
     ) -> None:
         if workers < 1:
             raise LaunchError("--workers must be at least 1")
@@ -238,6 +243,10 @@ class LocalNetwork:
         if chain != "none" and not billing:
             raise LaunchError("an on-chain network needs billing (--demo-funds > 0)")
         self.host = host
+        # role name -> (its address, its command prefix): every role on ``host`` by default;
+        # a test of separate hosts puts each in its own network namespace
+        self.placement: Callable[[str], tuple[str, list[str]]] = (
+            placement or (lambda name: (host, [])))
         self.engine = engine
         self.n_workers = workers
         self.n_proxies = proxies
@@ -413,8 +422,13 @@ class LocalNetwork:
         if name not in self._fresh_logs:
             rotate_log(log)
             self._fresh_logs.add(name)
+        _, prefix = self.placement(name)
         return Role(name, log, self.data_dir / f"{name}.ready",
-                    interrupted=lambda: self._interrupted)
+                    interrupted=lambda: self._interrupted, prefix=prefix)
+
+    def host_of(self, name: str) -> str:
+        """The address the role ``name`` binds and others reach it at."""
+        return self.placement(name)[0]
 
     def _spawn(self, name: str, role: str, args: list[str]) -> Role:
         r = self._role(name)
@@ -432,12 +446,12 @@ class LocalNetwork:
         progress("starting the embedded chain (TVM emulator)")
         role = self.chain_role = self._role("chain")
         role.spawn("cocoon", ["chain", "run", "--state", str(d / "chain-state.json"),
-                              "--http", f"{self.host}:0"])
+                              "--http", f"{self.host_of('chain')}:0"])
         role.wait_until(role.read_ready, "ready", deadline)
         self.chain_url = role.http
         # a restart serves the same state on the same address
         role.args[role.args.index("--http") + 1] = (
-            f"{self.host}:{urlsplit(self.chain_url).port}")
+            f"{self.host_of('chain')}:{urlsplit(self.chain_url).port}")
         dep = self._load_deployment()
         if dep is None:
             progress(f"chain at {self.chain_url}: deploying registry, proxy stake, channels")
@@ -589,9 +603,9 @@ class LocalNetwork:
                "worker": cfg.WorkerConfig}[kind]
         overrides = dict(s.split("=", 1) for s in sets)
         # what the first start gave as command-line flags, with the ports it bound
-        overrides["http"] = f"{self.host}:{urlsplit(role.http).port}"
+        overrides["http"] = f"{self.host_of(name)}:{urlsplit(role.http).port}"
         if kind == "proxy":
-            overrides["listen"] = f"{self.host}:{role.info['listen_port']}"
+            overrides["listen"] = f"{self.host_of(name)}:{role.info['listen_port']}"
         else:
             overrides["proxy"] = self.dialled_proxies
         if kind == "worker":
@@ -634,7 +648,9 @@ class LocalNetwork:
         """Start every role and wait until the client serves all workers' models. First
         checks that the ports it will bind are free (LaunchError naming the port and, when
         known, the process holding it), so nothing is started in vain."""
-        check_ports_free(self.host, {self.client_port: "the client's OpenAI API, --port"})
+        if self.client_port:
+            check_ports_free(self.host_of("client"),
+                             {self.client_port: "the client's OpenAI API, --port"})
         deadline = time.monotonic() + self.startup_timeout
         try:
             self._check_interrupted()
@@ -644,14 +660,14 @@ class LocalNetwork:
                 name = "proxy" if k == 1 else f"proxy-{k}"
                 progress(f"starting {name}")
                 role = self._spawn(name, "proxy", [
-                    "--listen", f"{self.host}:0", "--http", f"{self.host}:0",
+                    "--listen", f"{self.host_of(name)}:0", "--http", f"{self.host_of(name)}:0",
                     *_sets(self.proxy_sets_for(k))])
                 if k == 1:
                     self.proxy = role
                 else:
                     self.more_proxies.append(role)
                 role.wait_until(role.read_ready, "ready", deadline)
-                self.proxy_addrs.append(f"{self.host}:{role.info['listen_port']}")
+                self.proxy_addrs.append(f"{self.host_of(name)}:{role.info['listen_port']}")
                 progress(f"{name} listening on {self.proxy_addrs[-1]}")
             proxy = self.proxy
             assert proxy is not None
@@ -667,7 +683,7 @@ class LocalNetwork:
                          "and the client find them there")
             dial = ["--proxy", self.dialled_proxies] if self.dialled_proxies else []
             for i in range(self.n_workers):
-                args = [*dial, "--http", f"{self.host}:0",
+                args = [*dial, "--http", f"{self.host_of(f'worker-{i + 1}')}:0",
                         "--engine", self.engine, *_sets(self.worker_sets),
                         *_sets(self._worker_chain_sets(f"worker-{i + 1}")),
                         "--set", f"node_id=worker-{i + 1}"]
@@ -683,7 +699,8 @@ class LocalNetwork:
                 progress(f"{w.name}: ready, serving {models}")
             progress("starting client")
             client = self.client = self._spawn("client", "client", [
-                *dial, "--http", f"{self.host}:{self.client_port}", *_sets(self.client_sets)])
+                *dial, "--http", f"{self.host_of('client')}:{self.client_port}",
+                *_sets(self.client_sets)])
             client.wait_until(client.read_ready, "ready", deadline)
             self._pin(client)
 
@@ -722,7 +739,7 @@ class LocalNetwork:
                 "http": r.info.get("http"), "log": str(r.log_path),
                 "restarts": r.restarts}
             if "listen_port" in r.info:
-                entry["listen"] = f"{self.host}:{r.info['listen_port']}"
+                entry["listen"] = f"{self.host_of(r.name)}:{r.info['listen_port']}"
             if r is self.chain_role:
                 entry["url"] = self.chain_url
             else:
@@ -1116,7 +1133,7 @@ def run_up(args: argparse.Namespace) -> int:
                  f"in {net.log_dir}")
         for role in net.proxies:
             if role.info:
-                progress(f"{role.name}: workers and clients dial {net.host}:"
+                progress(f"{role.name}: workers and clients dial {net.host_of(role.name)}:"
                          f"{role.info.get('listen_port')}, stats at {role.http}/stats")
         progress(f"roles, pids, ports and configs: {net.network_file}")
         for line in net.attestation_summary():
