@@ -344,3 +344,34 @@ def test_cells_match_ton_core_byte_for_byte() -> None:
     assert m.proxy_stake_address(STAKE) == js["stake_address"]
     # the BOC round-trips to the same cell
     assert Cell.one_from_boc(m.boc(ours["registry"])).hash == ours["registry"].hash
+
+
+def test_registry_listings_parse_and_only_live_ones_are_used() -> None:
+    """A listing whose info cannot be read is kept with its problem and never used; one
+    below the current minimum stake is shown but not used."""
+    from pytoniq_core.boc.builder import Builder
+    from pytoniq_core.boc.hashmap.hashmap import HashMap
+
+    from cocoon.chain.registry import parse_registry
+
+    def entry(stake: int, info: Cell) -> Builder:
+        return Builder().store_ref(Builder().store_address(OWNER).store_bytes(bytes(32))
+                                   .store_coins(stake).store_uint(3, 32).store_ref(info)
+                                   .end_cell())
+
+    entries = HashMap(256, value_serializer=lambda b, dest: dest.store_cell(b.end_cell()))
+    entries.set_int_key(1, entry(PARAMS.min_proxy_stake, m.proxy_info_cell(INFO)))
+    entries.set_int_key(2, entry(PARAMS.min_proxy_stake - 1, m.proxy_info_cell(INFO)))
+    entries.set_int_key(3, entry(PARAMS.min_proxy_stake,
+                                 Builder().store_snake_bytes(b"garbage").end_cell()))
+    base = m.registry_data(OWNER, PARAMS).begin_parse()
+    head = (Builder().store_address(base.load_address()).store_uint(base.load_uint(32), 32)
+            .store_uint(base.load_uint(32), 32).store_ref(base.load_ref())
+            .store_dict(None).store_dict(None))
+    book = Builder().store_ref(m.load_code("proxy_stake")).store_dict(entries.serialize())
+    state = parse_registry(m.boc(head.store_ref(book.end_cell()).end_cell()))
+    assert [p.stake_contract[-1] for p in state.proxies] == ["1", "2", "3"]
+    assert state.proxies[0].info == INFO and state.proxies[0].version == 3
+    assert "not JSON" in state.proxies[2].problem and state.proxies[2].info is None
+    assert [p.stake_contract[-1] for p in state.live_proxies()] == ["1"]
+    assert state.proxies[2].as_json()["problem"].startswith("unreadable info")

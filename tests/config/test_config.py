@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from cocoon.chain.config import ChainConfig
 from cocoon.config import (
     ClientConfig,
     EngineConfig,
@@ -398,3 +399,22 @@ def test_the_proxy_listing_endpoint() -> None:
         ProxyConfig(listen="0.0.0.0:9").advertised_endpoint(9)
     with pytest.raises(ConfigError, match=r"proxy\.public_endpoint"):
         ProxyConfig(public_endpoint="no-port")
+
+
+def test_proxy_lists_and_channels_of_workers_and_clients() -> None:
+    """Issue 13, item 2: a worker or client names several proxies (comma-separated) and one
+    channel per proxy; with a registry it may name none (it finds them there)."""
+    w = WorkerConfig(proxy="10.0.0.1:1, 10.0.0.2:2")
+    assert w.static_proxies() == ("10.0.0.1:1", "10.0.0.2:2") and not w.discovers
+    assert WorkerConfig().static_proxies() == ("127.0.0.1:11100",)  # nothing said: local
+    chain = ChainConfig(backend="embedded", url="http://c", registry="0:" + "ab" * 32,
+                        contract="0:" + "01" * 32 + ", 0:" + "02" * 32)
+    found = WorkerConfig(chain=chain)
+    assert found.discovers and found.static_proxies() == ()
+    assert found.channels() == ("0:" + "01" * 32, "0:" + "02" * 32)
+    c = ClientConfig(chain=chain)
+    assert c.discovers and c.static_proxies() == () and len(c.channels()) == 2
+    with pytest.raises(ConfigError, match=r"worker\.proxy"):
+        WorkerConfig(proxy="10.0.0.1:1,nonsense")
+    with pytest.raises(ConfigError, match=r"client\.max_proxies"):
+        ClientConfig(max_proxies=1)

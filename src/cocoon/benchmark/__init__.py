@@ -14,7 +14,10 @@ Modes (``--mode``):
 * ``up``: what users run: ``cocoon up`` with its defaults (RA-TLS fake, billing, embedded
   chain; ``openai-http`` engine) in front of an OpenAI-compatible fake upstream in its own
   process, against that bare upstream, paced and saturation (:mod:`cocoon.benchmark.stack`);
-  also RSS and file descriptors per process (``--streams 1000`` for the 1,000-stream run).
+  also RSS and file descriptors per process (``--streams 1000`` for the 1,000-stream run);
+* ``proxies``: ``cocoon up --proxies 2 --workers 3`` against ``--proxies 1 --workers 3``
+  (paced), the extra TTFT of a request whose worker is killed before its first token, and
+  how a proxy killed under load is left behind (:mod:`cocoon.benchmark.proxies`).
 
 ``--attestation fake|none|off`` (default fake, as ``cocoon up``) sets the chain's
 attestation. ``--tls-compare`` (on in ``all``) adds a second chain on plain TCP
@@ -41,7 +44,7 @@ DEFAULT_DURATION = 10.0
 
 def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mode", choices=["saturation", "paced", "llama", "handshake", "ledger",
-                                      "routing", "up", "all"],
+                                      "routing", "up", "proxies", "all"],
                    default="all",
                    help="what to measure (default all: saturation and paced with "
                         "--tls-compare, llama, handshake; up: cocoon up with its defaults "

@@ -125,7 +125,7 @@ def _build_engine(args: argparse.Namespace) -> Engine:
     if args.engine == "fake":
         return FakeEngine(FakeEngineConfig(model=args.model, chunks=args.chunks,
                                            chunk_bytes=args.chunk_bytes,
-                                           delay_ms=args.delay_ms))
+                                           delay_ms=args.delay_ms, ttft_ms=args.ttft_ms))
     return LlamaCppEngine(LlamaCppConfig(model_path=args.model_path))
 
 
@@ -138,6 +138,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk-bytes", type=int, default=128, help="fake engine: bytes per chunk")
     p.add_argument("--delay-ms", type=float, default=0.0,
                    help="fake engine: delay before each chunk")
+    p.add_argument("--ttft-ms", type=float, default=0.0,
+                   help="fake engine: delay before anything is sent (prompt processing)")
     p.add_argument("--model-path", default="", help="llama-cpp: GGUF path (default SmolLM2)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=0, help="0: any free port")

@@ -6,6 +6,7 @@ import math
 from typing import Any
 
 from cocoon.benchmark.ledger import format_ledger
+from cocoon.benchmark.proxies import format_proxies
 from cocoon.benchmark.routing import format_routing
 
 __all__ = ["format_report"]
@@ -185,6 +186,9 @@ def format_report(report: dict[str, Any]) -> str:
     if "routing" in report:
         lines.append("")
         lines.extend(format_routing(report["routing"]))
+    if "proxies" in report:
+        lines.append("")
+        lines.extend(format_proxies(report["proxies"]))
     if "ledger" in report:
         lines.append("")
         lines.extend(format_ledger(report["ledger"]))

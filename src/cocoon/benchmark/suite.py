@@ -18,6 +18,7 @@ from cocoon.benchmark import DEFAULT_DURATION, QUICK_DURATION
 from cocoon.benchmark.handshake import run_handshake
 from cocoon.benchmark.ledger import run_ledger
 from cocoon.benchmark.llama import run_llama
+from cocoon.benchmark.proxies import run_proxies
 from cocoon.benchmark.report import format_report
 from cocoon.benchmark.routing import run_routing
 from cocoon.benchmark.runner import MODES, run_mode
@@ -66,6 +67,7 @@ def run_bench(args: argparse.Namespace) -> int:
     with_ledger = args.mode in ("all", "ledger")
     with_routing = args.mode in ("all", "routing")
     with_stack = args.mode == "up"
+    with_proxies = args.mode == "proxies"
     tls_compare = bool(fake_modes) and (
         args.tls_compare or (args.mode == "all" and not args.no_tls_compare))
     if tls_compare and args.attestation == "off":
@@ -132,6 +134,11 @@ def run_bench(args: argparse.Namespace) -> int:
     if with_ledger:
         report["ledger"] = run_ledger(300 if args.quick else 3000, progress)
         if report["ledger"]["invariant_problems"]:
+            failed = True
+    if with_proxies:
+        report["proxies"] = run_proxies(duration, args.repeat, progress)
+        if (not report["proxies"]["throughput"]["meets_target"]
+                or report["proxies"]["throughput"]["two_proxies"]["errors"]):
             failed = True
     if with_routing:
         _positive("--workers", args.workers)

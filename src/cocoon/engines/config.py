@@ -23,6 +23,7 @@ class FakeEngineConfig:
     chunk_bytes: int = 128
     delay_ms: float = 0.0
     fail_after: int = 0  # fail (EngineError) after this many tokens; 0: never
+    ttft_ms: float = 0.0  # before anything is sent (the prompt's processing time)
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,7 +5,8 @@ prompt token count is a fixed function of the request text (1 token per 4 bytes 
 content, at least 1), so billing tests can predict it. The job's meter counts the prompt at
 the start and each token as it is generated (every ``delay_ms``, streamed or not), so an
 early end reports exactly the tokens produced; ``fail_after`` makes the engine fail after
-that many tokens, for fault and billing tests.
+that many tokens, for fault and billing tests; ``ttft_ms`` holds everything back that long
+first, as a server evaluating a long prompt does.
 """
 
 from __future__ import annotations
@@ -67,6 +68,8 @@ class FakeEngine:
         meter.prompt_tokens = usage.prompt_tokens  # the prompt is "evaluated" at once
         finished = False
         try:
+            if cfg.ttft_ms:
+                await asyncio.sleep(cfg.ttft_ms / 1000.0)
             if not job.stream:
                 # Tokens are generated one by one here too, so a cancel mid-way is metered.
                 for _ in range(count if delay or fail_after else 0):
