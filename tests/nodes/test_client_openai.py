@@ -21,7 +21,7 @@ ORIGIN = "http://localhost:3000"
 async def started(**config: Any) -> ClientNode:
     n = ClientNode(ClientConfig(http="127.0.0.1:0", proxy="127.0.0.1:9", **config))
     # as a proxy's Catalog would have set it
-    n._links["127.0.0.1:9"] = _ProxyLink("127.0.0.1:9", "config", catalog=(
+    n.links.by_address["127.0.0.1:9"] = _ProxyLink("127.0.0.1:9", "config", catalog=(
         CatalogEntry("SmolLM2-135M-Instruct", 1, 0, 4),
         CatalogEntry("org/model:v1", 2, 1, 8, 2_000_000, 5_000_000)))
     await n.http.start()

@@ -67,14 +67,13 @@ from cocoon.errors import (
 )
 from cocoon.ledger.copies import AccountCopy
 from cocoon.money import ton_decimal
-from cocoon.nodes.channels import build_channels, describe_evidence
+from cocoon.nodes.channels import build_channels
 from cocoon.nodes.client.payments import ChargeSigner
 from cocoon.nodes.common import (
     HttpServer,
     LogLimiter,
     add_health_routes,
     committed_sse,
-    dial_forever,
     end_sse,
     error_response,
     follow_registry,
@@ -86,6 +85,7 @@ from cocoon.nodes.common import (
     serve_until_stopped,
     uptime_since,
 )
+from cocoon.nodes.links import ProxyLink, ProxyLinks
 from cocoon.openai import ENDPOINTS, Envelope
 from cocoon.transport import Connector, OutgoingStream, Peer, Watchdog
 from cocoon.wire import (
@@ -110,7 +110,6 @@ log = logging.getLogger(__name__)
 
 _BURST = 64
 _MAX_SENDS = 3  # a request is sent through at most this many proxies
-_DISCOVERY_POLL_S = 1.0  # how often the registry's last read is compared with the links
 _CORS_METHODS = "GET, POST, OPTIONS"
 _CORS_HEADERS = "Authorization, Content-Type, OpenAI-Organization, OpenAI-Project"
 _CORS_MAX_AGE_S = 600
@@ -133,32 +132,20 @@ class _Resend(Exception):
 
 
 @dataclass(eq=False)
-class _ProxyLink:
-    """One proxy this client sends through: its connection, what it offers, how it is paid."""
+class _ProxyLink(ProxyLink):
+    """A proxy this client sends through: what it offers, how it is paid."""
 
-    address: str
-    source: str  # "config" or "registry"
-    payee_pubkey: bytes = b""  # its voucher key: from its listing, else its Catalog
-    state: str = "starting"
-    peer: Peer | None = None
-    attestation: dict[str, Any] = field(default_factory=dict)
     catalog: tuple[CatalogEntry, ...] = ()
     roster: tuple[WorkerInfo, ...] = ()
     signer: ChargeSigner | None = None  # the channel it is paid through, once bound
     account: AccountCopy = field(default_factory=lambda: AccountCopy("client_charge"))
     in_flight: int = 0
-    task: asyncio.Task[None] | None = None
-
-    @property
-    def up(self) -> bool:
-        return self.peer is not None and not self.peer.closed
 
     def offers(self, model: str) -> bool:
         return any(e.model == model for e in self.catalog)
 
     def snapshot(self) -> dict[str, Any]:
-        return {"address": self.address, "source": self.source, "state": self.state,
-                "attestation": self.attestation, "in_flight": self.in_flight,
+        return {**super().snapshot(), "in_flight": self.in_flight,
                 "channel": self.signer.channel if self.signer else None}
 
 
@@ -183,9 +170,8 @@ class ClientNode:
         for ch in channels:
             self._signers[ch] = ChargeSigner(config.chain.key_file, ch,
                                              shared_state=len(channels) == 1)
-        self._links: dict[str, _ProxyLink] = {}
-        self._by_peer: dict[Peer, _ProxyLink] = {}
-        self._dials: asyncio.TaskGroup | None = None
+        self.links: ProxyLinks[_ProxyLink] = ProxyLinks(
+            connector, self._connection, self, _ProxyLink, self._on_proxy, self._on_down)
         self._turn = 0  # the proxy that takes the next tie
         self.stats = ClientStats()
         self._watchdog = Watchdog()
@@ -203,21 +189,15 @@ class ClientNode:
         return Connection(role="client", node_id=self.node_id)
 
     @property
-    def links(self) -> list[_ProxyLink]:
-        return list(self._links.values())
-
-    @property
     def proxy_state(self) -> str:
-        """"connected" when some proxy is, else the first one's state."""
-        states = [link.state for link in self._links.values()]
-        return "connected" if "connected" in states else (states[0] if states else "starting")
+        return self.links.state
 
     @property
     def catalog(self) -> tuple[CatalogEntry, ...]:
         """Every connected proxy's models (a lost connection's are cleared), merged: worker
         counts and capacity added up, prices spanning them all."""
         merged: dict[str, CatalogEntry] = {}
-        for link in self._links.values():
+        for link in self.links:
             for e in link.catalog:
                 m = merged.get(e.model)
                 merged[e.model] = e if m is None else CatalogEntry(
@@ -230,7 +210,7 @@ class ClientNode:
 
     @property
     def roster(self) -> tuple[WorkerInfo, ...]:
-        return tuple(w for link in self._links.values() for w in link.roster)
+        return tuple(w for link in self.links for w in link.roster)
 
     def _bind(self, link: _ProxyLink) -> None:
         """Bind this connection to the channel that pays this proxy (proves the key): the
@@ -241,41 +221,35 @@ class ClientNode:
         if len(self._signers) == 1:
             signer = next(iter(self._signers.values()))
         else:
-            channel = self._payees.get(link.payee_pubkey)
+            channel = self._payees.get(link.proxy_pubkey)
             if channel is None:
-                if link.payee_pubkey:
+                if link.proxy_pubkey:
                     log.warning("no payment channel to the proxy %s (its key %s…): its "
                                 "requests are not paid", link.address,
-                                link.payee_pubkey.hex()[:16])
+                                link.proxy_pubkey.hex()[:16])
                 return
             signer = self._signers[channel]
-            link.account.pubkey = link.payee_pubkey  # its statements must be signed so
+            link.account.pubkey = link.proxy_pubkey  # its statements must be signed so
         link.signer = signer
         v = signer.sign(signer.cumulative)
         peer.send(Payment(v.channel, v.body_boc()))
 
     async def _on_proxy(self, link: _ProxyLink, peer: Peer) -> None:
-        link.peer = peer
-        self._by_peer[peer] = link
-        link.attestation = describe_evidence(peer.extra("verified_evidence"))
         self._bind(link)
 
-    def _set_state(self, link: _ProxyLink, state: str) -> None:
-        link.state = state
-        if state != "connected" and link.peer is not None:
-            self._by_peer.pop(link.peer, None)
-            link.peer = None
-            link.signer = None  # bound again on the next connection
-            link.catalog, link.roster = (), ()
+    @staticmethod
+    def _on_down(link: _ProxyLink) -> None:
+        link.signer = None  # bound again on the next connection
+        link.catalog, link.roster = (), ()
 
     async def on_message(self, peer: Peer, msg: Message) -> None:
-        link = self._by_peer.get(peer)
+        link = self.links.of(peer)
         if link is None:
             return
         if isinstance(msg, Catalog):
             link.catalog = msg.entries
-            if msg.payee_pubkey and not link.payee_pubkey:
-                link.payee_pubkey = msg.payee_pubkey
+            if msg.payee_pubkey and not link.proxy_pubkey:
+                link.proxy_pubkey = msg.payee_pubkey
             self._bind(link)
         elif isinstance(msg, Roster):
             link.roster = msg.workers
@@ -290,14 +264,6 @@ class ClientNode:
         else:
             log.warning("ignoring unexpected %s from the proxy", type(msg).__name__)
 
-    def _open_link(self, address: str, source: str, payee_pubkey: bytes = b"") -> None:
-        assert self._dials is not None
-        link = self._links[address] = _ProxyLink(address, source, payee_pubkey)
-        link.task = self._dials.create_task(dial_forever(
-            self._connector, address, self._connection,
-            lambda peer: self._on_proxy(link, peer), self,
-            lambda state: self._set_state(link, state)))
-
     def _sync_links(self, listed: dict[str, bytes]) -> None:
         """Connect to the listed proxies (endpoint -> voucher key), those this client pays
         first, at most ``client.max_proxies`` from the registry; drop the unlisted ones
@@ -306,14 +272,11 @@ class ClientNode:
         order = sorted(listed, key=lambda a: (a not in paid, a))
         keep = set(order[:self.config.max_proxies])
         for address in order:
-            if address in keep and address not in self._links:
-                self._open_link(address, "registry", listed[address])
-        for link in list(self._links.values()):
-            if (link.source == "registry" and link.address not in keep
-                    and not link.in_flight and link.task is not None):
-                link.task.cancel()
-                del self._links[link.address]
-                self._set_state(link, "dropped")
+            if address in keep and address not in self.links.by_address:
+                self.links.open(address, "registry", listed[address])
+        for link in self.links:
+            if link.source == "registry" and link.address not in keep and not link.in_flight:
+                self.links.close(link, "dropped")
                 log.info("the proxy %s is no longer listed: disconnected", link.address)
 
     async def _read_payees(self) -> None:
@@ -329,23 +292,9 @@ class ClientNode:
             await chain.aclose()
 
     async def _serve_proxies(self) -> None:
-        async with asyncio.TaskGroup() as tg:
-            self._dials = tg
-            for address in self.config.static_proxies():
-                self._open_link(address, "config")
-            lists, seen = self._registry, -1
-            if not self.config.discovers or lists is None:
-                return  # the dial tasks run until cancelled
-            static = set(self.config.static_proxies())
-            while True:
-                state = lists.state
-                if state is not None and state.version != seen:
-                    seen = state.version
-                    self._sync_links({p.info.client_endpoint: p.pubkey
-                                      for p in state.live_proxies()
-                                      if p.info is not None
-                                      and p.info.client_endpoint not in static})
-                await asyncio.sleep(_DISCOVERY_POLL_S)
+        await self.links.serve(
+            self.config.static_proxies(), self._registry if self.config.discovers else None,
+            lambda p: p.info.client_endpoint if p.info else "", self._sync_links)
 
     async def run(self, stop: asyncio.Event, on_ready: Any = None) -> None:
         await self._read_payees()
@@ -360,7 +309,7 @@ class ClientNode:
         """The connected proxy offering ``model`` with the fewest of our requests in flight
         (one that offers nothing yet will do when none offers it), not yet tried; ties
         taken in turn."""
-        up = [link for link in self._links.values() if link.up and link not in tried]
+        up = [link for link in self.links if link.up and link not in tried]
         offering = [link for link in up if link.offers(model)] or up
         if not offering:
             return None
@@ -565,9 +514,9 @@ class ClientNode:
             "node_id": self.node_id,
             "uptime_s": uptime_since(self._started),
             # the first proxy (its state "connected" when any is), then each
-            "proxy": {**(self.links[0].snapshot() if self._links else {}),
+            "proxy": {**(next(iter(self.links)).snapshot() if len(self.links) else {}),
                       "state": self.proxy_state},
-            "proxies": [link.snapshot() for link in self._links.values()],
+            "proxies": [link.snapshot() for link in self.links],
             "workers": [{"node_id": w.node_id, "tier": w.tier,
                          "image_hash": w.image_hash.hex() or None, "models": list(w.models)}
                         for w in self.roster],
@@ -580,7 +529,7 @@ class ClientNode:
                        for e in self.catalog],
             # the first channel's account (the one `cocoon client balance` reads), then each
             "billing": self._billing(self._first_paid()),
-            "channels": [self._billing(link) for link in self._links.values()
+            "channels": [self._billing(link) for link in self.links
                          if link.signer is not None],
         }
 
@@ -589,9 +538,9 @@ class ClientNode:
         first that sent a statement."""
         first = next(iter(self._signers), None)
         if first is None:
-            return next((link for link in self._links.values()
+            return next((link for link in self.links
                          if link.account.voucher is not None), None)
-        return next((link for link in self._links.values()
+        return next((link for link in self.links
                      if link.signer is not None and link.signer.channel == first), None)
 
     def _billing(self, link: _ProxyLink | None) -> dict[str, Any]:
@@ -611,7 +560,7 @@ class ClientNode:
                               middlewares=[self._openai_errors])
 
         async def health(_: web.Request) -> web.Response:
-            ok = any(link.up for link in self._links.values())
+            ok = any(link.up for link in self.links)
             return json_response({"status": "ok" if ok else "degraded",
                                   "proxy": self.proxy_state,
                                   "models": [e.model for e in self.catalog]},

@@ -57,12 +57,11 @@ from cocoon.errors import (
 )
 from cocoon.ledger.copies import AccountCopy
 from cocoon.ledger.errors import VoucherInvalid
-from cocoon.nodes.channels import build_channels, describe_evidence
+from cocoon.nodes.channels import build_channels
 from cocoon.nodes.common import (
     HttpServer,
     add_health_routes,
     as_request_error,
-    dial_forever,
     follow_registry,
     json_response,
     keep_statement,
@@ -70,6 +69,7 @@ from cocoon.nodes.common import (
     serve_until_stopped,
     uptime_since,
 )
+from cocoon.nodes.links import ProxyLink, ProxyLinks
 from cocoon.openai import Endpoint, encode_event, encode_events, parse_request
 from cocoon.transport import Connector, Peer
 from cocoon.usage import Usage
@@ -94,32 +94,22 @@ log = logging.getLogger(__name__)
 _ENDPOINTS: dict[str, Endpoint] = {"chat": "chat", "completions": "completions"}
 _MAX_REPORTS = 4096  # recent ticketed jobs remembered for the next connection's report
 _BURST_BYTES = 256 * 1024  # the most event data one Chunk carries (well under any frame)
-_DISCOVERY_POLL_S = 1.0  # how often the registry's last read is compared with the links
 
 
 @dataclass(eq=False)
-class _Link:
-    """One proxy this worker serves: its connection and what the worker keeps of it."""
+class _Link(ProxyLink):
+    """A proxy this worker serves, and what the worker keeps of it."""
 
-    address: str
-    source: str  # "config" or "registry"
-    proxy_pubkey: bytes = b""  # its voucher key: from its listing, else its first statement
     channel: str = ""  # the payout channel announced to it ("" while unknown)
-    state: str = "starting"
-    peer: Peer | None = None
-    attestation: dict[str, Any] = field(default_factory=dict)
     account: AccountCopy = field(default_factory=lambda: AccountCopy("worker_payout"))
     # ticket -> usage of the most recent ticketed jobs, oldest first (see module doc)
     recent: collections.OrderedDict[int, Usage] = field(
         default_factory=collections.OrderedDict)
-    task: asyncio.Task[None] | None = None
     retiring: bool = False  # no longer listed: let go once its jobs end
     jobs: int = 0
 
     def snapshot(self) -> dict[str, Any]:
-        return {"address": self.address, "source": self.source, "state": self.state,
-                "attestation": self.attestation, "active": self.jobs,
-                "channel": self.channel or None,
+        return {**super().snapshot(), "active": self.jobs, "channel": self.channel or None,
                 **({"retiring": True} if self.retiring else {})}
 
 
@@ -169,9 +159,8 @@ class WorkerNode:
         self.draining = False
         self._idle = asyncio.Event()  # set whenever no request is in flight
         self._idle.set()
-        self._links: dict[str, _Link] = {}  # proxy address -> its link
-        self._by_peer: dict[Peer, _Link] = {}  # connected peers
-        self._dials: asyncio.TaskGroup | None = None
+        self.links: ProxyLinks[_Link] = ProxyLinks(
+            connector, self._connection, self, _Link, self._announce)
         self._jobs: dict[tuple[int, int], asyncio.Task[None]] = {}
         self._seq = 0
         self._started = time.monotonic()
@@ -183,14 +172,8 @@ class WorkerNode:
         return Connection(role="worker", node_id=self.node_id)
 
     @property
-    def links(self) -> list[_Link]:
-        return list(self._links.values())
-
-    @property
     def proxy_state(self) -> str:
-        """"connected" when some proxy is, else the first one's state."""
-        states = [link.state for link in self._links.values()]
-        return "connected" if "connected" in states else (states[0] if states else "starting")
+        return self.links.state
 
     def _voucher_path(self, channel: str) -> str:
         return voucher_path(self.config.chain.voucher_file, channel,
@@ -227,9 +210,6 @@ class WorkerNode:
         return 0 if self.draining or link.retiring else self.config.max_concurrent
 
     async def _announce(self, link: _Link, peer: Peer) -> None:
-        link.peer = peer
-        self._by_peer[peer] = link
-        link.attestation = describe_evidence(peer.extra("verified_evidence"))
         peer.send(self._announcement(link))
         if link.recent:
             # Jobs of earlier connections to this proxy, all ended (a connection's jobs end
@@ -240,27 +220,12 @@ class WorkerNode:
             log.info("reported the usage of %d recent job(s) to the proxy %s",
                      len(link.recent), link.address)
 
-    def _set_state(self, link: _Link, state: str) -> None:
-        link.state = state
-        if state != "connected" and link.peer is not None:
-            self._by_peer.pop(link.peer, None)
-            link.peer = None
-
-    def _open_link(self, address: str, source: str, proxy_pubkey: bytes = b"") -> None:
-        assert self._dials is not None
-        link = self._links[address] = _Link(address, source, proxy_pubkey)
-        link.task = self._dials.create_task(dial_forever(
-            self._connector, address, self._connection,
-            lambda peer: self._announce(link, peer), self,
-            lambda state: self._set_state(link, state)))
-        log.info("serving the proxy %s (%s)", address, source)
-
     def _sync_links(self, listed: dict[str, bytes]) -> None:
         """Serve the proxies listed now (endpoint -> voucher key); let go of those no longer
         listed once idle."""
-        for address in sorted(listed.keys() - self._links.keys()):
-            self._open_link(address, "registry", listed[address])
-        for link in list(self._links.values()):
+        for address in sorted(listed.keys() - self.links.by_address.keys()):
+            self.links.open(address, "registry", listed[address])
+        for link in self.links:
             if link.source != "registry":
                 continue
             if link.address in listed:
@@ -273,10 +238,8 @@ class WorkerNode:
                 self._tell_capacity(link)
                 log.info("the proxy %s left the registry: no new requests from it",
                          link.address)
-            if not link.jobs and link.task is not None:
-                link.task.cancel()
-                del self._links[link.address]
-                self._set_state(link, "retired")
+            if not link.jobs:
+                self.links.close(link, "retired")
 
     def _tell_capacity(self, link: _Link) -> None:
         peer = link.peer
@@ -286,25 +249,11 @@ class WorkerNode:
 
     async def _serve_proxies(self) -> None:
         """Keep a connection to every proxy served, following the registry when it lists
-        proxies for this worker to find."""
-        async with asyncio.TaskGroup() as tg:
-            self._dials = tg
-            for address in self.config.static_proxies():
-                self._open_link(address, "config")
-            lists, seen = self._registry, -1
-            if not self.config.discovers or lists is None:
-                return  # the dial tasks run until cancelled
-            while True:
-                state = lists.state
-                if state is not None and (state.version != seen or any(
-                        link.retiring for link in self._links.values())):
-                    seen = state.version
-                    static = set(self.config.static_proxies())
-                    self._sync_links({p.info.worker_endpoint: p.pubkey
-                                      for p in state.live_proxies()
-                                      if p.info is not None
-                                      and p.info.worker_endpoint not in static})
-                await asyncio.sleep(_DISCOVERY_POLL_S)
+        proxies for this worker to find (and letting go of those retiring once idle)."""
+        await self.links.serve(
+            self.config.static_proxies(), self._registry if self.config.discovers else None,
+            lambda p: p.info.worker_endpoint if p.info else "", self._sync_links,
+            again=lambda: any(link.retiring for link in self.links))
 
     async def run(self, stop: asyncio.Event, on_ready: Any = None) -> None:
         drained = asyncio.Event()
@@ -326,7 +275,7 @@ class WorkerNode:
     async def drain(self) -> None:
         """Take no new request, and wait (at most ``drain_timeout_s``) for those in flight."""
         self.draining = True
-        for link in self._links.values():
+        for link in self.links:
             self._tell_capacity(link)
         if self.active:
             log.info("draining: %d request(s) in flight finish first (at most %gs); no new "
@@ -339,13 +288,13 @@ class WorkerNode:
                 log.warning("drain timed out: %d request(s) cut off", self.active)
 
     async def on_message(self, peer: Peer, msg: Message) -> None:
-        link = self._by_peer.get(peer)
+        link = self.links.of(peer)
         if link is None:  # a message racing its connection's end
             return
         if isinstance(msg, Request):
             self.stats.received += 1
             # every proxy was promised the whole capacity: what more than that arrives waits
-            limit = self.config.max_concurrent * max(1, len(self._by_peer))
+            limit = self.config.max_concurrent * max(1, len(self.links.by_peer))
             if self.draining or link.retiring or self.active >= limit:
                 self.stats.rejected += 1
                 peer.finish(Error.of(msg.req_id, NoWorkerAvailable(
@@ -516,9 +465,9 @@ class WorkerNode:
 
     def snapshot(self) -> dict[str, Any]:
         s = self.stats
-        first = next(iter(self._links.values()), None)
+        first = next(iter(self.links), None)
         paid = self._channels[0] if self._channels else ""
-        account = next((link.account for link in self._links.values()
+        account = next((link.account for link in self.links
                         if link.account.pubkey and (not paid or link.channel == paid)),
                        first.account if first else AccountCopy("worker_payout"))
         return {
@@ -527,7 +476,7 @@ class WorkerNode:
             "uptime_s": uptime_since(self._started),
             # the first proxy served (its state "connected" when any is), then each
             "proxy": {**(first.snapshot() if first else {}), "state": self.proxy_state},
-            "proxies": [link.snapshot() for link in self._links.values()],
+            "proxies": [link.snapshot() for link in self.links],
             "attestation": self.attestation,
             "engine": {"name": self.engine.name, "models": list(self.engine.models),
                        "cancelled": self.engine.cancelled,
