@@ -30,6 +30,15 @@ const OP = {
     ADD_MODEL_HASH: 0xc146134d,
     DEL_MODEL_HASH: 0x92b11c18,
     CHANGE_OWNER: 0xc4a1ae54,
+    LIST_PROXY: 0x4f1d2c83,      // stake -> registry
+    UNLIST_PROXY: 0x2b7e90d4,    // stake -> registry
+    // proxy stake
+    ADD_STAKE: 0x9713f187,
+    STATE_COMMIT: 0x5c1a7e3b,
+    REQUEST_UNSTAKE: 0x6a1f6a60,
+    UNSTAKE: 0xb51d5a01,
+    REGISTER: 0x7a3c51e9,
+    DEREGISTER: 0x91e4b6f2,
 };
 
 const ERR = {
@@ -45,6 +54,8 @@ const ERR = {
     WRONG_VOUCHER_KIND: 109,
     ALREADY_EXISTS: 110,
     NOT_FOUND: 111,
+    STAKE_TOO_LOW: 112,
+    WRONG_REGISTRY: 113,
     UNKNOWN_OP: 0xffff,
 };
 

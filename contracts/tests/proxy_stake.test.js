@@ -3,17 +3,8 @@ const { describe, it, beforeEach } = require('node:test');
 const assert = require('node:assert/strict');
 const { sign } = require('@ton/crypto');
 const h = require('./helpers');
-const { ERR, toNano, beginCell } = h;
+const { OP, ERR, toNano, beginCell } = h;
 
-const OP_ADD_STAKE = 0x9713f187;
-const OP_STATE_COMMIT = 0x5c1a7e3b;
-const OP_REQUEST_UNSTAKE = 0x6a1f6a60;
-const OP_UNSTAKE = 0xb51d5a01;
-const OP_REGISTER = 0x7a3c51e9;
-const OP_DEREGISTER = 0x91e4b6f2;
-const OP_LIST_PROXY = 0x4f1d2c83;
-const OP_UNLIST_PROXY = 0x2b7e90d4;
-const ERR_STAKE_TOO_LOW = 112;
 const DELAY = 86400;
 const { proxyData } = h;
 
@@ -22,16 +13,16 @@ function commitPayload(op, proxy, seqno, stateHash) {
 }
 
 function commitBody(secretKey, payload, queryId = 0) {
-    return beginCell().storeUint(OP_STATE_COMMIT, 32).storeUint(queryId, 64).storeBuffer(sign(payload.hash(), secretKey)).storeRef(payload).endCell();
+    return beginCell().storeUint(OP.STATE_COMMIT, 32).storeUint(queryId, 64).storeBuffer(sign(payload.hash(), secretKey)).storeRef(payload).endCell();
 }
 
-const stakeBody = (amount) => beginCell().storeUint(OP_ADD_STAKE, 32).storeUint(0, 64).storeCoins(amount).endCell();
+const stakeBody = (amount) => beginCell().storeUint(OP.ADD_STAKE, 32).storeUint(0, 64).storeCoins(amount).endCell();
 
 describe('proxy_stake', () => {
     let bc, owner, stranger, registry, key, otherKey, addr, init;
     const sendFrom = (from, body, value = toNano('0.05')) => h.send(bc, { from, to: addr, value, body });
     const commit = (seqno, stateHash, opts = {}) =>
-        sendFrom(stranger, commitBody((opts.key ?? key).secretKey, commitPayload(opts.op ?? OP_STATE_COMMIT, opts.proxy ?? addr, seqno, stateHash)));
+        sendFrom(stranger, commitBody((opts.key ?? key).secretKey, commitPayload(opts.op ?? OP.STATE_COMMIT, opts.proxy ?? addr, seqno, stateHash)));
     async function state() {
         const s = (await bc.runGetMethod(addr, 'get_proxy_state')).stackReader;
         return { state: s.readNumber(), stake: s.readBigNumber(), unlockAt: s.readNumber(), seqno: s.readBigNumber(), hash: s.readBigNumber(), at: s.readNumber() };
@@ -63,7 +54,7 @@ describe('proxy_stake', () => {
     });
 
     it('state commits: signed, strictly newer, need the minimum stake', async () => {
-        h.assertExit(await commit(1, 0xabcn), addr, ERR_STAKE_TOO_LOW);
+        h.assertExit(await commit(1, 0xabcn), addr, ERR.STAKE_TOO_LOW);
         h.assertOk(await sendFrom(owner, stakeBody(toNano('4')), toNano('4.01')), addr);
         bc.now += 10;
         h.assertOk(await commit(1, 0xabcn), addr);
@@ -78,17 +69,17 @@ describe('proxy_stake', () => {
 
     it('unstake: owner only, after the delay, pays everything to the owner', async () => {
         const T0 = bc.now;
-        h.assertExit(await sendFrom(stranger, beginCell().storeUint(OP_REQUEST_UNSTAKE, 32).storeUint(0, 64).endCell()), addr, ERR.WRONG_SENDER);
-        h.assertExit(await sendFrom(owner, beginCell().storeUint(OP_UNSTAKE, 32).storeUint(0, 64).endCell()), addr, ERR.WRONG_STATE);
-        h.assertOk(await sendFrom(owner, beginCell().storeUint(OP_REQUEST_UNSTAKE, 32).storeUint(0, 64).endCell()), addr);
+        h.assertExit(await sendFrom(stranger, beginCell().storeUint(OP.REQUEST_UNSTAKE, 32).storeUint(0, 64).endCell()), addr, ERR.WRONG_SENDER);
+        h.assertExit(await sendFrom(owner, beginCell().storeUint(OP.UNSTAKE, 32).storeUint(0, 64).endCell()), addr, ERR.WRONG_STATE);
+        h.assertOk(await sendFrom(owner, beginCell().storeUint(OP.REQUEST_UNSTAKE, 32).storeUint(0, 64).endCell()), addr);
         assert.equal((await state()).unlockAt, T0 + DELAY);
         h.assertExit(await commit(1, 1n), addr, ERR.WRONG_STATE);
         h.assertExit(await sendFrom(owner, stakeBody(toNano('1')), toNano('2')), addr, ERR.WRONG_STATE);
         bc.now = T0 + DELAY - 1;
-        h.assertExit(await sendFrom(owner, beginCell().storeUint(OP_UNSTAKE, 32).storeUint(0, 64).endCell()), addr, ERR.EARLY_CLOSE);
+        h.assertExit(await sendFrom(owner, beginCell().storeUint(OP.UNSTAKE, 32).storeUint(0, 64).endCell()), addr, ERR.EARLY_CLOSE);
         bc.now = T0 + DELAY;
-        h.assertExit(await sendFrom(stranger, beginCell().storeUint(OP_UNSTAKE, 32).storeUint(0, 64).endCell()), addr, ERR.WRONG_SENDER);
-        const r = await sendFrom(owner, beginCell().storeUint(OP_UNSTAKE, 32).storeUint(0, 64).endCell());
+        h.assertExit(await sendFrom(stranger, beginCell().storeUint(OP.UNSTAKE, 32).storeUint(0, 64).endCell()), addr, ERR.WRONG_SENDER);
+        const r = await sendFrom(owner, beginCell().storeUint(OP.UNSTAKE, 32).storeUint(0, 64).endCell());
         h.assertOk(r, addr);
         const out = h.outMessages(r, addr);
         assert.equal(out.length, 1);
@@ -101,8 +92,8 @@ describe('proxy_stake', () => {
 
     it('register: owner only, active and staked; forwards the listing with the stake\'s terms', async () => {
         const info = beginCell().storeStringTail('{"client":"h:1"}').endCell();
-        const reg = beginCell().storeUint(OP_REGISTER, 32).storeUint(7, 64).storeRef(info).endCell();
-        h.assertExit(await sendFrom(owner, reg), addr, ERR_STAKE_TOO_LOW);   // 6 of 10 staked
+        const reg = beginCell().storeUint(OP.REGISTER, 32).storeUint(7, 64).storeRef(info).endCell();
+        h.assertExit(await sendFrom(owner, reg), addr, ERR.STAKE_TOO_LOW);   // 6 of 10 staked
         h.assertOk(await sendFrom(owner, stakeBody(toNano('4')), toNano('4.01')), addr);
         h.assertExit(await sendFrom(stranger, reg), addr, ERR.WRONG_SENDER);
         const r = await sendFrom(owner, reg, toNano('0.2'));
@@ -112,7 +103,7 @@ describe('proxy_stake', () => {
         assert.ok(out[0].to.equals(registry));
         assert.ok(out[0].value > toNano('0.19'), 'forwards what the owner attached, less gas');
         const b = out[0].body.beginParse();
-        assert.equal(b.loadUint(32), OP_LIST_PROXY);
+        assert.equal(b.loadUint(32), OP.LIST_PROXY);
         assert.equal(b.loadUintBig(64), 7n);
         assert.equal(b.loadUintBig(256), BigInt('0x' + key.publicKey.toString('hex')));
         assert.equal(b.loadCoins(), toNano('10'));
@@ -122,18 +113,18 @@ describe('proxy_stake', () => {
     });
 
     it('deregister and request-unstake send an unlisting to the registry; deregister is owner only', async () => {
-        h.assertExit(await sendFrom(stranger, beginCell().storeUint(OP_DEREGISTER, 32).storeUint(0, 64).endCell()), addr, ERR.WRONG_SENDER);
-        for (const op of [OP_DEREGISTER, OP_REQUEST_UNSTAKE]) {
+        h.assertExit(await sendFrom(stranger, beginCell().storeUint(OP.DEREGISTER, 32).storeUint(0, 64).endCell()), addr, ERR.WRONG_SENDER);
+        for (const op of [OP.DEREGISTER, OP.REQUEST_UNSTAKE]) {
             const r = await sendFrom(owner, beginCell().storeUint(op, 32).storeUint(3, 64).endCell());
             h.assertOk(r, addr);
             const out = h.outMessages(r, addr);
             assert.equal(out.length, 1);
             assert.ok(out[0].to.equals(registry));
             const b = out[0].body.beginParse();
-            assert.equal(b.loadUint(32), OP_UNLIST_PROXY);
+            assert.equal(b.loadUint(32), OP.UNLIST_PROXY);
             assert.equal(b.loadUintBig(64), 3n);
         }
-        const reg = beginCell().storeUint(OP_REGISTER, 32).storeUint(0, 64).storeRef(beginCell().endCell()).endCell();
+        const reg = beginCell().storeUint(OP.REGISTER, 32).storeUint(0, 64).storeRef(beginCell().endCell()).endCell();
         h.assertExit(await sendFrom(owner, reg), addr, ERR.WRONG_STATE);   // unstaking: no new listing
     });
 });

@@ -32,14 +32,6 @@ function registryData(owner, params, imageHashes = []) {
         .endCell();
 }
 
-const OP_ADD_STAKE = 0x9713f187;
-const OP_REGISTER = 0x7a3c51e9;
-const OP_DEREGISTER = 0x91e4b6f2;
-const OP_REQUEST_UNSTAKE = 0x6a1f6a60;
-const OP_LIST_PROXY = 0x4f1d2c83;
-const OP_UNLIST_PROXY = 0x2b7e90d4;
-const ERR_STAKE_TOO_LOW = 112;
-const ERR_WRONG_REGISTRY = 113;
 
 const H1 = BigInt('0x' + 'aa'.repeat(32));
 const H2 = BigInt('0x' + '0b'.repeat(32));
@@ -128,7 +120,7 @@ describe('root_registry', () => {
     describe('proxy listings', () => {
         let operator, key, info;
         const opBody = (op, q = 0) => beginCell().storeUint(op, 32).storeUint(q, 64).endCell();
-        const registerBody = (cell) => beginCell().storeUint(OP_REGISTER, 32).storeUint(0, 64).storeRef(cell).endCell();
+        const registerBody = (cell) => beginCell().storeUint(OP.REGISTER, 32).storeUint(0, 64).storeRef(cell).endCell();
         const listing = async (stake) => {
             const s = await get('get_proxy', [{ type: 'int', value: BigInt('0x' + stake.hash.toString('hex')) }]);
             return { version: s.readNumber(), stake: s.readBigNumber(), pubkey: s.readBigNumber() };
@@ -138,7 +130,7 @@ describe('root_registry', () => {
             key = h.keyPair(seed);
             const init = { code: h.loadCode('proxy_stake'), data: h.proxyData({ owner: operator, pubkey: key.publicKey, minStake, delay: 600, registry }) };
             const stake = h.contractAddress(0, init);
-            const body = beginCell().storeUint(OP_ADD_STAKE, 32).storeUint(0, 64).storeCoins(amount).endCell();
+            const body = beginCell().storeUint(OP.ADD_STAKE, 32).storeUint(0, 64).storeCoins(amount).endCell();
             h.assertOk(await h.send(bc, { from: operator, to: stake, value: amount + h.TOPUP_FEE, body, init }), stake);
             return stake;
         }
@@ -170,11 +162,11 @@ describe('root_registry', () => {
             const info2 = beginCell().storeStringTail('{"client":"10.0.0.2:8443"}').endCell();
             h.assertOk(await toStake(stake, registerBody(info2)), addr);
             assert.equal((await listing(stake)).version, 2);
-            h.assertOk(await toStake(stake, opBody(OP_DEREGISTER)), addr);
+            h.assertOk(await toStake(stake, opBody(OP.DEREGISTER)), addr);
             assert.equal((await listing(stake)).version, 0);
             assert.deepEqual(await versions(), [3, 0]);
             // nothing left to remove: the registry refuses and the value bounces back to the stake
-            const again = await toStake(stake, opBody(OP_DEREGISTER));
+            const again = await toStake(stake, opBody(OP.DEREGISTER));
             h.assertExit(again, addr, ERR.NOT_FOUND);
             assert.ok(h.outMessages(again, addr).some((m) => m.to.equals(stake)), 'bounced');
             assert.deepEqual(await versions(), [3, 0]);
@@ -183,7 +175,7 @@ describe('root_registry', () => {
         it('requesting to unstake removes the listing', async () => {
             const stake = await deployStake();
             h.assertOk(await toStake(stake, registerBody(info)), addr);
-            const r = await toStake(stake, opBody(OP_REQUEST_UNSTAKE));
+            const r = await toStake(stake, opBody(OP.REQUEST_UNSTAKE));
             h.assertOk(r, stake);
             h.assertOk(r, addr);
             assert.equal((await listing(stake)).version, 0);
@@ -192,12 +184,12 @@ describe('root_registry', () => {
         it('refused: a stake below the registry minimum, a stake of another registry, a forged listing', async () => {
             // the stake contract's own minimum is lower than the network's
             const low = await deployStake({ minStake: toNano('1'), amount: toNano('5'), seed: 'low' });
-            h.assertExit(await toStake(low, registerBody(info)), addr, ERR_STAKE_TOO_LOW);
+            h.assertExit(await toStake(low, registerBody(info)), addr, ERR.STAKE_TOO_LOW);
             assert.equal((await listing(low)).version, 0);
             const elsewhere = await deployStake({ registry: stranger, seed: 'elsewhere' });
             // its stake forwards to its own registry; sent here by hand, the registry refuses it
             const cfgOf = async (stake) => (await bc.getContract(stake)).accountState.state.data.beginParse().loadRef();
-            const forged = (pubkey, cfg) => beginCell().storeUint(OP_LIST_PROXY, 32).storeUint(0, 64)
+            const forged = (pubkey, cfg) => beginCell().storeUint(OP.LIST_PROXY, 32).storeUint(0, 64)
                 .storeBuffer(pubkey, 32).storeCoins(toNano('10')).storeRef(cfg).storeRef(info).endCell();
             h.assertExit(await sendFrom(stranger, forged(key.publicKey, await cfgOf(elsewhere))), addr, ERR.WRONG_SENDER);
             // a genuine stake's terms, sent from someone else's address
@@ -206,7 +198,7 @@ describe('root_registry', () => {
             // ... and from the stake itself would be accepted, so the check is the sender's address
             h.assertOk(await toStake(good, registerBody(info)), addr);
             // a stranger cannot unlist anyone but itself
-            h.assertExit(await sendFrom(stranger, opBody(OP_UNLIST_PROXY)), addr, ERR.NOT_FOUND);
+            h.assertExit(await sendFrom(stranger, opBody(OP.UNLIST_PROXY)), addr, ERR.NOT_FOUND);
             assert.equal((await listing(good)).version, 1);
             assert.deepEqual(await versions(), [1, 0]);
         });
@@ -216,9 +208,9 @@ describe('root_registry', () => {
             // its address anyway, to show the registry check holds on its own
             const elsewhere = await deployStake({ registry: stranger, seed: 'elsewhere2' });
             const cfg = (await bc.getContract(elsewhere)).accountState.state.data.beginParse().loadRef();
-            const body = beginCell().storeUint(OP_LIST_PROXY, 32).storeUint(0, 64)
+            const body = beginCell().storeUint(OP.LIST_PROXY, 32).storeUint(0, 64)
                 .storeBuffer(key.publicKey, 32).storeCoins(toNano('10')).storeRef(cfg).storeRef(info).endCell();
-            h.assertExit(await h.send(bc, { from: elsewhere, to: addr, value: toNano('0.1'), body }), addr, ERR_WRONG_REGISTRY);
+            h.assertExit(await h.send(bc, { from: elsewhere, to: addr, value: toNano('0.1'), body }), addr, ERR.WRONG_REGISTRY);
             assert.equal((await listing(elsewhere)).version, 0);
             // the same stake's terms with this registry's address would come from another address
             const here = await deployStake({ seed: 'elsewhere2' });
