@@ -78,6 +78,9 @@ class ProxyConfig:
     # with chain.registry and chain.contract (its stake) set: list itself in the registry at
     # start, and again when its listing differs (stake with `cocoon proxy stake` first)
     register: bool = True
+    # list again when the models it routes change, at most this often (each listing is a
+    # transaction); 0: only at start
+    relist_interval_s: float = 600.0
     attestation: AttestationConfig = field(default_factory=AttestationConfig)
     chain: ChainConfig = field(default_factory=ChainConfig)
     billing: BillingConfig = field(default_factory=BillingConfig)
@@ -90,6 +93,8 @@ class ProxyConfig:
         require_positive(self.request_timeout_s, "proxy.request_timeout_s")
         require_positive(self.idle_timeout_s, "proxy.idle_timeout_s")
         require_positive(self.queue_timeout_s, "proxy.queue_timeout_s")
+        if self.relist_interval_s < 0:
+            raise ConfigError("proxy.relist_interval_s must be >= 0 (0: list only at start)")
         if self.queue_limit < 0:
             raise ConfigError(f"proxy.queue_limit must be >= 0 (0: never wait), got "
                               f"{self.queue_limit}")

@@ -399,6 +399,8 @@ def test_the_proxy_listing_endpoint() -> None:
         ProxyConfig(listen="0.0.0.0:9").advertised_endpoint(9)
     with pytest.raises(ConfigError, match=r"proxy\.public_endpoint"):
         ProxyConfig(public_endpoint="no-port")
+    with pytest.raises(ConfigError, match=r"proxy\.relist_interval_s"):
+        ProxyConfig(relist_interval_s=-1)
 
 
 def test_proxy_lists_and_channels_of_workers_and_clients() -> None:

@@ -39,6 +39,7 @@ reports on within ``billing.report_grace_s`` are released.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import random
@@ -49,7 +50,7 @@ from typing import Any
 from aiohttp import web
 
 from cocoon.chain.connect import NodeChain
-from cocoon.chain.registry import ensure_listed
+from cocoon.chain.registry import ensure_listed, raw_address, read_registry
 from cocoon.chain.specs import ProxyInfo
 from cocoon.config import ProxyConfig, parse_hostport
 from cocoon.errors import (
@@ -116,6 +117,7 @@ _KNOWN_MODEL_TTL = 600.0  # a model served this recently answers 503, not 404, w
 # How long a worker told to stop has to report what it generated: it answers a Cancel as
 # soon as its engine stops (within a token), so this only bounds a worker that went silent.
 _LAST_WORD_S = 5.0
+_RELIST_POLL_S = 60.0  # the routed models are compared with the listing at least this often
 _BURST = 64  # worker chunks joined into one for the client, at most
 _BURST_BYTES = 1024 * 1024  # ... and at most this many bytes (well under a frame)
 _PENALTY_S = 10.0  # a worker that failed a request is passed over this long
@@ -257,6 +259,7 @@ class ProxyNode:
         self.http = HttpServer(self._http_app(), config.http, "proxy.http")
         self._tasks: asyncio.TaskGroup | None = None
         self.listing: dict[str, Any] = {"state": "not asked"}  # in the registry (/stats)
+        self._workers_moved = asyncio.Event()  # a worker came, went or changed its models
 
     async def run(self, stop: asyncio.Event, on_ready: Any = None) -> None:
         host, port = parse_hostport(self.config.listen, "proxy.listen")
@@ -310,25 +313,49 @@ class ProxyNode:
 
     async def _list_in_registry(self, nc: NodeChain) -> None:
         """List this proxy in the registry through its stake (``proxy.register``), with the
-        endpoint others dial; a refusal is logged and shown in /stats, and the proxy goes on
+        endpoint others dial and the models it routes; list it again when those change, at
+        most once per ``proxy.relist_interval_s`` (each listing is a transaction). A refusal
+        is logged, shown in /stats and tried again after that interval; the proxy goes on
         serving whoever is configured to dial it."""
         cfg = self.config
-        try:
-            endpoint = cfg.advertised_endpoint(self.port)
-            info = ProxyInfo(client_endpoint=endpoint, worker_endpoint=endpoint)
-            listing, sent = await ensure_listed(nc.chain, cfg.chain.registry,
-                                                cfg.chain.contract, info, sender=nc.sender)
-        except (CocoonError, OSError) as exc:
-            self.listing = {"state": "not listed", "error": str(exc)}
-            log.warning("listing this proxy in the registry %s failed: %s (clients and "
-                        "workers that find proxies there will not find it)",
-                        cfg.chain.registry, exc)
-            return
-        self.listing = {"state": "listed", "endpoint": endpoint, "version": listing.version,
-                        "stake_nanoton": listing.stake}
-        log.info("%s in the registry %s as %s (stake %s)",
-                 "listed" if sent else "already listed", cfg.chain.registry, endpoint,
-                 format_ton(listing.stake))
+        listed: tuple[str, ...] | None = None  # the models the listing names
+        while True:
+            try:
+                endpoint = cfg.advertised_endpoint(self.port)
+                models = tuple(sorted(self._known_models()))
+                if listed is None:  # at start: keep the models a listing of ours names
+                    mine = next((p for p in (await read_registry(
+                        nc.chain, cfg.chain.registry)).proxies
+                        if p.stake_contract == raw_address(cfg.chain.contract)), None)
+                    if (mine is not None and mine.info is not None
+                            and mine.info.client_endpoint == endpoint and not models):
+                        models = mine.info.models
+                info = ProxyInfo(endpoint, endpoint, models)
+                listing, sent = await ensure_listed(nc.chain, cfg.chain.registry,
+                                                    cfg.chain.contract, info, sender=nc.sender)
+                listed = models
+                self.listing = {"state": "listed", "endpoint": endpoint,
+                                "models": list(models), "version": listing.version,
+                                "stake_nanoton": listing.stake}
+                log.info("%s in the registry %s as %s, routing %s (stake %s)",
+                         "listed" if sent else "already listed", cfg.chain.registry, endpoint,
+                         ", ".join(models) or "any model", format_ton(listing.stake))
+            except (CocoonError, OSError) as exc:
+                self.listing = {"state": "not listed", "error": str(exc)}
+                log.warning("listing this proxy in the registry %s failed: %s (clients and "
+                            "workers that find proxies there will not find it)%s",
+                            cfg.chain.registry, exc,
+                            f"; trying again in {cfg.relist_interval_s:g} s"
+                            if cfg.relist_interval_s else "")
+                listed = listed if listed is not None else ()
+            if not cfg.relist_interval_s:
+                return
+            await asyncio.sleep(cfg.relist_interval_s)
+            while (self.listing["state"] == "listed"
+                   and tuple(sorted(self._known_models())) == listed):
+                self._workers_moved.clear()
+                with contextlib.suppress(TimeoutError):  # a model known falls out in time
+                    await asyncio.wait_for(self._workers_moved.wait(), _RELIST_POLL_S)
 
     async def _open_payments(self, billing: Billing) -> Any:
         """Connect to the chain and put the ledger's accounts on its channels. A chain that
@@ -395,6 +422,7 @@ class ProxyNode:
                 self._reindex()
                 self._fail_unserved_waiters()
                 self._catalog_dirty = True
+                self._workers_moved.set()
                 log.info("worker %s disconnected", hello.node_id)
         elif hello.role == "client":
             self.clients.add(peer)
@@ -428,6 +456,7 @@ class ProxyNode:
                 for m in msg.models:
                     self._known[m] = now
                 self._catalog_dirty = True
+                self._workers_moved.set()
                 log.info("worker %s serves %s (capacity %d, engine %s)", worker.node_id,
                          ", ".join(msg.models), msg.max_concurrent, msg.engine)
                 self._dispatch()  # new slots: the queue moves
