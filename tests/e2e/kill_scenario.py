@@ -20,7 +20,7 @@ from typing import Any
 from e2e_support import get_stats, until
 from traffic import CHUNKS, WIDE_STRIDE, Traffic, drive, settled_tokens
 
-from cocoon.commands.up import LocalNetwork
+from cocoon.commands.up import LocalNetwork, Role
 from cocoon.ledger import Ledger
 
 PAUSE_S = 2.0  # load before the first kill, between the kills, and after
@@ -40,6 +40,18 @@ class Outcome:
     per_proxy_before: list[int] = field(default_factory=list)
 
 
+def _kill(role: Role, traffic: Traffic) -> tuple[int, set[int]]:
+    """SIGKILL ``role``: the first request number after it, and the requests under way at
+    it (those in flight, and those that started while the kill landed)."""
+    with traffic.lock:
+        at, under_way = traffic.next_k, set(traffic.in_flight)
+    assert role.proc is not None
+    role.proc.kill()
+    with traffic.lock:
+        under_way |= set(range(at, traffic.next_k))
+    return at, under_way
+
+
 def kill_a_proxy_then_a_worker(net: LocalNetwork, clients: list[str], ledgers: list[Path],
                                apps_per_client: int = 2) -> Outcome:
     """Run the scenario through the clients at HTTP bases ``clients``; read ``ledgers``
@@ -55,23 +67,9 @@ def kill_a_proxy_then_a_worker(net: LocalNetwork, clients: list[str], ledgers: l
         stop.wait(PAUSE_S)
         out.per_proxy_before = [get_stats(p.http)["requests"]["completed"]
                                 for p in net.proxies]
-        with traffic.lock:
-            out.at_proxy_kill, out.in_flight_at_proxy_kill = traffic.next_k, set(
-                traffic.in_flight)
-        victim = net.more_proxies[0]
-        assert victim.proc is not None
-        victim.proc.kill()
-        with traffic.lock:  # and those that started while the kill landed
-            out.in_flight_at_proxy_kill |= set(range(out.at_proxy_kill, traffic.next_k))
+        out.at_proxy_kill, out.in_flight_at_proxy_kill = _kill(net.more_proxies[0], traffic)
         stop.wait(PAUSE_S)
-        with traffic.lock:
-            out.at_worker_kill, out.in_flight_at_worker_kill = traffic.next_k, set(
-                traffic.in_flight)
-        worker = net.workers[1]
-        assert worker.proc is not None
-        worker.proc.kill()
-        with traffic.lock:
-            out.in_flight_at_worker_kill |= set(range(out.at_worker_kill, traffic.next_k))
+        out.at_worker_kill, out.in_flight_at_worker_kill = _kill(net.workers[1], traffic)
         stop.wait(PAUSE_S)
         with traffic.lock:
             out.done_before_end = len(traffic.completed)

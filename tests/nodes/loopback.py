@@ -51,19 +51,29 @@ class Loopback:
 
 
 @contextlib.asynccontextmanager
+async def running(node: Any) -> AsyncIterator[Any]:
+    """A node (proxy, worker or client) running until the block ends: ready on entry,
+    stopped and awaited on exit."""
+    stop, ready = asyncio.Event(), asyncio.Event()
+    runner = asyncio.create_task(node.run(stop, lambda _: ready.set()))
+    try:
+        await asyncio.wait_for(ready.wait(), T)
+        yield node
+    finally:
+        stop.set()
+        await asyncio.wait_for(runner, T)
+
+
+@contextlib.asynccontextmanager
 async def running_proxy(**config: Any) -> AsyncIterator[Loopback]:
     """A ProxyNode with ``config`` on loopback ports, stopped (and its peers) at the end."""
     proxy = ProxyNode(ProxyConfig(listen="127.0.0.1:0", http="127.0.0.1:0", **config),
                       listener=TcpListener())
-    stop, ready = asyncio.Event(), asyncio.Event()
-    runner = asyncio.create_task(proxy.run(stop, lambda _: ready.set()))
     net = Loopback(proxy)
     try:
-        await asyncio.wait_for(ready.wait(), T)
-        yield net
+        async with running(proxy):
+            yield net
     finally:
-        stop.set()
-        await asyncio.wait_for(runner, T)
         for t in net.tasks:
             t.cancel()
             with contextlib.suppress(BaseException):

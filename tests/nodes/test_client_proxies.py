@@ -7,12 +7,10 @@ through another proxy, and the app sees only the answer."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator
 from typing import Any
 
 import openai
-from loopback import T, running_proxy, until
+from loopback import T, running, running_proxy, until
 
 from cocoon.config import ClientConfig, WorkerConfig
 from cocoon.engines import FakeEngine, FakeEngineConfig
@@ -20,18 +18,6 @@ from cocoon.nodes.client.node import ClientNode
 from cocoon.nodes.worker.node import WorkerNode
 from cocoon.transport import Peer, TcpConnector, TcpListener
 from cocoon.wire import Catalog, CatalogEntry, Connection, Head, Message, Request
-
-
-@contextlib.asynccontextmanager
-async def node(n: Any) -> AsyncIterator[Any]:
-    stop, ready = asyncio.Event(), asyncio.Event()
-    task = asyncio.create_task(n.run(stop, lambda _: ready.set()))
-    try:
-        await asyncio.wait_for(ready.wait(), T)
-        yield n
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, T)
 
 
 class DroppingProxy:
@@ -98,7 +84,7 @@ def client_for(*ports: int) -> ClientNode:
 async def test_requests_go_through_both_proxies() -> None:
     async with running_proxy() as a, running_proxy() as b:
         ports = (a.proxy.port, b.proxy.port)
-        async with node(worker_for(*ports)), node(client_for(*ports)) as client:
+        async with running(worker_for(*ports)), running(client_for(*ports)) as client:
             await until(lambda: all(link.offers("fake") for link in client.links))
             answers = await asyncio.gather(*(ask(client.http.url, i % 2 == 0)
                                              for i in range(8)))
@@ -116,8 +102,8 @@ async def test_a_proxy_that_drops_before_answering_is_invisible_to_the_app() -> 
     dropper = DroppingProxy()
     await dropper.start()
     try:
-        async with running_proxy() as good, node(worker_for(good.proxy.port)), \
-                    node(client_for(dropper.port, good.proxy.port)) as client:
+        async with running_proxy() as good, running(worker_for(good.proxy.port)), \
+                    running(client_for(dropper.port, good.proxy.port)) as client:
             await until(lambda: all(link.offers("fake") for link in client.links))
             for stream in (True, False):
                 assert await ask(client.http.url, stream)
@@ -137,8 +123,8 @@ async def test_a_request_a_worker_took_is_not_sent_again() -> None:
     dropper = DroppingProxy(head_first=True)
     await dropper.start()
     try:
-        async with running_proxy() as good, node(worker_for(good.proxy.port)), \
-                node(client_for(dropper.port, good.proxy.port)) as client:
+        async with running_proxy() as good, running(worker_for(good.proxy.port)), \
+                running(client_for(dropper.port, good.proxy.port)) as client:
             await until(lambda: all(link.offers("fake") for link in client.links))
             async with openai.AsyncOpenAI(base_url=client.http.url + "/v1", api_key="unused",
                                           max_retries=0, timeout=T) as app:
@@ -160,7 +146,7 @@ async def test_with_no_proxy_left_the_app_gets_a_clear_503() -> None:
     dropper = DroppingProxy()
     await dropper.start()
     try:
-        async with node(client_for(dropper.port)) as client:
+        async with running(client_for(dropper.port)) as client:
             await until(lambda: client.links[0].offers("fake"))
             async with openai.AsyncOpenAI(base_url=client.http.url + "/v1", api_key="unused",
                                           max_retries=0, timeout=T) as app:

@@ -13,6 +13,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+from loopback import running
+
 from cocoon.config import BillingConfig, ProxyConfig
 from cocoon.ledger import Ledger
 from cocoon.nodes.proxy.node import ProxyNode
@@ -78,14 +80,8 @@ async def restarted_proxy(tmp_path: Path, grace_s: float,
             ledger.reserve(request_id, CLIENT, worker, 1000)
     proxy = ProxyNode(ProxyConfig(listen="127.0.0.1:0", http="127.0.0.1:0", node_id="proxy",
                                   billing=billing), listener=TcpListener())
-    stop, ready = asyncio.Event(), asyncio.Event()
-    runner = asyncio.create_task(proxy.run(stop, lambda _: ready.set()))
-    try:
-        await asyncio.wait_for(ready.wait(), T)
+    async with running(proxy):
         yield proxy
-    finally:
-        stop.set()
-        await asyncio.wait_for(runner, T)
 
 
 async def _until(check: Any) -> None:

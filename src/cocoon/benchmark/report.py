@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 from cocoon.benchmark.ledger import format_ledger
@@ -180,19 +181,11 @@ def format_report(report: dict[str, Any]) -> str:
     for name, section in report["modes"].items():
         lines.append("")
         lines.extend(_mode_lines(name, section))
-    if "llama" in report:
-        lines.append("")
-        lines.extend(_llama_lines(report["llama"]))
-    if "routing" in report:
-        lines.append("")
-        lines.extend(format_routing(report["routing"]))
-    if "proxies" in report:
-        lines.append("")
-        lines.extend(format_proxies(report["proxies"]))
-    if "ledger" in report:
-        lines.append("")
-        lines.extend(format_ledger(report["ledger"]))
-    if "handshake" in report:
-        lines.append("")
-        lines.extend(_handshake_lines(report["handshake"]))
+    sections: list[tuple[str, Callable[[dict[str, Any]], list[str]]]] = [
+        ("llama", _llama_lines), ("routing", format_routing), ("proxies", format_proxies),
+        ("ledger", format_ledger), ("handshake", _handshake_lines)]
+    for key, render in sections:
+        if key in report:
+            lines.append("")
+            lines.extend(render(report[key]))
     return "\n".join(lines)

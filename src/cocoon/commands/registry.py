@@ -24,14 +24,12 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from pytoniq_core.boc.address import Address
-
 from cocoon.chain import messages as m
 from cocoon.chain.config import ChainConfig
 from cocoon.chain.connect import NodeChain
-from cocoon.chain.errors import ContractRejected, WrongSender
+from cocoon.chain.errors import ChainError, ContractRejected, WrongSender
 from cocoon.chain.localnet import NetworkParams
-from cocoon.chain.registry import read_registry
+from cocoon.chain.registry import raw_address, read_registry
 from cocoon.chain.specs import RegistryParams
 from cocoon.config import build_table, read_toml
 from cocoon.errors import ConfigError
@@ -85,10 +83,9 @@ def parse_hash(text: str, what: str = "hash") -> bytes:
 
 def _address(text: str, what: str) -> str:
     try:
-        raw: str = Address(text).to_str(is_user_friendly=False)  # type: ignore[no-untyped-call]
-    except Exception:  # pytoniq-core raises assorted errors on a malformed address
+        return raw_address(text)
+    except ChainError:
         raise ConfigError(f"{what}: not a TON address: {text!r}") from None
-    return raw
 
 
 def _param_overrides(args: argparse.Namespace) -> dict[str, int]:

@@ -13,21 +13,35 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
+from cocoon.chain.config import ChainConfig
+from cocoon.chain.connect import channel_parties, open_chain
 from cocoon.chain.registry import ProxyListing, RegistryAllowLists
+from cocoon.chain.specs import ChannelSpec
 from cocoon.nodes.channels import describe_evidence
 from cocoon.nodes.common import dial_forever
 from cocoon.transport import Connector, Handler, Peer
 from cocoon.wire import Connection
 
-__all__ = ["ProxyLink", "ProxyLinks"]
+__all__ = ["ProxyLink", "ProxyLinks", "keys_of_channels"]
 
 log = logging.getLogger(__name__)
 
 _POLL_S = 1.0  # how often the registry's last read is compared with the links
+
+
+async def keys_of_channels(config: ChainConfig, channels: Iterable[str],
+                           key: Callable[[ChannelSpec], bytes]) -> dict[bytes, str]:
+    """Which proxy each of a node's channels is with: ``key(parties)`` (the payee's key of a
+    client channel, the signer's of a worker channel) -> channel, read on chain once."""
+    chain = await open_chain(config)
+    try:
+        return {key(await channel_parties(chain, ch)): ch for ch in channels}
+    finally:
+        await chain.aclose()
 
 
 @dataclass(eq=False)

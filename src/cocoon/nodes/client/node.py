@@ -50,7 +50,6 @@ from typing import Any
 
 from aiohttp import web
 
-from cocoon.chain.connect import channel_parties, open_chain
 from cocoon.config import ClientConfig
 from cocoon.crypto import load_or_create_ec_key
 from cocoon.errors import (
@@ -85,7 +84,7 @@ from cocoon.nodes.common import (
     serve_until_stopped,
     uptime_since,
 )
-from cocoon.nodes.links import ProxyLink, ProxyLinks
+from cocoon.nodes.links import ProxyLink, ProxyLinks, keys_of_channels
 from cocoon.openai import ENDPOINTS, Envelope
 from cocoon.transport import Connector, OutgoingStream, Peer, Watchdog
 from cocoon.wire import (
@@ -281,15 +280,9 @@ class ClientNode:
 
     async def _read_payees(self) -> None:
         """With several channels: which proxy key each one pays (read on chain once)."""
-        if len(self._signers) < 2:
-            return
-        chain = await open_chain(self.config.chain)
-        try:
-            for ch in self._signers:
-                parties = await channel_parties(chain, ch)
-                self._payees[parties.payee_pubkey] = ch
-        finally:
-            await chain.aclose()
+        if len(self._signers) >= 2:
+            self._payees = await keys_of_channels(self.config.chain, self._signers,
+                                                  lambda parties: parties.payee_pubkey)
 
     async def _serve_proxies(self) -> None:
         await self.links.serve(

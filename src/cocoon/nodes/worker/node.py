@@ -34,7 +34,6 @@ from typing import Any
 
 from aiohttp import web
 
-from cocoon.chain.connect import channel_parties, open_chain
 from cocoon.chain.vouchers import (
     ChainVoucher,
     parse_voucher,
@@ -69,7 +68,7 @@ from cocoon.nodes.common import (
     serve_until_stopped,
     uptime_since,
 )
-from cocoon.nodes.links import ProxyLink, ProxyLinks
+from cocoon.nodes.links import ProxyLink, ProxyLinks, keys_of_channels
 from cocoon.openai import Endpoint, encode_event, encode_events, parse_request
 from cocoon.transport import Connector, Peer
 from cocoon.usage import Usage
@@ -197,14 +196,9 @@ class WorkerNode:
 
     async def _read_payers(self) -> None:
         """With several channels: which proxy key signs each one's vouchers (on chain)."""
-        if len(self._channels) < 2:
-            return
-        chain = await open_chain(self.config.chain)
-        try:
-            for ch in self._channels:
-                self._payers[(await channel_parties(chain, ch)).signer_pubkey] = ch
-        finally:
-            await chain.aclose()
+        if len(self._channels) >= 2:
+            self._payers = await keys_of_channels(self.config.chain, self._channels,
+                                                  lambda parties: parties.signer_pubkey)
 
     def _capacity(self, link: _Link) -> int:
         return 0 if self.draining or link.retiring else self.config.max_concurrent
