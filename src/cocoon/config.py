@@ -205,11 +205,22 @@ class ClientConfig:
     # The most this client's apps pay: only workers whose price coefficient (1000 = 1.0x) is
     # at most this serve them; 0: no cap. A request's own max_coefficient may only lower it.
     max_coefficient: int = 0
+    # Seal each request to the worker chosen for it, so nobody else (the proxy included)
+    # reads it or its answer: "on" (the worker's certificate must pass this client's
+    # attestation policy), "require" (and its key must be backed by TDX or fake-TDX
+    # evidence, never "unattested"), "off" (requests and answers cross the proxy in the
+    # clear: for debugging and comparisons).
+    seal: str = "on"
+    # Where receipts are kept (a JSON line each, in receipts-YYYY-MM-DD.jsonl, 0600); "":
+    # only in memory (the newest 4096, at GET /v1/receipts/{id}).
+    receipt_dir: str = ""
     attestation: AttestationConfig = field(default_factory=AttestationConfig)
     chain: ChainConfig = field(default_factory=ChainConfig)
 
     def __post_init__(self) -> None:
         split_proxies(self.proxy, "client.proxy")
+        if self.seal not in ("on", "require", "off"):
+            raise ConfigError(f"client.seal must be on, require or off, not {self.seal!r}")
         if self.max_proxies < 2:
             raise ConfigError("client.max_proxies must be at least 2 (a spare stays warm)")
         parse_hostport(self.http, "client.http")

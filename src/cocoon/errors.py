@@ -16,7 +16,8 @@ One name per failure; a subclass only refines *where* it was detected::
     ├── AttestationError         evidence malformed, not verifying, or refused (``rule``)
     │   ├── QuoteFormatError
     │   ├── EvidenceInvalid
-    │   └── PolicyRejected
+    │   ├── PolicyRejected
+    │   └── ReceiptInvalid       a receipt's signatures, evidence or hashes do not hold
     ├── ChainError               the chain backend failed
     │   ├── ChainUnavailable     it cannot start or cannot be reached (an outage to ride
     │   │                        out, unlike a missing toolchain)
@@ -41,6 +42,9 @@ One name per failure; a subclass only refines *where* it was detected::
         ├── RequestCancelled (499)
         ├── EngineError (500)
         ├── WorkerLost (502), UpstreamError (502)
+        ├── SealBroken (502): a sealed request or response did not open, or its stream
+        │                     was cut, reordered, replayed or altered on the way
+        ├── UntrustedWorker (502): the worker a proxy chose fails the client's own policy
         ├── NoWorkerAvailable (503)
         └── RequestTimeout (504)
 
@@ -80,13 +84,16 @@ __all__ = [
     "ProtocolError",
     "QueueFull",
     "QuoteFormatError",
+    "ReceiptInvalid",
     "RequestCancelled",
     "RequestError",
     "RequestTimeout",
     "RequestTooLarge",
     "ReservationError",
+    "SealBroken",
     "ToolchainMissing",
     "TransportError",
+    "UntrustedWorker",
     "UpstreamError",
     "VoucherInvalid",
     "VoucherRegression",
@@ -166,6 +173,13 @@ class PolicyRejected(AttestationError):
     """The evidence verified but the policy does not accept it."""
 
     rule = "policy"
+
+
+class ReceiptInvalid(AttestationError):
+    """A receipt does not hold: a signature, the evidence of who signed it, or a hash it
+    names fails (``rule`` says which)."""
+
+    rule = "receipt"
 
 
 # --- chain -------------------------------------------------------------------------------
@@ -338,6 +352,25 @@ class UpstreamError(RequestError):
     code = "upstream_error"
 
 
+class SealBroken(RequestError):
+    """A sealed request did not open at the worker, or a sealed response did not open at
+    the client: a record altered, dropped, reordered, replayed, or the stream cut before the
+    worker's final word. Nothing of the broken record reaches the app."""
+
+    status = 502
+    type = "server_error"
+    code = "seal_broken"
+
+
+class UntrustedWorker(RequestError):
+    """The worker the proxy chose fails the client's own attestation policy (its evidence,
+    tier, image or model allow-lists), so the client sends it nothing."""
+
+    status = 502
+    type = "server_error"
+    code = "worker_untrusted"
+
+
 class RequestTimeout(RequestError):
     status = 504
     type = "server_error"
@@ -374,6 +407,8 @@ _BY_CODE: dict[str, type[RequestError]] = {
         QueueFull,
         WorkerLost,
         UpstreamError,
+        SealBroken,
+        UntrustedWorker,
         RequestTimeout,
         RequestCancelled,
         EngineError,

@@ -34,6 +34,8 @@ from cocoon.wire.messages import (
     Pong,
     Request,
     Roster,
+    Route,
+    Sealed,
     Statement,
     WorkerInfo,
     decode,
@@ -68,7 +70,7 @@ FIELD_STRATEGIES: dict[str, st.SearchStrategy[Any]] = {
 # test_every_message_type_has_a_strategy.
 KNOWN_MESSAGES: tuple[type[Any], ...] = (
     Hello, Announce, Catalog, Request, Head, Chunk, End, Error, Cancel, Credit, Ping, Pong,
-    Roster, Statement, Payment, JobReports,
+    Roster, Statement, Payment, JobReports, Route, Sealed,
 )
 
 
@@ -98,6 +100,8 @@ SAMPLES: dict[type[Any], Any] = {
     Statement: Statement(b"voucher", 100, 40, 10, 0, b"chain voucher"),
     Payment: Payment("0:" + "cd" * 32, b"voucher boc"),
     JobReports: JobReports((JobReport(7, 10, 20, 3, 4), JobReport(2**64 - 1, 1, 0, 0, 0))),
+    Route: Route(1, "w1", b"0\x82certificate"),
+    Sealed: Sealed(1, "w1", b"sealed body"),
 }
 
 
@@ -140,7 +144,7 @@ def test_type_ids_are_stable() -> None:
     assert {tid: cls.__name__ for tid, cls in MESSAGE_TYPES.items()} == {
         1: "Hello", 2: "Announce", 3: "Catalog", 4: "Request", 5: "Head", 6: "Chunk",
         7: "End", 8: "Error", 9: "Cancel", 10: "Credit", 11: "Ping", 12: "Pong", 13: "Roster",
-        14: "Statement", 15: "Payment", 16: "JobReports",
+        14: "Statement", 15: "Payment", 16: "JobReports", 17: "Route", 18: "Sealed",
     }
     for tid, cls in MESSAGE_TYPES.items():
         assert tid == cls.TYPE

@@ -1,7 +1,8 @@
 """What attestation produces and consumes, independent of how evidence is made (pure).
 
-* :class:`Claims` are what a node asserts about itself: its TLS public key, role, model and
-  config hash. :meth:`Claims.report_data` hashes them into the 64 bytes a TDX quote binds
+* :class:`Claims` are what a node asserts about itself: its TLS public key, role, model,
+  config hash, model hash and (a worker) the key requests are sealed to.
+  :meth:`Claims.report_data` hashes them into the 64 bytes a TDX quote binds
   (``reportdata``), so evidence cannot be moved to another key or role.
 * :class:`Evidence` is what a provider makes for given report data: a kind and opaque bytes
   (a TDX quote for ``tdx`` and ``fake-tdx``; nothing for ``none``).
@@ -58,12 +59,15 @@ class Claims:
     model: str = ""
     config_hash: bytes = b""
     model_hash: bytes = b""  # hash of the served weights (workers), for model allow-lists
+    seal_key: bytes = b""
+    """A worker's X25519 public key (32 raw bytes) that clients seal requests to
+    (``cocoon.crypto.seal``); empty for other roles. The evidence binds it like the rest."""
 
     def report_data(self) -> bytes:
         """64 bytes: SHA-512 over a length-prefixed, domain-separated encoding."""
         h = hashlib.sha512(_CLAIMS_DOMAIN)
         for part in (self.public_key, self.role.encode(), self.model.encode(),
-                     self.config_hash, self.model_hash):
+                     self.config_hash, self.model_hash, self.seal_key):
             h.update(len(part).to_bytes(4, "big"))
             h.update(part)
         return h.digest()

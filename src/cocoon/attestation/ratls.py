@@ -18,7 +18,7 @@ Each ``extnValue`` is a DER ``OCTET STRING`` whose content is::
     version (1 byte, = 1) || field_1 || field_2 || ...     field = u32 big-endian length || bytes
 
 * claims fields: ``public_key`` (DER SPKI), ``role`` (UTF-8), ``model`` (UTF-8),
-  ``config_hash``
+  ``config_hash``, ``model_hash``, ``seal_key`` (a worker's X25519 key, 32 bytes; else empty)
 * evidence fields: ``kind`` (ASCII), ``quote``
 
 Pure: no sockets, no clock (the caller passes ``at``).
@@ -145,7 +145,7 @@ def make_certificate(key: ec.EllipticCurvePrivateKey, claims: Claims, evidence: 
         x509.NameAttribute(NameOID.COMMON_NAME, f"cocoon-{claims.role or 'node'}"[:64]),
     ])
     claims_ext = _encode([claims.public_key, claims.role.encode(), claims.model.encode(),
-                          claims.config_hash, claims.model_hash])
+                          claims.config_hash, claims.model_hash, claims.seal_key])
     evidence_ext = _encode([evidence.kind.encode(), evidence.quote])
     return (
         x509.CertificateBuilder()
@@ -183,12 +183,12 @@ def _extension(cert: x509.Certificate, oid: x509.ObjectIdentifier, what: str) ->
 def read_certificate(cert: x509.Certificate) -> tuple[Claims, Evidence]:
     """The claims and evidence a certificate carries (unchecked). Raises AttestationError
     (rule ``cert_format``) when either is missing or malformed."""
-    pub, role, model, config_hash, model_hash = _decode(
-        _extension(cert, CLAIMS_OID, "claims"), 5, "claims")
+    pub, role, model, config_hash, model_hash, seal_key = _decode(
+        _extension(cert, CLAIMS_OID, "claims"), 6, "claims")
     kind, quote = _decode(_extension(cert, EVIDENCE_OID, "evidence"), 2, "evidence")
     try:
         claims = Claims(public_key=pub, role=role.decode(), model=model.decode(),
-                        config_hash=config_hash, model_hash=model_hash)
+                        config_hash=config_hash, model_hash=model_hash, seal_key=seal_key)
         kind_s = kind.decode("ascii")
     except UnicodeDecodeError:
         raise EvidenceInvalid("claims are not valid UTF-8", rule="cert_format") from None

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from cocoon.attestation.config import AttestationConfig, split_tiers
@@ -27,22 +28,68 @@ from cocoon.attestation.policy import (
     AllowListSource,
     Policy,
     StaticAllowLists,
+    VerificationCache,
     decide,
     enforce,
 )
 from cocoon.attestation.providers import NoneProvider, TdxProvider
+from cocoon.attestation.ratls import check_certificate, read_certificate
 from cocoon.attestation.tdx import TdxVerifier, parse_collateral
-from cocoon.errors import ConfigError
+from cocoon.errors import ConfigError, EvidenceInvalid, PolicyRejected
 from cocoon.transport.streams import Connector, Listener, TcpConnector, TcpListener
 from cocoon.transport.tls import Clock, TlsConnector, TlsIdentity, TlsListener, utcnow
 
-__all__ = ["Channels", "build_channels", "describe_evidence"]
+__all__ = ["Channels", "PeerCheck", "build_channels", "describe_evidence"]
+
+PolicyCheck = Callable[[VerifiedEvidence, Claims, x509.Certificate], None]
+
+
+class PeerCheck:
+    """Checks a certificate that reached this node other than in a handshake (a worker's,
+    forwarded by a proxy to a client that seals to it; a receipt's signers): the same
+    verifiers and policy as the node's own connections, the verified evidence cached per
+    certificate for 10 minutes. AttestationError naming the failed rule."""
+
+    def __init__(self, verifiers: dict[str, EvidenceVerifier], policy: PolicyCheck,
+                 clock: Clock) -> None:
+        self._verifiers = verifiers
+        self._policy = policy
+        self._clock = clock
+        self._cache = VerificationCache()
+
+    def __call__(self, der: bytes, expect_role: str
+                 ) -> tuple[x509.Certificate, Claims, VerifiedEvidence]:
+        try:
+            cert = x509.load_der_x509_certificate(der)
+        except ValueError:
+            raise EvidenceInvalid("not a DER certificate", rule="cert_format") from None
+        now = self._clock()
+        verified = self._cache.get(der, now)
+        if verified is None or not (cert.not_valid_before_utc <= now
+                                    < cert.not_valid_after_utc):
+            verified = check_certificate(cert, verifiers=self._verifiers, at=now,
+                                         expect_role=None)
+            self._cache.put(der, verified, now)
+        claims = read_certificate(cert)[0]
+        if claims.role != expect_role:
+            raise PolicyRejected(f"the certificate's role is {claims.role[:32]!r}, expected "
+                                 f"{expect_role!r}", rule="role")
+        self._policy(verified, claims, cert)
+        return cert, claims, verified
+
 
 @dataclass
 class Channels:
     connector: Connector
     listener: Listener
     own: dict[str, Any]  # what this node presents, for stats
+    identity: TlsIdentity
+    """This node's certificate and key: its TLS identity over RA-TLS; over plain TCP, one
+    of kind ``none`` made only to carry its claims (a worker's seal key) and sign receipts."""
+    check: PeerCheck
+
+    def certificate_der(self) -> bytes:
+        return self.identity.certificate.public_bytes(serialization.Encoding.DER)
 
 
 def describe_evidence(verified: VerifiedEvidence | None) -> dict[str, Any]:
@@ -81,7 +128,7 @@ def _verifiers(cfg: AttestationConfig) -> dict[str, EvidenceVerifier]:
 
 
 def build_policy(cfg: AttestationConfig, lists: AllowListSource,
-                 clock: Clock) -> Callable[[VerifiedEvidence, Claims, x509.Certificate], None]:
+                 clock: Clock) -> PolicyCheck:
     policy = Policy(
         accepted_tiers=frozenset(cfg.accepted_tiers()),  # type: ignore[arg-type]
         min_tcb_status=cfg.min_tcb_status,
@@ -100,21 +147,30 @@ def build_policy(cfg: AttestationConfig, lists: AllowListSource,
 
 
 def build_channels(cfg: AttestationConfig, *, role: str, model: str = "",
-                   model_hash: bytes = b"", expect_peer_role: str | None = None,
+                   model_hash: bytes = b"", seal_key: bytes = b"",
+                   expect_peer_role: str | None = None,
                    key: ec.EllipticCurvePrivateKey | None = None,
                    clock: Clock = utcnow, lists: AllowListSource | None = None) -> Channels:
     """The connector and listener a node of ``role`` uses, per its config; ``lists``
-    (e.g. the root registry's) replaces ``attestation.allow_list_file``."""
-    if not cfg.tls:
-        return Channels(TcpConnector(), TcpListener(), {"tier": "none (plain TCP)"})
-    provider = _provider(cfg, clock)
+    (e.g. the root registry's) replaces ``attestation.allow_list_file``. ``seal_key`` (a
+    worker's) goes into its claims."""
     if lists is None:
         lists = (StaticAllowLists.from_file(cfg.allow_list_file)
                  if cfg.allow_list_file else StaticAllowLists(AllowLists()))
+    lifetime = timedelta(seconds=cfg.cert_lifetime_s)
+    if not cfg.tls:
+        identity = TlsIdentity.create(NoneProvider(), role, model, model_hash=model_hash,
+                                      seal_key=seal_key, key=key, lifetime=lifetime,
+                                      now=clock())
+        check = PeerCheck(_verifiers(cfg) if cfg.mode != "none" else {},
+                          build_policy(cfg, lists, clock), clock)
+        return Channels(TcpConnector(), TcpListener(), {"tier": "none (plain TCP)"},
+                        identity, check)
+    provider = _provider(cfg, clock)
     verifiers = _verifiers(cfg)
     policy = build_policy(cfg, lists, clock)
-    identity = TlsIdentity.create(provider, role, model, model_hash=model_hash, key=key,
-                                  lifetime=timedelta(seconds=cfg.cert_lifetime_s), now=clock())
+    identity = TlsIdentity.create(provider, role, model, model_hash=model_hash,
+                                  seal_key=seal_key, key=key, lifetime=lifetime, now=clock())
     own: dict[str, Any] = {"mode": cfg.mode, "evidence": provider.name,
                            "accepts": list(cfg.accepted_tiers())}
     if cfg.mode != "none":
@@ -124,5 +180,5 @@ def build_channels(cfg: AttestationConfig, *, role: str, model: str = "",
     return Channels(
         TlsConnector(identity, verifiers, policy, expect_role=expect_peer_role, clock=clock),
         TlsListener(identity, verifiers, policy, clock=clock),
-        own,
+        own, identity, PeerCheck(verifiers, policy, clock),
     )

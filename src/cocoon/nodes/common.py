@@ -219,9 +219,12 @@ class LogLimiter:
 _SSE: Final = web.RequestKey("cocoon.sse", web.StreamResponse)
 
 
-async def open_sse(request: web.Request) -> web.StreamResponse:
-    """Commit an HTTP response as an OpenAI event stream (its status and headers go out)."""
-    response = web.StreamResponse(headers=SSE_HEADERS)
+async def open_sse(request: web.Request,
+                   headers: dict[str, str] | None = None) -> web.StreamResponse:
+    """Commit an HTTP response as an OpenAI event stream (its status and headers, with
+    ``headers`` added, go out)."""
+    response = web.StreamResponse(headers={**SSE_HEADERS, **headers} if headers
+                                  else SSE_HEADERS)
     await response.prepare(request)
     request[_SSE] = response
     return response

@@ -3,7 +3,7 @@
 A :class:`Peer` owns one byte stream (plain TCP today; TLS slots in through
 :class:`~cocoon.transport.streams.Connector`) and one sans-IO ``Connection``. It
 
-* runs the read loop, routing stream messages (Head/Chunk/End/Error) to the
+* runs the read loop, routing stream messages (Head/Route/Chunk/End/Error) to the
   :class:`OutgoingStream` that requested them and everything else to a :class:`Handler`;
 * coalesces writes (one ``write`` per loop iteration) and applies transport back-pressure;
 * makes chunk senders wait for flow-control credit instead of buffering;
@@ -38,6 +38,7 @@ from cocoon.wire import (
     Ping,
     Pong,
     Request,
+    Route,
 )
 
 __all__ = ["Handler", "OutgoingStream", "Peer", "StreamEvent"]
@@ -48,7 +49,7 @@ _READ_SIZE: Final = 256 * 1024
 _WRITE_HIGH_WATER: Final = 1024 * 1024
 
 # TransportError: the connection died; RequestTimeout: a Watchdog gave up on the stream.
-StreamEvent = Head | Chunk | End | Error | TransportError | RequestTimeout
+StreamEvent = Head | Route | Chunk | End | Error | TransportError | RequestTimeout
 
 
 class Handler(Protocol):
@@ -101,7 +102,7 @@ class OutgoingStream:
             finally:
                 self._waiter = None
         ev = items.popleft()
-        if type(ev) is not Chunk and type(ev) is not Head:
+        if type(ev) is not Chunk and type(ev) is not Head and type(ev) is not Route:
             self.done = True
         return ev
 
@@ -294,7 +295,8 @@ class Peer:
                 msgs = self.conn.receive_data(data)
             for msg in msgs:
                 kind = type(msg)
-                if kind is Chunk or kind is Head or kind is End or kind is Error:
+                if (kind is Chunk or kind is Head or kind is End or kind is Error
+                        or kind is Route):
                     rid = msg.req_id  # type: ignore[union-attr]
                     stream = self._streams.get(rid)
                     if stream is not None:

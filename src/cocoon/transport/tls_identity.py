@@ -46,7 +46,8 @@ class TlsIdentity:
 
     @classmethod
     def create(cls, provider: Provider, role: str, model: str = "", config_hash: bytes = b"",
-               *, model_hash: bytes = b"", lifetime: timedelta = timedelta(hours=1),
+               *, model_hash: bytes = b"", seal_key: bytes = b"",
+               lifetime: timedelta = timedelta(hours=1),
                now: datetime | None = None,
                key: ec.EllipticCurvePrivateKey | None = None) -> TlsIdentity:
         """Evidence from ``provider`` over the claims of a key, and the certificate. The key
@@ -54,7 +55,7 @@ class TlsIdentity:
         key is a client's account identity."""
         if lifetime <= timedelta(0):
             raise ValueError("lifetime must be positive")
-        template = Claims(b"", role, model, config_hash, model_hash)
+        template = Claims(b"", role, model, config_hash, model_hash, seal_key)
         new_key, claims, evidence, cert = cls._issue(provider, template, lifetime,
                                                      now or utcnow(), key)
         return cls(provider, claims, evidence, new_key, cert, lifetime, fixed_key=key is not None)

@@ -39,6 +39,8 @@ from cocoon.wire.messages import (
     Ping,
     Pong,
     Request,
+    Route,
+    Sealed,
     decode,
     encode,
 )
@@ -194,9 +196,14 @@ class Connection:
                     raise FlowControlError(f"invalid credit {msg.n}")
                 inc.credit += msg.n
             return True
-        if isinstance(msg, Cancel):
+        if isinstance(msg, Cancel | Sealed):
             # The stream may have ended already (End crossed the Cancel): not an error.
             return msg.req_id in self._incoming
+        if isinstance(msg, Route):
+            out = self._outgoing.get(msg.req_id)
+            if out is None:
+                raise ProtocolError(f"Route for unknown stream {msg.req_id}")
+            return not out.cancelled
         if isinstance(msg, Ping):
             self._queue(Pong(msg.nonce))
             return True
@@ -230,11 +237,15 @@ class Connection:
         elif isinstance(msg, End | Error):
             if self._incoming.pop(msg.req_id, None) is None:
                 raise ProtocolError(f"no open incoming stream {msg.req_id}")
-        elif isinstance(msg, Cancel):
+        elif isinstance(msg, Cancel | Sealed):
             out = self._outgoing.get(msg.req_id)
             if out is None or out.cancelled:
                 return  # already finished or cancelled: nothing to say
-            out.cancelled = True
+            if type(msg) is Cancel:
+                out.cancelled = True
+        elif isinstance(msg, Route):
+            if msg.req_id not in self._incoming:
+                raise ProtocolError(f"no open incoming stream {msg.req_id}")
         elif isinstance(msg, Hello | Credit):
             raise ProtocolError(f"{type(msg).__name__} is sent by the connection itself")
         self._queue(msg)

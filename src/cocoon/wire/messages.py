@@ -53,26 +53,33 @@ __all__ = [
     "Pong",
     "Request",
     "Roster",
+    "Route",
+    "Sealed",
     "Statement",
     "WorkerInfo",
     "decode",
     "encode",
 ]
 
-PROTOCOL_VERSION: Final = 2
-"""2: a stream's ``Chunk`` carries whole server-sent events, not one bare JSON object."""
+PROTOCOL_VERSION: Final = 3
+"""2: a stream's ``Chunk`` carries whole server-sent events, not one bare JSON object.
+3: sealed requests (``Request.seal_size``, ``Route``, ``Sealed``), workers' certificates in
+``Announce``, receipts in ``End``."""
 
 _U64_MAX: Final = 2**64 - 1
 _MAX_STR: Final = 4096  # names, codes, messages: never anything large
 _MAX_LIST: Final = 4096
 
-REQUEST_OVERHEAD: Final = 53 + 2 * (3 + 4 * _MAX_STR)
+REQUEST_OVERHEAD: Final = 62 + 2 * (3 + 4 * _MAX_STR) + 80
 """The most bytes a ``Request`` frame holds besides its body: the msgpack array and type,
-six u64 fields at 9 bytes (one spare), a bool, the body's bin32 header, and two strings (endpoint,
-model) of at most ``_MAX_STR`` characters at 4 UTF-8 bytes each, 3-byte headers."""
+seven u64 fields at 9 bytes (one spare), a bool, the body's bin32 header, two strings
+(endpoint, model) of at most ``_MAX_STR`` characters at 4 UTF-8 bytes each, 3-byte headers,
+and what sealing adds to a body (80 bytes: ``cocoon.crypto.seal.SEAL_OVERHEAD``). A
+``Sealed`` frame needs less (one string)."""
 MAX_REQUEST_BODY: Final = DEFAULT_MAX_FRAME - REQUEST_OVERHEAD
-"""The largest request body that always fits one default-sized frame: the one limit the
-client's HTTP surface enforces (413 above it), so a body it accepts can always be sent."""
+"""The largest request body that always fits one default-sized frame, sealed or not: the
+one limit the client's HTTP surface enforces (413 above it), so a body it accepts can
+always be sent."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,7 +104,7 @@ class Announce:
     """Worker -> proxy: what it serves and how many requests it runs at once. Re-sent on change."""
 
     TYPE: ClassVar[int] = 2
-    OPTIONAL_TAIL: ClassVar[int] = 2
+    OPTIONAL_TAIL: ClassVar[int] = 3
     models: tuple[str, ...]
     max_concurrent: int
     engine: str
@@ -108,6 +115,10 @@ class Announce:
     requests are billed at it and routing weighs it. 0: not declared (the proxy's
     ``billing.worker_coefficient``). Sent over the worker's attested channel, so it is the
     worker's own word."""
+    certificate: bytes = b""
+    """The worker's current certificate (DER): its claims carry the key clients seal
+    requests to, bound by its evidence. The proxy checks it and hands it to each client
+    whose request the worker is chosen for (``Route``); re-announced when renewed."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,10 +202,16 @@ class Request:
     request; the worker quotes it in its :class:`JobReports` after a lost connection, so a
     proxy that died mid-request can still charge what was generated. 0: none (unbilled).
     ``max_coefficient`` (client -> proxy, the optional tail) is the app's price cap: only
-    workers whose coefficient is at most this serve it. 0: no cap."""
+    workers whose coefficient is at most this serve it. 0: no cap.
+
+    ``seal_size`` (the optional tail): the request is sealed to its worker. Client -> proxy:
+    ``body`` is empty and the sealed body will be this many bytes; the proxy answers with a
+    :class:`Route` naming the worker, and the client sends the body sealed to it in a
+    :class:`Sealed`. Proxy -> worker: ``body`` is that sealed body (``seal_size`` its
+    length). 0: the body travels in the clear."""
 
     TYPE: ClassVar[int] = 4
-    OPTIONAL_TAIL: ClassVar[int] = 2
+    OPTIONAL_TAIL: ClassVar[int] = 3
     req_id: int
     endpoint: str
     model: str
@@ -204,6 +221,32 @@ class Request:
     max_tokens: int = 0
     ticket: int = 0
     max_coefficient: int = 0
+    seal_size: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Proxy -> client, on a sealed request's stream: ``worker`` was chosen for it, and this
+    is its certificate (DER). The client checks it against its own policy and answers with
+    the body sealed to the key in its claims (:class:`Sealed`); sent again, for another
+    worker, when the request fails over before any byte of an answer."""
+
+    TYPE: ClassVar[int] = 17
+    req_id: int
+    worker: str
+    certificate: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Sealed:
+    """Client -> proxy: the request body sealed to ``worker`` (``cocoon.crypto.seal``),
+    answering a :class:`Route`. The proxy forwards it unread, and drops one sealed to a
+    worker the request no longer goes to."""
+
+    TYPE: ClassVar[int] = 18
+    req_id: int
+    worker: str
+    payload: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,16 +287,20 @@ class End:
     :class:`~cocoon.usage.Usage`'s, flat on the wire; ``usage`` gives them back as one)."""
 
     TYPE: ClassVar[int] = 7
+    OPTIONAL_TAIL: ClassVar[int] = 1
     req_id: int
     prompt_tokens: int
     completion_tokens: int
     cached_tokens: int
     reasoning_tokens: int
+    receipt: bytes = b""
+    """Worker -> proxy: the worker's signed receipt of this completion; proxy -> client:
+    the receipt with the proxy's countersignature (``cocoon.attestation.receipt``)."""
 
     @classmethod
-    def of(cls, req_id: int, usage: Usage) -> End:
+    def of(cls, req_id: int, usage: Usage, receipt: bytes = b"") -> End:
         return cls(req_id, usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens,
-                   usage.reasoning_tokens)
+                   usage.reasoning_tokens, receipt)
 
     @property
     def usage(self) -> Usage:
@@ -368,13 +415,13 @@ class Pong:
 
 Message = (
     Hello | Announce | Catalog | Request | Head | Chunk | End | Error | Cancel | Credit | Ping
-    | Pong | Roster | Statement | Payment | JobReports
+    | Pong | Roster | Statement | Payment | JobReports | Route | Sealed
 )
 
 MESSAGE_TYPES: Final[dict[int, type[Any]]] = {
     cls.TYPE: cls
     for cls in (Hello, Announce, Catalog, Request, Head, Chunk, End, Error, Cancel, Credit, Ping,
-                Pong, Roster, Statement, Payment, JobReports)
+                Pong, Roster, Statement, Payment, JobReports, Route, Sealed)
 }
 
 

@@ -45,13 +45,16 @@ import functools
 import logging
 import os
 import time
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import Any, Final
 
 from aiohttp import web
 
+from cocoon.attestation.receipt import HEADER as RECEIPT_HEADER
+from cocoon.attestation.receipt import Receipt
 from cocoon.config import ClientConfig
 from cocoon.crypto import load_or_create_ec_key
+from cocoon.crypto.seal import sealed_size
 from cocoon.errors import (
     ConfigError,
     FrameTooLarge,
@@ -59,15 +62,17 @@ from cocoon.errors import (
     NoWorkerAvailable,
     PaymentError,
     RequestError,
-    RequestTimeout,
     RequestTooLarge,
+    SealBroken,
     TransportError,
+    UntrustedWorker,
     WorkerLost,
 )
 from cocoon.ledger.copies import AccountCopy
 from cocoon.money import ton_decimal
 from cocoon.nodes.channels import build_channels
 from cocoon.nodes.client.payments import ChargeSigner
+from cocoon.nodes.client.sealing import ReceiptBook, RequestSeal
 from cocoon.nodes.common import (
     HttpServer,
     LogLimiter,
@@ -99,6 +104,7 @@ from cocoon.wire import (
     Message,
     Payment,
     Roster,
+    Route,
     Statement,
     WorkerInfo,
 )
@@ -112,6 +118,7 @@ _MAX_SENDS = 3  # a request is sent through at most this many proxies
 _CORS_METHODS = "GET, POST, OPTIONS"
 _CORS_HEADERS = "Authorization, Content-Type, OpenAI-Organization, OpenAI-Project"
 _CORS_MAX_AGE_S = 600
+RECEIPT_ID: Final = "x-cocoon-receipt-id"  # where the app finds the receipt: /v1/receipts/ID
 
 
 @dataclass(slots=True)
@@ -122,6 +129,8 @@ class ClientStats:
     invalid: int = 0
     disconnected: int = 0
     resent: int = 0  # requests sent again through another proxy
+    receipts: int = 0  # answers whose receipt was checked and kept
+    seal_failures: int = 0  # refused workers, and sealed answers that did not hold
     prompt_tokens: int = 0
     completion_tokens: int = 0
 
@@ -153,12 +162,14 @@ class ClientNode:
         self.config = config
         self.node_id = config.node_id or f"client-{os.getpid()}"
         self._registry = registry_lists(config.chain)
+        key = load_or_create_ec_key(config.key_file) if config.key_file else None
+        own = build_channels(config.attestation, role="client", expect_peer_role="proxy",
+                             key=key, lists=self._registry)
         if connector is None:
-            key = load_or_create_ec_key(config.key_file) if config.key_file else None
-            connector = build_channels(config.attestation, role="client",
-                                       expect_peer_role="proxy", key=key,
-                                       lists=self._registry).connector
+            connector = own.connector
         self._connector = connector
+        self._check = own.check  # workers' certificates, as the connections' peers
+        self.receipts = ReceiptBook(config.receipt_dir)
         # channel -> its signer; with several, channel -> its payee's key (read at start)
         self._signers: dict[str, ChargeSigner] = {}
         self._payees: dict[bytes, str] = {}
@@ -324,6 +335,7 @@ class ClientNode:
         timeout = self.config.request_timeout_s
         deadline = time.monotonic() + timeout
         tried: set[_ProxyLink] = set()
+        receipt_id = os.urandom(16).hex()
         while True:
             link = self._pick(env.model, tried)
             if link is None or link.peer is None:
@@ -334,9 +346,10 @@ class ClientNode:
                     "shortly"))
             tried.add(link)
             left = deadline - time.monotonic()
+            seal = RequestSeal(env, self.config.seal, self._check)
             try:
                 stream = link.peer.open_stream(functools.partial(
-                    _request_of, env, int(left * 1000)))
+                    _request_of, env, int(left * 1000), seal.sealed))
             except FrameTooLarge:  # the proxy announced frames smaller than ours
                 return self._invalid(request, RequestTooLarge(
                     "Request body too large for the proxy's frame limit."))
@@ -345,10 +358,11 @@ class ClientNode:
             # Our own deadline, a little past the proxy's, so its precise error wins.
             self._watchdog.watch(stream, left + 2.0, left + 2.0)
             link.in_flight += 1
+            answer = _Answer(link.peer, stream, seal, receipt_id)
             try:
                 if env.stream:
-                    return await self._stream(request, stream, resend=len(tried) < _MAX_SENDS)
-                return await self._unary(stream, resend=len(tried) < _MAX_SENDS)
+                    return await self._stream(request, answer, resend=len(tried) < _MAX_SENDS)
+                return await self._unary(answer, resend=len(tried) < _MAX_SENDS)
             except _Resend:
                 self.stats.resent += 1
                 log.info("the proxy %s went away before answering: sending the request "
@@ -395,12 +409,15 @@ class ClientNode:
             committed = committed_sse(request)
             return error_response(err) if committed is None else await end_sse(committed, err)
 
-    def _failure(self, ev: Error | TransportError | RequestTimeout) -> RequestError:
+    def _failure(self, ev: Error | TransportError | RequestError) -> RequestError:
         self.stats.failed += 1
         if isinstance(ev, Error):
             return ev.to_exception()
         if isinstance(ev, TransportError):
             return WorkerLost("the connection to the proxy was lost mid-request")
+        if isinstance(ev, SealBroken | UntrustedWorker):
+            self.stats.seal_failures += 1
+            self._app_errors.log(logging.WARNING, "request failed: %s: %s", ev.code, ev)
         return ev
 
     def _count(self, end: End) -> None:
@@ -408,54 +425,100 @@ class ClientNode:
         self.stats.prompt_tokens += end.prompt_tokens
         self.stats.completion_tokens += end.completion_tokens
 
-    async def _unary(self, stream: OutgoingStream, *, resend: bool) -> web.Response:
-        body = b""
-        while True:
-            ev = await stream.next()
-            if resend and isinstance(ev, TransportError):
-                raise _Resend
-            if type(ev) is Chunk:
-                body += ev.data
-                stream.consumed()
-            elif type(ev) is Head:
-                resend = False  # a worker took it: the proxy may charge it
-                continue
-            elif type(ev) is End:
-                self._count(ev)
-                return web.Response(body=body, content_type="application/json")
-            else:
-                return error_response(self._failure(ev))  # type: ignore[arg-type]
+    def _receipt(self, answer: _Answer, end: End) -> Receipt | None:
+        """The answer's receipt, checked and kept (SealBroken for a sealed answer whose
+        receipt does not hold)."""
+        receipt = answer.seal.receipt(end)
+        if receipt is not None:
+            self.receipts.keep(answer.receipt_id, receipt)
+            self.stats.receipts += 1
+        return receipt
 
-    async def _stream(self, request: web.Request, stream: OutgoingStream, *,
+    async def _unary(self, answer: _Answer, *, resend: bool) -> web.Response:
+        stream, seal = answer.stream, answer.seal
+        body = b""
+        try:
+            while True:
+                ev = await stream.next()
+                if resend and isinstance(ev, TransportError):
+                    raise _Resend
+                if type(ev) is Chunk:
+                    body += seal.open(ev.data)
+                    stream.consumed()
+                elif type(ev) is Route:
+                    seal.route(ev, answer.peer, stream.req_id)
+                elif type(ev) is Head:
+                    resend = False  # a worker took it: the proxy may charge it
+                    continue
+                elif type(ev) is End:
+                    receipt = self._receipt(answer, ev)
+                    self._count(ev)
+                    headers = {RECEIPT_ID: answer.receipt_id}
+                    if receipt is not None:
+                        headers[RECEIPT_HEADER] = receipt.header_value(answer.receipt_id)
+                    return web.Response(body=body, content_type="application/json",
+                                        headers=headers)
+                else:
+                    return error_response(self._failure(ev))  # type: ignore[arg-type]
+        except (SealBroken, UntrustedWorker) as exc:
+            return error_response(self._failure(exc))
+
+    async def _stream(self, request: web.Request, answer: _Answer, *,
                       resend: bool) -> web.StreamResponse:
+        stream, seal = answer.stream, answer.seal
         response: web.StreamResponse | None = None
+        headers = {RECEIPT_ID: answer.receipt_id}
         while True:
             ev = await stream.next()
             kind = type(ev)
             if resend and isinstance(ev, TransportError):
                 raise _Resend
-            if kind is Chunk:
-                resend = False
-                if response is None:
-                    response = await open_sse(request)
-                # Chunks are whole events (the worker framed them): every one already
-                # here goes out in one write, one syscall per burst.
-                data: bytes = ev.data  # type: ignore[union-attr]
-                more = stream.take_chunks(_BURST)
-                await response.write(b"".join([data, *more]) if more else data)
-                stream.consumed(1 + len(more))
-            elif kind is Head:
-                resend = False  # a worker took it: the proxy may charge it
-                continue
-            elif kind is End:
-                self._count(ev)  # type: ignore[arg-type]
-                return await end_sse(response if response is not None
-                                     else await open_sse(request))
-            else:
+            try:
+                if kind is Chunk:
+                    resend = False
+                    # Chunks are whole events (the worker framed them): every one already
+                    # here goes out in one write, one syscall per burst.
+                    data: bytes = ev.data  # type: ignore[union-attr]
+                    more = stream.take_chunks(_BURST)
+                    data = seal.open(b"".join([data, *more]) if more else data)
+                    if response is None:
+                        response = await open_sse(request, headers)
+                    await response.write(data)
+                    stream.consumed(1 + len(more))
+                    continue
+                if kind is Route:
+                    seal.route(ev, answer.peer, stream.req_id)  # type: ignore[arg-type]
+                    continue
+                if kind is Head:
+                    resend = False  # a worker took it: the proxy may charge it
+                    continue
+                if kind is End:
+                    receipt = self._receipt(answer, ev)  # type: ignore[arg-type]
+                    self._count(ev)  # type: ignore[arg-type]
+                    if response is None:
+                        response = await open_sse(request, headers)
+                    if receipt is not None:  # an SSE comment: clients skip it
+                        await response.write(b": " + RECEIPT_HEADER.encode() + b" "
+                                             + receipt.header_value(
+                                                 answer.receipt_id).encode() + b"\n\n")
+                    return await end_sse(response)
                 err = self._failure(ev)  # type: ignore[arg-type]
-                if response is None:
-                    return error_response(err)
-                return await end_sse(response, err)
+            except (SealBroken, UntrustedWorker) as exc:
+                err = self._failure(exc)
+            if response is None:
+                return error_response(err)
+            return await end_sse(response, err)
+
+    async def _receipt_of(self, request: web.Request) -> web.Response:
+        """``GET /v1/receipts/{id}``: a recent answer's whole receipt (with both
+        certificates), as ``cocoon receipt verify`` reads it."""
+        whole = self.receipts.get(request.match_info["id"])
+        if whole is None:
+            err = RequestError("no receipt by that id here (the newest 4096 are kept in "
+                               "memory; client.receipt_dir keeps them all)", param="id")
+            err.status, err.type, err.code = 404, "invalid_request_error", "not_found"
+            return self._invalid(request, err)
+        return web.Response(body=whole, content_type="application/json")
 
     async def _models(self, _: web.Request) -> web.Response:
         return json_response({"object": "list", "data": [_model(e) for e in self.catalog]})
@@ -485,7 +548,8 @@ class ClientNode:
         allowed = self._allowed_origin(request)
         if allowed is not None:
             response.headers["Access-Control-Allow-Origin"] = allowed
-            response.headers["Access-Control-Expose-Headers"] = "Retry-After"
+            response.headers["Access-Control-Expose-Headers"] = (
+                f"Retry-After, {RECEIPT_HEADER}, {RECEIPT_ID}")
             if allowed != "*":
                 response.headers.add("Vary", "Origin")
 
@@ -516,7 +580,9 @@ class ClientNode:
             "api": self.http.url + "/v1",
             "requests": {"total": s.requests, "succeeded": s.succeeded, "failed": s.failed,
                          "invalid": s.invalid, "disconnected": s.disconnected,
-                         "resent": s.resent},
+                         "resent": s.resent, "receipts": s.receipts,
+                         "seal_failures": s.seal_failures},
+            "seal": self.config.seal,
             "tokens": {"prompt": s.prompt_tokens, "completion": s.completion_tokens},
             "models": [{"id": e.model, "workers": e.workers, "capacity": e.capacity}
                        for e in self.catalog],
@@ -563,6 +629,7 @@ class ClientNode:
             return json_response(self.snapshot())
 
         app.router.add_get("/v1/models", self._models)
+        app.router.add_get("/v1/receipts/{id}", self._receipt_of)
         app.router.add_get("/v1/models/{model:.+}", self._model)
         for path in ENDPOINTS:
             app.router.add_post(path, self._completions)
@@ -571,8 +638,22 @@ class ClientNode:
         return app
 
 
-def _request_of(env: Envelope, timeout_ms: int, rid: int) -> Any:
-    return request_for(env, rid, timeout_ms)
+def _request_of(env: Envelope, timeout_ms: int, sealed: bool, rid: int) -> Any:
+    req = request_for(env, rid, timeout_ms)
+    if sealed:  # the body follows, sealed to the worker the proxy routes it to
+        return replace(req, body=b"", seal_size=sealed_size(len(env.body)))
+    return req
+
+
+@dataclass(slots=True)
+class _Answer:
+    """One attempt at a request: the proxy connection and stream it went on, its seal, and
+    the name its receipt is kept under."""
+
+    peer: Peer
+    stream: OutgoingStream
+    seal: RequestSeal
+    receipt_id: str
 
 
 def _model(e: CatalogEntry) -> dict[str, Any]:

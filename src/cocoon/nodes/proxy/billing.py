@@ -29,7 +29,7 @@ from cocoon.errors import (
     PaymentRequired,
     PricingError,
 )
-from cocoon.ledger import Ledger, Prices, price_usage, reservation_for
+from cocoon.ledger import Bill, Ledger, Prices, price_usage, reservation_for
 from cocoon.ledger.store import Commit, Reservation
 from cocoon.money import format_ton
 from cocoon.usage import Usage
@@ -307,34 +307,43 @@ class Billing:
                      ) -> tuple[Statement | None, Statement | None]:
         """:meth:`settle_accounts`, then the newest statements of the client and the worker
         it charged (None when nothing was charged, e.g. zero tokens)."""
-        client, worker = await self.settle_accounts(request_id, end, coefficient)
+        client, worker, _ = await self.settle_accounts(request_id, end, coefficient)
         return (await self.statement(client, "client") if client is not None else None,
                 await self.statement(worker, "worker") if worker is not None else None)
 
     async def settle_accounts(self, request_id: str, end: End | Error | Usage,
                               coefficient: int | None = None
-                              ) -> tuple[str | None, str | None]:
+                              ) -> tuple[str | None, str | None, Bill]:
         """Charge the usage the worker reported: its End, or the Error that ended a
         cancelled or failed stream with what was generated until then (or, when the worker
         never reported, the proxy's count of what the app received). Returns the client and
         worker accounts that have a new voucher (None when nothing was charged), for the
         caller to send their newest statements when it sends statements (the proxy: a few
-        times a second, however many requests settle meanwhile)."""
+        times a second, however many requests settle meanwhile), and what was charged."""
         usage = end if isinstance(end, Usage) else end.usage
         bill = price_usage(usage, coefficient or self.config.worker_coefficient, self.prices)
 
-        def settle() -> tuple[str | None, str | None]:
+        def settle() -> tuple[str | None, str | None, Bill]:
             s = self.ledger.settle(request_id, bill, self._key)
             if s.overage:
                 log.warning("request %s used more than reserved: %d nanoTON not charged",
                             request_id, s.overage)
             if not s.bill.adjusted_tokens:  # nothing charged: no new voucher to send
-                return None, None
+                return None, None, s.bill
             if self.payments is not None:
                 self.payments.note_charged(s.client, self.ledger.balance(s.client).charged)
-            return s.client, s.worker
+            return s.client, s.worker, s.bill
 
         return await self._run(settle)  # type: ignore[no-any-return]
+
+    async def covering_voucher(self, client: str) -> tuple[int, int]:
+        """The client's cumulative charge and the seqno of its newest charge voucher, read
+        once a settlement is durable (its voucher signed): that voucher covers it."""
+        def read() -> tuple[int, int]:
+            v = self.ledger.last_voucher("client_charge", client)
+            return self.ledger.balance(client).charged, v.voucher.seqno if v is not None else 0
+
+        return await self._run(read)  # type: ignore[no-any-return]
 
     def _client_statement(self, client: str) -> Statement | None:
         v = self.ledger.last_voucher("client_charge", client)

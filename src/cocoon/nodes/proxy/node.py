@@ -34,6 +34,15 @@ its proxy reports, on reconnecting, the usage of its recent ticketed jobs
 (:class:`~cocoon.wire.JobReports`). Reservations the dead run left open are charged what their
 worker reports generating, or released when it reports nothing for them; those no worker
 reports on within ``billing.report_grace_s`` are released.
+
+A sealed request (``Request.seal_size``) is never read here: once a worker is chosen the
+client is sent a ``Route`` with that worker's certificate (as the worker announced it,
+checked against this proxy's policy too), while the reservation is made; the client answers
+with the body sealed to that worker (``Sealed``), which goes on unread. Failing over re-routes
+and asks again. The answer comes back as sealed records (``cocoon.crypto.seal``) whose event
+counts are in the clear, so relaying, counting and billing work as for a clear one. The
+worker's signed receipt part in its ``End`` is checked and countersigned with what the
+request cost (``cocoon.attestation.receipt``) before it goes on to the client.
 """
 
 from __future__ import annotations
@@ -49,12 +58,21 @@ from typing import Any
 
 from aiohttp import web
 
+from cocoon.attestation.receipt import (
+    ProxyPart,
+    Receipt,
+    check_worker_part,
+    sha256_hex,
+    sign_part,
+)
 from cocoon.chain.connect import NodeChain
 from cocoon.chain.registry import ensure_listed, raw_address, read_registry
 from cocoon.chain.specs import ProxyInfo
 from cocoon.config import ProxyConfig, parse_hostport
+from cocoon.crypto.seal import record_events
 from cocoon.errors import (
     AttestationError,
+    BadRequest,
     CocoonError,
     NoWorkerAvailable,
     PaymentRequired,
@@ -106,6 +124,8 @@ from cocoon.wire import (
     Payment,
     Request,
     Roster,
+    Route,
+    Sealed,
     WorkerInfo,
 )
 
@@ -122,6 +142,7 @@ _BURST = 64  # worker chunks joined into one for the client, at most
 _BURST_BYTES = 1024 * 1024  # ... and at most this many bytes (well under a frame)
 _PENALTY_S = 10.0  # a worker that failed a request is passed over this long
 _MIN_ATTEMPT_S = 1.0  # a request with less time left than this is not tried again
+_SEAL_WAIT_S = 30.0  # how long a routed request waits for the client's sealed body
 _RETRY_CODES = frozenset({"engine_error", "upstream_error", "worker_lost"})
 _ROUTES = 3  # a request refused for capacity by this many workers in turn fails (503)
 
@@ -159,6 +180,7 @@ class _Worker:
     coefficient: int = 1000  # its price coefficient (1000 = 1.0x)
     measured: Measured = field(default_factory=Measured)
     attestation: dict[str, Any] = field(default_factory=dict)
+    certificate: bytes = b""  # as announced and checked: what clients seal to
 
     @property
     def node_id(self) -> str:
@@ -187,6 +209,7 @@ class _Relay:
     retried: bool = False  # failed before the app saw anything; routed again, not billed
     relayed: int = 0  # events (a whole response: pieces) the client was sent
     relayed_bytes: int = 0
+    sealed: asyncio.Future[bytes] | None = None  # the client's body sealed to this worker
 
     def relayed_usage(self) -> Usage:
         """What the app received of a request the worker never reported on (it was lost,
@@ -196,7 +219,7 @@ class _Relay:
         completion = self.relayed if self.req.stream else self.relayed_bytes // 4
         if self.cap:
             completion = min(completion, self.cap)
-        return Usage(len(self.req.body) // 4, completion)
+        return Usage((self.req.seal_size or len(self.req.body)) // 4, completion)
 
 
 @dataclass(slots=True)
@@ -225,10 +248,12 @@ class ProxyNode:
         self.config = config
         self._registry = registry_lists(config.chain)
         self.attestation: dict[str, Any] = {"tier": "none (plain TCP)"}
+        self._channels_of = build_channels(config.attestation, role="proxy",
+                                           lists=self._registry)
         if listener is None:
-            channels = build_channels(config.attestation, role="proxy", lists=self._registry)
-            listener, self.attestation = channels.listener, channels.own
+            listener, self.attestation = self._channels_of.listener, self._channels_of.own
         self._listener = listener
+        self._sealing: dict[tuple[int, int], _Relay] = {}  # relays waiting for a body
         self.billing = Billing(config.billing) if config.billing.enabled else None
         if self.billing is not None and self._registry is not None:
             self._registry.on_params = self.billing.adopt_registry_params
@@ -446,7 +471,10 @@ class ProxyNode:
                 worker.models, worker.capacity, worker.engine = (
                     msg.models, msg.max_concurrent, msg.engine)
                 worker.coefficient = msg.coefficient or self._default_coefficient
-                if worker.coefficient > self._max_coefficient:
+                worker.certificate = self._checked_certificate(worker, msg.certificate)
+                if msg.certificate and not worker.certificate:
+                    worker.capacity = 0
+                elif worker.coefficient > self._max_coefficient:
                     log.warning("worker %s asks a price coefficient of %d, above "
                                 "billing.max_worker_coefficient (%d): not routed to",
                                 worker.node_id, worker.coefficient, self._max_coefficient)
@@ -479,6 +507,12 @@ class ProxyNode:
             if isinstance(msg, Request):
                 self._start_relay(peer, msg)
                 return
+            if isinstance(msg, Sealed):
+                relay = self._sealing.get((id(peer), msg.req_id))
+                if (relay is not None and relay.sealed is not None
+                        and not relay.sealed.done() and msg.worker == relay.worker.node_id):
+                    relay.sealed.set_result(msg.payload)
+                return  # else sealed to a worker the request no longer goes to: dropped
             if isinstance(msg, Cancel):
                 task = self._relays.get((id(peer), msg.req_id))
                 if task is not None:
@@ -489,6 +523,22 @@ class ProxyNode:
                 return
         raise ProtocolError(f"{type(msg).__name__} is not allowed from a "
                             f"{peer.hello.role}")
+
+    def _checked_certificate(self, worker: _Worker, der: bytes) -> bytes:
+        """The certificate a worker announced if it passes this proxy's policy and names
+        that worker's role (empty otherwise: one that fails is given no requests; one that
+        announced none gets only clear ones, as clients refuse to seal to it)."""
+        if not der:
+            log.info("worker %s announced no certificate: sealed requests to it fail",
+                     worker.node_id)
+            return b""
+        try:
+            self._channels_of.check(der, "worker")
+        except AttestationError as exc:
+            log.warning("worker %s announced a certificate that fails: rule=%s: %s; not "
+                        "routed to", worker.node_id, exc.rule, exc)
+            return b""
+        return der
 
     def _post(self, peer: Peer, account: str, kind: str) -> None:
         """Have ``peer`` sent the newest statement of ``account`` (``client``/``worker``)
@@ -808,6 +858,10 @@ class ProxyNode:
         client, rid, stats = relay.client, relay.req.req_id, self.stats
         relay.worker.served += 1
         try:
+            if relay.req.seal_size:  # the client seals while the reservation is made
+                relay.sealed = asyncio.get_running_loop().create_future()
+                self._sealing[relay.key] = relay
+                client.send(Route(rid, relay.worker.node_id, relay.worker.certificate))
             cap = await self._reserve(relay)
             if cap is not None:
                 relay.cap = cap
@@ -828,6 +882,8 @@ class ProxyNode:
             log.warning("relay %s failed: %s", rid, exc)
             client.finish(Error.of(rid, as_request_error(exc, where="proxy relay failed")))
         finally:
+            if relay.sealed is not None:
+                self._sealing.pop(relay.key, None)
             self._free_slot(relay.worker)
             await self._settle_or_release(relay)
             if relay.stream is not None:
@@ -843,8 +899,8 @@ class ProxyNode:
         cap = effective_max_tokens(req.max_tokens, default=billing.config.default_max_tokens)
         try:
             await billing.reserve(relay.bill_id, self._accounts.get(relay.client, "?"),
-                                  worker_account(relay.worker.node_id), cap, len(req.body),
-                                  relay.worker.coefficient)
+                                  worker_account(relay.worker.node_id), cap,
+                                  req.seal_size or len(req.body), relay.worker.coefficient)
         except PaymentRequired as exc:
             self.stats.rejected += 1
             relay.settled = True
@@ -857,12 +913,13 @@ class ProxyNode:
         worker's End or Error, a timeout, or the worker's connection is lost."""
         client, req, worker, stats = relay.client, relay.req, relay.worker, self.stats
         rid = req.req_id
+        body = req.body if relay.sealed is None else await self._sealed_body(relay)
         timeout = (relay.deadline - asyncio.get_running_loop().time() if relay.deadline
                    else self._timeout_of(req))
         try:
             stream = relay.stream = worker.peer.open_stream(
                 lambda wid: replace(req, req_id=wid, timeout_ms=int(timeout * 950),
-                                    max_tokens=cap, ticket=relay.ticket))
+                                    max_tokens=cap, ticket=relay.ticket, body=body))
         except TransportError:  # gone before it got the request: another may serve it
             worker.measured.failed()
             raise _Retry(WorkerLost(f"worker {worker.node_id} disconnected"),
@@ -885,7 +942,8 @@ class ProxyNode:
                     data = b"".join([data, *more])
                 await client.send_chunk(rid, data)
                 stream.consumed(1 + len(more))
-                events = count_events(data) if req.stream else 1 + len(more)
+                events = (record_events(data) if req.seal_size
+                          else count_events(data) if req.stream else 1 + len(more))
                 stats.chunks += events
                 relay.relayed += events
                 relay.relayed_bytes += len(data)
@@ -895,10 +953,13 @@ class ProxyNode:
                 assert isinstance(ev, End)
                 usage = ev.usage  # the one rule for counts: contradicting ones are refused
                 relay.report = ev
+                figures = None
                 if self.billing is not None:
                     relay.settled = True  # the ledger settles even if we are cancelled now
-                    await self._settle(self.billing, relay.bill_id, ev, client, worker)
-                client.finish(replace(ev, req_id=rid))
+                    figures = await self._settle(self.billing, relay.bill_id, ev, client,
+                                                 worker)
+                client.finish(replace(ev, req_id=rid,
+                                      receipt=self._countersign(relay, ev, figures)))
                 if first:
                     self._measured(worker, first - started, usage.completion_tokens,
                                    loop.time() - first)
@@ -937,6 +998,52 @@ class ProxyNode:
                 stats.worker_lost += 1
                 client.finish(Error.of(rid, lost))
                 return
+
+    async def _sealed_body(self, relay: _Relay) -> bytes:
+        """The client's body sealed to the relay's worker, once it comes (at most
+        ``_SEAL_WAIT_S``, within the request's deadline)."""
+        assert relay.sealed is not None
+        loop = asyncio.get_running_loop()
+        wait = _SEAL_WAIT_S if not relay.deadline else max(
+            0.0, min(_SEAL_WAIT_S, relay.deadline - loop.time()))
+        try:
+            async with asyncio.timeout(wait):
+                body = await relay.sealed
+        except TimeoutError:
+            raise RequestTimeout(f"the client sent no sealed request within {wait:.0f}s of "
+                                 "its route") from None
+        if len(body) != relay.req.seal_size:
+            raise BadRequest(f"the sealed request is {len(body)} bytes, not the "
+                             f"{relay.req.seal_size} announced")
+        return body
+
+    def _countersign(self, relay: _Relay, end: End, figures: Any) -> bytes:
+        """The worker's receipt part, checked against the certificate it announced, with
+        this proxy's countersigned part and both certificates; empty when the worker sent
+        none or one that does not hold (the client then says so)."""
+        if not end.receipt:
+            return b""
+        worker = relay.worker
+        try:
+            receipt = Receipt.decode(end.receipt)
+            cert, claims, verified = self._channels_of.check(worker.certificate, "worker")
+            receipt = replace(receipt, worker_certificate=worker.certificate)
+            check_worker_part(receipt, cert, claims, verified)
+        except AttestationError as exc:
+            log.warning("worker %s sent a receipt that does not hold (rule=%s): not "
+                        "countersigned", worker.node_id, exc.rule)
+            return b""
+        own = self._channels_of.certificate_der()
+        bill, charged, seqno = figures if figures is not None else (None, 0, 0)
+        part = ProxyPart(
+            proxy=self.config.node_id, worker_part_sha256=sha256_hex(receipt.worker_bytes()),
+            price_per_token=bill.price_per_token if bill else 0,
+            coefficient=worker.coefficient, billed_tokens=bill.adjusted_tokens if bill else 0,
+            cost_nanoton=bill.client_cost if bill else 0, charged_total_nanoton=charged,
+            voucher_seqno=seqno, time=int(time.time()), certificate_sha256=sha256_hex(own))
+        return replace(receipt, proxy=part,
+                       proxy_signature=sign_part(part, self._channels_of.identity.key),
+                       proxy_certificate=own).encode()
 
     def _measured(self, worker: _Worker, ttft_s: float, tokens: int, decode_s: float) -> None:
         """A request the worker answered: into its measurements and its models'."""
@@ -1014,14 +1121,18 @@ class ProxyNode:
             await asyncio.shield(billing.release(relay.bill_id))
 
     async def _settle(self, billing: Billing, bill_id: str, report: End | Error | Usage,
-                      client: Peer, worker: _Worker) -> None:
-        """Charge the worker's reported usage; send each side its new statement."""
-        client_account, worker_account_ = await billing.settle_accounts(
+                      client: Peer, worker: _Worker) -> Any:
+        """Charge the worker's reported usage; send each side its new statement. What was
+        charged, for the receipt: (bill, the client's cumulative charge, the seqno of the
+        newest voucher, which covers it)."""
+        client_account, worker_account_, bill = await billing.settle_accounts(
             bill_id, report, worker.coefficient)
         if worker_account_ is not None:
             self._post(worker.peer, worker_account_, "worker")
         if client_account is not None:
             self._post(client, client_account, "client")
+            return (bill, *await billing.covering_voucher(client_account))
+        return bill, 0, 0
 
     async def _last_word(self, stream: OutgoingStream, reason: str) -> End | Error | None:
         """Tell the worker to stop, and wait at most ``_LAST_WORD_S`` for the End or Error

@@ -19,21 +19,30 @@ charges what was generated, and the worker is paid for it.
 SIGTERM drains the worker: it tells the proxy it takes nothing more (an Announce of no
 capacity), refuses what still arrives as "at capacity" (so the proxy routes it elsewhere),
 lets the requests in flight finish, at most ``worker.drain_timeout_s``, then exits. A second
-signal stops it at once."""
+signal stops it at once.
+
+Sealing: the worker's claims carry an X25519 key of this process (``Claims.seal_key``), and
+it announces its certificate to each proxy. A request sealed to that key
+(``Request.seal_size``) is opened here and nowhere else; its answer goes back as records
+under the client's response key (``cocoon.crypto.seal``). Every completion ends with the
+worker's signed receipt part in its ``End`` (``cocoon.attestation.receipt``)."""
 
 from __future__ import annotations
 
 import asyncio
 import collections
 import contextlib
+import hashlib
 import logging
 import os
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
 
+from cocoon.attestation.receipt import Receipt, WorkerPart, sha256_hex, sign_part
 from cocoon.chain.vouchers import (
     ChainVoucher,
     parse_voucher,
@@ -43,6 +52,7 @@ from cocoon.chain.vouchers import (
     write_voucher_file,
 )
 from cocoon.config import WorkerConfig
+from cocoon.crypto.seal import ResponseSealer, new_seal_key, open_request, seal_public_bytes
 from cocoon.engines import Engine, InferenceJob
 from cocoon.errors import (
     BadRequest,
@@ -71,6 +81,7 @@ from cocoon.nodes.common import (
 from cocoon.nodes.links import ProxyLink, ProxyLinks, keys_of_channels
 from cocoon.openai import Endpoint, encode_event, encode_events, parse_request
 from cocoon.transport import Connector, Peer
+from cocoon.transport.tls_identity import utcnow
 from cocoon.usage import Usage
 from cocoon.wire import (
     Announce,
@@ -120,6 +131,7 @@ class WorkerStats:
     rejected: int = 0
     cancelled: int = 0
     waited: int = 0  # requests that waited for an engine slot another proxy's held
+    sealed: int = 0  # requests that came sealed to this worker
     prompt_tokens: int = 0
     completion_tokens: int = 0
     chunks: int = 0
@@ -134,13 +146,16 @@ class WorkerNode:
         self.node_id = config.node_id or f"worker-{os.getpid()}"
         self.attestation: dict[str, Any] = {"tier": "none (plain TCP)"}
         self._registry = registry_lists(config.chain)
+        self._seal_key = new_seal_key()
+        self._channels_of = build_channels(
+            config.attestation, role="worker", model=engine.models[0] if engine.models else "",
+            model_hash=engine.model_hash, seal_key=seal_public_bytes(self._seal_key),
+            expect_peer_role="proxy", lists=self._registry)
         if connector is None:
-            channels = build_channels(config.attestation, role="worker",
-                                      model=engine.models[0] if engine.models else "",
-                                      model_hash=engine.model_hash,
-                                      expect_peer_role="proxy", lists=self._registry)
-            connector, self.attestation = channels.connector, channels.own
+            connector, self.attestation = self._channels_of.connector, self._channels_of.own
         self._connector = connector
+        self._identity = self._channels_of.identity
+        self._announced_generation = self._identity.generation
         self.stats = WorkerStats()
         # payout channel -> its newest on-chain payout voucher (kept in a file, if set);
         # with several channels, which proxy key signs each (read on chain at start)
@@ -192,7 +207,8 @@ class WorkerNode:
     def _announcement(self, link: _Link) -> Announce:
         link.channel = self._channel_for(link)
         return Announce(tuple(self.engine.models), self._capacity(link), self.engine.name,
-                        link.channel, self.config.coefficient)
+                        link.channel, self.config.coefficient,
+                        self._channels_of.certificate_der())
 
     async def _read_payers(self) -> None:
         """With several channels: which proxy key signs each one's vouchers (on chain)."""
@@ -241,6 +257,19 @@ class WorkerNode:
             with contextlib.suppress(TransportError):
                 peer.send(self._announcement(link))
 
+    async def _renew_certificate(self) -> None:
+        """Re-issue the certificate before it expires and announce the new one, so clients
+        always get one they can check (a connection made meanwhile may have renewed it)."""
+        identity = self._identity
+        period = max(1.0, min(60.0, identity.lifetime.total_seconds() / 8))
+        while True:
+            await asyncio.sleep(period)
+            identity.refresh_if_needed(utcnow())
+            if identity.generation != self._announced_generation:
+                self._announced_generation = identity.generation
+                for link in self.links:
+                    self._tell_capacity(link)
+
     async def _serve_proxies(self) -> None:
         """Keep a connection to every proxy served, following the registry when it lists
         proxies for this worker to find (and letting go of those retiring once idle)."""
@@ -262,7 +291,7 @@ class WorkerNode:
             registry = await follow_registry(self.config.chain, self._registry)
             await serve_until_stopped(
                 self.http, self, on_ready, drained, self._serve_proxies(), drain_on_stop(),
-                *([registry] if registry is not None else []))
+                self._renew_certificate(), *([registry] if registry is not None else []))
         finally:
             await self.engine.close()
 
@@ -347,7 +376,13 @@ class WorkerNode:
             endpoint = _ENDPOINTS.get(req.endpoint)
             if endpoint is None:
                 raise BadRequest(f"unsupported endpoint {req.endpoint!r}")
-            body = parse_request(endpoint, req.body)
+            raw, out = req.body, _Answer(None)
+            if req.seal_size:
+                self.stats.sealed += 1
+                raw, response_key = open_request(raw, self._seal_key, endpoint=req.endpoint,
+                                                 model=req.model, stream=req.stream)
+                out = _Answer(ResponseSealer(response_key))
+            body = parse_request(endpoint, raw)
             if body["model"] != req.model:
                 raise BadRequest("model in the body does not match the request", param="model")
             if req.model not in self.engine.models:
@@ -362,10 +397,11 @@ class WorkerNode:
             async with self._slots:
                 self.running += 1
                 try:
-                    usage = await self._generate(peer, rid, job, req.timeout_ms / 1000.0)
+                    usage = await self._generate(peer, rid, job, req.timeout_ms / 1000.0,
+                                                 out)
                 finally:
                     self.running -= 1
-            peer.finish(End.of(rid, usage))
+            peer.finish(End.of(rid, usage, self._receipt(req, out, usage)))
             self.stats.completed += 1
             self._count_tokens(usage)
         except asyncio.CancelledError as exc:
@@ -423,24 +459,40 @@ class WorkerNode:
         self.stats.failed += 1
         self.stats.errors[code] = self.stats.errors.get(code, 0) + 1
 
+    def _receipt(self, req: Request, out: _Answer, usage: Usage) -> bytes:
+        """The worker's signed part of this completion's receipt."""
+        identity = self._identity
+        key, cert = identity.key, self._channels_of.certificate_der()
+        image = self.attestation.get("image_hash") or ""
+        part = WorkerPart(
+            worker=self.node_id, request_sha256=sha256_hex(req.body),
+            response_sha256=out.transcript.hex(), records=out.count,
+            sealed=out.sealer is not None, model=req.model,
+            model_hash=self.engine.model_hash.hex(), image_hash=image,
+            prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens,
+            cached_tokens=usage.cached_tokens, reasoning_tokens=usage.reasoning_tokens,
+            time=int(time.time()), certificate_sha256=sha256_hex(cert))
+        return Receipt(part, sign_part(part, key)).encode(compact=True)
+
     async def _generate(self, peer: Peer, rid: int, job: InferenceJob,
-                        limit_s: float) -> Usage:
+                        limit_s: float, answer: _Answer) -> Usage:
         usage: Usage | None = None
         outputs = self.engine.generate(job)
+        send = answer.sender(peer, rid)
         try:
             async with asyncio.timeout(limit_s if limit_s > 0 else None):
                 async for out in outputs:
                     if isinstance(out, Usage):
                         usage = out
                     elif not job.stream:
-                        await peer.send_chunk(rid, out)  # type: ignore[arg-type]
+                        await send(out, 1)  # type: ignore[arg-type]
                         self.stats.chunks += 1
                     elif type(out) is bytes:
-                        await peer.send_chunk(rid, encode_event(out))
+                        await send(encode_event(out), 1)
                         self.stats.chunks += 1
                     else:  # a burst of events: as few messages as the frame size allows
                         for part in _bursts(out):  # type: ignore[arg-type]
-                            await peer.send_chunk(rid, encode_events(part))
+                            await send(encode_events(part), len(part))
                         self.stats.chunks += len(out)
         except TimeoutError:
             raise RequestTimeout(f"generation did not finish within {limit_s:g}s") from None
@@ -481,7 +533,7 @@ class WorkerNode:
             "draining": self.draining,
             "requests": {"received": s.received, "completed": s.completed,
                          "failed": s.failed, "rejected": s.rejected,
-                         "cancelled": s.cancelled, "waited": s.waited,
+                         "cancelled": s.cancelled, "waited": s.waited, "sealed": s.sealed,
                          "errors": dict(s.errors)},
             "tokens": {"prompt": s.prompt_tokens, "completion": s.completion_tokens},
             "chunks_sent": s.chunks,
@@ -505,6 +557,39 @@ class WorkerNode:
 
         add_health_routes(app, health, stats)
         return app
+
+
+class _Answer:
+    """What a job sends back: sealed records under the client's response key, or the bytes
+    as they are; either way hashed as sent, for the receipt."""
+
+    __slots__ = ("_hash", "records", "sealer")
+
+    def __init__(self, sealer: ResponseSealer | None) -> None:
+        self.sealer = sealer
+        self._hash = hashlib.sha256()
+        self.records = 0
+
+    def sender(self, peer: Peer, rid: int) -> Callable[[bytes, int], Awaitable[None]]:
+        sealer, send_chunk = self.sealer, peer.send_chunk
+        if sealer is not None:
+            async def sealed(data: bytes, events: int) -> None:
+                await send_chunk(rid, sealer.seal(data, events))
+            return sealed
+
+        async def clear(data: bytes, events: int) -> None:
+            self._hash.update(data)
+            self.records += 1
+            await send_chunk(rid, data)
+        return clear
+
+    @property
+    def transcript(self) -> bytes:
+        return self.sealer.transcript if self.sealer is not None else self._hash.digest()
+
+    @property
+    def count(self) -> int:
+        return self.sealer.records if self.sealer is not None else self.records
 
 
 def _bursts(events: list[bytes]) -> list[list[bytes]]:
