@@ -51,7 +51,7 @@ def test_parse_real_quote(real_quote: bytes) -> None:
     assert len(q.pck_chain_der) == 3
     assert q.measurements().image_hash.hex() == IMAGE_HASH
     assert q.measurements().debug is False
-    assert real_quote[SIG_END:] == bytes(70)  # zero padding the parser tolerates
+    assert real_quote[SIG_END:] == bytes(70)  # zero padding, not part of the quote
 
 
 def test_verify_real_quote(real_quote: bytes, valid_at: datetime) -> None:
@@ -105,15 +105,20 @@ def _assert_fails(res: QuoteCheck, where: str) -> None:
 
 
 def test_every_single_byte_flip_fails(real_quote: bytes, valid_at: datetime) -> None:
+    """Every byte of header, body and signature data matters; the padding after them not."""
     roots = intel_roots()
-    positions = list(range(len(real_quote)))
+    positions = list(range(SIG_END))
     flips = [(i, 0x01) for i in positions]
-    flips += [(i, 0xFF) for i in positions if i < PEM_START or i >= SIG_END or i % 7 == 0]
+    flips += [(i, 0xFF) for i in positions if i < PEM_START or i % 7 == 0]
     for i, mask in flips:
         data = bytearray(real_quote)
         data[i] ^= mask
         _assert_fails(check_quote(bytes(data), at=valid_at, roots=roots), f"{i}^{mask:#x}")
     assert len(flips) > 5000
+    for i in range(SIG_END, len(real_quote)):
+        data = bytearray(real_quote)
+        data[i] ^= 0xFF
+        assert check_quote(bytes(data), at=valid_at, roots=roots).ok, i
 
 
 def test_truncations_are_format_errors(real_quote: bytes) -> None:
@@ -124,10 +129,37 @@ def test_truncations_are_format_errors(real_quote: bytes) -> None:
         parse_quote(real_quote[:n])
 
 
-def test_trailing_garbage_rejected(real_quote: bytes) -> None:
-    for tail in (b"\x01", b"\0" * 5 + b"x"):
-        with pytest.raises(QuoteFormatError, match="trailing"):
-            parse_quote(real_quote + tail)
+# What Google go-tdx-guest's tdx_prod_quote_SPR_E4.dat carries after its signature data.
+TAIL_39 = bytes(range(0x41, 0x41 + 39))
+
+
+@pytest.mark.parametrize("cut", [SIG_END, None])
+def test_trailing_bytes_are_read_past(real_quote: bytes, valid_at: datetime,
+                                      cut: int | None) -> None:
+    """DCAP verifiers read a quote by its lengths: non-zero bytes after it are not refused."""
+    data = real_quote[:cut] + TAIL_39
+    assert len(data) - SIG_END in (39, 70 + 39) and all(TAIL_39)
+    q = parse_quote(data)
+    assert q.signed_region == real_quote[:632]
+    assert q.pck_chain_der == parse_quote(real_quote).pck_chain_der
+    v = verify_quote(data, at=valid_at, roots=intel_roots(), report_data=q.reportdata)
+    assert all(s.ok for s in v.steps) and v.image_hash is not None
+    assert v.image_hash.hex() == IMAGE_HASH
+
+
+def test_truncated_with_tail_still_fails(real_quote: bytes, valid_at: datetime) -> None:
+    """A quote whose declared lengths run past its end fails; bytes after a cut do not
+    stand in for the part that was cut."""
+    for n in (SIG_END - 1, SIG_END - 40, PEM_START + 10, 700):
+        with pytest.raises(QuoteFormatError, match=r"exceeds|truncated"):
+            parse_quote(real_quote[:n])
+        res = check_quote(real_quote[:n], at=valid_at, roots=intel_roots())
+        assert res.error is not None and res.error.rule == "quote_format"
+    # the signature data length names 4304 bytes: 39 fewer than that are not a quote
+    with pytest.raises(QuoteFormatError, match="exceeds"):
+        parse_quote(real_quote[:SIG_END - 39])
+    res = check_quote(real_quote[:SIG_END - 39] + TAIL_39, at=valid_at, roots=intel_roots())
+    assert res.error is not None and res.error.rule == "quote_format"
 
 
 @pytest.mark.parametrize("offset,value,match", [

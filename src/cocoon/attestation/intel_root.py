@@ -1,5 +1,9 @@
 """The pinned Intel SGX Root CA: the trust anchor of every real TDX quote's PCK chain.
 
+It anchors Intel's collateral as well: the TCB signing certificate that signs TCB info and
+QE identities, the PCK CRL issuer chain, and the root CA CRL are all checked up to this root
+(see :mod:`cocoon.attestation.collateral`).
+
 Taken verbatim from the root certificate at the end of the PCK chain of a real TDX quote
 (``shared/testdata/tdx-quote-v4.dat``). Subject ``CN=Intel SGX Root CA, O=Intel Corporation``;
 SHA-256 fingerprint (DER)

@@ -1,11 +1,12 @@
 """Intel TDX quotes: strict parsing and verification (pure: bytes and time in, values out).
 
 :func:`parse_quote` reads a quote v4 (TD report 1.0) or v5 (TD report 1.0 or 1.5) with ECDSA
-P-256 certification data of type 6 (QE report) wrapping type 5 (PEM PCK chain). Every length
-is checked; anything malformed raises :class:`~cocoon.errors.QuoteFormatError`. Bytes after
-the signature data are accepted only if they are all zero (DCAP pads quotes to a buffer size;
-the real sample carries 70 such bytes); the PEM chain must be canonical PEM (64-column base64,
-optionally NUL-terminated), so that every byte of the quote matters.
+P-256 certification data of type 6 (QE report) wrapping type 5 (PEM PCK chain). The quote is
+read by its lengths, as DCAP verifiers read it: bytes after the signature data (zero padding,
+or the non-zero bytes some production quotes carry) are not part of the quote and are
+ignored, while every declared length must fit; anything malformed raises
+:class:`~cocoon.errors.QuoteFormatError`. The PEM chain must be canonical PEM (64-column
+base64, optionally NUL-terminated), so that every byte of the signature data matters.
 
 :func:`check_quote` runs the verification steps in order and records each as a
 :class:`~cocoon.attestation.evidence.Step`; :func:`verify_quote` raises
@@ -18,8 +19,20 @@ optionally NUL-terminated), so that every byte of the quote matters.
    is byte-identical to a pinned root;
 5. ``cert_validity``: every certificate valid at ``at``;
 6. ``report_data_binding``: the quote's reportdata equals the expected value (if given);
-7. ``tcb_status``: with :class:`Collateral` (Intel TCB info JSON + CRLs): no certificate
-   revoked, collateral current at ``at``, and the TCB level matched (see :func:`match_tcb`).
+
+and with :class:`~cocoon.attestation.collateral.Collateral` (checked against the same pinned
+roots, never trusted; see :mod:`cocoon.attestation.collateral`):
+
+7. ``collateral_signature``: TCB info and QE identity signed by Intel's TCB signing
+   certificate, issued by a pinned root, valid at ``at``;
+8. ``crl``: root CA CRL and PCK CRL verified, current at ``at``, and no certificate of the
+   PCK chain or of the collateral chains revoked;
+9. ``collateral_current``: TCB info and QE identity current at ``at``;
+10. ``qe_identity``: the QE report matches the QE identity (MRSIGNER, ISVPRODID, MISCSELECT
+    and ATTRIBUTES under their masks) and its ISV SVN reaches a QE TCB level that is not
+    revoked (see :func:`qe_identity_status`);
+11. ``tcb_status``: the platform's TCB level (see :func:`match_tcb`), converged with the QE's
+    status; a revoked TCB fails.
 
 :class:`TdxVerifier` is the :class:`~cocoon.attestation.evidence.EvidenceVerifier` for kind
 ``tdx`` pinned to the Intel SGX Root CA.
@@ -29,21 +42,32 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import json
 import struct
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Final
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from cocoon.attestation.collateral import (
+    Collateral,
+    QeIdentity,
+    TcbInfo,
+    TcbLevel,
+    TdxModuleIdentity,
+    cert_issued_by,
+    check_crls,
+    check_current,
+    check_signatures,
+    parse_collateral,
+    verify_rs,
+)
 from cocoon.attestation.evidence import Evidence, Measurements, Step, Tier, VerifiedEvidence
 from cocoon.attestation.intel_root import INTEL_SGX_ROOT_CA_PEM
 from cocoon.errors import AttestationError, EvidenceInvalid, QuoteFormatError
@@ -53,9 +77,11 @@ __all__ = [
     "TEE_TYPE_TDX",
     "Collateral",
     "PckTcb",
+    "QeIdentity",
     "QeReport",
     "Quote",
     "QuoteCheck",
+    "TcbInfo",
     "TcbLevel",
     "TdxModuleIdentity",
     "TdxVerifier",
@@ -65,6 +91,7 @@ __all__ = [
     "parse_collateral",
     "parse_pck_tcb",
     "parse_quote",
+    "qe_identity_status",
     "verify_quote",
 ]
 
@@ -78,10 +105,6 @@ CERT_TYPE_QE_REPORT: Final = 6
 CERT_TYPE_PCK_CHAIN: Final = 5
 SGX_EXT_OID: Final = "1.2.840.113741.1.13.1"
 _PEM_BEGIN: Final = b"-----BEGIN CERTIFICATE-----\n"
-_ALLOWED_SIG_OIDS: Final = (
-    x509.SignatureAlgorithmOID.ECDSA_WITH_SHA256,
-    x509.SignatureAlgorithmOID.ECDSA_WITH_SHA384,
-)
 
 
 # ----------------------------------------------------------------------------- parsing
@@ -212,7 +235,10 @@ def _parse_pem_chain(pem: bytes) -> tuple[bytes, ...]:
 
 
 def parse_quote(data: bytes) -> Quote:
-    """Parse a TDX quote v4/v5 with ECDSA-P256 certification data; strict on every length."""
+    """Parse a TDX quote v4/v5 with ECDSA-P256 certification data; strict on every length.
+
+    Bytes after the signature data are ignored (see the module docstring).
+    """
     data = bytes(data)
     r = _Reader(data)
     version = r.u16("header.version")
@@ -254,10 +280,6 @@ def parse_quote(data: bytes) -> Quote:
     if sig_end > len(data):
         raise QuoteFormatError(
             f"signature data length {sig_len} exceeds the {len(data) - r.pos} bytes left")
-    trailing = data[sig_end:]
-    if trailing.strip(b"\0"):
-        raise QuoteFormatError(
-            f"{len(trailing)} trailing bytes after the signature data are not zero padding")
     s = _Reader(data, r.pos, sig_end)
     signature = s.take(64, "quote signature")
     attestation_key = s.take(64, "attestation key")
@@ -305,95 +327,6 @@ class PckTcb:
     cpusvn: bytes
     fmspc: bytes
     pce_id: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class TcbLevel:
-    sgx_components: tuple[int, ...]
-    pcesvn: int
-    tdx_components: tuple[int, ...]
-    status: str
-    date: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class TdxModuleIdentity:
-    id: str
-    mrsigner: bytes
-    attributes: bytes
-    attributes_mask: bytes
-    levels: tuple[tuple[int, str], ...]  # (isvsvn, status), best first
-
-
-@dataclass(frozen=True, slots=True)
-class Collateral:
-    """Operator-provided Intel collateral: TDX TCB info and CRLs (DER).
-
-    The JSON file is Intel's PCS TCB info response (``{"tcbInfo": {...}, "signature": ...}``)
-    with an optional ``"crls": [PEM, ...]`` list added. The TCB info signature is not checked
-    here: the file is trusted as configured by the operator.
-    """
-
-    fmspc: bytes
-    pce_id: bytes
-    issue_date: datetime
-    next_update: datetime
-    levels: tuple[TcbLevel, ...]
-    module_identities: tuple[TdxModuleIdentity, ...] = ()
-    crls: tuple[bytes, ...] = ()
-
-
-def _svns(items: Any, what: str) -> tuple[int, ...]:
-    if not isinstance(items, list) or len(items) != 16:
-        raise ValueError(f"{what} must be a list of 16 components")
-    out = []
-    for it in items:
-        svn = it.get("svn") if isinstance(it, dict) else None
-        if not isinstance(svn, int) or not 0 <= svn <= 255:
-            raise ValueError(f"{what}: bad svn {svn!r}")
-        out.append(svn)
-    return tuple(out)
-
-
-def _time(v: Any, what: str) -> datetime:
-    if not isinstance(v, str):
-        raise ValueError(f"{what} missing")
-    t = datetime.fromisoformat(v.replace("Z", "+00:00"))
-    return t if t.tzinfo else t.replace(tzinfo=UTC)
-
-
-def parse_collateral(data: bytes) -> Collateral:
-    """Parse the collateral JSON; malformed input raises AttestationError(rule=collateral)."""
-    try:
-        doc = json.loads(data)
-        info = doc.get("tcbInfo", doc)
-        if info.get("id", "TDX") != "TDX":
-            raise ValueError(f"tcbInfo id {info.get('id')!r} is not TDX")
-        levels = []
-        for lv in info["tcbLevels"]:
-            tcb = lv["tcb"]
-            levels.append(TcbLevel(
-                _svns(tcb["sgxtcbcomponents"], "sgxtcbcomponents"), int(tcb["pcesvn"]),
-                _svns(tcb["tdxtcbcomponents"], "tdxtcbcomponents"), str(lv["tcbStatus"]),
-                str(lv.get("tcbDate", ""))))
-        modules = []
-        for m in info.get("tdxModuleIdentities", []):
-            modules.append(TdxModuleIdentity(
-                str(m["id"]), bytes.fromhex(m["mrsigner"]), bytes.fromhex(m["attributes"]),
-                bytes.fromhex(m["attributesMask"]),
-                tuple((int(lv["tcb"]["isvsvn"]), str(lv["tcbStatus"]))
-                      for lv in m["tcbLevels"])))
-        crls = []
-        for pem in doc.get("crls", []):
-            crls.append(x509.load_pem_x509_crl(pem.encode()).public_bytes(Encoding.DER))
-        return Collateral(
-            bytes.fromhex(info["fmspc"]), bytes.fromhex(info["pceId"]),
-            _time(info.get("issueDate"), "issueDate"), _time(info.get("nextUpdate"), "nextUpdate"),
-            tuple(levels), tuple(modules), tuple(crls))
-    except AttestationError:
-        raise
-    except (ValueError, KeyError, TypeError, AttributeError) as e:
-        raise AttestationError(f"collateral is malformed: {e}", rule="collateral") from None
 
 
 def _der_items(data: bytes) -> list[tuple[int, bytes]]:
@@ -464,7 +397,20 @@ _SEVERITY: Final = {
 }
 
 
-def match_tcb(quote: Quote, pck: PckTcb, collateral: Collateral) -> str:
+def _worse(platform: str, other: str) -> str:
+    """The platform status converged with a QE or TDX module status (Intel's QVL rule).
+
+    The worse of the two, except that an out-of-date QE or module on a platform that needs
+    configuration gives ``OutOfDateConfigurationNeeded`` (both facts kept). Unknown statuses
+    count as worse than any known one.
+    """
+    if other == "OutOfDate" and platform in ("ConfigurationNeeded",
+                                             "ConfigurationAndSWHardeningNeeded"):
+        return "OutOfDateConfigurationNeeded"
+    return other if _SEVERITY.get(other, 7) > _SEVERITY.get(platform, 7) else platform
+
+
+def match_tcb(quote: Quote, pck: PckTcb, tcb_info: TcbInfo) -> str:
     """Intel's TDX TCB level matching (simplified; see module notes in the report).
 
     The first TCB level (Intel lists them best first) whose SGX components and PCE SVN are
@@ -472,19 +418,19 @@ def match_tcb(quote: Quote, pck: PckTcb, collateral: Collateral) -> str:
     the platform status. When tee_tcb_svn[1] (TDX module major version) > 0, components 0 and
     1 are instead matched against ``tdxModuleIdentities`` ``TDX_<major:02X>``: its mrsigner
     and masked attributes must match the quote's SEAM, and the first level with isvsvn <=
-    tee_tcb_svn[0] gives the module status. The result is the worse of the two.
+    tee_tcb_svn[0] gives the module status. The result is the two converged (:func:`_worse`).
     """
-    if pck.fmspc != collateral.fmspc:
-        raise AttestationError(f"collateral FMSPC {collateral.fmspc.hex()} != PCK FMSPC "
+    if pck.fmspc != tcb_info.fmspc:
+        raise AttestationError(f"collateral FMSPC {tcb_info.fmspc.hex()} != PCK FMSPC "
                                f"{pck.fmspc.hex()}", rule="tcb_status")
-    if pck.pce_id != collateral.pce_id:
+    if pck.pce_id != tcb_info.pce_id:
         raise AttestationError("collateral PCE ID does not match the PCK certificate",
                                rule="tcb_status")
     svn = quote.tee_tcb_svn
-    module = svn[1] > 0 and bool(collateral.module_identities)
+    module = svn[1] > 0 and bool(tcb_info.module_identities)
     skip = 2 if module else 0
     status = None
-    for lv in collateral.levels:
+    for lv in tcb_info.levels:
         if (all(c <= p for c, p in zip(lv.sgx_components, pck.sgx_components, strict=True))
                 and lv.pcesvn <= pck.pcesvn
                 and all(lv.tdx_components[i] <= svn[i] for i in range(skip, 16))):
@@ -494,7 +440,7 @@ def match_tcb(quote: Quote, pck: PckTcb, collateral: Collateral) -> str:
         raise AttestationError("no TCB level matches this platform (TCB unrecognized)",
                                rule="tcb_status")
     if module:
-        ident = next((m for m in collateral.module_identities
+        ident = next((m for m in tcb_info.module_identities
                       if m.id == f"TDX_{svn[1]:02X}"), None)
         if ident is None:
             raise AttestationError(f"no TDX module identity TDX_{svn[1]:02X} in collateral",
@@ -508,39 +454,42 @@ def match_tcb(quote: Quote, pck: PckTcb, collateral: Collateral) -> str:
         mstatus = next((st for isvsvn, st in ident.levels if isvsvn <= svn[0]), None)
         if mstatus is None:
             raise AttestationError("TDX module SVN matches no level", rule="tcb_status")
-        if _SEVERITY.get(mstatus, 7) > _SEVERITY.get(status, 7):
-            status = mstatus
+        status = _worse(status, mstatus)
     if status == "Revoked":
         raise AttestationError("platform TCB is revoked", rule="tcb_status")
     return status
 
 
-def _check_collateral(quote: Quote, certs: Sequence[x509.Certificate],
-                      collateral: Collateral, at: datetime) -> str:
-    if not collateral.issue_date <= at <= collateral.next_update:
-        raise AttestationError(
-            f"collateral not current at {at.isoformat()} (issued "
-            f"{collateral.issue_date.isoformat()}, next update "
-            f"{collateral.next_update.isoformat()})", rule="tcb_status")
-    for der in collateral.crls:
-        crl = x509.load_der_x509_crl(der)
-        issuer = next((c for c in certs if c.subject == crl.issuer), None)
-        if issuer is None:
-            continue  # CRL of another CA
-        pub = issuer.public_key()
-        if not isinstance(pub, ec.EllipticCurvePublicKey) or not crl.is_signature_valid(pub):
-            raise AttestationError(f"CRL of {crl.issuer.rfc4514_string()} has a bad signature",
-                                   rule="tcb_status")
-        nxt = crl.next_update_utc
-        if at < crl.last_update_utc or (nxt is not None and at > nxt):
-            raise AttestationError(f"CRL of {crl.issuer.rfc4514_string()} not current",
-                                   rule="tcb_status")
-        for c in certs:
-            if c.issuer == crl.issuer and \
-                    crl.get_revoked_certificate_by_serial_number(c.serial_number) is not None:
-                raise AttestationError(f"certificate {c.subject.rfc4514_string()} is revoked",
-                                       rule="tcb_status")
-    return match_tcb(quote, parse_pck_tcb(certs[0]), collateral)
+def qe_identity_status(report: QeReport, identity: QeIdentity) -> str:
+    """The QE's TCB status, after checking its report against the QE identity.
+
+    MRSIGNER and ISVPRODID must equal the identity's, MISCSELECT and ATTRIBUTES must equal
+    them under the identity's masks; the first QE TCB level (best first) whose ISV SVN is <=
+    the report's gives the status. No such level, or a revoked one, fails (rule
+    ``qe_identity``).
+    """
+    def fail(why: str) -> EvidenceInvalid:
+        return EvidenceInvalid(f"QE report does not match the QE identity: {why}",
+                               rule="qe_identity")
+
+    if report.mrsigner != identity.mrsigner:
+        raise fail(f"MRSIGNER {report.mrsigner.hex()} != {identity.mrsigner.hex()}")
+    if report.isvprodid != identity.isvprodid:
+        raise fail(f"ISVPRODID {report.isvprodid} != {identity.isvprodid}")
+    mask = identity.miscselect_mask
+    if report.miscselect & mask != identity.miscselect & mask:
+        raise fail(f"MISCSELECT {report.miscselect:08x} under mask {mask:08x}")
+    amask = identity.attributes_mask
+    got = bytes(a & m for a, m in zip(report.attributes, amask, strict=True))
+    want = bytes(a & m for a, m in zip(identity.attributes, amask, strict=True))
+    if got != want:
+        raise fail(f"ATTRIBUTES {report.attributes.hex()} under mask {amask.hex()}")
+    status = next((st for isvsvn, st in identity.levels if isvsvn <= report.isvsvn), None)
+    if status is None:
+        raise fail(f"ISV SVN {report.isvsvn} is below every QE TCB level (TCB unrecognized)")
+    if status == "Revoked":
+        raise fail(f"QE ISV SVN {report.isvsvn} is revoked")
+    return status
 
 
 # ----------------------------------------------------------------------------- verification
@@ -558,37 +507,6 @@ class QuoteCheck:
     @property
     def ok(self) -> bool:
         return self.error is None
-
-
-def _ecdsa_verify(pub: ec.EllipticCurvePublicKey, rs: bytes, msg: bytes) -> bool:
-    sig = encode_dss_signature(int.from_bytes(rs[:32], "big"), int.from_bytes(rs[32:], "big"))
-    try:
-        pub.verify(sig, msg, ec.ECDSA(hashes.SHA256()))
-    except InvalidSignature:
-        return False
-    return True
-
-
-def _cert_signed_by(cert: x509.Certificate, issuer: x509.Certificate) -> str | None:
-    """None if ``issuer`` issued ``cert``, else why not."""
-    if cert.issuer != issuer.subject:
-        return f"issuer of {cert.subject.rfc4514_string()} is not the next certificate"
-    try:
-        bc = issuer.extensions.get_extension_for_class(x509.BasicConstraints).value
-    except x509.ExtensionNotFound:
-        return f"{issuer.subject.rfc4514_string()} has no basicConstraints"
-    if not bc.ca:
-        return f"{issuer.subject.rfc4514_string()} is not a CA"
-    if cert.signature_algorithm_oid not in _ALLOWED_SIG_OIDS:
-        return f"{cert.subject.rfc4514_string()} has an unsupported signature algorithm"
-    pub = issuer.public_key()
-    if not isinstance(pub, ec.EllipticCurvePublicKey):
-        return f"{issuer.subject.rfc4514_string()} key is not ECDSA"
-    try:
-        cert.verify_directly_issued_by(issuer)
-    except (InvalidSignature, ValueError, TypeError):
-        return f"signature on {cert.subject.rfc4514_string()} does not verify"
-    return None
 
 
 def _steps(data: bytes, at: datetime, roots: Sequence[x509.Certificate],
@@ -613,7 +531,7 @@ def _steps(data: bytes, at: datetime, roots: Sequence[x509.Certificate],
             ec.SECP256R1(), b"\x04" + quote.attestation_key)
     except ValueError:
         raise fail("quote_signature", "attestation key is not a P-256 point") from None
-    if not _ecdsa_verify(att_key, quote.signature, quote.signed_region):
+    if not verify_rs(att_key, quote.signature, quote.signed_region):
         raise fail("quote_signature", "quote signature does not verify under the attestation key")
     ok("quote_signature", "ECDSA-P256 over header||body verifies under the attestation key")
 
@@ -621,7 +539,7 @@ def _steps(data: bytes, at: datetime, roots: Sequence[x509.Certificate],
     if not isinstance(leaf_key, ec.EllipticCurvePublicKey) or \
             not isinstance(leaf_key.curve, ec.SECP256R1):
         raise fail("qe_report_signature", "PCK leaf key is not ECDSA P-256")
-    if not _ecdsa_verify(leaf_key, quote.qe_report_signature, quote.qe_report.raw):
+    if not verify_rs(leaf_key, quote.qe_report_signature, quote.qe_report.raw):
         raise fail("qe_report_signature", "QE report signature does not verify under PCK key")
     ok("qe_report_signature", "QE report signed by the PCK leaf key")
 
@@ -632,11 +550,11 @@ def _steps(data: bytes, at: datetime, roots: Sequence[x509.Certificate],
     ok("qe_report_binding", "QE report binds the attestation key and auth data")
 
     for cert, issuer in itertools.pairwise(certs):
-        why = _cert_signed_by(cert, issuer)
+        why = cert_issued_by(cert, issuer)
         if why:
             raise fail("pck_chain", why)
     root = certs[-1]
-    why = _cert_signed_by(root, root)
+    why = cert_issued_by(root, root)
     if why:
         raise fail("pck_chain", f"root is not self-signed: {why}")
     root_der = root.public_bytes(Encoding.DER)
@@ -660,12 +578,39 @@ def _steps(data: bytes, at: datetime, roots: Sequence[x509.Certificate],
         ok("report_data_binding", "quote reportdata equals the expected value")
 
     if collateral is not None:
+        out.append(_collateral_steps(quote, certs, collateral, roots, at, ok, fail))
+
+
+def _collateral_steps(quote: Quote, certs: Sequence[x509.Certificate], c: Collateral,
+                      roots: Sequence[x509.Certificate], at: datetime,
+                      ok: Callable[[str, str], None],
+                      fail: Callable[[str, str], EvidenceInvalid]) -> str:
+    """Steps 7-11 of the module docstring; returns the overall TCB status."""
+    def run(name: str, check: Callable[[], str],
+            describe: Callable[[str], str] = lambda r: r) -> str:
         try:
-            status = _check_collateral(quote, certs, collateral, at)
+            result = check()
         except AttestationError as e:
-            raise fail("tcb_status", str(e)) from None
-        out.append(status)
-        ok("tcb_status", f"TCB status {status}")
+            raise fail(name, str(e)) from None
+        ok(name, describe(result))
+        return result
+
+    run("collateral_signature", lambda: check_signatures(c, roots=roots, at=at))
+    run("crl", lambda: check_crls(c, pck_chain=certs, roots=roots, at=at))
+    run("collateral_current", lambda: check_current(c, at))
+    qe = quote.qe_report
+    qe_status = run("qe_identity", lambda: qe_identity_status(qe, c.qe_identity),
+                    lambda st: f"QE report matches the QE identity; ISV SVN {qe.isvsvn}: {st}")
+    return run("tcb_status", lambda: _tcb_status(quote, certs[0], c.tcb_info, qe_status),
+               lambda st: f"TCB status {st} (platform converged with QE {qe_status})")
+
+
+def _tcb_status(quote: Quote, pck_leaf: x509.Certificate, tcb_info: TcbInfo,
+                qe_status: str) -> str:
+    status = _worse(match_tcb(quote, parse_pck_tcb(pck_leaf), tcb_info), qe_status)
+    if status == "Revoked":
+        raise AttestationError("TCB is revoked", rule="tcb_status")
+    return status
 
 
 def check_quote(data: bytes, *, at: datetime, roots: Sequence[x509.Certificate],
