@@ -18,6 +18,7 @@ from cocoon.benchmark import add_bench_arguments
 from cocoon.commands.attest import add_attest_arguments, run_attest
 from cocoon.commands.chain import add_chain_arguments
 from cocoon.commands.model_hash import add_model_hash_arguments, run_model_hash
+from cocoon.commands.receipt import add_receipt_arguments, run_receipt
 from cocoon.commands.registry import add_registry_arguments, run_registry
 from cocoon.commands.roles import ROLES, add_role_arguments, run_role_action
 from cocoon.commands.up import add_up_arguments, run_up
@@ -50,6 +51,7 @@ def _build_parser() -> argparse.ArgumentParser:
     add_chain_arguments(sub)
     add_registry_arguments(sub)
     add_model_hash_arguments(sub)
+    add_receipt_arguments(sub)
     bench = sub.add_parser("bench", help="benchmark the chain against the engine served directly")
     add_bench_arguments(bench)
     return parser
@@ -79,6 +81,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_attest(args)
         if args.command == "model-hash":
             return run_model_hash(args)
+        if args.command == "receipt":
+            return run_receipt(args)
         if args.command == "bench":
             from cocoon.benchmark.suite import run_bench  # lazy: aiohttp load generator, ~115 ms
 

@@ -254,12 +254,13 @@ class LocalNetwork:
         self.client_port = client_port
         self.worker_sets = worker_sets or []
         self.proxy_sets = proxy_sets or []
-        self.client_sets = client_sets or []
         self.startup_timeout = startup_timeout
         # data_dir None: a temporary directory, deleted by close (tests, the bench)
         self._tmp = (tempfile.TemporaryDirectory(prefix="cocoon-up-") if data_dir is None
                      else None)
         self.data_dir = Path(self._tmp.name if self._tmp is not None else data_dir or "")
+        # the client keeps its receipts in the data directory
+        self.client_sets = [f"receipt_dir={self.data_dir / 'receipts'}", *(client_sets or [])]
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._lock_fd = self._lock_data_dir()
         try:
@@ -1019,6 +1020,8 @@ def add_up_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--upstream", help="OpenAI-compatible base URL for --engine openai-http")
     p.add_argument("--worker-set", action="append", default=[], metavar="KEY=VALUE",
                    help="worker config override, e.g. engine.fake.delay_ms=20")
+    p.add_argument("--client-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="client config override, e.g. seal=require")
     p.add_argument("--attestation", choices=ATTESTATION_MODES, default="fake",
                    help="fake (default): simulated TDX quotes over RA-TLS; none: RA-TLS, "
                         "unattested; off: plain TCP")
@@ -1101,6 +1104,7 @@ def run_up(args: argparse.Namespace) -> int:
             _delete_data_dir(data_dir, progress)
         net = LocalNetwork(workers=args.workers, engine=args.engine, upstream=args.upstream,
                            host=args.host, client_port=args.port, worker_sets=args.worker_set,
+                           client_sets=args.client_set,
                            log_dir=args.log_dir or data_dir / "logs",
                            startup_timeout=args.timeout, attestation=args.attestation,
                            billing=args.demo_funds > 0, demo_funds=args.demo_funds,

@@ -24,6 +24,9 @@ class FakeEngineConfig:
     delay_ms: float = 0.0
     fail_after: int = 0  # fail (EngineError) after this many tokens; 0: never
     ttft_ms: float = 0.0  # before anything is sent (the prompt's processing time)
+    # Each chunk's text is the prompt's (its messages' text joined) instead of x's: what a
+    # test of who can read a request looks for on the way back.
+    echo: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,7 +6,8 @@ content, at least 1), so billing tests can predict it. The job's meter counts th
 the start and each token as it is generated (every ``delay_ms``, streamed or not), so an
 early end reports exactly the tokens produced; ``fail_after`` makes the engine fail after
 that many tokens, for fault and billing tests; ``ttft_ms`` holds everything back that long
-first, as a server evaluating a long prompt does.
+first, as a server evaluating a long prompt does; ``echo`` makes each chunk's text the
+prompt's.
 """
 
 from __future__ import annotations
@@ -25,18 +26,22 @@ from cocoon.usage import Usage
 __all__ = ["FakeEngine", "FakeEngineConfig"]
 
 
-def prompt_tokens_of(job: InferenceJob) -> int:
-    """Deterministic prompt size: a quarter of the UTF-8 bytes of the prompt text, >= 1."""
+def prompt_text(job: InferenceJob) -> str:
+    """The prompt's text: the messages' contents joined (a content-part list as its JSON),
+    or the completion prompt."""
     body = job.body
     if job.endpoint == "chat":
-        text = "".join(
+        return "".join(
             m["content"] if isinstance(m.get("content"), str) else json.dumps(m.get("content"))
             for m in body["messages"]
         )
-    else:
-        p = body["prompt"]
-        text = p if isinstance(p, str) else json.dumps(p)
-    return max(1, len(text.encode()) // 4)
+    p = body["prompt"]
+    return p if isinstance(p, str) else json.dumps(p)
+
+
+def prompt_tokens_of(job: InferenceJob) -> int:
+    """Deterministic prompt size: a quarter of the UTF-8 bytes of the prompt text, >= 1."""
+    return max(1, len(prompt_text(job).encode()) // 4)
 
 
 class FakeEngine:
@@ -61,7 +66,7 @@ class FakeEngine:
         usage = Usage(prompt_tokens=prompt_tokens_of(job), completion_tokens=count)
         rid = oa.new_id(job.endpoint, job.request_id)
         created = oa.now()
-        piece = ("x" * (cfg.chunk_bytes - 1)) + " "
+        piece = (prompt_text(job) if cfg.echo else "x" * (cfg.chunk_bytes - 1)) + " "
         delay = cfg.delay_ms / 1000.0
         fail_after = cfg.fail_after
         meter = job.meter

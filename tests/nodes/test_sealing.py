@@ -1,0 +1,277 @@
+"""Issue 14, items 1, 2 and 4: the client checks the worker itself, seals the request to it,
+opens the answer and checks the receipt. A real ClientNode, ProxyNode and WorkerNode (fake
+engine) over loopback, the official openai SDK as the app; a proxy that tampers is the real
+one with its sends to the client rewritten."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+from cryptography.hazmat.primitives import serialization
+from loopback import T, running, running_proxy, until
+
+from cocoon.attestation.config import AttestationConfig
+from cocoon.attestation.providers import NoneProvider
+from cocoon.attestation.receipt import HEADER, Receipt, verify
+from cocoon.cli import main
+from cocoon.config import ClientConfig, WorkerConfig
+from cocoon.crypto.seal import new_seal_key, seal_public_bytes
+from cocoon.engines import FakeEngine, FakeEngineConfig
+from cocoon.nodes.client.node import ClientNode
+from cocoon.nodes.proxy.node import ProxyNode
+from cocoon.nodes.worker.node import WorkerNode
+from cocoon.transport import TcpConnector
+from cocoon.transport.tls_identity import TlsIdentity
+from cocoon.wire import Chunk, End, Message, Route
+
+MESSAGES: Any = [{"role": "user", "content": "hello sealed world"}]
+
+
+def worker_for(port: int) -> WorkerNode:
+    return WorkerNode(WorkerConfig(proxy=f"127.0.0.1:{port}", http="127.0.0.1:0",
+                                   node_id="w1"),
+                      FakeEngine(FakeEngineConfig(chunks=6, chunk_bytes=4)),
+                      connector=TcpConnector())
+
+
+def client_for(port: int, **config: Any) -> ClientNode:
+    return ClientNode(ClientConfig(proxy=f"127.0.0.1:{port}", http="127.0.0.1:0", **config),
+                      connector=TcpConnector())
+
+
+def sdk(client: ClientNode) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(base_url=client.http.url + "/v1", api_key="unused",
+                              max_retries=0, timeout=T)
+
+
+async def streamed(client: ClientNode) -> str:
+    async with sdk(client) as app:
+        out = []
+        async for chunk in await app.chat.completions.create(model="fake", messages=MESSAGES,
+                                                            stream=True):
+            if chunk.choices:
+                out.append(chunk.choices[0].delta.content or "")
+        return "".join(out)
+
+
+def tamper(proxy: ProxyNode, change: Callable[[Message], Message | None]) -> None:
+    """Rewrite (or drop: None) what the proxy sends its connected client."""
+    for peer in proxy.clients:
+        send = peer.send
+
+        def patched(msg: Message, send: Any = send) -> None:
+            out = change(msg)
+            if out is not None:
+                send(out)
+        peer.send = patched  # type: ignore[method-assign]
+
+
+class Setup:
+    def __init__(self, proxy: ProxyNode, worker: WorkerNode, client: ClientNode) -> None:
+        self.proxy, self.worker, self.client = proxy, worker, client
+
+
+async def network_run(test: Callable[[Setup], Any], **client_config: Any) -> None:
+    async with running_proxy() as net:
+        port = net.proxy.port
+        async with running(worker_for(port)) as worker, \
+                running(client_for(port, **client_config)) as client:
+            await until(lambda: any(link.offers("fake") for link in client.links))
+            await test(Setup(net.proxy, worker, client))
+
+
+async def test_sealed_answers_reach_the_sdk_with_checked_receipts() -> None:
+    async def check(s: Setup) -> None:
+        text = await streamed(s.client)
+        assert text
+        async with sdk(s.client) as app:
+            raw = await app.chat.completions.with_raw_response.create(model="fake",
+                                                                      messages=MESSAGES)
+            unary = raw.parse()
+            assert unary.choices[0].message.content == text
+            header = raw.headers[HEADER]
+            receipt_id = raw.headers["x-cocoon-receipt-id"]
+        assert s.worker.stats.sealed == 2 and s.client.stats.receipts == 2
+        assert s.client.stats.seal_failures == 0
+        compact = Receipt.decode(header)
+        assert not compact.worker_certificate  # the header names certificates by hash
+        assert compact.worker.sealed and compact.proxy is not None
+        assert compact.worker.completion_tokens == unary.usage.completion_tokens  # type: ignore[union-attr]
+        # the whole one, with both certificates, verifies on its own
+        async with httpx.AsyncClient() as http:
+            got = await http.get(f"{s.client.http.url}/v1/receipts/{receipt_id}")
+            assert got.status_code == 200
+            missing = await http.get(f"{s.client.http.url}/v1/receipts/nope")
+            assert missing.status_code == 404
+            assert missing.json()["error"]["code"] == "not_found"
+        whole = Receipt.decode(got.content)
+        assert whole.worker == compact.worker and whole.worker_certificate
+        checked = verify(whole, lambda der, role, _at: s.client._check(der, role))
+        assert checked.worker_tier == "unattested" and checked.proxy_tier == "unattested"
+
+    await network_run(check)
+
+
+async def test_a_stream_carries_its_receipt_as_a_comment_the_sdk_skips() -> None:
+    async def check(s: Setup) -> None:
+        async with httpx.AsyncClient(timeout=T) as http:
+            r = await http.post(f"{s.client.http.url}/v1/chat/completions",
+                                json={"model": "fake", "messages": MESSAGES, "stream": True})
+        lines = r.text.split("\n\n")
+        assert lines[-2] == "data: [DONE]"
+        assert lines[-3].startswith(f": {HEADER} ")
+        receipt = Receipt.decode(lines[-3].split(" ", 2)[2])
+        assert receipt.worker.sealed
+        assert r.headers["x-cocoon-receipt-id"]
+
+    await network_run(check)
+
+
+async def test_sealing_off_goes_in_the_clear_and_still_has_a_receipt() -> None:
+    async def check(s: Setup) -> None:
+        assert await streamed(s.client)
+        assert s.worker.stats.sealed == 0 and s.client.stats.receipts == 1
+
+    await network_run(check, seal="off")
+
+
+@pytest.mark.parametrize("how", ["flip", "drop", "swap", "strip_receipt"])
+async def test_a_proxy_that_alters_the_answer_is_caught(how: str) -> None:
+    """Each tampering ends the stream with seal_broken; the app never sees the altered
+    record's bytes."""
+    async def check(s: Setup) -> None:
+        held: list[Chunk] = []
+
+        def change(msg: Message) -> Message | None:
+            if type(msg) is Chunk:
+                if how == "flip":
+                    return Chunk(msg.req_id, msg.data[:-1] + bytes([msg.data[-1] ^ 1]))
+                if how == "drop" and not held:
+                    held.append(msg)
+                    return None
+                if how == "swap":
+                    if not held:
+                        held.append(msg)
+                        return None
+                    if len(held) == 1:
+                        held.append(msg)
+                        return held[0]
+            if type(msg) is End and how == "strip_receipt":
+                return End(msg.req_id, msg.prompt_tokens, msg.completion_tokens,
+                           msg.cached_tokens, msg.reasoning_tokens)
+            return msg
+        tamper(s.proxy, change)
+        with pytest.raises(openai.APIError) as caught:
+            await streamed(s.client)
+        assert "seal" in str(caught.value) or "receipt" in str(caught.value)
+        assert s.client.stats.seal_failures == 1
+
+    await network_run(check)
+
+
+async def test_a_proxy_that_substitutes_the_workers_key_gets_nothing_opened() -> None:
+    """The proxy hands the client a certificate of its own making (another seal key): the
+    real worker cannot open what was sealed to it and refuses, seal_broken."""
+    async def check(s: Setup) -> None:
+        forged = TlsIdentity.create(NoneProvider(), "worker", "fake",
+                                    seal_key=seal_public_bytes(new_seal_key()))
+        der = forged.certificate.public_bytes(serialization.Encoding.DER)
+
+        def change(msg: Message) -> Message | None:
+            return Route(msg.req_id, msg.worker, der) if type(msg) is Route else msg
+        tamper(s.proxy, change)
+        async with sdk(s.client) as app:
+            with pytest.raises(openai.APIStatusError) as caught:
+                await app.chat.completions.create(model="fake", messages=MESSAGES)
+        assert caught.value.status_code == 502
+        assert caught.value.body["code"] == "seal_broken"  # type: ignore[index]
+        assert s.worker.stats.sealed == 1 and s.worker.stats.completed == 0
+
+    await network_run(check)
+
+
+async def test_a_worker_the_clients_policy_refuses_is_sent_nothing() -> None:
+    async def check(s: Setup) -> None:
+        async with sdk(s.client) as app:
+            with pytest.raises(openai.APIStatusError) as caught:
+                await app.chat.completions.create(model="fake", messages=MESSAGES)
+        assert caught.value.status_code == 502
+        body: Any = caught.value.body
+        assert body["code"] == "worker_untrusted" and "tier" in body["message"]
+        assert s.worker.stats.received == 0  # the request never left the proxy
+
+    # this client accepts only TDX workers; the test's worker is unattested
+    await network_run(check, attestation=AttestationConfig(accept="tdx"))
+
+
+async def test_seal_require_refuses_an_unattested_worker() -> None:
+    async def check(s: Setup) -> None:
+        with pytest.raises(openai.APIStatusError) as caught:
+            await streamed(s.client)
+        assert caught.value.status_code == 502
+        assert "unattested" in json.dumps(caught.value.body)
+
+    await network_run(check, seal="require")
+
+
+def test_the_compact_header_is_base64url_json() -> None:
+    raw = base64.urlsafe_b64encode(b'{"cocoon_receipt": 2}').decode()
+    with pytest.raises(Exception, match="not a cocoon receipt"):
+        Receipt.decode(raw)
+
+
+async def test_kept_receipts_verify_offline_and_any_change_is_caught(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``cocoon receipt verify`` on the client's daily file: both answers hold; a receipt
+    whose cost, tokens or certificate was changed afterwards does not, naming the rule."""
+    async def check(s: Setup) -> None:
+        await streamed(s.client)
+        await streamed(s.client)
+
+    await network_run(check, receipt_dir=str(tmp_path / "receipts"))
+    [kept] = list((tmp_path / "receipts").glob("receipts-*.jsonl"))
+    assert kept.stat().st_mode & 0o777 == 0o600
+    lines = kept.read_text().splitlines()
+    assert len(lines) == 2
+    assert main(["receipt", "verify", str(kept), "--fake-dir", str(tmp_path)]) == 2
+    assert "not a fake TDX authority" in capsys.readouterr().err
+    assert main(["receipt", "verify", str(kept), "--json"]) == 0
+    results = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["valid"] for r in results] == [True, True]
+    assert results[0]["worker"]["node"] == "w1" and results[0]["worker"]["sealed"]
+    assert results[0]["tokens"]["completion"] > 0
+    first = json.loads(lines[0])
+    assert main(["receipt", "verify", str(kept), "--id", first["id"]]) == 0
+    assert "valid" in capsys.readouterr().out
+
+    def changed(edit: Callable[[dict[str, Any]], None]) -> tuple[int, str]:
+        data = json.loads(lines[0])
+        edit(data)
+        path = tmp_path / "changed.json"
+        path.write_text(json.dumps(data))
+        code = main(["receipt", "verify", str(path), "--json"])
+        return code, json.loads(capsys.readouterr().out)["rule"]
+
+    def cost(d: dict[str, Any]) -> None:
+        d["proxy"]["cost_nanoton"] += 1
+
+    def tokens(d: dict[str, Any]) -> None:
+        d["worker"]["completion_tokens"] += 1
+
+    def certificate(d: dict[str, Any]) -> None:
+        d["worker_certificate"] = d["proxy_certificate"]
+
+    def countersigned(d: dict[str, Any]) -> None:
+        d["worker_signature"] = json.loads(lines[1])["worker_signature"]
+
+    assert changed(cost) == (1, "proxy_signature")
+    assert changed(tokens) == (1, "worker_signature")
+    assert changed(certificate) == (1, "role")  # a proxy's certificate is no worker's
+    assert changed(countersigned)[0] == 1
