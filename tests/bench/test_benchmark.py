@@ -13,8 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from cocoon.benchmark.loadgen import percentile
+from cocoon.benchmark.loadgen import events_in, percentile
 from cocoon.benchmark.runner import aggregate, compare_tls
 from cocoon.cli import main
 
@@ -148,6 +150,23 @@ def test_compare_tls_ratio_and_target() -> None:
     sat = compare_tls("saturation", side(100.0, 2.0), side(50.0, 2.0))
     assert sat["targets"]["throughput_ratio_min"] is None
     assert sat["meets_targets"] is True
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.booleans(), min_size=1, max_size=12), st.data())
+def test_the_load_generator_counts_events_not_comments_however_a_stream_is_cut(
+        kinds: list[bool], data: st.DataObject) -> None:
+    """Events and comment blocks (the client's receipt) in any order, the stream cut into
+    reads anywhere: exactly the data events are counted."""
+    stream = b"".join(b'data: {"x":1}\n\n' if k else b": x-cocoon-receipt abc\n\n"
+                      for k in kinds) + b"data: [DONE]\n\n"
+    cuts = sorted(set(data.draw(st.lists(st.integers(1, len(stream) - 1), max_size=8))))
+    tail, counted = b"", 0
+    for start, end in zip([0, *cuts], [*cuts, len(stream)], strict=True):
+        piece = stream[start:end]
+        counted += events_in(piece, tail)
+        tail = (tail + piece)[-16:]
+    assert counted == sum(kinds) + 1  # the data events and [DONE]
 
 
 def test_percentile_nearest_rank() -> None:

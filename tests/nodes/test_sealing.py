@@ -5,6 +5,7 @@ one with its sends to the client rewritten."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 from collections.abc import Callable
@@ -275,3 +276,28 @@ async def test_kept_receipts_verify_offline_and_any_change_is_caught(
     assert changed(tokens) == (1, "worker_signature")
     assert changed(certificate) == (1, "role")  # a proxy's certificate is no worker's
     assert changed(countersigned)[0] == 1
+
+
+async def test_a_failover_seals_the_request_anew_for_the_next_worker() -> None:
+    """The first worker dies after it got the sealed request, before answering: the proxy
+    routes it to another, the client seals it to that one's key, and the app sees only the
+    answer."""
+    async with running_proxy() as net:
+        port = net.proxy.port
+        slow = WorkerNode(WorkerConfig(proxy=f"127.0.0.1:{port}", http="127.0.0.1:0",
+                                       node_id="w-slow"),
+                          FakeEngine(FakeEngineConfig(chunks=4, chunk_bytes=4, ttft_ms=5000)),
+                          connector=TcpConnector())
+        async with running(slow), running(client_for(port)) as client:
+            await until(lambda: any(link.offers("fake") for link in client.links))
+            asked = asyncio.create_task(streamed(client))
+            await until(lambda: slow.stats.sealed == 1)
+            async with running(worker_for(port)) as good:
+                await until(lambda: len(net.proxy.workers) == 2)
+                for link in slow.links:  # the slow worker dies mid-request
+                    assert link.peer is not None
+                    link.peer.close("test: the worker dies")
+                assert await asyncio.wait_for(asked, T)
+                assert good.stats.sealed == 1 and good.stats.completed == 1
+                assert net.proxy.stats.failovers == 1
+                assert client.stats.receipts == 1 and client.stats.failed == 0

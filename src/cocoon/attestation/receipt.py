@@ -40,6 +40,9 @@ __all__ = [
     "Receipt",
     "VerifiedReceipt",
     "WorkerPart",
+    "check_signature",
+    "check_worker_part",
+    "sha256_hex",
     "sign_part",
     "verify",
 ]
@@ -129,7 +132,10 @@ def sign_part(part: WorkerPart | ProxyPart, key: ec.EllipticCurvePrivateKey) -> 
     return key.sign(_canonical(asdict(part)), ec.ECDSA(hashes.SHA256()))
 
 
-def _check_signature(cert: x509.Certificate, signature: bytes, part: Any, who: str) -> None:
+def check_signature(cert: x509.Certificate, signature: bytes, part: WorkerPart | ProxyPart,
+                    who: str) -> None:
+    """``signature`` over ``part`` under ``cert``'s key (ReceiptInvalid, rule
+    ``{who}_signature``, if not)."""
     pub = cert.public_key()
     if not isinstance(pub, ec.EllipticCurvePublicKey):
         raise ReceiptInvalid(f"the {who}'s certificate key is not ECDSA",
@@ -247,7 +253,7 @@ def check_worker_part(receipt: Receipt, cert: x509.Certificate, claims: Claims,
     if w.certificate_sha256 != sha256_hex(receipt.worker_certificate):
         raise ReceiptInvalid("the worker's part names another certificate",
                              rule="worker_certificate")
-    _check_signature(cert, receipt.worker_signature, w, "worker")
+    check_signature(cert, receipt.worker_signature, w, "worker")
     if w.model_hash != claims.model_hash.hex():
         raise ReceiptInvalid("the model hash differs from the worker's attested one",
                              rule="model_hash")
@@ -281,7 +287,7 @@ def verify(receipt: Receipt, check: CertCheck) -> VerifiedReceipt:
             pcert, _, pverified = check(receipt.proxy_certificate, "proxy", p.time)
         except AttestationError as exc:
             raise ReceiptInvalid(f"the proxy's certificate: {exc}", rule=exc.rule) from None
-        _check_signature(pcert, receipt.proxy_signature, p, "proxy")
+        check_signature(pcert, receipt.proxy_signature, p, "proxy")
         if p.worker_part_sha256 != sha256_hex(receipt.worker_bytes()):
             raise ReceiptInvalid("the proxy countersigned another worker part",
                                  rule="countersignature")

@@ -17,7 +17,10 @@ Modes (``--mode``):
   also RSS and file descriptors per process (``--streams 1000`` for the 1,000-stream run);
 * ``proxies``: ``cocoon up --proxies 2 --workers 3`` against ``--proxies 1 --workers 3``
   (paced), the extra TTFT of a request whose worker is killed before its first token, and
-  how a proxy killed under load is left behind (:mod:`cocoon.benchmark.proxies`).
+  how a proxy killed under load is left behind (:mod:`cocoon.benchmark.proxies`);
+* ``seal``: ``cocoon up`` with its defaults (every request sealed to its worker) against the
+  same with ``--client-set seal=off``, paced and saturation, and the cost of one seal and one
+  open (:mod:`cocoon.benchmark.seal`).
 
 ``--attestation fake|none|off`` (default fake, as ``cocoon up``) sets the chain's
 attestation. ``--tls-compare`` (on in ``all``) adds a second chain on plain TCP
@@ -44,7 +47,7 @@ DEFAULT_DURATION = 10.0
 
 def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mode", choices=["saturation", "paced", "llama", "handshake", "ledger",
-                                      "routing", "up", "proxies", "all"],
+                                      "routing", "up", "proxies", "seal", "all"],
                    default="all",
                    help="what to measure (default all: saturation and paced with "
                         "--tls-compare, llama, handshake; up: cocoon up with its defaults "

@@ -2,7 +2,8 @@
 
 It shares the machine's cores with the servers it measures, so it does as little as it can:
 one pre-encoded request body, one aiohttp session, and SSE "parsing" that only counts event
-terminators (``\\n\\n``) and checks the stream ends with ``data: [DONE]``. A request counts
+terminators (``\\n\\n``; a comment block, ``: ...``, as SSE clients skip it, is not one) and
+checks the stream ends with ``data: [DONE]``. A request counts
 only if it completed: HTTP 200, ended with ``[DONE]``, and (when the expected count is known)
 carried exactly the expected number of data events. Everything else is an error, by kind.
 """
@@ -18,10 +19,26 @@ from typing import Any
 
 import aiohttp
 
-__all__ = ["LoadGenerator", "LoadResult", "percentile"]
+__all__ = ["LoadGenerator", "LoadResult", "events_in", "percentile"]
 
 _DONE_TAIL = b"data: [DONE]\n\n"
 _HEADERS = {"Content-Type": "application/json", "Accept": "text/event-stream"}
+
+
+def events_in(data: bytes, tail: bytes) -> int:
+    """The SSE events that end in ``data``, a read that follows ``tail`` (the end of what
+    was read before): event terminators (``\\n\\n``, one split across the two reads
+    included), less those of comment blocks (``: ...``, which SSE clients skip: the
+    client's receipt), also when the comment's start is split from what came before."""
+    n = data.count(b"\n\n")
+    if data[0] == 10 and tail[-1:] == b"\n" and tail[-2:] != b"\n\n":
+        n += 1
+    n -= data.count(b"\n\n:")
+    comment_first = data[0] == 58 and (not tail or tail[-2:] == b"\n\n")
+    split_comment = data[:2] == b"\n:" and tail[-1:] == b"\n" and tail[-2:] != b"\n\n"
+    if comment_first or split_comment:
+        n -= 1
+    return n
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -130,10 +147,7 @@ class LoadGenerator:
                     data = await content.readany()
                     if not data:
                         break
-                    n = data.count(b"\n\n")
-                    # An event terminator split across two reads.
-                    if data[0] == 10 and tail[-1:] == b"\n" and tail[-2:] != b"\n\n":
-                        n += 1
+                    n = events_in(data, tail)
                     if n and not events:
                         ttft = perf_counter() - t0
                     events += n

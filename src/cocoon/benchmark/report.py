@@ -9,6 +9,7 @@ from typing import Any
 from cocoon.benchmark.ledger import format_ledger
 from cocoon.benchmark.proxies import format_proxies
 from cocoon.benchmark.routing import format_routing
+from cocoon.benchmark.seal import format_seal
 
 __all__ = ["format_report"]
 
@@ -183,6 +184,7 @@ def format_report(report: dict[str, Any]) -> str:
         lines.extend(_mode_lines(name, section))
     sections: list[tuple[str, Callable[[dict[str, Any]], list[str]]]] = [
         ("llama", _llama_lines), ("routing", format_routing), ("proxies", format_proxies),
+        ("seal", format_seal),
         ("ledger", format_ledger), ("handshake", _handshake_lines)]
     for key, render in sections:
         if key in report:

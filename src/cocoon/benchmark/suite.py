@@ -22,6 +22,7 @@ from cocoon.benchmark.proxies import run_proxies
 from cocoon.benchmark.report import format_report
 from cocoon.benchmark.routing import run_routing
 from cocoon.benchmark.runner import MODES, run_mode
+from cocoon.benchmark.seal import run_seal
 from cocoon.benchmark.stack import default_specs, run_stack
 from cocoon.errors import CocoonError
 
@@ -68,6 +69,7 @@ def run_bench(args: argparse.Namespace) -> int:
     with_routing = args.mode in ("all", "routing")
     with_stack = args.mode == "up"
     with_proxies = args.mode == "proxies"
+    with_seal = args.mode == "seal"
     tls_compare = bool(fake_modes) and (
         args.tls_compare or (args.mode == "all" and not args.no_tls_compare))
     if tls_compare and args.attestation == "off":
@@ -139,6 +141,12 @@ def run_bench(args: argparse.Namespace) -> int:
         report["proxies"] = run_proxies(duration, args.repeat, progress)
         if (not report["proxies"]["throughput"]["meets_target"]
                 or report["proxies"]["throughput"]["two_proxies"]["errors"]):
+            failed = True
+    if with_seal:
+        report["seal"] = run_seal(duration, args.repeat, progress, overrides)
+        if not report["seal"]["meets_target"] or any(
+                report["seal"][n][side]["errors"] for n in ("paced", "saturation")
+                for side in ("sealed", "clear")):
             failed = True
     if with_routing:
         _positive("--workers", args.workers)
