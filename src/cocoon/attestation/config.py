@@ -28,7 +28,9 @@ class AttestationConfig:
     allow_debug: bool = False
     min_tcb_status: str = "UpToDate"
     require_tcb_status: bool = False
-    collateral_file: str = ""  # Intel collateral (TCB info, CRLs) as JSON, offline
+    # Intel collateral as JSON, offline: dcap-qvl's combined shape or PCS responses kept
+    # verbatim (signed TCB info and QE identity, issuer chains, CRLs; all checked)
+    collateral_file: str = ""
     fake_dir: str = ".cocoon/fake-tdx"  # keys of the simulated TDX authority (mode fake)
     fake_image: str = "cocoon"  # the simulated image whose measurements fake quotes carry
     cert_lifetime_s: float = 3600.0

@@ -75,7 +75,9 @@ def add_attest_arguments(subparsers: Any) -> argparse.ArgumentParser:
     v = sub.add_parser("verify-quote", help="parse and verify a TDX quote file")
     v.add_argument("file", type=Path, help="raw quote bytes")
     v.add_argument("--at", help="verification time, ISO 8601 (default: now)")
-    v.add_argument("--collateral", type=Path, help="Intel TCB info JSON (+ crls) file")
+    v.add_argument("--collateral", type=Path,
+                   help="Intel collateral JSON: dcap-qvl's combined shape, or PCS responses "
+                        "with issuer chains and CRLs (see cocoon.attestation.collateral)")
     v.add_argument("--root", type=Path, action="append", default=None,
                    help="pin this root CA (PEM) instead of the Intel SGX Root CA; repeatable")
     v.add_argument("--json", action="store_true", help="print one JSON object")

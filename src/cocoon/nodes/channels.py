@@ -10,11 +10,12 @@ must pass the policy.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -28,7 +29,6 @@ from cocoon.attestation.policy import (
     AllowListSource,
     Policy,
     StaticAllowLists,
-    VerificationCache,
     decide,
     enforce,
 )
@@ -42,35 +42,44 @@ from cocoon.transport.tls import Clock, TlsConnector, TlsIdentity, TlsListener, 
 __all__ = ["Channels", "PeerCheck", "build_channels", "describe_evidence"]
 
 PolicyCheck = Callable[[VerifiedEvidence, Claims, x509.Certificate], None]
+_CHECK_TTL: Final = timedelta(minutes=10)
+_CHECK_ENTRIES: Final = 4096
 
 
 class PeerCheck:
     """Checks a certificate that reached this node other than in a handshake (a worker's,
     forwarded by a proxy to a client that seals to it; a receipt's signers): the same
-    verifiers and policy as the node's own connections, the verified evidence cached per
-    certificate for 10 minutes. AttestationError naming the failed rule."""
+    verifiers and policy as the node's own connections. What a certificate's evidence
+    verified to is cached (10 minutes at most, never past the certificate's end): a worker's
+    certificate comes with every request routed to it. The policy is applied every time.
+    AttestationError naming the failed rule."""
 
     def __init__(self, verifiers: dict[str, EvidenceVerifier], policy: PolicyCheck,
                  clock: Clock) -> None:
         self._verifiers = verifiers
         self._policy = policy
         self._clock = clock
-        self._cache = VerificationCache()
+        self._cache: OrderedDict[bytes, tuple[datetime, x509.Certificate, Claims,
+                                              VerifiedEvidence]] = OrderedDict()
 
     def __call__(self, der: bytes, expect_role: str
                  ) -> tuple[x509.Certificate, Claims, VerifiedEvidence]:
-        try:
-            cert = x509.load_der_x509_certificate(der)
-        except ValueError:
-            raise EvidenceInvalid("not a DER certificate", rule="cert_format") from None
         now = self._clock()
-        verified = self._cache.get(der, now)
-        if verified is None or not (cert.not_valid_before_utc <= now
-                                    < cert.not_valid_after_utc):
+        hit = self._cache.get(der)
+        if hit is not None and now < hit[0]:
+            _, cert, claims, verified = hit
+        else:
+            try:
+                cert = x509.load_der_x509_certificate(der)
+            except ValueError:
+                raise EvidenceInvalid("not a DER certificate", rule="cert_format") from None
             verified = check_certificate(cert, verifiers=self._verifiers, at=now,
                                          expect_role=None)
-            self._cache.put(der, verified, now)
-        claims = read_certificate(cert)[0]
+            claims = read_certificate(cert)[0]
+            self._cache[der] = (min(now + _CHECK_TTL, cert.not_valid_after_utc), cert, claims,
+                                verified)
+            while len(self._cache) > _CHECK_ENTRIES:
+                self._cache.popitem(last=False)
         if claims.role != expect_role:
             raise PolicyRejected(f"the certificate's role is {claims.role[:32]!r}, expected "
                                  f"{expect_role!r}", rule="role")
