@@ -7,12 +7,17 @@ sealing on (the default) it is in none of them, though the app got it back; with
 
 from __future__ import annotations
 
+import itertools
+import json
 import secrets
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 import openai
 import pytest
-from e2e_support import get_stats
+from e2e_support import get_stats, until
 
 from cocoon.chain.embedded import find_toolchain
 from cocoon.commands.up import LocalNetwork
@@ -57,9 +62,20 @@ def files_under(root: Path) -> dict[Path, bytes]:
     return {p: p.read_bytes() for p in root.rglob("*") if p.is_file()}
 
 
-def run(seal: str) -> tuple[str, bool, list[Path], int]:
+def verified_receipts(data_dir: Path) -> list[dict[str, Any]]:
+    """``cocoon receipt verify --json`` on the client's receipts of the day, checked against
+    the network's fake TDX authority."""
+    [kept] = list((data_dir / "receipts").glob("receipts-*.jsonl"))
+    out = subprocess.run([sys.executable, "-m", "cocoon", "receipt", "verify", str(kept),
+                          "--json", "--fake-dir", str(data_dir / "fake-tdx")],
+                         capture_output=True, text=True, timeout=60, check=False)
+    assert out.returncode == 0, out.stdout + out.stderr
+    return [json.loads(line) for line in out.stdout.splitlines()]
+
+
+def run(seal: str) -> tuple[str, bool, list[Path], int, list[dict[str, Any]]]:
     """(the canary, whether the proxy's memory holds it, the files that hold it, the
-    completions the app got with the canary in them)."""
+    completions the app got with the canary in them, the receipts as verified)."""
     canary = "CANARY" + secrets.token_hex(12).upper()
     with LocalNetwork(engine="fake", billing=True, demo_funds=10**12, chain="embedded",
                       startup_timeout=90.0,
@@ -86,16 +102,35 @@ def run(seal: str) -> tuple[str, bool, list[Path], int]:
         needle = canary.encode()
         in_memory = any(needle in region for region in memory_of(net.proxy.pid))
         holding = [p for p, data in files_under(net.data_dir).items() if needle in data]
-    return canary, in_memory, holding, echoed
+        receipts = verified_receipts(net.data_dir)
+        last = receipts[-1]["proxy"]
+        # the client's copy of its account catches up with the last statement
+        assert until(lambda: (get_stats(net.client.http)["billing"].get("voucher") or {}
+                              ).get("seqno") == last["voucher_seqno"]), (
+            [r["proxy"]["voucher_seqno"] for r in receipts])
+        billing = get_stats(net.client.http)["billing"]
+    # one receipt per answer, sealed ones by a fake-TDX worker; the costs they name add
+    # up, request by request, to what the client was charged
+    assert len(receipts) == REQUESTS and all(r["valid"] for r in receipts)
+    assert {r["worker"]["tier"] for r in receipts} == {"fake-tdx"}
+    assert {r["worker"]["sealed"] for r in receipts} == {seal != "off"}
+    totals = [r["proxy"]["charged_total_nanoton"] for r in receipts]
+    costs = [r["proxy"]["cost_nanoton"] for r in receipts]
+    assert all(c > 0 for c in costs)
+    assert [b - a for a, b in itertools.pairwise(totals)] == costs[1:]
+    assert totals[-1] == billing["charged"] == billing["voucher"]["cumulative_nanoton"]
+    seqnos = [r["proxy"]["voucher_seqno"] for r in receipts]
+    assert seqnos == sorted(seqnos) and seqnos[0] >= 1
+    return canary, in_memory, holding, echoed, receipts
 
 
 def test_a_sealed_canary_is_nowhere_at_the_proxy_and_in_its_memory_when_not_sealed(
         ) -> None:
-    canary, in_memory, holding, echoed = run("on")
+    canary, in_memory, holding, echoed, _ = run("on")
     assert echoed == REQUESTS  # it did go to the worker and back to the app
     assert not in_memory, "the proxy's memory holds the sealed canary"
     assert holding == [], f"{canary} found in {holding}"
     # the control: the same search finds it when the client does not seal
-    _, in_memory, _, echoed = run("off")
+    _, in_memory, _, echoed, _ = run("off")
     assert echoed == REQUESTS
     assert in_memory, "the search cannot find a canary even when the proxy saw it"

@@ -145,13 +145,18 @@ def test_a_batch_signs_one_voucher_per_account_covering_all_its_settlements(
     with Ledger(tmp_path / "l.sqlite") as ledger:
         ledger.deposit("c", 100_000)
         ledger.reserve("r0", "c", "w", 1_000)
+        assert ledger.covering_seqno("c") == 0
         first = ledger.settle("r0", Bill.for_tokens(10, prices), key)  # alone: signed now
         assert first.client_voucher is not None and first.client_voucher.voucher.seqno == 1
+        assert ledger.covering_seqno("c") == 1
         with ledger.batch():
             for i in range(1, 4):
                 ledger.reserve(f"r{i}", "c", "w", 1_000)
                 s = ledger.settle(f"r{i}", Bill.for_tokens(10 * i, prices), key)
                 assert s.client_voucher is None and s.bill.adjusted_tokens == 10 * i
+                # what a receipt names: the voucher this batch will sign (and nothing signed
+                # yet by asking)
+                assert ledger.covering_seqno("c") == 2
             ledger.reserve("r4", "c", "w", 1_000)
             with pytest.raises(ReservationError):
                 ledger.settle("r-none", Bill.for_tokens(5, prices), key)  # undone alone
@@ -162,6 +167,7 @@ def test_a_batch_signs_one_voucher_per_account_covering_all_its_settlements(
         worker_v = ledger.last_voucher("worker_payout", "w")
         assert client_v is not None and worker_v is not None
         assert (client_v.voucher.seqno, client_v.voucher.cumulative_nanoton) == (2, charged)
+        assert ledger.covering_seqno("c") == 2
         assert (worker_v.voucher.seqno, worker_v.voucher.cumulative_nanoton) == (
             2, ledger.earnings("w").earned)
         for rid in ("r1", "r2", "r3"):

@@ -301,3 +301,26 @@ async def test_a_failover_seals_the_request_anew_for_the_next_worker() -> None:
                 assert good.stats.sealed == 1 and good.stats.completed == 1
                 assert net.proxy.stats.failovers == 1
                 assert client.stats.receipts == 1 and client.stats.failed == 0
+
+
+async def test_receipts_hold_across_a_renewed_worker_certificate() -> None:
+    """A worker whose certificate lives 3 s renews it (and its key) under load; it tells
+    the proxy before it signs with the new one, so every answer keeps a checked receipt."""
+    async with running_proxy() as net:
+        port = net.proxy.port
+        worker = WorkerNode(WorkerConfig(proxy=f"127.0.0.1:{port}", http="127.0.0.1:0",
+                                         node_id="w1",
+                                         attestation=AttestationConfig(cert_lifetime_s=3.0)),
+                            FakeEngine(FakeEngineConfig(chunks=4, chunk_bytes=4)),
+                            connector=TcpConnector())
+        async with running(worker), running(client_for(port)) as client:
+            await until(lambda: any(link.offers("fake") for link in client.links))
+            first = worker._identity.generation
+            answers = 0
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 4.0
+            while loop.time() < deadline:
+                assert await streamed(client)
+                answers += 1
+            assert worker._identity.generation > first
+            assert client.stats.receipts == answers and client.stats.failed == 0

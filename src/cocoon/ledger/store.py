@@ -603,6 +603,16 @@ class Ledger:
             return None
         return self._settlement(self._conn, request_id)
 
+    def covering_seqno(self, client: str) -> int:
+        """The seqno of the client's charge voucher that covers every settlement so far: the
+        last signed, or, while some of its settlements wait for the end of this batch to be
+        signed, the one signed then (0: none). Signs nothing."""
+        row = self._conn.execute(
+            "SELECT seqno FROM vouchers WHERE kind = 'client_charge' AND channel = ?",
+            (client,)).fetchone()
+        seqno = 0 if row is None else int(row[0])
+        return seqno + 1 if ("client_charge", client) in self._unsigned else seqno
+
     def last_voucher(self, kind: VoucherKind, channel: str) -> SignedVoucher | None:
         """The last voucher signed on the channel (parsed, not verified)."""
         self._sign_unsigned()

@@ -56,6 +56,19 @@ _BATCH_MAX: Final = 512  # calls in one group commit at most
 _STOP: Final = object()
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class Settled:
+    """What settling one request did: the accounts with a new voucher to send (None: none),
+    the bill charged, the client's cumulative charge after it and the seqno of the voucher
+    that covers it (0: nothing charged)."""
+
+    client: str | None
+    worker: str | None
+    bill: Bill
+    charged_total: int = 0
+    voucher_seqno: int = 0
+
+
 class LedgerThread:
     """One thread that owns the :class:`Ledger` (SQLite connections stay on their thread)
     and runs the calls submitted to it in order, group-committing what queued up together
@@ -307,43 +320,37 @@ class Billing:
                      ) -> tuple[Statement | None, Statement | None]:
         """:meth:`settle_accounts`, then the newest statements of the client and the worker
         it charged (None when nothing was charged, e.g. zero tokens)."""
-        client, worker, _ = await self.settle_accounts(request_id, end, coefficient)
+        settled = await self.settle_accounts(request_id, end, coefficient)
+        client, worker = settled.client, settled.worker
         return (await self.statement(client, "client") if client is not None else None,
                 await self.statement(worker, "worker") if worker is not None else None)
 
     async def settle_accounts(self, request_id: str, end: End | Error | Usage,
-                              coefficient: int | None = None
-                              ) -> tuple[str | None, str | None, Bill]:
+                              coefficient: int | None = None) -> Settled:
         """Charge the usage the worker reported: its End, or the Error that ended a
         cancelled or failed stream with what was generated until then (or, when the worker
         never reported, the proxy's count of what the app received). Returns the client and
         worker accounts that have a new voucher (None when nothing was charged), for the
         caller to send their newest statements when it sends statements (the proxy: a few
-        times a second, however many requests settle meanwhile), and what was charged."""
+        times a second, however many requests settle meanwhile), and what was charged, for
+        the request's receipt."""
         usage = end if isinstance(end, Usage) else end.usage
         bill = price_usage(usage, coefficient or self.config.worker_coefficient, self.prices)
 
-        def settle() -> tuple[str | None, str | None, Bill]:
+        def settle() -> Settled:
             s = self.ledger.settle(request_id, bill, self._key)
             if s.overage:
                 log.warning("request %s used more than reserved: %d nanoTON not charged",
                             request_id, s.overage)
             if not s.bill.adjusted_tokens:  # nothing charged: no new voucher to send
-                return None, None, s.bill
+                return Settled(None, None, s.bill)
+            charged = self.ledger.balance(s.client).charged
             if self.payments is not None:
-                self.payments.note_charged(s.client, self.ledger.balance(s.client).charged)
-            return s.client, s.worker, s.bill
+                self.payments.note_charged(s.client, charged)
+            return Settled(s.client, s.worker, s.bill, charged,
+                           self.ledger.covering_seqno(s.client))
 
         return await self._run(settle)  # type: ignore[no-any-return]
-
-    async def covering_voucher(self, client: str) -> tuple[int, int]:
-        """The client's cumulative charge and the seqno of its newest charge voucher, read
-        once a settlement is durable (its voucher signed): that voucher covers it."""
-        def read() -> tuple[int, int]:
-            v = self.ledger.last_voucher("client_charge", client)
-            return self.ledger.balance(client).charged, v.voucher.seqno if v is not None else 0
-
-        return await self._run(read)  # type: ignore[no-any-return]
 
     def _client_statement(self, client: str) -> Statement | None:
         v = self.ledger.last_voucher("client_charge", client)

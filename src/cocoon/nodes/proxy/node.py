@@ -96,7 +96,7 @@ from cocoon.nodes.common import (
     registry_lists,
     uptime_since,
 )
-from cocoon.nodes.proxy.billing import Billing
+from cocoon.nodes.proxy.billing import Billing, Settled
 from cocoon.nodes.proxy.payments import OUTAGE, ChainHealth, ProxyPayments
 from cocoon.openai import count_events, effective_max_tokens
 from cocoon.routing import (
@@ -953,13 +953,13 @@ class ProxyNode:
                 assert isinstance(ev, End)
                 usage = ev.usage  # the one rule for counts: contradicting ones are refused
                 relay.report = ev
-                figures = None
+                settled = None
                 if self.billing is not None:
                     relay.settled = True  # the ledger settles even if we are cancelled now
-                    figures = await self._settle(self.billing, relay.bill_id, ev, client,
+                    settled = await self._settle(self.billing, relay.bill_id, ev, client,
                                                  worker)
                 client.finish(replace(ev, req_id=rid,
-                                      receipt=self._countersign(relay, ev, figures)))
+                                      receipt=self._countersign(relay, ev, settled)))
                 if first:
                     self._measured(worker, first - started, usage.completion_tokens,
                                    loop.time() - first)
@@ -1017,7 +1017,7 @@ class ProxyNode:
                              f"{relay.req.seal_size} announced")
         return body
 
-    def _countersign(self, relay: _Relay, end: End, figures: Any) -> bytes:
+    def _countersign(self, relay: _Relay, end: End, settled: Settled | None) -> bytes:
         """The worker's receipt part, checked against the certificate it announced, with
         this proxy's countersigned part and both certificates; empty when the worker sent
         none or one that does not hold (the client then says so)."""
@@ -1034,13 +1034,15 @@ class ProxyNode:
                         "countersigned", worker.node_id, exc.rule)
             return b""
         own = self._channels_of.certificate_der()
-        bill, charged, seqno = figures if figures is not None else (None, 0, 0)
+        bill = settled.bill if settled is not None else None
         part = ProxyPart(
             proxy=self.config.node_id, worker_part_sha256=sha256_hex(receipt.worker_bytes()),
             price_per_token=bill.price_per_token if bill else 0,
             coefficient=worker.coefficient, billed_tokens=bill.adjusted_tokens if bill else 0,
-            cost_nanoton=bill.client_cost if bill else 0, charged_total_nanoton=charged,
-            voucher_seqno=seqno, time=int(time.time()), certificate_sha256=sha256_hex(own))
+            cost_nanoton=bill.client_cost if bill else 0,
+            charged_total_nanoton=settled.charged_total if settled else 0,
+            voucher_seqno=settled.voucher_seqno if settled else 0, time=int(time.time()),
+            certificate_sha256=sha256_hex(own))
         return replace(receipt, proxy=part,
                        proxy_signature=sign_part(part, self._channels_of.identity.key),
                        proxy_certificate=own).encode()
@@ -1121,18 +1123,15 @@ class ProxyNode:
             await asyncio.shield(billing.release(relay.bill_id))
 
     async def _settle(self, billing: Billing, bill_id: str, report: End | Error | Usage,
-                      client: Peer, worker: _Worker) -> Any:
+                      client: Peer, worker: _Worker) -> Settled:
         """Charge the worker's reported usage; send each side its new statement. What was
-        charged, for the receipt: (bill, the client's cumulative charge, the seqno of the
-        newest voucher, which covers it)."""
-        client_account, worker_account_, bill = await billing.settle_accounts(
-            bill_id, report, worker.coefficient)
-        if worker_account_ is not None:
-            self._post(worker.peer, worker_account_, "worker")
-        if client_account is not None:
-            self._post(client, client_account, "client")
-            return (bill, *await billing.covering_voucher(client_account))
-        return bill, 0, 0
+        charged comes back, for the receipt."""
+        settled = await billing.settle_accounts(bill_id, report, worker.coefficient)
+        if settled.worker is not None:
+            self._post(worker.peer, settled.worker, "worker")
+        if settled.client is not None:
+            self._post(client, settled.client, "client")
+        return settled
 
     async def _last_word(self, stream: OutgoingStream, reason: str) -> End | Error | None:
         """Tell the worker to stop, and wait at most ``_LAST_WORD_S`` for the End or Error

@@ -266,9 +266,13 @@ class WorkerNode:
             await asyncio.sleep(period)
             identity.refresh_if_needed(utcnow())
             if identity.generation != self._announced_generation:
-                self._announced_generation = identity.generation
-                for link in self.links:
-                    self._tell_capacity(link)
+                self._announce_certificate()
+
+    def _announce_certificate(self) -> None:
+        """Tell every proxy the current certificate (it was renewed)."""
+        self._announced_generation = self._identity.generation
+        for link in self.links:
+            self._tell_capacity(link)
 
     async def _serve_proxies(self) -> None:
         """Keep a connection to every proxy served, following the registry when it lists
@@ -462,8 +466,10 @@ class WorkerNode:
     def _receipt(self, req: Request, out: _Answer, usage: Usage) -> bytes:
         """The worker's signed part of this completion's receipt."""
         identity = self._identity
+        if identity.generation != self._announced_generation:
+            self._announce_certificate()  # renewed by a connection: the proxy learns it first
         key, cert = identity.key, self._channels_of.certificate_der()
-        image = self.attestation.get("image_hash") or ""
+        image = self._channels_of.own.get("image_hash") or ""
         part = WorkerPart(
             worker=self.node_id, request_sha256=sha256_hex(req.body),
             response_sha256=out.transcript.hex(), records=out.count,
