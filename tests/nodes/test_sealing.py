@@ -9,6 +9,7 @@ import asyncio
 import base64
 import json
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,7 @@ from cocoon.nodes.proxy.node import ProxyNode
 from cocoon.nodes.worker.node import WorkerNode
 from cocoon.transport import TcpConnector
 from cocoon.transport.tls_identity import TlsIdentity
-from cocoon.wire import Chunk, End, Message, Route
+from cocoon.wire import Chunk, End, Message, Roster, Route
 
 MESSAGES: Any = [{"role": "user", "content": "hello sealed world"}]
 
@@ -178,16 +179,22 @@ async def test_a_proxy_that_alters_the_answer_is_caught(how: str) -> None:
 
 
 async def test_a_proxy_that_substitutes_the_workers_key_gets_nothing_opened() -> None:
-    """The proxy hands the client a certificate of its own making (another seal key): the
-    real worker cannot open what was sealed to it and refuses, seal_broken."""
+    """The proxy hands the client a certificate of its own making for its worker (another
+    seal key): the real worker cannot unwrap what was wrapped to it and refuses,
+    seal_broken. (With attestation the forged certificate fails the client's policy
+    first; these workers are unattested.)"""
     async def check(s: Setup) -> None:
         forged = TlsIdentity.create(NoneProvider(), "worker", "fake",
                                     seal_key=seal_public_bytes(new_seal_key()))
         der = forged.certificate.public_bytes(serialization.Encoding.DER)
 
         def change(msg: Message) -> Message | None:
+            if type(msg) is Roster:
+                return Roster(tuple(replace(w, certificate=der) for w in msg.workers))
             return Route(msg.req_id, msg.worker, der) if type(msg) is Route else msg
         tamper(s.proxy, change)
+        s.proxy._catalog_dirty = True  # the client gets the forged roster
+        await until(lambda: all(w.certificate == der for w in s.client.roster))
         async with sdk(s.client) as app:
             with pytest.raises(openai.APIStatusError) as caught:
                 await app.chat.completions.create(model="fake", messages=MESSAGES)
@@ -280,8 +287,8 @@ async def test_kept_receipts_verify_offline_and_any_change_is_caught(
 
 async def test_a_failover_seals_the_request_anew_for_the_next_worker() -> None:
     """The first worker dies after it got the sealed request, before answering: the proxy
-    routes it to another, the client seals it to that one's key, and the app sees only the
-    answer."""
+    routes it to another that joined meanwhile, the client wraps its key for that one after
+    a Route, and the app sees only the answer."""
     async with running_proxy() as net:
         port = net.proxy.port
         slow = WorkerNode(WorkerConfig(proxy=f"127.0.0.1:{port}", http="127.0.0.1:0",
@@ -300,6 +307,8 @@ async def test_a_failover_seals_the_request_anew_for_the_next_worker() -> None:
                 assert await asyncio.wait_for(asked, T)
                 assert good.stats.sealed == 1 and good.stats.completed == 1
                 assert net.proxy.stats.failovers == 1
+                # it joined after the request was sealed: its key was asked for (Route)
+                assert net.proxy.stats.seal_routes == 1
                 assert client.stats.receipts == 1 and client.stats.failed == 0
 
 
@@ -324,3 +333,32 @@ async def test_receipts_hold_across_a_renewed_worker_certificate() -> None:
                 answers += 1
             assert worker._identity.generation > first
             assert client.stats.receipts == answers and client.stats.failed == 0
+
+
+async def test_a_request_sealed_to_two_workers_fails_over_without_a_round_trip() -> None:
+    """Both workers are in the client's roster: the request is sealed to both, so when the
+    first dies before answering, the second takes it with no Route."""
+    async with running_proxy() as net:
+        port = net.proxy.port
+
+        def worker(name: str, ttft_ms: float) -> WorkerNode:
+            return WorkerNode(WorkerConfig(proxy=f"127.0.0.1:{port}", http="127.0.0.1:0",
+                                           node_id=name),
+                              FakeEngine(FakeEngineConfig(chunks=4, chunk_bytes=4,
+                                                          ttft_ms=ttft_ms)),
+                              connector=TcpConnector())
+        a, b = worker("w-a", 5000), worker("w-b", 5000)
+        async with running(a), running(b), running(client_for(port)) as client:
+            await until(lambda: len(client.roster) == 2
+                        and all(w.certificate for w in client.roster))
+            asked = asyncio.create_task(streamed(client))
+            await until(lambda: a.stats.sealed + b.stats.sealed == 1)
+            first, other = (a, b) if a.stats.sealed else (b, a)
+            other.engine.config = replace(other.engine.config, ttft_ms=0)  # type: ignore[attr-defined]
+            for link in first.links:
+                assert link.peer is not None
+                link.peer.close("test: the worker dies")
+            assert await asyncio.wait_for(asked, T)
+            assert other.stats.completed == 1 and net.proxy.stats.failovers == 1
+            assert net.proxy.stats.seal_routes == 0 and net.proxy.stats.sealed == 1
+            assert client.stats.receipts == 1

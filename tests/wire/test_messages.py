@@ -51,7 +51,7 @@ short_text = st.text(max_size=100)
 
 catalog_entries = st.builds(CatalogEntry, short_text, u64, u64, u64)
 worker_infos = st.builds(WorkerInfo, short_text, short_text, st.binary(max_size=48),
-                         st.lists(short_text, max_size=4).map(tuple))
+                         st.lists(short_text, max_size=4).map(tuple), st.binary(max_size=64))
 job_reports = st.builds(JobReport, u64, u64, u64, u64, u64)
 
 # one strategy per field annotation the schema knows (annotations are strings: PEP 563)

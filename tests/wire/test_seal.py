@@ -9,56 +9,93 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cocoon.crypto.seal import (
+    MAX_SEAL_KEYS,
     RECORD_HEADER,
+    SEAL_KEYS_OVERHEAD,
     SEAL_OVERHEAD,
+    WRAPPED_SIZE,
     ResponseOpener,
     ResponseSealer,
+    decode_keys,
+    encode_keys,
     new_seal_key,
     open_request,
     record_events,
+    route_info,
+    seal_body,
     seal_public_bytes,
-    seal_request,
     sealed_size,
+    wrap_key,
 )
 from cocoon.errors import ProtocolError, SealBroken
+from cocoon.wire.messages import SEAL_KEYS_MAX
 
 BODY = b'{"model":"m","messages":[{"role":"user","content":"the canary sings"}]}'
-ROUTE: dict[str, Any] = {"endpoint": "chat", "model": "m", "stream": True}
+INFO = route_info("chat", "m", True)
 
 
-def sealed() -> tuple[Any, bytes, bytes]:
-    key = new_seal_key()
-    payload, response_key = seal_request(BODY, seal_public_bytes(key), **ROUTE)
-    return key, payload, response_key
+def sealed_for(n: int = 2) -> tuple[list[Any], bytes, list[bytes], bytes]:
+    """A body sealed for ``n`` workers: their keys, the sealed body, each one's wrapped key,
+    and the response key."""
+    workers = [new_seal_key() for _ in range(n)]
+    body = seal_body(BODY, INFO)
+    wrapped = [wrap_key(body.content_key, seal_public_bytes(w), INFO) for w in workers]
+    return workers, body.data, wrapped, body.response_key
 
 
-def test_a_sealed_request_opens_only_at_its_worker_with_the_same_route() -> None:
-    key, payload, response_key = sealed()
-    assert len(payload) == sealed_size(len(BODY)) == len(BODY) + SEAL_OVERHEAD
-    assert b"canary" not in payload
-    body, got_key = open_request(payload, key, **ROUTE)
-    assert (body, got_key) == (BODY, response_key)
+def test_a_sealed_request_opens_at_each_worker_it_is_sealed_to_and_nowhere_else() -> None:
+    workers, data, wrapped, response_key = sealed_for(2)
+    assert len(data) == sealed_size(len(BODY)) == len(BODY) + SEAL_OVERHEAD
+    assert all(len(w) == WRAPPED_SIZE for w in wrapped)
+    assert b"canary" not in data
+    for worker, key in zip(workers, wrapped, strict=True):
+        assert open_request(data, key, worker, INFO) == (BODY, response_key)
     with pytest.raises(SealBroken, match="did not open"):
-        open_request(payload, new_seal_key(), **ROUTE)
-    for changed in ({"model": "other"}, {"endpoint": "completions"}, {"stream": False}):
+        open_request(data, wrapped[0], workers[1], INFO)  # another worker's key
+    with pytest.raises(SealBroken, match="did not open"):
+        open_request(data, wrapped[0], new_seal_key(), INFO)
+    for other in (route_info("chat", "other", True), route_info("completions", "m", True),
+                  route_info("chat", "m", False)):
         with pytest.raises(SealBroken):
-            open_request(payload, key, **{**ROUTE, **changed})
+            open_request(data, wrapped[0], workers[0], other)
 
 
-def test_every_flipped_byte_of_a_sealed_request_is_refused() -> None:
-    key, payload, _ = sealed()
-    for i in range(0, len(payload), 7):
-        bad = bytearray(payload)
+def test_every_flipped_byte_of_a_sealed_request_or_its_key_is_refused() -> None:
+    workers, data, wrapped, _ = sealed_for(1)
+    for i in range(0, len(data), 7):
+        bad = bytearray(data)
         bad[i] ^= 0x01
         with pytest.raises(SealBroken):
-            open_request(bytes(bad), key, **ROUTE)
+            open_request(bytes(bad), wrapped[0], workers[0], INFO)
+    for i in range(len(wrapped[0])):
+        bad = bytearray(wrapped[0])
+        bad[i] ^= 0x01
+        with pytest.raises(SealBroken):
+            open_request(data, bytes(bad), workers[0], INFO)
     with pytest.raises(SealBroken, match="too short"):
-        open_request(payload[:40], key, **ROUTE)
+        open_request(data[:40], wrapped[0], workers[0], INFO)
 
 
 def test_a_wrong_sized_worker_key_is_refused() -> None:
     with pytest.raises(SealBroken, match="not 32"):
-        seal_request(BODY, b"\x01" * 31, **ROUTE)
+        wrap_key(bytes(32), b"\x01" * 31, INFO)
+
+
+def test_wrapped_keys_travel_by_worker_and_anything_else_is_refused() -> None:
+    keys = {"w1": b"a" * WRAPPED_SIZE, "wörker-2": b"b" * WRAPPED_SIZE}
+    assert decode_keys(encode_keys(keys)) == keys
+    assert decode_keys(b"") == {}
+    full = {f"w{i}": bytes(WRAPPED_SIZE) for i in range(MAX_SEAL_KEYS)}
+    assert decode_keys(encode_keys(full)) == full
+    assert SEAL_KEYS_OVERHEAD == SEAL_KEYS_MAX  # the wire's request limit knows it
+    with pytest.raises(ValueError):
+        encode_keys({**full, "one more": bytes(WRAPPED_SIZE)})
+    data = encode_keys(keys)
+    for bad in (data[:-1], data + b"x", bytes([9]) + data[1:], bytes([3]) + data[1:],
+                encode_keys({"w": bytes(WRAPPED_SIZE)})[:1] + b"\x00\x01\xff"
+                + bytes(WRAPPED_SIZE)):
+        with pytest.raises(ProtocolError):
+            decode_keys(bad)
 
 
 def stream_of(pieces: list[bytes], key: bytes) -> tuple[list[bytes], ResponseSealer]:

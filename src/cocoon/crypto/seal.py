@@ -1,11 +1,15 @@
-"""Sealing a request to one worker, and its answer back to the client (pure).
+"""Sealing a request to the workers that may serve it, and its answer back (pure).
 
-The client seals the OpenAI request body to the worker's X25519 key (from the worker's
-RA-TLS claims, which its evidence binds) with HPKE (RFC 9180, base mode,
-DHKEM(X25519, HKDF-SHA256), HKDF-SHA256, ChaCha20-Poly1305). The sealed plaintext is a fresh
-32-byte *response key* followed by the body; HPKE's ``info`` binds the endpoint, model and
-stream flag the proxy routes on, so a proxy that changes them makes the worker refuse the
-request. Only the client and that worker ever hold the response key.
+The client seals the OpenAI request body once, under a fresh *content key* (ChaCha20-Poly1305,
+nonce zero, the endpoint, model and stream flag the proxy routes on as associated data); the
+sealed plaintext is a fresh 32-byte *response key* followed by the body. It then *wraps* the
+content key to each worker it accepts for the request, with HPKE (RFC 9180, base mode,
+DHKEM(X25519, HKDF-SHA256), HKDF-SHA256, ChaCha20-Poly1305) to the X25519 key in that
+worker's RA-TLS claims, which its evidence binds. The proxy routes the request to one of
+them and forwards the sealed body with that worker's wrapped key only; a worker it picks
+that the client did not know gets its wrapped key after one more round trip. No hop but a
+chosen worker can open the body, and a proxy that changes the endpoint, model or stream
+flag makes it refuse. Only the client and the worker that opened it hold the response key.
 
 The worker answers in *records*, each the AEAD (ChaCha20-Poly1305 under the response key)
 of a piece of the app's answer::
@@ -27,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import os
 import struct
+from dataclasses import dataclass
 from typing import Final
 
 from cryptography.exceptions import InvalidTag
@@ -38,26 +43,40 @@ from cocoon.errors import ProtocolError, SealBroken
 
 __all__ = [
     "KEY_SIZE",
+    "MAX_SEAL_KEYS",
     "RECORD_HEADER",
+    "SEAL_KEYS_OVERHEAD",
     "SEAL_OVERHEAD",
+    "WRAPPED_SIZE",
     "ResponseOpener",
     "ResponseSealer",
+    "SealedBody",
+    "decode_keys",
+    "encode_keys",
     "new_seal_key",
     "open_request",
     "record_events",
+    "route_info",
+    "seal_body",
     "seal_public_bytes",
-    "seal_request",
     "sealed_size",
+    "wrap_key",
 ]
 
 KEY_SIZE: Final = 32
 _SUITE: Final = hpke.Suite(hpke.KEM.X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.CHACHA20_POLY1305)
 _ENC: Final = 32  # X25519 encapsulated key
 _TAG: Final = 16
-SEAL_OVERHEAD: Final = _ENC + _TAG + KEY_SIZE
-"""What sealing adds to a request body: HPKE's encapsulated key and tag, and the response
-key inside."""
-_INFO: Final = b"cocoon-seal-request-v1"
+WRAPPED_SIZE: Final = _ENC + KEY_SIZE + _TAG
+"""A content key wrapped to one worker."""
+SEAL_OVERHEAD: Final = KEY_SIZE + _TAG
+"""What sealing adds to a request body: the response key inside, and the tag."""
+MAX_SEAL_KEYS: Final = 8  # the most workers one request is sealed to
+_MAX_ID: Final = 1024
+SEAL_KEYS_OVERHEAD: Final = 1 + MAX_SEAL_KEYS * (2 + _MAX_ID + WRAPPED_SIZE)
+"""The most bytes :func:`encode_keys` makes."""
+_INFO: Final = b"cocoon-seal-v2"
+_BODY_NONCE: Final = bytes(12)  # each content key seals one body only
 _HEADER: Final = struct.Struct(">IH")
 RECORD_HEADER: Final = _HEADER.size
 _MAX_RECORD: Final = 1 << 30
@@ -75,40 +94,94 @@ def seal_public_bytes(key: x25519.X25519PrivateKey) -> bytes:
 
 
 def sealed_size(body_size: int) -> int:
-    """The size of a sealed body of ``body_size`` bytes (the proxy checks it)."""
+    """The size of a sealed body of ``body_size`` bytes."""
     return body_size + SEAL_OVERHEAD
 
 
-def _info(endpoint: str, model: str, stream: bool) -> bytes:
+def route_info(endpoint: str, model: str, stream: bool) -> bytes:
+    """What a sealed request binds: the endpoint, model and stream flag it is routed by."""
     parts = (endpoint.encode(), model.encode(), b"\x01" if stream else b"\x00")
     return _INFO + b"".join(len(p).to_bytes(4, "big") + p for p in parts)
 
 
-def seal_request(body: bytes, worker_key: bytes, *, endpoint: str, model: str,
-                 stream: bool) -> tuple[bytes, bytes]:
-    """``body`` sealed to the worker whose public seal key is ``worker_key`` (32 raw
-    bytes): the sealed payload, and the response key the worker will answer under."""
+@dataclass(frozen=True, slots=True)
+class SealedBody:
+    """A body sealed for a request: the bytes that travel, the key they open with (to wrap
+    for each worker), and the key the answer comes back under."""
+
+    data: bytes
+    content_key: bytes
+    response_key: bytes
+
+
+def seal_body(body: bytes, info: bytes) -> SealedBody:
+    content_key, response_key = os.urandom(KEY_SIZE), os.urandom(KEY_SIZE)
+    data = ChaCha20Poly1305(content_key).encrypt(_BODY_NONCE, response_key + body, info)
+    return SealedBody(data, content_key, response_key)
+
+
+def wrap_key(content_key: bytes, worker_key: bytes, info: bytes) -> bytes:
+    """The content key wrapped to the worker whose public seal key is ``worker_key`` (32
+    raw bytes): :data:`WRAPPED_SIZE` bytes only that worker can unwrap."""
     if len(worker_key) != KEY_SIZE:
         raise SealBroken(f"the worker's seal key is {len(worker_key)} bytes, not {KEY_SIZE}")
     public = x25519.X25519PublicKey.from_public_bytes(worker_key)
-    response_key = os.urandom(KEY_SIZE)
-    payload = _SUITE.encrypt(response_key + body, public, info=_info(endpoint, model, stream))
-    return payload, response_key
+    return _SUITE.encrypt(content_key, public, info=info)
 
 
-def open_request(payload: bytes, key: x25519.X25519PrivateKey, *, endpoint: str, model: str,
-                 stream: bool) -> tuple[bytes, bytes]:
-    """Open a sealed request: (body, response key). SealBroken when it was not sealed to
-    this key, or it or its endpoint, model or stream flag changed on the way."""
-    if len(payload) < SEAL_OVERHEAD:
+def open_request(data: bytes, wrapped: bytes, key: x25519.X25519PrivateKey,
+                 info: bytes) -> tuple[bytes, bytes]:
+    """At the worker: unwrap its content key and open the body: (body, response key).
+    SealBroken when the key was wrapped to another worker, or the body, its key or its
+    route (endpoint, model, stream flag) changed on the way."""
+    if len(wrapped) != WRAPPED_SIZE or len(data) < SEAL_OVERHEAD:
         raise SealBroken("the sealed request is too short to be one")
     try:
-        plain = _SUITE.decrypt(payload, key, info=_info(endpoint, model, stream))
+        content_key = _SUITE.decrypt(wrapped, key, info=info)
+        plain = ChaCha20Poly1305(content_key).decrypt(_BODY_NONCE, data, info)
     except (InvalidTag, ValueError):
         raise SealBroken("the sealed request did not open: it was sealed to another key, or "
                          "it (or its model, endpoint or stream flag) changed on the way"
                          ) from None
     return plain[KEY_SIZE:], plain[:KEY_SIZE]
+
+
+def encode_keys(keys: dict[str, bytes]) -> bytes:
+    """Wrapped content keys by worker id, as a request carries them."""
+    if len(keys) > MAX_SEAL_KEYS:
+        raise ValueError(f"a request is sealed to at most {MAX_SEAL_KEYS} workers")
+    out = [bytes([len(keys)])]
+    for worker, wrapped in keys.items():
+        wid = worker.encode()
+        if len(wid) > _MAX_ID or len(wrapped) != WRAPPED_SIZE:
+            raise ValueError("a worker id over 1024 bytes, or a wrapped key of a wrong size")
+        out += [len(wid).to_bytes(2, "big"), wid, wrapped]
+    return b"".join(out)
+
+
+def decode_keys(data: bytes) -> dict[str, bytes]:
+    """:func:`encode_keys` read back; ProtocolError for anything else."""
+    if not data:
+        return {}
+    n, pos, out = data[0], 1, {}
+    if n > MAX_SEAL_KEYS:
+        raise ProtocolError(f"a request sealed to {n} workers (at most {MAX_SEAL_KEYS})")
+    for _ in range(n):
+        if pos + 2 > len(data):
+            raise ProtocolError("seal keys end inside an entry")
+        size = int.from_bytes(data[pos:pos + 2], "big")
+        end = pos + 2 + size + WRAPPED_SIZE
+        if size > _MAX_ID or end > len(data):
+            raise ProtocolError("seal keys end inside an entry")
+        try:
+            worker = data[pos + 2:pos + 2 + size].decode()
+        except UnicodeDecodeError:
+            raise ProtocolError("a seal key's worker id is not UTF-8") from None
+        out[worker] = data[pos + 2 + size:end]
+        pos = end
+    if pos != len(data) or len(out) != n:
+        raise ProtocolError("seal keys carry bytes past their entries, or an id twice")
+    return out
 
 
 def _nonce(index: int) -> bytes:

@@ -70,12 +70,15 @@ _U64_MAX: Final = 2**64 - 1
 _MAX_STR: Final = 4096  # names, codes, messages: never anything large
 _MAX_LIST: Final = 4096
 
-REQUEST_OVERHEAD: Final = 62 + 2 * (3 + 4 * _MAX_STR) + 80
+SEAL_KEYS_MAX: Final = 8849
+"""The most bytes of a request's wrapped keys (``cocoon.crypto.seal.SEAL_KEYS_OVERHEAD``:
+eight workers with ids of at most 1024 bytes)."""
+REQUEST_OVERHEAD: Final = 62 + 2 * (3 + 4 * _MAX_STR) + 48 + 5 + SEAL_KEYS_MAX
 """The most bytes a ``Request`` frame holds besides its body: the msgpack array and type,
 seven u64 fields at 9 bytes (one spare), a bool, the body's bin32 header, two strings
 (endpoint, model) of at most ``_MAX_STR`` characters at 4 UTF-8 bytes each, 3-byte headers,
-and what sealing adds to a body (80 bytes: ``cocoon.crypto.seal.SEAL_OVERHEAD``). A
-``Sealed`` frame needs less (one string)."""
+what sealing adds to a body (48 bytes: ``cocoon.crypto.seal.SEAL_OVERHEAD``) and its wrapped
+keys with their bin32 header."""
 MAX_REQUEST_BODY: Final = DEFAULT_MAX_FRAME - REQUEST_OVERHEAD
 """The largest request body that always fits one default-sized frame, sealed or not: the
 one limit the client's HTTP surface enforces (413 above it), so a body it accepts can
@@ -151,6 +154,7 @@ class WorkerInfo:
     tier: str  # attestation tier the proxy verified: unattested, fake-tdx, tdx
     image_hash: bytes  # empty when unattested
     models: tuple[str, ...]
+    certificate: bytes = b""  # as the worker announced it: clients seal requests to it
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,14 +208,15 @@ class Request:
     ``max_coefficient`` (client -> proxy, the optional tail) is the app's price cap: only
     workers whose coefficient is at most this serve it. 0: no cap.
 
-    ``seal_size`` (the optional tail): the request is sealed to its worker. Client -> proxy:
-    ``body`` is empty and the sealed body will be this many bytes; the proxy answers with a
-    :class:`Route` naming the worker, and the client sends the body sealed to it in a
-    :class:`Sealed`. Proxy -> worker: ``body`` is that sealed body (``seal_size`` its
-    length). 0: the body travels in the clear."""
+    ``seal_size`` and ``seal_keys`` (the optional tail): the body is sealed
+    (``cocoon.crypto.seal``; ``seal_size`` is its length) and ``seal_keys`` holds its
+    content key wrapped to each worker that may open it. Client -> proxy: the workers the
+    client accepts for it; the proxy routes it to one of them, or to another after a
+    :class:`Route` the client answers with that one's wrapped key (:class:`Sealed`). Proxy
+    -> worker: that worker's key alone. 0 and empty: the body travels in the clear."""
 
     TYPE: ClassVar[int] = 4
-    OPTIONAL_TAIL: ClassVar[int] = 3
+    OPTIONAL_TAIL: ClassVar[int] = 4
     req_id: int
     endpoint: str
     model: str
@@ -222,14 +227,15 @@ class Request:
     ticket: int = 0
     max_coefficient: int = 0
     seal_size: int = 0
+    seal_keys: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)
 class Route:
-    """Proxy -> client, on a sealed request's stream: ``worker`` was chosen for it, and this
-    is its certificate (DER). The client checks it against its own policy and answers with
-    the body sealed to the key in its claims (:class:`Sealed`); sent again, for another
-    worker, when the request fails over before any byte of an answer."""
+    """Proxy -> client, on a sealed request's stream: ``worker``, whom the request's keys do
+    not name (it joined after the client's roster, say), was chosen for it, and this is its
+    certificate (DER). The client checks it against its own policy and answers with the
+    content key wrapped to the key in its claims (:class:`Sealed`)."""
 
     TYPE: ClassVar[int] = 17
     req_id: int
@@ -239,9 +245,9 @@ class Route:
 
 @dataclass(frozen=True, slots=True)
 class Sealed:
-    """Client -> proxy: the request body sealed to ``worker`` (``cocoon.crypto.seal``),
-    answering a :class:`Route`. The proxy forwards it unread, and drops one sealed to a
-    worker the request no longer goes to."""
+    """Client -> proxy: the request's content key wrapped to ``worker``
+    (``cocoon.crypto.seal``), answering a :class:`Route`. The proxy forwards it with the
+    sealed body, and drops one for a worker the request no longer goes to."""
 
     TYPE: ClassVar[int] = 18
     req_id: int
@@ -477,10 +483,11 @@ def _worker_infos(v: Any) -> tuple[WorkerInfo, ...]:
         raise ProtocolError("expected list of worker infos")
     out = []
     for item in v:
-        if type(item) is not list or len(item) != 4:
-            raise ProtocolError("worker info must be [node_id, tier, image_hash, models]")
+        if type(item) is not list or len(item) != 5:
+            raise ProtocolError("worker info must be [node_id, tier, image_hash, models, "
+                                "certificate]")
         out.append(WorkerInfo(_str(item[0]), _str(item[1]), _bytes(item[2]),
-                              _str_tuple(item[3])))
+                              _str_tuple(item[3]), _bytes(item[4])))
     return tuple(out)
 
 
@@ -526,7 +533,8 @@ def _to_wire(value: Any) -> Any:
         return [value.model, value.workers, value.active, value.capacity, value.price_min,
                 value.price_max]
     if isinstance(value, WorkerInfo):
-        return [value.node_id, value.tier, value.image_hash, list(value.models)]
+        return [value.node_id, value.tier, value.image_hash, list(value.models),
+                value.certificate]
     if isinstance(value, JobReport):
         return [value.ticket, value.prompt_tokens, value.completion_tokens, value.cached_tokens,
                 value.reasoning_tokens]

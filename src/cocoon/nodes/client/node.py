@@ -45,7 +45,7 @@ import functools
 import logging
 import os
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 from aiohttp import web
@@ -54,7 +54,6 @@ from cocoon.attestation.receipt import HEADER as RECEIPT_HEADER
 from cocoon.attestation.receipt import Receipt
 from cocoon.config import ClientConfig
 from cocoon.crypto import load_or_create_ec_key
-from cocoon.crypto.seal import sealed_size
 from cocoon.errors import (
     ConfigError,
     FrameTooLarge,
@@ -346,10 +345,10 @@ class ClientNode:
                     "shortly"))
             tried.add(link)
             left = deadline - time.monotonic()
-            seal = RequestSeal(env, self.config.seal, self._check)
+            seal = RequestSeal(env, self.config.seal, self._check, link.roster)
             try:
                 stream = link.peer.open_stream(functools.partial(
-                    _request_of, env, int(left * 1000), seal.sealed))
+                    _request_of, env, int(left * 1000), seal))
             except FrameTooLarge:  # the proxy announced frames smaller than ours
                 return self._invalid(request, RequestTooLarge(
                     "Request body too large for the proxy's frame limit."))
@@ -638,11 +637,8 @@ class ClientNode:
         return app
 
 
-def _request_of(env: Envelope, timeout_ms: int, sealed: bool, rid: int) -> Any:
-    req = request_for(env, rid, timeout_ms)
-    if sealed:  # the body follows, sealed to the worker the proxy routes it to
-        return replace(req, body=b"", seal_size=sealed_size(len(env.body)))
-    return req
+def _request_of(env: Envelope, timeout_ms: int, seal: RequestSeal, rid: int) -> Any:
+    return seal.request(request_for(env, rid, timeout_ms))
 
 
 @dataclass(slots=True)

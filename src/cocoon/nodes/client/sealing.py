@@ -1,13 +1,16 @@
-"""One request's seal at the client: the worker checked, the body sealed to it, the answer
-opened, the receipt checked (see ``cocoon.crypto.seal`` and ``cocoon.attestation.receipt``).
+"""One request's seal at the client: the workers checked, the body sealed for them, the
+answer opened, the receipt checked (see ``cocoon.crypto.seal`` and
+``cocoon.attestation.receipt``).
 
-With ``client.seal`` on, a request leaves with no body; the proxy names the worker it chose
-in a ``Route`` with that worker's certificate, which is checked here against this client's
-own attestation policy (evidence, tiers, image and model allow-lists) before the body,
-sealed to the key in the certificate's claims, goes out. A failover brings another ``Route``
-and the body is sealed anew. The answer's records are opened in order as they come (a record
-that fails ends the request, none of it delivered); at the ``End`` the worker's receipt must
-name the sealed request and the records received, or the answer was cut or altered.
+With ``client.seal`` on, a request's body is sealed once, and its key wrapped to each worker
+of the proxy's roster that serves the model and whose certificate passes this client's own
+attestation policy (evidence, tiers, image and model allow-lists; at most
+``_CANDIDATES``, drawn at random when more do): the proxy routes it among those, with no
+round trip. Should it pick another (one that joined since the roster), it sends that
+worker's certificate in a ``Route``; it is checked the same way before the key is wrapped to
+it. The answer's records are opened in order as they come (a record that fails ends the
+request, none of it delivered); at the ``End`` the worker's receipt must name the sealed
+request and the records received, or the answer was cut or altered.
 """
 
 from __future__ import annotations
@@ -15,68 +18,114 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import random
 import time
 from collections import OrderedDict
+from dataclasses import replace
 from pathlib import Path
 from typing import Final
 
 from cocoon.attestation.receipt import Receipt, sha256_hex, verify
-from cocoon.crypto.seal import ResponseOpener, seal_request
+from cocoon.crypto.seal import (
+    ResponseOpener,
+    SealedBody,
+    encode_keys,
+    route_info,
+    seal_body,
+    wrap_key,
+)
 from cocoon.errors import AttestationError, SealBroken, UntrustedWorker
 from cocoon.nodes.channels import PeerCheck
 from cocoon.openai import Envelope
 from cocoon.transport import Peer
-from cocoon.wire import End, Route, Sealed
+from cocoon.wire import End, Request, Route, Sealed, WorkerInfo
 
 __all__ = ["ReceiptBook", "RequestSeal"]
 
 log = logging.getLogger(__name__)
 
 _KEPT: Final = 4096  # receipts answered at GET /v1/receipts/{id}
+_CANDIDATES: Final = 4  # the most workers a request is sealed to up front
 
 
 class RequestSeal:
     """The seal of one request (``mode`` on or require), or its clear counterpart (off),
     which still hashes the answer for the receipt."""
 
-    __slots__ = ("_check", "_clear", "_env", "_mode", "_opener", "_request_hash",
-                 "_seal_key", "worker")
+    __slots__ = ("_body", "_check", "_clear", "_env", "_info", "_keys", "_mode", "_opener",
+                 "_request_hash", "_seal_keys")
 
-    def __init__(self, env: Envelope, mode: str, check: PeerCheck) -> None:
+    def __init__(self, env: Envelope, mode: str, check: PeerCheck,
+                 roster: tuple[WorkerInfo, ...] = ()) -> None:
         self._env = env
         self._mode = mode
         self._check = check
-        self._opener: ResponseOpener | None = None
         self._clear = hashlib.sha256()
-        self._request_hash = "" if self.sealed else sha256_hex(env.body)
-        self._seal_key = b""
-        self.worker = ""
+        self._keys: dict[str, bytes] = {}  # worker -> the content key wrapped to it
+        self._seal_keys: set[bytes] = set()  # the workers' keys it was wrapped to
+        self._opener: ResponseOpener | None = None
+        self._info = route_info(env.endpoint, env.model, env.stream)
+        if mode == "off":
+            self._body: SealedBody | None = None
+            self._request_hash = sha256_hex(env.body)
+            return
+        self._body = seal_body(env.body, self._info)
+        self._opener = ResponseOpener(self._body.response_key)
+        self._request_hash = sha256_hex(self._body.data)
+        accepted = [w for w in roster if env.model in w.models and self._accepts(w)]
+        if len(accepted) > _CANDIDATES:
+            accepted = random.sample(accepted, _CANDIDATES)
+        for w in accepted:
+            self._wrap(w.node_id, w.certificate)
 
     @property
     def sealed(self) -> bool:
-        return self._mode != "off"
+        return self._body is not None
 
-    def route(self, route: Route, peer: Peer, req_id: int) -> None:
-        """The proxy chose ``route.worker``: check its certificate, seal the body to it and
-        send it. UntrustedWorker when the certificate fails this client's policy."""
+    def request(self, clear: Request) -> Request:
+        """The wire request: ``clear`` as it is, or with the sealed body and its keys."""
+        if self._body is None:
+            return clear
+        return replace(clear, body=self._body.data, seal_size=len(self._body.data),
+                       seal_keys=encode_keys(self._keys))
+
+    def _accepts(self, worker: WorkerInfo) -> bool:
         try:
-            _, claims, verified = self._check(route.certificate, "worker")
+            self._trusted(worker.node_id, worker.certificate)
+        except UntrustedWorker as exc:
+            log.debug("not sealing to %s: %s", worker.node_id, exc)
+            return False
+        return True
+
+    def _trusted(self, worker: str, certificate: bytes) -> bytes:
+        """The seal key of a worker whose certificate passes this client's policy;
+        UntrustedWorker naming the rule otherwise."""
+        try:
+            _, claims, verified = self._check(certificate, "worker")
         except AttestationError as exc:
-            raise UntrustedWorker(f"the worker {route.worker[:64]!r} the proxy chose fails "
-                                  f"this client's policy: {exc.rule}: {exc}") from None
+            raise UntrustedWorker(f"the worker {worker[:64]!r} fails this client's policy: "
+                                  f"{exc.rule}: {exc}") from None
         if self._mode == "require" and verified.tier == "unattested":
-            raise UntrustedWorker(f"the worker {route.worker[:64]!r} is unattested and "
+            raise UntrustedWorker(f"the worker {worker[:64]!r} is unattested and "
                                   "client.seal is require: its seal key is only its word")
         if len(claims.seal_key) != 32:
-            raise UntrustedWorker(f"the worker {route.worker[:64]!r} offers no seal key")
-        env = self._env
-        payload, response_key = seal_request(env.body, claims.seal_key, endpoint=env.endpoint,
-                                             model=env.model, stream=env.stream)
-        self._opener = ResponseOpener(response_key)
-        self._request_hash = sha256_hex(payload)
-        self._seal_key = claims.seal_key
-        self.worker = route.worker
-        peer.send(Sealed(req_id, route.worker, payload))
+            raise UntrustedWorker(f"the worker {worker[:64]!r} offers no seal key")
+        return claims.seal_key
+
+    def _wrap(self, worker: str, certificate: bytes) -> bytes:
+        assert self._body is not None
+        seal_key = self._trusted(worker, certificate)
+        wrapped = self._keys[worker] = wrap_key(self._body.content_key, seal_key, self._info)
+        self._seal_keys.add(seal_key)
+        return wrapped
+
+    def route(self, route: Route, peer: Peer, req_id: int) -> None:
+        """The proxy chose ``route.worker``, whom the request was not sealed to: check its
+        certificate and send it the content key. UntrustedWorker when it fails this
+        client's policy."""
+        if self._body is None:
+            raise SealBroken("the proxy asked for a key of a request sent in the clear")
+        peer.send(Sealed(req_id, route.worker, self._wrap(route.worker, route.certificate)))
 
     def open(self, data: bytes) -> bytes:
         """The app's bytes in a chunk: opened (SealBroken if a record fails), or as they
@@ -84,8 +133,6 @@ class RequestSeal:
         opener = self._opener
         if opener is not None:
             return opener.open(data)
-        if self.sealed:
-            raise SealBroken("an answer came before the request was sealed to a worker")
         self._clear.update(data)
         return data
 
@@ -120,9 +167,9 @@ class RequestSeal:
             if w.response_sha256 != opener.transcript.hex():
                 raise SealBroken("the records that arrived are not those the worker sent")
             claims = self._check(receipt.worker_certificate, "worker")[1]
-            if claims.seal_key != self._seal_key:
-                raise SealBroken("the receipt is signed by another worker than the one the "
-                                 "request was sealed to")
+            if claims.seal_key not in self._seal_keys:
+                raise SealBroken("the receipt is signed by a worker the request was not "
+                                 "sealed to")
         elif w.response_sha256 != self._clear.hexdigest():
             raise SealBroken("the answer that arrived is not the one the worker sent")
         if (w.prompt_tokens, w.completion_tokens) != (end.prompt_tokens,

@@ -35,11 +35,13 @@ its proxy reports, on reconnecting, the usage of its recent ticketed jobs
 worker reports generating, or released when it reports nothing for them; those no worker
 reports on within ``billing.report_grace_s`` are released.
 
-A sealed request (``Request.seal_size``) is never read here: once a worker is chosen the
-client is sent a ``Route`` with that worker's certificate (as the worker announced it,
-checked against this proxy's policy too), while the reservation is made; the client answers
-with the body sealed to that worker (``Sealed``), which goes on unread. Failing over re-routes
-and asks again. The answer comes back as sealed records (``cocoon.crypto.seal``) whose event
+A sealed request (``Request.seal_size``) is never read here. Its body comes sealed once, with
+its content key wrapped to each worker the client accepts (from the roster: each worker's
+certificate, as it announced it and as this proxy checked it); it is routed among those
+only, and goes on to the chosen one with that worker's wrapped key alone. Only when none of
+them is connected does it go to another worker, whose certificate the client is sent
+(``Route``) while the reservation is made; the client answers with the key wrapped to it
+(``Sealed``). The answer comes back as sealed records (``cocoon.crypto.seal``) whose event
 counts are in the clear, so relaying, counting and billing work as for a clear one. The
 worker's signed receipt part in its ``End`` is checked and countersigned with what the
 request cost (``cocoon.attestation.receipt``) before it goes on to the client.
@@ -69,7 +71,7 @@ from cocoon.chain.connect import NodeChain
 from cocoon.chain.registry import ensure_listed, raw_address, read_registry
 from cocoon.chain.specs import ProxyInfo
 from cocoon.config import ProxyConfig, parse_hostport
-from cocoon.crypto.seal import record_events
+from cocoon.crypto.seal import WRAPPED_SIZE, decode_keys, encode_keys, record_events
 from cocoon.errors import (
     AttestationError,
     BadRequest,
@@ -142,7 +144,7 @@ _BURST = 64  # worker chunks joined into one for the client, at most
 _BURST_BYTES = 1024 * 1024  # ... and at most this many bytes (well under a frame)
 _PENALTY_S = 10.0  # a worker that failed a request is passed over this long
 _MIN_ATTEMPT_S = 1.0  # a request with less time left than this is not tried again
-_SEAL_WAIT_S = 30.0  # how long a routed request waits for the client's sealed body
+_SEAL_WAIT_S = 30.0  # how long a routed request waits for the client's wrapped key
 _RETRY_CODES = frozenset({"engine_error", "upstream_error", "worker_lost"})
 _ROUTES = 3  # a request refused for capacity by this many workers in turn fails (503)
 
@@ -209,7 +211,8 @@ class _Relay:
     retried: bool = False  # failed before the app saw anything; routed again, not billed
     relayed: int = 0  # events (a whole response: pieces) the client was sent
     relayed_bytes: int = 0
-    sealed: asyncio.Future[bytes] | None = None  # the client's body sealed to this worker
+    keys: dict[str, bytes] = field(default_factory=dict)  # sealed: wrapped keys by worker
+    wrapped: asyncio.Future[bytes] | None = None  # a wrapped key asked for with a Route
 
     def relayed_usage(self) -> Usage:
         """What the app received of a request the worker never reported on (it was lost,
@@ -233,6 +236,8 @@ class ProxyStats:
     worker_lost: int = 0
     rerouted: int = 0  # requests a worker refused for capacity, routed again
     failovers: int = 0  # requests a worker failed before their first chunk, routed again
+    sealed: int = 0  # requests that came sealed (bodies this proxy cannot read)
+    seal_routes: int = 0  # sealed requests routed to a worker they were not sealed to
     queued: int = 0  # requests that waited for a slot
     queue_full: int = 0  # refused with 429: the model's queue was full
     queue_timeouts: int = 0  # waited queue_timeout_s without a slot: 503
@@ -253,7 +258,7 @@ class ProxyNode:
         if listener is None:
             listener, self.attestation = self._channels_of.listener, self._channels_of.own
         self._listener = listener
-        self._sealing: dict[tuple[int, int], _Relay] = {}  # relays waiting for a body
+        self._sealing: dict[tuple[int, int], _Relay] = {}  # relays waiting for a key
         self.billing = Billing(config.billing) if config.billing.enabled else None
         if self.billing is not None and self._registry is not None:
             self._registry.on_params = self.billing.adopt_registry_params
@@ -509,10 +514,10 @@ class ProxyNode:
                 return
             if isinstance(msg, Sealed):
                 relay = self._sealing.get((id(peer), msg.req_id))
-                if (relay is not None and relay.sealed is not None
-                        and not relay.sealed.done() and msg.worker == relay.worker.node_id):
-                    relay.sealed.set_result(msg.payload)
-                return  # else sealed to a worker the request no longer goes to: dropped
+                if (relay is not None and relay.wrapped is not None
+                        and not relay.wrapped.done() and msg.worker == relay.worker.node_id):
+                    relay.wrapped.set_result(msg.payload)
+                return  # else for a worker the request no longer goes to: dropped
             if isinstance(msg, Cancel):
                 task = self._relays.get((id(peer), msg.req_id))
                 if task is not None:
@@ -624,15 +629,40 @@ class ProxyNode:
     def _start_relay(self, client: Peer, req: Request) -> None:
         self.stats.requests += 1
         try:
+            keys = self._sealed_to(req)
+            others = self._not_sealed_to(req, keys)
             # Waiting requests go first: a new one only takes a slot nobody waits for.
-            worker = None if self._queue.depth(req.model) else self._take_slot(req)
-        except RequestError as exc:  # no such model
+            worker = None if self._queue.depth(req.model) else self._take_slot(req, others)
+        except RequestError as exc:  # no such model, or a malformed sealed request
             self.stats.rejected += 1
             client.finish(Error.of(req.req_id, exc))
             return
         key = (id(client), req.req_id)
-        self._relays[key] = client.spawn(self._route(client, req, key, worker),
+        self._relays[key] = client.spawn(self._route(client, req, key, worker, keys),
                                          f"relay-{req.req_id}")
+
+    def _sealed_to(self, req: Request) -> dict[str, bytes]:
+        """The wrapped keys of a sealed request, by worker (BadRequest if malformed)."""
+        if not req.seal_size:
+            return {}
+        self.stats.sealed += 1
+        if len(req.body) != req.seal_size:
+            raise BadRequest(f"the sealed body is {len(req.body)} bytes, not the "
+                             f"{req.seal_size} announced")
+        try:
+            return decode_keys(req.seal_keys)
+        except ProtocolError as exc:
+            raise BadRequest(f"the sealed request's keys: {exc}") from None
+
+    def _not_sealed_to(self, req: Request, keys: dict[str, bytes]) -> frozenset[str]:
+        """The connected workers of the request's model it is not sealed to: passed over
+        while one it is sealed to can take it (none, for a request in the clear or one
+        sealed to none, which then takes a Route)."""
+        if not keys:
+            return frozenset()
+        others = frozenset(w.node_id for w in self.workers.values()
+                           if req.model in w.models and w.node_id not in keys)
+        return others if self._serves(req.model, others) else frozenset()
 
     def _take_slot(self, req: Request, exclude: frozenset[str] = frozenset()) -> _Worker | None:
         """Take a slot on the least-loaded worker serving ``model`` (it counts as busy from
@@ -779,7 +809,7 @@ class ProxyNode:
                 self._free_slot(slot.result())  # a slot came as we gave up: pass it on
 
     async def _route(self, client: Peer, req: Request, key: tuple[int, int],
-                     worker: _Worker | None) -> None:
+                     worker: _Worker | None, keys: dict[str, bytes]) -> None:
         """Wait for a slot if the request has none, then relay it. A worker that refuses it
         for capacity, or fails before the app saw anything, gets it no more: it is routed
         again (at most ``_ROUTES`` attempts, while the request's deadline leaves time)."""
@@ -794,12 +824,15 @@ class ProxyNode:
                                          or not self._serves(req.model, tried)):
                     break  # no time left, or nobody left to try
                 if worker is None:
-                    worker = self._take_slot(req, tried)
-                if worker is None:
-                    worker = await self._wait_for_slot(client, req, tried)
+                    # those it is sealed to first, while one of them is connected
+                    others = self._not_sealed_to(req, {k: v for k, v in keys.items()
+                                                       if k not in tried})
+                    worker = self._take_slot(req, tried | others)
+                    if worker is None:
+                        worker = await self._wait_for_slot(client, req, tried | others)
                 ticket = next(self._tickets) if self.billing is not None else 0
                 relay = _Relay(client, req, worker, key, self._bill_id(ticket), ticket,
-                               settled=self.billing is None, deadline=deadline)
+                               settled=self.billing is None, deadline=deadline, keys=keys)
                 relaying = True
                 try:
                     await self._relay(relay)
@@ -858,8 +891,11 @@ class ProxyNode:
         client, rid, stats = relay.client, relay.req.req_id, self.stats
         relay.worker.served += 1
         try:
-            if relay.req.seal_size:  # the client seals while the reservation is made
-                relay.sealed = asyncio.get_running_loop().create_future()
+            if relay.req.seal_size and relay.worker.node_id not in relay.keys:
+                # a worker the client did not seal to: it wraps the key for this one while
+                # the reservation is made
+                self.stats.seal_routes += 1
+                relay.wrapped = asyncio.get_running_loop().create_future()
                 self._sealing[relay.key] = relay
                 client.send(Route(rid, relay.worker.node_id, relay.worker.certificate))
             cap = await self._reserve(relay)
@@ -882,7 +918,7 @@ class ProxyNode:
             log.warning("relay %s failed: %s", rid, exc)
             client.finish(Error.of(rid, as_request_error(exc, where="proxy relay failed")))
         finally:
-            if relay.sealed is not None:
+            if relay.wrapped is not None:
                 self._sealing.pop(relay.key, None)
             self._free_slot(relay.worker)
             await self._settle_or_release(relay)
@@ -913,13 +949,18 @@ class ProxyNode:
         worker's End or Error, a timeout, or the worker's connection is lost."""
         client, req, worker, stats = relay.client, relay.req, relay.worker, self.stats
         rid = req.req_id
-        body = req.body if relay.sealed is None else await self._sealed_body(relay)
+        keys = b""
+        if req.seal_size:  # the sealed body goes with this worker's wrapped key alone
+            wrapped = (relay.keys.get(worker.node_id) if relay.wrapped is None
+                       else await self._wrapped_key(relay))
+            assert wrapped is not None
+            keys = encode_keys({worker.node_id: wrapped})
         timeout = (relay.deadline - asyncio.get_running_loop().time() if relay.deadline
                    else self._timeout_of(req))
         try:
             stream = relay.stream = worker.peer.open_stream(
                 lambda wid: replace(req, req_id=wid, timeout_ms=int(timeout * 950),
-                                    max_tokens=cap, ticket=relay.ticket, body=body))
+                                    max_tokens=cap, ticket=relay.ticket, seal_keys=keys))
         except TransportError:  # gone before it got the request: another may serve it
             worker.measured.failed()
             raise _Retry(WorkerLost(f"worker {worker.node_id} disconnected"),
@@ -999,23 +1040,22 @@ class ProxyNode:
                 client.finish(Error.of(rid, lost))
                 return
 
-    async def _sealed_body(self, relay: _Relay) -> bytes:
-        """The client's body sealed to the relay's worker, once it comes (at most
-        ``_SEAL_WAIT_S``, within the request's deadline)."""
-        assert relay.sealed is not None
+    async def _wrapped_key(self, relay: _Relay) -> bytes:
+        """The content key the client wrapped for the relay's worker after its Route, once
+        it comes (at most ``_SEAL_WAIT_S``, within the request's deadline)."""
+        assert relay.wrapped is not None
         loop = asyncio.get_running_loop()
         wait = _SEAL_WAIT_S if not relay.deadline else max(
             0.0, min(_SEAL_WAIT_S, relay.deadline - loop.time()))
         try:
             async with asyncio.timeout(wait):
-                body = await relay.sealed
+                wrapped = await relay.wrapped
         except TimeoutError:
-            raise RequestTimeout(f"the client sent no sealed request within {wait:.0f}s of "
-                                 "its route") from None
-        if len(body) != relay.req.seal_size:
-            raise BadRequest(f"the sealed request is {len(body)} bytes, not the "
-                             f"{relay.req.seal_size} announced")
-        return body
+            raise RequestTimeout(f"the client sent no key for its route within {wait:.0f}s"
+                                 ) from None
+        if len(wrapped) != WRAPPED_SIZE:
+            raise BadRequest(f"a wrapped key is {WRAPPED_SIZE} bytes, not {len(wrapped)}")
+        return wrapped
 
     def _countersign(self, relay: _Relay, end: End, settled: Settled | None) -> bytes:
         """The worker's receipt part, checked against the certificate it announced, with
@@ -1174,7 +1214,8 @@ class ProxyNode:
     def _roster(self) -> Roster:
         return Roster(tuple(
             WorkerInfo(w.node_id, str(w.attestation.get("tier", "")),
-                       bytes.fromhex(w.attestation.get("image_hash") or ""), w.models)
+                       bytes.fromhex(w.attestation.get("image_hash") or ""), w.models,
+                       w.certificate)
             for w in self.workers.values()
         ))
 
@@ -1203,6 +1244,7 @@ class ProxyNode:
                          "rejected": s.rejected, "cancelled": s.cancelled,
                          "timeouts": s.timeouts, "worker_lost": s.worker_lost,
                          "rerouted": s.rerouted, "failovers": s.failovers,
+                         "sealed": s.sealed, "seal_routes": s.seal_routes,
                          "in_flight": len(self._relays)},
             "registry_listing": self.listing,
             "queue": {"waiting": self._queue.depth(),

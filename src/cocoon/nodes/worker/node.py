@@ -52,15 +52,24 @@ from cocoon.chain.vouchers import (
     write_voucher_file,
 )
 from cocoon.config import WorkerConfig
-from cocoon.crypto.seal import ResponseSealer, new_seal_key, open_request, seal_public_bytes
+from cocoon.crypto.seal import (
+    ResponseSealer,
+    decode_keys,
+    new_seal_key,
+    open_request,
+    route_info,
+    seal_public_bytes,
+)
 from cocoon.engines import Engine, InferenceJob
 from cocoon.errors import (
     BadRequest,
     EngineError,
     NoWorkerAvailable,
     PaymentError,
+    ProtocolError,
     RequestError,
     RequestTimeout,
+    SealBroken,
     TransportError,
     WorkerLost,
 )
@@ -261,7 +270,8 @@ class WorkerNode:
         """Re-issue the certificate before it expires and announce the new one, so clients
         always get one they can check (a connection made meanwhile may have renewed it)."""
         identity = self._identity
-        period = max(1.0, min(60.0, identity.lifetime.total_seconds() / 8))
+        # well inside the last quarter of its life, when it is renewed
+        period = max(0.1, min(60.0, identity.lifetime.total_seconds() / 16))
         while True:
             await asyncio.sleep(period)
             identity.refresh_if_needed(utcnow())
@@ -383,8 +393,7 @@ class WorkerNode:
             raw, out = req.body, _Answer(None)
             if req.seal_size:
                 self.stats.sealed += 1
-                raw, response_key = open_request(raw, self._seal_key, endpoint=req.endpoint,
-                                                 model=req.model, stream=req.stream)
+                raw, response_key = self._open(req)
                 out = _Answer(ResponseSealer(response_key))
             body = parse_request(endpoint, raw)
             if body["model"] != req.model:
@@ -462,6 +471,17 @@ class WorkerNode:
     def _count_error(self, code: str) -> None:
         self.stats.failed += 1
         self.stats.errors[code] = self.stats.errors.get(code, 0) + 1
+
+    def _open(self, req: Request) -> tuple[bytes, bytes]:
+        """A sealed request's body and response key (SealBroken if it does not open here)."""
+        try:
+            wrapped = decode_keys(req.seal_keys).get(self.node_id)
+        except ProtocolError as exc:
+            raise SealBroken(f"the sealed request's keys: {exc}") from None
+        if wrapped is None:
+            raise SealBroken(f"the request is not sealed to this worker ({self.node_id})")
+        return open_request(req.body, wrapped, self._seal_key,
+                            route_info(req.endpoint, req.model, req.stream))
 
     def _receipt(self, req: Request, out: _Answer, usage: Usage) -> bytes:
         """The worker's signed part of this completion's receipt."""
