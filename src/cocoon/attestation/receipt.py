@@ -11,7 +11,7 @@ client checks both, keeps the whole receipt (with both certificates) under its d
 and gives the app the compact one (certificates named by hash only) in the
 ``x-cocoon-receipt`` header.
 
-Each part is canonical JSON (sorted keys, no spaces) signed with ECDSA P-256 / SHA-256 by
+Each part is canonical JSON (sorted keys, no spaces, UTF-8) signed with ECDSA P-256 / SHA-256 by
 the key of the signer's RA-TLS certificate, so :func:`verify` needs nothing but the receipt
 and a way to check certificates (the Intel root, or the local fake authority), offline.
 """
@@ -21,11 +21,11 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any, Final
 
+import orjson
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
@@ -55,7 +55,8 @@ CertCheck = Callable[[bytes, str, int], tuple[x509.Certificate, Claims, Verified
 
 
 def _canonical(obj: dict[str, Any]) -> bytes:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+    """Sorted keys, no spaces, UTF-8: what is signed, byte for byte."""
+    return orjson.dumps(obj, option=orjson.OPT_SORT_KEYS)
 
 
 def _b64(data: bytes) -> str:
@@ -214,8 +215,8 @@ class Receipt:
                 raise ReceiptInvalid("neither receipt JSON nor its base64url",
                                      rule="receipt_format") from None
         try:
-            data = json.loads(text)
-        except ValueError:
+            data = orjson.loads(text)
+        except orjson.JSONDecodeError:
             raise ReceiptInvalid("the receipt is not JSON", rule="receipt_format") from None
         return cls.from_json(data)
 

@@ -96,9 +96,15 @@ class Channels:
     """This node's certificate and key: its TLS identity over RA-TLS; over plain TCP, one
     of kind ``none`` made only to carry its claims (a worker's seal key) and sign receipts."""
     check: PeerCheck
+    _der: tuple[int, bytes] | None = None
 
     def certificate_der(self) -> bytes:
-        return self.identity.certificate.public_bytes(serialization.Encoding.DER)
+        """The current certificate's DER (encoded once per renewal)."""
+        generation = self.identity.generation
+        if self._der is None or self._der[0] != generation:
+            self._der = (generation, self.identity.certificate.public_bytes(
+                serialization.Encoding.DER))
+        return self._der[1]
 
 
 def describe_evidence(verified: VerifiedEvidence | None) -> dict[str, Any]:
