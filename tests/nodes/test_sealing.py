@@ -248,6 +248,9 @@ async def test_kept_receipts_verify_offline_and_any_change_is_caught(
     assert kept.stat().st_mode & 0o777 == 0o600
     lines = kept.read_text().splitlines()
     assert len(lines) == 2
+    # compact lines; each certificate kept once beside them
+    assert all("worker_certificate" not in json.loads(line) for line in lines)
+    assert len(list((kept.parent / "certificates").glob("*.der"))) == 2  # worker, proxy
     assert main(["receipt", "verify", str(kept), "--fake-dir", str(tmp_path)]) == 2
     assert "not a fake TDX authority" in capsys.readouterr().err
     assert main(["receipt", "verify", str(kept), "--json"]) == 0
@@ -262,7 +265,7 @@ async def test_kept_receipts_verify_offline_and_any_change_is_caught(
     def changed(edit: Callable[[dict[str, Any]], None]) -> tuple[int, str]:
         data = json.loads(lines[0])
         edit(data)
-        path = tmp_path / "changed.json"
+        path = kept.parent / "changed.json"  # beside the certificates the client keeps
         path.write_text(json.dumps(data))
         code = main(["receipt", "verify", str(path), "--json"])
         return code, json.loads(capsys.readouterr().out)["rule"]
@@ -274,7 +277,7 @@ async def test_kept_receipts_verify_offline_and_any_change_is_caught(
         d["worker"]["completion_tokens"] += 1
 
     def certificate(d: dict[str, Any]) -> None:
-        d["worker_certificate"] = d["proxy_certificate"]
+        d["worker"]["certificate_sha256"] = d["proxy"]["certificate_sha256"]
 
     def countersigned(d: dict[str, Any]) -> None:
         d["worker_signature"] = json.loads(lines[1])["worker_signature"]
@@ -283,6 +286,11 @@ async def test_kept_receipts_verify_offline_and_any_change_is_caught(
     assert changed(tokens) == (1, "worker_signature")
     assert changed(certificate) == (1, "role")  # a proxy's certificate is no worker's
     assert changed(countersigned)[0] == 1
+    # without the certificates beside it, a compact receipt says what is missing
+    alone = tmp_path / "alone.jsonl"
+    alone.write_text(lines[0])
+    assert main(["receipt", "verify", str(alone)]) == 1
+    assert "receipt_format" in capsys.readouterr().out
 
 
 async def test_a_failover_seals_the_request_anew_for_the_next_worker() -> None:

@@ -22,7 +22,7 @@ import base64
 import binascii
 import hashlib
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Final
 
 import orjson
@@ -35,6 +35,7 @@ from cocoon.attestation.evidence import Claims, VerifiedEvidence
 from cocoon.errors import AttestationError, ReceiptInvalid
 
 __all__ = [
+    "CERTIFICATES",
     "HEADER",
     "ProxyPart",
     "Receipt",
@@ -48,6 +49,9 @@ __all__ = [
 ]
 
 HEADER: Final = "x-cocoon-receipt"
+CERTIFICATES: Final = "certificates"
+"""Where, beside a client's receipt files, the certificates they name are kept
+(``SHA256.der``): the files hold receipts in their compact form."""
 _VERSION: Final = 1
 
 CertCheck = Callable[[bytes, str, int], tuple[x509.Certificate, Claims, VerifiedEvidence]]
@@ -176,6 +180,15 @@ class Receipt:
                 out["proxy_certificate"] = _b64(self.proxy_certificate)
         return out
 
+    def with_certificates(self, find: Callable[[str], bytes | None]) -> Receipt:
+        """The whole receipt of a compact one, its certificates looked up by hash
+        (``find``: SHA-256 hex -> DER, or None); itself when it is whole already."""
+        if self.worker_certificate:
+            return self
+        worker = find(self.worker.certificate_sha256) or b""
+        proxy = (find(self.proxy.certificate_sha256) or b"") if self.proxy else b""
+        return replace(self, worker_certificate=worker, proxy_certificate=proxy)
+
     def encode(self, *, compact: bool = False, receipt_id: str = "") -> bytes:
         """Canonical JSON; ``receipt_id`` (the client's name for it) added as ``id``."""
         out = self.to_json(compact=compact)
@@ -270,7 +283,9 @@ def verify(receipt: Receipt, check: CertCheck) -> VerifiedReceipt:
     together. ReceiptInvalid (or the AttestationError of a certificate) naming the rule."""
     if not receipt.worker_certificate:
         raise ReceiptInvalid("this receipt names its certificates by hash only (the compact "
-                             "form of the header): verify the whole one the client keeps",
+                             "form) and they were not found: verify the whole one "
+                             "(GET /v1/receipts/ID on the client), or keep its receipt "
+                             "file beside the certificates/ directory the client writes",
                              rule="receipt_format")
     w = receipt.worker
     try:

@@ -2,12 +2,15 @@
 check receipts offline (``cocoon.attestation.receipt``) and say who produced each answer and
 what it cost.
 
-FILE is one receipt's JSON (``GET /v1/receipts/{id}`` on the client), a client's daily
-receipt file (``receipts-YYYY-MM-DD.jsonl`` in ``client.receipt_dir``: every line is checked,
-or the one ``--id`` names), or ``-`` for standard input. Each certificate's evidence is
-checked at the time its signature was made: ``tdx`` quotes against the pinned Intel root
-(with ``--collateral``, their TCB status too), ``fake-tdx`` quotes against the local fake
-authority (``--fake-dir``, by default the one ``cocoon up`` made in its data directory).
+FILE is one receipt's JSON (``GET /v1/receipts/{id}`` on the client, or the compact one of
+the ``x-cocoon-receipt`` header), a client's daily receipt file
+(``receipts-YYYY-MM-DD.jsonl`` in ``client.receipt_dir``: every line is checked, or the one
+``--id`` names), or ``-`` for standard input. A compact receipt's certificates are read from
+``certificates/`` beside FILE, where the client keeps them (or ``--certificates DIR``).
+Each certificate's evidence is checked at the time its signature was made: ``tdx`` quotes
+against the pinned Intel root (with ``--collateral``, their TCB status too), ``fake-tdx``
+quotes against the local fake authority (``--fake-dir``, by default the one ``cocoon up``
+made in its data directory).
 Exit 0: every receipt holds; 1: one does not (the rule it broke is printed); 2: the file
 cannot be read.
 """
@@ -26,7 +29,7 @@ from cryptography import x509
 from cocoon.attestation.evidence import Claims, EvidenceVerifier, VerifiedEvidence
 from cocoon.attestation.fake_tdx import FakeTdxAuthority
 from cocoon.attestation.ratls import check_certificate, read_certificate
-from cocoon.attestation.receipt import Receipt, VerifiedReceipt, verify
+from cocoon.attestation.receipt import CERTIFICATES, Receipt, VerifiedReceipt, verify
 from cocoon.attestation.tdx import TdxVerifier, parse_collateral
 from cocoon.commands.up import default_data_dir
 from cocoon.errors import AttestationError, ConfigError, EvidenceInvalid
@@ -49,6 +52,9 @@ def add_receipt_arguments(sub: Any) -> None:
                         "the one in cocoon up's data directory, if there is one)")
     v.add_argument("--collateral", type=Path, default=None,
                    help="Intel collateral (JSON) for the TCB status of tdx evidence")
+    v.add_argument("--certificates", type=Path, default=None, metavar="DIR",
+                   help="where the certificates of compact receipts are (SHA256.der; "
+                        "default: certificates/ beside FILE, as the client keeps them)")
 
 
 def _verifiers(args: argparse.Namespace) -> dict[str, EvidenceVerifier]:
@@ -134,13 +140,30 @@ def _describe(v: VerifiedReceipt, receipt_id: str | None) -> str:
     return "\n".join(lines)
 
 
+def _certificates(args: argparse.Namespace) -> Any:
+    """Where the certificates of compact receipts are: ``--certificates``, or the
+    ``certificates/`` directory beside FILE (as the client keeps them)."""
+    folder = args.certificates or (Path(args.file).parent / CERTIFICATES
+                                   if args.file != "-" else None)
+
+    def find(digest: str) -> bytes | None:
+        if folder is None or not all(c in "0123456789abcdef" for c in digest):
+            return None
+        try:
+            return (folder / f"{digest}.der").read_bytes()
+        except OSError:
+            return None
+    return find
+
+
 def run_receipt(args: argparse.Namespace) -> int:
     check = _checker(_verifiers(args))
+    find = _certificates(args)
     status = 0
     for where, raw in _receipts(args):
         receipt_id = _id_of(raw)
         try:
-            verified = verify(Receipt.decode(raw), check)
+            verified = verify(Receipt.decode(raw).with_certificates(find), check)
         except AttestationError as exc:
             status = 1
             if args.json:

@@ -25,7 +25,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Final
 
-from cocoon.attestation.receipt import Receipt, sha256_hex, verify
+from cocoon.attestation.receipt import CERTIFICATES, Receipt, sha256_hex, verify
 from cocoon.crypto.seal import (
     ResponseOpener,
     SealedBody,
@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 
 _KEPT: Final = 4096  # receipts answered at GET /v1/receipts/{id}
 _CANDIDATES: Final = 4  # the most workers a request is sealed to up front
+_KEPT_CERTIFICATES: Final = 1024
 
 
 class RequestSeal:
@@ -181,31 +182,58 @@ class RequestSeal:
 
 class ReceiptBook:
     """The receipts this client got: the newest in memory (by id), and every one appended
-    to a daily JSON-lines file under ``directory`` (0600) when it is set."""
+    to a daily JSON-lines file under ``directory`` (0600) when it is set, in its compact
+    form; the certificates it names are written once each, as ``certificates/SHA256.der``
+    beside it (where ``cocoon receipt verify`` finds them). A receipt's certificates are
+    shared in memory, not copied per receipt."""
 
     def __init__(self, directory: str) -> None:
         self._dir = Path(directory) if directory else None
-        self._kept: OrderedDict[str, bytes] = OrderedDict()
+        self._kept: OrderedDict[str, Receipt] = OrderedDict()
+        self._certs: OrderedDict[str, bytes] = OrderedDict()  # SHA-256 hex -> DER
         if self._dir is not None:
-            self._dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            (self._dir / CERTIFICATES).mkdir(parents=True, exist_ok=True, mode=0o700)
+
+    def _intern(self, der: bytes) -> bytes:
+        if not der:
+            return der
+        digest = sha256_hex(der)
+        kept = self._certs.get(digest)
+        if kept is not None:
+            self._certs.move_to_end(digest)
+            return kept
+        self._certs[digest] = der
+        while len(self._certs) > _KEPT_CERTIFICATES:
+            self._certs.popitem(last=False)
+        if self._dir is not None:
+            path = self._dir / CERTIFICATES / f"{digest}.der"
+            if not path.exists():
+                self._write(path, der, os.O_CREAT | os.O_WRONLY | os.O_TRUNC)
+        return der
 
     def keep(self, receipt_id: str, receipt: Receipt) -> None:
-        whole = receipt.encode(receipt_id=receipt_id)
-        self._kept[receipt_id] = whole
+        receipt = replace(receipt, worker_certificate=self._intern(receipt.worker_certificate),
+                          proxy_certificate=self._intern(receipt.proxy_certificate))
+        self._kept[receipt_id] = receipt
         while len(self._kept) > _KEPT:
             self._kept.popitem(last=False)
-        if self._dir is None:
-            return
-        path = self._dir / time.strftime("receipts-%Y-%m-%d.jsonl", time.gmtime())
-        line = whole + b"\n"
+        if self._dir is not None:
+            path = self._dir / time.strftime("receipts-%Y-%m-%d.jsonl", time.gmtime())
+            self._write(path, receipt.encode(compact=True, receipt_id=receipt_id) + b"\n",
+                        os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+
+    @staticmethod
+    def _write(path: Path, data: bytes, flags: int) -> None:
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            fd = os.open(path, flags, 0o600)
             try:
-                os.write(fd, line)
+                os.write(fd, data)
             finally:
                 os.close(fd)
         except OSError as exc:
             log.error("could not keep a receipt in %s: %s", path, exc)
 
     def get(self, receipt_id: str) -> bytes | None:
-        return self._kept.get(receipt_id)
+        """The whole receipt (both certificates in it), as JSON."""
+        receipt = self._kept.get(receipt_id)
+        return None if receipt is None else receipt.encode(receipt_id=receipt_id)
