@@ -260,14 +260,16 @@ class VerifiedReceipt:
 
 
 def check_worker_part(receipt: Receipt, cert: x509.Certificate, claims: Claims,
-                      verified: VerifiedEvidence) -> None:
-    """The worker's part against its (checked) certificate: signature, certificate hash,
-    model hash and image hash."""
+                      verified: VerifiedEvidence, *, signature: bool = True) -> None:
+    """The worker's part against its (checked) certificate: certificate hash, model hash,
+    image hash and (unless ``signature`` is False: the proxy, which countersigns what it
+    billed and leaves the worker's signature to the client) signature."""
     w = receipt.worker
     if w.certificate_sha256 != sha256_hex(receipt.worker_certificate):
         raise ReceiptInvalid("the worker's part names another certificate",
                              rule="worker_certificate")
-    check_signature(cert, receipt.worker_signature, w, "worker")
+    if signature:
+        check_signature(cert, receipt.worker_signature, w, "worker")
     if w.model_hash != claims.model_hash.hex():
         raise ReceiptInvalid("the model hash differs from the worker's attested one",
                              rule="model_hash")

@@ -1058,9 +1058,10 @@ class ProxyNode:
         return wrapped
 
     def _countersign(self, relay: _Relay, end: End, settled: Settled | None) -> bytes:
-        """The worker's receipt part, checked against the certificate it announced, with
-        this proxy's countersigned part and both certificates; empty when the worker sent
-        none or one that does not hold (the client then says so)."""
+        """The worker's receipt part, checked against the certificate it announced (its
+        signature is the client's to check), with this proxy's countersigned part and both
+        certificates; empty when the worker sent none or one that names another
+        certificate (the client then says so)."""
         if not end.receipt:
             return b""
         worker = relay.worker
@@ -1068,7 +1069,7 @@ class ProxyNode:
             receipt = Receipt.decode(end.receipt)
             cert, claims, verified = self._channels_of.check(worker.certificate, "worker")
             receipt = replace(receipt, worker_certificate=worker.certificate)
-            check_worker_part(receipt, cert, claims, verified)
+            check_worker_part(receipt, cert, claims, verified, signature=False)
         except AttestationError as exc:
             log.warning("worker %s sent a receipt that does not hold (rule=%s): not "
                         "countersigned", worker.node_id, exc.rule)
