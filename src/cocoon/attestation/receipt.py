@@ -279,10 +279,14 @@ def check_worker_part(receipt: Receipt, cert: x509.Certificate, claims: Claims,
                              rule="image_hash")
 
 
-def verify(receipt: Receipt, check: CertCheck) -> VerifiedReceipt:
+def verify(receipt: Receipt, check: CertCheck, *,
+           proxy_signature: bool = True) -> VerifiedReceipt:
     """Check a whole receipt: each certificate (evidence and all, at the time the receipt
     was signed), each signature under its certificate, and the hashes that tie the parts
-    together. ReceiptInvalid (or the AttestationError of a certificate) naming the rule."""
+    together. ReceiptInvalid (or the AttestationError of a certificate) naming the rule.
+    ``proxy_signature=False`` leaves the proxy's signature unchecked (the client, which
+    got the receipt from that proxy over its attested connection: ``cocoon receipt verify``
+    checks it)."""
     if not receipt.worker_certificate:
         raise ReceiptInvalid("this receipt names its certificates by hash only (the compact "
                              "form) and they were not found: verify the whole one "
@@ -305,7 +309,8 @@ def verify(receipt: Receipt, check: CertCheck) -> VerifiedReceipt:
             pcert, _, pverified = check(receipt.proxy_certificate, "proxy", p.time)
         except AttestationError as exc:
             raise ReceiptInvalid(f"the proxy's certificate: {exc}", rule=exc.rule) from None
-        check_signature(pcert, receipt.proxy_signature, p, "proxy")
+        if proxy_signature:
+            check_signature(pcert, receipt.proxy_signature, p, "proxy")
         if p.worker_part_sha256 != sha256_hex(receipt.worker_bytes()):
             raise ReceiptInvalid("the proxy countersigned another worker part",
                                  rule="countersignature")

@@ -10,6 +10,7 @@ must pass the policy.
 
 from __future__ import annotations
 
+import hashlib
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -96,15 +97,22 @@ class Channels:
     """This node's certificate and key: its TLS identity over RA-TLS; over plain TCP, one
     of kind ``none`` made only to carry its claims (a worker's seal key) and sign receipts."""
     check: PeerCheck
-    _der: tuple[int, bytes] | None = None
+    _der: tuple[int, bytes, str] | None = None
 
     def certificate_der(self) -> bytes:
         """The current certificate's DER (encoded once per renewal)."""
+        return self._current()[1]
+
+    def certificate_sha256(self) -> str:
+        """The SHA-256 (hex) of :meth:`certificate_der` (computed once per renewal)."""
+        return self._current()[2]
+
+    def _current(self) -> tuple[int, bytes, str]:
         generation = self.identity.generation
         if self._der is None or self._der[0] != generation:
-            self._der = (generation, self.identity.certificate.public_bytes(
-                serialization.Encoding.DER))
-        return self._der[1]
+            der = self.identity.certificate.public_bytes(serialization.Encoding.DER)
+            self._der = (generation, der, hashlib.sha256(der).hexdigest())
+        return self._der
 
 
 def describe_evidence(verified: VerifiedEvidence | None) -> dict[str, Any]:

@@ -1083,7 +1083,7 @@ class ProxyNode:
             cost_nanoton=bill.client_cost if bill else 0,
             charged_total_nanoton=settled.charged_total if settled else 0,
             voucher_seqno=settled.voucher_seqno if settled else 0, time=int(time.time()),
-            certificate_sha256=sha256_hex(own))
+            certificate_sha256=self._channels_of.certificate_sha256())
         return replace(receipt, proxy=part,
                        proxy_signature=sign_part(part, self._channels_of.identity.key),
                        proxy_certificate=own).encode()

@@ -488,7 +488,7 @@ class WorkerNode:
         identity = self._identity
         if identity.generation != self._announced_generation:
             self._announce_certificate()  # renewed by a connection: the proxy learns it first
-        key, cert = identity.key, self._channels_of.certificate_der()
+        key = identity.key
         image = self._channels_of.own.get("image_hash") or ""
         part = WorkerPart(
             worker=self.node_id, request_sha256=sha256_hex(req.body),
@@ -497,7 +497,7 @@ class WorkerNode:
             model_hash=self.engine.model_hash.hex(), image_hash=image,
             prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens,
             cached_tokens=usage.cached_tokens, reasoning_tokens=usage.reasoning_tokens,
-            time=int(time.time()), certificate_sha256=sha256_hex(cert))
+            time=int(time.time()), certificate_sha256=self._channels_of.certificate_sha256())
         return Receipt(part, sign_part(part, key)).encode(compact=True)
 
     async def _generate(self, peer: Peer, rid: int, job: InferenceJob,
