@@ -370,3 +370,28 @@ async def test_a_request_sealed_to_two_workers_fails_over_without_a_round_trip()
             assert other.stats.completed == 1 and net.proxy.stats.failovers == 1
             assert net.proxy.stats.seal_routes == 0 and net.proxy.stats.sealed == 1
             assert client.stats.receipts == 1
+
+
+async def test_receipts_leave_out_the_certificates_the_client_already_has() -> None:
+    """The worker's certificate came with the roster, the proxy's with the first receipt:
+    later receipts name both by hash, and the client still keeps them whole."""
+    async def check(s: Setup) -> None:
+        sent: list[Receipt] = []
+
+        def watch(msg: Message) -> Message | None:
+            if type(msg) is End and msg.receipt:
+                sent.append(Receipt.decode(msg.receipt))
+            return msg
+        tamper(s.proxy, watch)
+        for _ in range(3):
+            assert await streamed(s.client)
+        assert len(sent) == 3 and s.client.stats.receipts == 3
+        assert not sent[0].worker_certificate and sent[0].proxy_certificate
+        assert all(not r.worker_certificate and not r.proxy_certificate for r in sent[1:])
+        async with httpx.AsyncClient() as http:
+            for rid in list(s.client.receipts._kept):
+                got = Receipt.decode((await http.get(
+                    f"{s.client.http.url}/v1/receipts/{rid}")).content)
+                assert got.worker_certificate and got.proxy_certificate
+
+    await network_run(check)

@@ -22,7 +22,7 @@ import base64
 import binascii
 import hashlib
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from typing import Any, Final
 
 import orjson
@@ -61,6 +61,11 @@ CertCheck = Callable[[bytes, str, int], tuple[x509.Certificate, Claims, Verified
 def _canonical(obj: dict[str, Any]) -> bytes:
     """Sorted keys, no spaces, UTF-8: what is signed, byte for byte."""
     return orjson.dumps(obj, option=orjson.OPT_SORT_KEYS)
+
+
+def _fields(part: WorkerPart | ProxyPart) -> dict[str, Any]:
+    """A part's fields by name (all plain values: no copying, unlike ``asdict``)."""
+    return {name: getattr(part, name) for name in part.__slots__}
 
 
 def _b64(data: bytes) -> str:
@@ -134,7 +139,7 @@ def _part(cls: type[Any], data: Any, what: str) -> Any:
 
 
 def sign_part(part: WorkerPart | ProxyPart, key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.sign(_canonical(asdict(part)), ec.ECDSA(hashes.SHA256()))
+    return key.sign(_canonical(_fields(part)), ec.ECDSA(hashes.SHA256()))
 
 
 def check_signature(cert: x509.Certificate, signature: bytes, part: WorkerPart | ProxyPart,
@@ -146,7 +151,7 @@ def check_signature(cert: x509.Certificate, signature: bytes, part: WorkerPart |
         raise ReceiptInvalid(f"the {who}'s certificate key is not ECDSA",
                              rule=f"{who}_signature")
     try:
-        pub.verify(signature, _canonical(asdict(part)), ec.ECDSA(hashes.SHA256()))
+        pub.verify(signature, _canonical(_fields(part)), ec.ECDSA(hashes.SHA256()))
     except InvalidSignature:
         raise ReceiptInvalid(f"the {who}'s signature does not verify under its certificate",
                              rule=f"{who}_signature") from None
@@ -166,13 +171,13 @@ class Receipt:
 
     def worker_bytes(self) -> bytes:
         """The worker's part with its signature: what the proxy's part hashes."""
-        return _canonical(asdict(self.worker)) + self.worker_signature
+        return _canonical(_fields(self.worker)) + self.worker_signature
 
     def to_json(self, *, compact: bool = False) -> dict[str, Any]:
-        out: dict[str, Any] = {"cocoon_receipt": _VERSION, "worker": asdict(self.worker),
+        out: dict[str, Any] = {"cocoon_receipt": _VERSION, "worker": _fields(self.worker),
                                "worker_signature": _b64(self.worker_signature)}
         if self.proxy is not None:
-            out["proxy"] = asdict(self.proxy)
+            out["proxy"] = _fields(self.proxy)
             out["proxy_signature"] = _b64(self.proxy_signature)
         if not compact:
             out["worker_certificate"] = _b64(self.worker_certificate)
@@ -181,12 +186,14 @@ class Receipt:
         return out
 
     def with_certificates(self, find: Callable[[str], bytes | None]) -> Receipt:
-        """The whole receipt of a compact one, its certificates looked up by hash
-        (``find``: SHA-256 hex -> DER, or None); itself when it is whole already."""
-        if self.worker_certificate:
+        """The whole receipt of a compact one (or of one that carries only some of its
+        certificates), those it lacks looked up by hash (``find``: SHA-256 hex -> DER, or
+        None); itself when it is whole already."""
+        worker = self.worker_certificate or find(self.worker.certificate_sha256) or b""
+        proxy = self.proxy_certificate or (
+            (find(self.proxy.certificate_sha256) or b"") if self.proxy else b"")
+        if worker is self.worker_certificate and proxy is self.proxy_certificate:
             return self
-        worker = find(self.worker.certificate_sha256) or b""
-        proxy = (find(self.proxy.certificate_sha256) or b"") if self.proxy else b""
         return replace(self, worker_certificate=worker, proxy_certificate=proxy)
 
     def encode(self, *, compact: bool = False, receipt_id: str = "") -> bytes:

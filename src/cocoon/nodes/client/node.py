@@ -262,6 +262,8 @@ class ClientNode:
             self._bind(link)
         elif isinstance(msg, Roster):
             link.roster = msg.workers
+            for w in msg.workers:  # receipts name them by hash
+                self.receipts.learn(w.certificate)
         elif isinstance(msg, Statement):
             if keep_statement(link.account, msg) and link.signer is not None:
                 try:
@@ -302,11 +304,14 @@ class ClientNode:
     async def run(self, stop: asyncio.Event, on_ready: Any = None) -> None:
         await self._read_payees()
         registry = await follow_registry(self.config.chain, self._registry)
-        await serve_until_stopped(
-            self.http, self, on_ready, stop, self._serve_proxies(),
-            self._watchdog.run(), self._app_errors.flush_forever(),
-            self._internal_errors.flush_forever(),
-            *([registry] if registry is not None else []))
+        try:
+            await serve_until_stopped(
+                self.http, self, on_ready, stop, self._serve_proxies(),
+                self._watchdog.run(), self._app_errors.flush_forever(),
+                self._internal_errors.flush_forever(),
+                *([registry] if registry is not None else []))
+        finally:
+            self.receipts.close()
 
     def _pick(self, model: str, tried: set[_ProxyLink]) -> _ProxyLink | None:
         """The connected proxy offering ``model`` with the fewest of our requests in flight
@@ -345,7 +350,8 @@ class ClientNode:
                     "shortly"))
             tried.add(link)
             left = deadline - time.monotonic()
-            seal = RequestSeal(env, self.config.seal, self._check, link.roster)
+            seal = RequestSeal(env, self.config.seal, self._check, link.roster,
+                               self.receipts.find)
             try:
                 stream = link.peer.open_stream(functools.partial(
                     _request_of, env, int(left * 1000), seal))
@@ -445,6 +451,7 @@ class ClientNode:
                     body += seal.open(ev.data)
                     stream.consumed()
                 elif type(ev) is Route:
+                    self.receipts.learn(ev.certificate)  # its receipt names it by hash
                     seal.route(ev, answer.peer, stream.req_id)
                 elif type(ev) is Head:
                     resend = False  # a worker took it: the proxy may charge it
@@ -486,6 +493,7 @@ class ClientNode:
                     stream.consumed(1 + len(more))
                     continue
                 if kind is Route:
+                    self.receipts.learn(ev.certificate)  # type: ignore[union-attr]
                     seal.route(ev, answer.peer, stream.req_id)  # type: ignore[arg-type]
                     continue
                 if kind is Head:

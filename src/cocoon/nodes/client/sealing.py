@@ -21,6 +21,7 @@ import os
 import random
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Final
@@ -46,19 +47,23 @@ log = logging.getLogger(__name__)
 
 _KEPT: Final = 4096  # receipts answered at GET /v1/receipts/{id}
 _CANDIDATES: Final = 4  # the most workers a request is sealed to up front
-_KEPT_CERTIFICATES: Final = 1024
+# certificates known by hash: more than the proxies remember sending (4096 each, up to
+# client.max_proxies of them), so a receipt that leaves one out always finds it here
+_KEPT_CERTIFICATES: Final = 16384
 
 
 class RequestSeal:
     """The seal of one request (``mode`` on or require), or its clear counterpart (off),
     which still hashes the answer for the receipt."""
 
-    __slots__ = ("_body", "_check", "_clear", "_env", "_info", "_keys", "_mode", "_opener",
-                 "_request_hash", "_seal_keys")
+    __slots__ = ("_body", "_check", "_clear", "_env", "_find", "_info", "_keys", "_mode",
+                 "_opener", "_request_hash", "_seal_keys")
 
     def __init__(self, env: Envelope, mode: str, check: PeerCheck,
-                 roster: tuple[WorkerInfo, ...] = ()) -> None:
+                 roster: tuple[WorkerInfo, ...] = (),
+                 find: Callable[[str], bytes | None] = lambda _: None) -> None:
         self._env = env
+        self._find = find  # certificates by SHA-256 hex, for receipts that name them
         self._mode = mode
         self._check = check
         self._clear = hashlib.sha256()
@@ -155,7 +160,7 @@ class RequestSeal:
             if self.sealed:
                 raise SealBroken("the answer ended without the worker's receipt")
             return None
-        receipt = Receipt.decode(end.receipt)
+        receipt = Receipt.decode(end.receipt).with_certificates(self._find)
         # the worker's signature here (it ties the answer to the worker); the proxy's, which
         # came over the proxy's own attested connection, is cocoon receipt verify's to check
         verified = verify(receipt, lambda der, role, _at: self._check(der, role),
@@ -194,8 +199,16 @@ class ReceiptBook:
         self._dir = Path(directory) if directory else None
         self._kept: OrderedDict[str, Receipt] = OrderedDict()
         self._certs: OrderedDict[str, bytes] = OrderedDict()  # SHA-256 hex -> DER
+        self._open: tuple[str, int] | None = None  # today's file: (name, descriptor)
         if self._dir is not None:
             (self._dir / CERTIFICATES).mkdir(parents=True, exist_ok=True, mode=0o700)
+
+    def learn(self, der: bytes) -> None:
+        """Keep a certificate the proxy sent (roster, route): receipts name it by hash."""
+        self._intern(der)
+
+    def find(self, digest: str) -> bytes | None:
+        return self._certs.get(digest)
 
     def _intern(self, der: bytes) -> bytes:
         if not der:
@@ -221,9 +234,26 @@ class ReceiptBook:
         while len(self._kept) > _KEPT:
             self._kept.popitem(last=False)
         if self._dir is not None:
-            path = self._dir / time.strftime("receipts-%Y-%m-%d.jsonl", time.gmtime())
-            self._write(path, receipt.encode(compact=True, receipt_id=receipt_id) + b"\n",
-                        os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+            line = receipt.encode(compact=True, receipt_id=receipt_id) + b"\n"
+            try:
+                os.write(self._day_file(), line)
+            except OSError as exc:
+                log.error("could not keep a receipt in %s: %s", self._dir, exc)
+
+    def _day_file(self) -> int:
+        """The descriptor of today's receipt file (opened once a day, appended to)."""
+        assert self._dir is not None
+        name = time.strftime("receipts-%Y-%m-%d.jsonl", time.gmtime())
+        if self._open is None or self._open[0] != name:
+            self.close()
+            fd = os.open(self._dir / name, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            self._open = (name, fd)
+        return self._open[1]
+
+    def close(self) -> None:
+        if self._open is not None:
+            os.close(self._open[1])
+            self._open = None
 
     @staticmethod
     def _write(path: Path, data: bytes, flags: int) -> None:

@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import itertools
 import logging
 import random
@@ -145,6 +146,7 @@ _BURST_BYTES = 1024 * 1024  # ... and at most this many bytes (well under a fram
 _PENALTY_S = 10.0  # a worker that failed a request is passed over this long
 _MIN_ATTEMPT_S = 1.0  # a request with less time left than this is not tried again
 _SEAL_WAIT_S = 30.0  # how long a routed request waits for the client's wrapped key
+_CLIENT_CERTS = 4096  # certificates remembered as sent, per client
 _RETRY_CODES = frozenset({"engine_error", "upstream_error", "worker_lost"})
 _ROUTES = 3  # a request refused for capacity by this many workers in turn fails (503)
 
@@ -259,6 +261,8 @@ class ProxyNode:
             listener, self.attestation = self._channels_of.listener, self._channels_of.own
         self._listener = listener
         self._sealing: dict[tuple[int, int], _Relay] = {}  # relays waiting for a key
+        # the certificates (SHA-256 hex) each client was sent: a receipt leaves them out
+        self._client_certs: dict[Peer, set[str]] = {}
         self.billing = Billing(config.billing) if config.billing.enabled else None
         if self.billing is not None and self._registry is not None:
             self._registry.on_params = self.billing.adopt_registry_params
@@ -459,11 +463,12 @@ class ProxyNode:
             self._accounts[peer] = client_account(
                 claims.public_key if claims is not None else None, hello.node_id)
             peer.send(self._catalog())
-            peer.send(self._roster())
+            self._send_roster(peer, self._roster())
             try:
                 await peer.run(self)
             finally:
                 self.clients.discard(peer)
+                self._client_certs.pop(peer, None)
                 self._accounts.pop(peer, None)
         else:
             log.warning("peer %s claims unknown role %r; closing", peer.address, hello.role)
@@ -898,6 +903,7 @@ class ProxyNode:
                 relay.wrapped = asyncio.get_running_loop().create_future()
                 self._sealing[relay.key] = relay
                 client.send(Route(rid, relay.worker.node_id, relay.worker.certificate))
+                self._has_certificate(client, relay.worker.certificate)
             cap = await self._reserve(relay)
             if cap is not None:
                 relay.cap = cap
@@ -1075,6 +1081,11 @@ class ProxyNode:
                         "countersigned", worker.node_id, exc.rule)
             return b""
         own = self._channels_of.certificate_der()
+        # the client keeps the certificates it was sent (roster, route, earlier receipts):
+        # a receipt carries only those it has not had
+        worker_der = (b"" if not self._has_certificate(relay.client, worker.certificate)
+                      else worker.certificate)
+        own_der = b"" if not self._has_certificate(relay.client, own) else own
         bill = settled.bill if settled is not None else None
         part = ProxyPart(
             proxy=self.config.node_id, worker_part_sha256=sha256_hex(receipt.worker_bytes()),
@@ -1086,7 +1097,26 @@ class ProxyNode:
             certificate_sha256=self._channels_of.certificate_sha256())
         return replace(receipt, proxy=part,
                        proxy_signature=sign_part(part, self._channels_of.identity.key),
-                       proxy_certificate=own).encode()
+                       worker_certificate=worker_der, proxy_certificate=own_der).encode()
+
+    def _has_certificate(self, client: Peer, der: bytes) -> bool:
+        """Note that ``client`` is being sent certificate ``der``: True the first time
+        (it goes with what is being sent), False when it was sent before."""
+        if not der:
+            return False
+        known = self._client_certs.setdefault(client, set())
+        digest = hashlib.sha256(der).hexdigest()
+        if digest in known:
+            return False
+        if len(known) >= _CLIENT_CERTS:
+            known.clear()  # bounded: what was forgotten is sent again
+        known.add(digest)
+        return True
+
+    def _send_roster(self, client: Peer, roster: Roster) -> None:
+        client.send(roster)
+        for w in roster.workers:
+            self._has_certificate(client, w.certificate)
 
     def _measured(self, worker: _Worker, ttft_s: float, tokens: int, decode_s: float) -> None:
         """A request the worker answered: into its measurements and its models'."""
@@ -1230,7 +1260,7 @@ class ProxyNode:
                 for c in list(self.clients):
                     if not c.closed:
                         c.send(catalog)
-                        c.send(roster)
+                        self._send_roster(c, roster)
 
     # --- health and stats -------------------------------------------------------------
 
