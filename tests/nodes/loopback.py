@@ -10,6 +10,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import openai
+
 from cocoon.config import ProxyConfig
 from cocoon.nodes.proxy.node import ProxyNode
 from cocoon.transport import Peer, TcpListener
@@ -78,3 +80,18 @@ async def running_proxy(**config: Any) -> AsyncIterator[Loopback]:
             t.cancel()
             with contextlib.suppress(BaseException):
                 await t
+
+
+async def ask(url: str, stream: bool) -> str:
+    async with openai.AsyncOpenAI(base_url=url + "/v1", api_key="unused", max_retries=0,
+                                  timeout=T) as app:
+        messages: Any = [{"role": "user", "content": "hi"}]
+        if not stream:
+            r = await app.chat.completions.create(model="fake", messages=messages)
+            return r.choices[0].message.content or ""
+        out = []
+        async for chunk in await app.chat.completions.create(model="fake", messages=messages,
+                                                            stream=True):
+            if chunk.choices:
+                out.append(chunk.choices[0].delta.content or "")
+        return "".join(out)

@@ -7,10 +7,9 @@ through another proxy, and the app sees only the answer."""
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import openai
-from loopback import T, running, running_proxy, until
+from loopback import T, ask, running, running_proxy, until
 
 from cocoon.config import ClientConfig, WorkerConfig
 from cocoon.engines import FakeEngine, FakeEngineConfig
@@ -52,21 +51,6 @@ class DroppingProxy:
     def close(self) -> None:
         if self._server is not None:
             self._server.close()
-
-
-async def ask(url: str, stream: bool) -> str:
-    async with openai.AsyncOpenAI(base_url=url + "/v1", api_key="unused", max_retries=0,
-                                  timeout=T) as app:
-        messages: Any = [{"role": "user", "content": "hi"}]
-        if not stream:
-            r = await app.chat.completions.create(model="fake", messages=messages)
-            return r.choices[0].message.content or ""
-        out = []
-        async for chunk in await app.chat.completions.create(model="fake", messages=messages,
-                                                            stream=True):
-            if chunk.choices:
-                out.append(chunk.choices[0].delta.content or "")
-        return "".join(out)
 
 
 def worker_for(*ports: int) -> WorkerNode:

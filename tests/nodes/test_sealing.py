@@ -17,7 +17,7 @@ import httpx
 import openai
 import pytest
 from cryptography.hazmat.primitives import serialization
-from loopback import T, running, running_proxy, until
+from loopback import T, ask, running, running_proxy, until
 
 from cocoon.attestation.config import AttestationConfig
 from cocoon.attestation.providers import NoneProvider
@@ -54,13 +54,7 @@ def sdk(client: ClientNode) -> openai.AsyncOpenAI:
 
 
 async def streamed(client: ClientNode) -> str:
-    async with sdk(client) as app:
-        out = []
-        async for chunk in await app.chat.completions.create(model="fake", messages=MESSAGES,
-                                                            stream=True):
-            if chunk.choices:
-                out.append(chunk.choices[0].delta.content or "")
-        return "".join(out)
+    return await ask(client.http.url, stream=True)
 
 
 def tamper(proxy: ProxyNode, change: Callable[[Message], Message | None]) -> None:
