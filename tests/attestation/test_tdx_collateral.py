@@ -522,3 +522,15 @@ def test_a_chain_cut_before_its_root_copy_still_verifies_as_the_same_content(
     assert _without_root_copies(c) == _without_root_copies(original)
     res = check_quote(real_quote_b, at=collateral_b_at, roots=intel_roots(), collateral=c)
     assert res.error is None and res.tcb_status == "UpToDate"
+
+
+def test_a_certificate_of_an_unknown_x509_version_is_malformed_collateral(
+        real_collateral_b: bytes) -> None:
+    """Found by the fuzz test in CI: one base64 character changed the PCK CRL issuer's
+    version to 6, which cryptography refuses with an exception of its own (not a
+    ValueError); it is malformed collateral like any other."""
+    blob = bytearray(real_collateral_b)
+    blob[70] = ord("B")
+    with pytest.raises(AttestationError) as caught:
+        parse_collateral(bytes(blob))
+    assert caught.value.rule == "collateral"

@@ -389,3 +389,22 @@ async def test_receipts_leave_out_the_certificates_the_client_already_has() -> N
                 assert got.worker_certificate and got.proxy_certificate
 
     await network_run(check)
+
+
+def test_a_forwarded_certificate_that_does_not_parse_is_refused_with_its_rule() -> None:
+    """A worker's certificate comes from the proxy: one of an unknown X.509 version (or
+    no certificate at all) is refused as cert_format, never an unhandled error."""
+    from cocoon.attestation.config import AttestationConfig as Config
+    from cocoon.errors import EvidenceInvalid
+    from cocoon.nodes.channels import build_channels
+
+    check = build_channels(Config(), role="client").check
+    good = TlsIdentity.create(NoneProvider(), "worker", "fake").certificate.public_bytes(
+        serialization.Encoding.DER)
+    assert check(good, "worker")[1].role == "worker"
+    v6 = good.replace(b"\xa0\x03\x02\x01\x02", b"\xa0\x03\x02\x01\x06", 1)
+    assert v6 != good
+    for bad in (v6, b"", b"not a certificate"):
+        with pytest.raises(EvidenceInvalid) as caught:
+            check(bad, "worker")
+        assert caught.value.rule == "cert_format"

@@ -212,7 +212,7 @@ def _parse_pem_chain(pem: bytes) -> tuple[bytes, ...]:
         raise QuoteFormatError("PCK chain does not start with a PEM certificate")
     try:
         certs = x509.load_pem_x509_certificates(body)
-    except ValueError as e:
+    except (ValueError, x509.InvalidVersion) as e:
         raise QuoteFormatError(f"PCK chain PEM does not parse: {e}") from None
     canonical = b"".join(c.public_bytes(Encoding.PEM) for c in certs)
     if canonical != body:

@@ -81,7 +81,7 @@ def _checker(verifiers: dict[str, EvidenceVerifier]) -> Any:
               ) -> tuple[x509.Certificate, Claims, VerifiedEvidence]:
         try:
             cert = x509.load_der_x509_certificate(der)
-        except ValueError:
+        except (ValueError, x509.InvalidVersion):
             raise EvidenceInvalid("not a DER certificate", rule="cert_format") from None
         verified = check_certificate(cert, verifiers=verifiers,
                                      at=datetime.fromtimestamp(at, UTC), expect_role=role)

@@ -72,7 +72,7 @@ class PeerCheck:
         else:
             try:
                 cert = x509.load_der_x509_certificate(der)
-            except ValueError:
+            except (ValueError, x509.InvalidVersion):
                 raise EvidenceInvalid("not a DER certificate", rule="cert_format") from None
             verified = check_certificate(cert, verifiers=self._verifiers, at=now,
                                          expect_role=None)

@@ -113,7 +113,11 @@ class _Endpoint:
     def _check(self, proto: TlsProtocol) -> dict[str, Any]:
         """Check the peer's certificate; the extra info for the streams. Raises
         AttestationError."""
-        cert = proto.conn.get_peer_certificate(as_cryptography=True)
+        try:
+            cert = proto.conn.get_peer_certificate(as_cryptography=True)
+        except (ValueError, x509.InvalidVersion) as exc:  # OpenSSL took what cryptography won't
+            raise AttestationError(f"the peer's certificate does not parse: {exc}",
+                                   rule="cert_format") from None
         verified: VerifiedEvidence | None = None
         claims: Claims | None = None
         if cert is None:
