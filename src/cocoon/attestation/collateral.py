@@ -406,7 +406,8 @@ def parse_collateral(data: bytes) -> Collateral:
     except AttestationError:
         raise
     except (ValueError, TypeError, KeyError, AttributeError, RecursionError,
-            UnsupportedAlgorithm, Warning, x509.InvalidVersion) as e:
+            UnsupportedAlgorithm, Warning, x509.InvalidVersion, x509.DuplicateExtension,
+            x509.UnsupportedGeneralNameType) as e:
         raise _malformed(str(e) or type(e).__name__) from None
 
 

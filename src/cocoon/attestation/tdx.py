@@ -226,7 +226,7 @@ def _parse_pem_chain(pem: bytes) -> tuple[bytes, ...]:
                      c.tbs_certificate_bytes, c.serial_number)
                 for ext in c.extensions:
                     _ = ext.value
-        except (ValueError, TypeError, Warning, UnsupportedAlgorithm,
+        except (ValueError, TypeError, Warning, UnsupportedAlgorithm, x509.InvalidVersion,
                 x509.DuplicateExtension, x509.UnsupportedGeneralNameType) as e:
             raise QuoteFormatError(f"PCK chain certificate {i} is malformed: {e}") from None
     if len(certs) < 2:
