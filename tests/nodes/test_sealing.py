@@ -13,6 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import h11
 import httpx
 import openai
 import pytest
@@ -115,7 +116,37 @@ async def test_sealed_answers_reach_the_sdk_with_checked_receipts() -> None:
     await network_run(check)
 
 
-async def test_a_stream_carries_its_receipt_as_a_comment_the_sdk_skips() -> None:
+async def raw_stream(url: str) -> tuple[dict[str, str], bytes, dict[str, str]]:
+    """POST a streamed request over a bare socket and read the answer with h11 (an HTTP/1.1
+    parser nobody here wrote): its headers, body and trailer fields."""
+    host, port = url.removeprefix("http://").split(":")
+    body = json.dumps({"model": "fake", "messages": MESSAGES, "stream": True}).encode()
+    conn = h11.Connection(h11.CLIENT)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(conn.send(h11.Request(
+        method="POST", target="/v1/chat/completions",
+        headers=[("Host", host), ("Content-Type", "application/json"),
+                 ("Content-Length", str(len(body)))])) + conn.send(h11.Data(data=body))
+        + conn.send(h11.EndOfMessage()))
+    headers: dict[str, str] = {}
+    data = b""
+    try:
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                conn.receive_data(await asyncio.wait_for(reader.read(65536), T))
+            elif isinstance(event, h11.Response):
+                headers = {k.decode(): v.decode() for k, v in event.headers}
+            elif isinstance(event, h11.Data):
+                data += event.data
+            elif isinstance(event, h11.EndOfMessage):
+                return headers, data, {k.decode(): v.decode() for k, v in event.headers}
+    finally:
+        writer.close()
+
+
+async def test_a_stream_carries_its_receipt_in_a_trailer_and_a_comment_the_sdk_skips(
+        ) -> None:
     async def check(s: Setup) -> None:
         async with httpx.AsyncClient(timeout=T) as http:
             r = await http.post(f"{s.client.http.url}/v1/chat/completions",
@@ -126,6 +157,17 @@ async def test_a_stream_carries_its_receipt_as_a_comment_the_sdk_skips() -> None
         receipt = Receipt.decode(lines[-3].split(" ", 2)[2])
         assert receipt.worker.sealed
         assert r.headers["x-cocoon-receipt-id"]
+        assert r.headers["trailer"] == HEADER
+        # read as HTTP: the receipt is a trailer field, the very one of the comment
+        headers, body, trailers = await raw_stream(s.client.http.url)
+        assert headers["trailer"] == HEADER and headers["transfer-encoding"] == "chunked"
+        assert body.endswith(b"data: [DONE]\n\n")
+        comment = body.split(b"\n\n")[-3].decode().split(" ", 2)[2]
+        assert trailers[HEADER] == comment
+        trailed = Receipt.decode(trailers[HEADER])
+        assert trailed.worker.sealed and trailed.proxy is not None
+        assert trailed.worker.request_sha256 != receipt.worker.request_sha256  # its own
+        assert s.client.stats.receipts == 2 and s.client.stats.seal_failures == 0
 
     await network_run(check)
 

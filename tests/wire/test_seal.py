@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -14,6 +12,8 @@ from cocoon.crypto.seal import (
     SEAL_KEYS_OVERHEAD,
     SEAL_OVERHEAD,
     WRAPPED_SIZE,
+    KeyUnwrapper,
+    KeyWrapper,
     ResponseOpener,
     ResponseSealer,
     decode_keys,
@@ -25,7 +25,6 @@ from cocoon.crypto.seal import (
     seal_body,
     seal_public_bytes,
     sealed_size,
-    wrap_key,
 )
 from cocoon.errors import ProtocolError, SealBroken
 from cocoon.wire.messages import SEAL_KEYS_MAX
@@ -34,13 +33,14 @@ BODY = b'{"model":"m","messages":[{"role":"user","content":"the canary sings"}]}
 INFO = route_info("chat", "m", True)
 
 
-def sealed_for(n: int = 2) -> tuple[list[Any], bytes, list[bytes], bytes]:
-    """A body sealed for ``n`` workers: their keys, the sealed body, each one's wrapped key,
-    and the response key."""
-    workers = [new_seal_key() for _ in range(n)]
+def sealed_for(n: int = 2) -> tuple[list[KeyUnwrapper], bytes, list[bytes], bytes]:
+    """A body sealed for ``n`` workers: their unwrappers, the sealed body, each one's
+    wrapped key, and the response key."""
+    keys = [new_seal_key() for _ in range(n)]
     body = seal_body(BODY, INFO)
-    wrapped = [wrap_key(body.content_key, seal_public_bytes(w), INFO) for w in workers]
-    return workers, body.data, wrapped, body.response_key
+    wrapper = KeyWrapper()
+    wrapped = [wrapper.wrap(body.content_key, seal_public_bytes(k), INFO) for k in keys]
+    return [KeyUnwrapper(k) for k in keys], body.data, wrapped, body.response_key
 
 
 def test_a_sealed_request_opens_at_each_worker_it_is_sealed_to_and_nowhere_else() -> None:
@@ -50,10 +50,10 @@ def test_a_sealed_request_opens_at_each_worker_it_is_sealed_to_and_nowhere_else(
     assert b"canary" not in data
     for worker, key in zip(workers, wrapped, strict=True):
         assert open_request(data, key, worker, INFO) == (BODY, response_key)
-    with pytest.raises(SealBroken, match="did not open"):
+    with pytest.raises(SealBroken, match="did not unwrap"):
         open_request(data, wrapped[0], workers[1], INFO)  # another worker's key
-    with pytest.raises(SealBroken, match="did not open"):
-        open_request(data, wrapped[0], new_seal_key(), INFO)
+    with pytest.raises(SealBroken, match="did not unwrap"):
+        open_request(data, wrapped[0], KeyUnwrapper(new_seal_key()), INFO)
     for other in (route_info("chat", "other", True), route_info("completions", "m", True),
                   route_info("chat", "m", False)):
         with pytest.raises(SealBroken):
@@ -78,7 +78,55 @@ def test_every_flipped_byte_of_a_sealed_request_or_its_key_is_refused() -> None:
 
 def test_a_wrong_sized_worker_key_is_refused() -> None:
     with pytest.raises(SealBroken, match="not 32"):
-        wrap_key(bytes(32), b"\x01" * 31, INFO)
+        KeyWrapper().wrap(bytes(32), b"\x01" * 31, INFO)
+
+
+def test_a_session_key_wraps_many_requests_and_is_renewed_by_count_and_age() -> None:
+    now = [0.0]
+    key = new_seal_key()
+    public = seal_public_bytes(key)
+    wrapper = KeyWrapper(lambda: now[0], uses=3, seconds=60.0)
+    unwrapper = KeyUnwrapper(key)
+
+    def session_of() -> tuple[bytes, bytes]:
+        body = seal_body(BODY, INFO)
+        wrapped = wrapper.wrap(body.content_key, public, INFO)
+        assert open_request(body.data, wrapped, unwrapper, INFO) == (BODY, body.response_key)
+        return wrapped[:80], wrapped[80:]
+
+    first = [session_of() for _ in range(3)]
+    assert len({s for s, _ in first}) == 1  # one HPKE exchange for the three
+    assert len({rest for _, rest in first}) == 3  # each wrap its own nonce and key
+    assert unwrapper.sessions == 1
+    fourth = session_of()[0]  # its uses are spent: a new session
+    assert fourth != first[0][0]
+    now[0] = 59.0
+    assert session_of()[0] == fourth
+    now[0] = 61.0  # too old
+    assert session_of()[0] != fourth
+    assert unwrapper.sessions == 3
+
+
+def test_a_worker_that_forgot_a_session_opens_it_again_from_the_wrapped_key() -> None:
+    key = new_seal_key()
+    wrapper = KeyWrapper()
+    body = seal_body(BODY, INFO)
+    wrapped = wrapper.wrap(body.content_key, seal_public_bytes(key), INFO)
+    for unwrapper in (KeyUnwrapper(key), KeyUnwrapper(key)):  # a fresh one knows none
+        assert open_request(body.data, wrapped, unwrapper, INFO)[0] == BODY
+
+
+def test_a_session_key_cannot_carry_a_content_key_to_another_route_or_worker() -> None:
+    workers, data, wrapped, _ = sealed_for(2)
+    assert open_request(data, wrapped[0], workers[0], INFO)[0] == BODY  # session now open
+    with pytest.raises(SealBroken, match="did not unwrap"):  # an open session, another route
+        open_request(data, wrapped[0], workers[0], route_info("chat", "m", False))
+    # the session of worker 0 spliced onto worker 1's wrap (and the reverse)
+    for a, b in ((0, 1), (1, 0)):
+        spliced = wrapped[a][:80] + wrapped[b][80:]
+        for w in workers:
+            with pytest.raises(SealBroken):
+                open_request(data, spliced, w, INFO)
 
 
 def test_wrapped_keys_travel_by_worker_and_anything_else_is_refused() -> None:

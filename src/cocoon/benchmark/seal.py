@@ -29,6 +29,8 @@ from cocoon.benchmark.procs import DirectProcess
 from cocoon.benchmark.runner import MODES, ModeSpec, aggregate, measure
 from cocoon.commands.up import LocalNetwork, Role
 from cocoon.crypto.seal import (
+    KeyUnwrapper,
+    KeyWrapper,
     ResponseOpener,
     ResponseSealer,
     new_seal_key,
@@ -36,7 +38,6 @@ from cocoon.crypto.seal import (
     route_info,
     seal_body,
     seal_public_bytes,
-    wrap_key,
 )
 from cocoon.errors import LaunchError
 from cocoon.transport.tls_identity import TlsIdentity
@@ -119,7 +120,8 @@ def seal_costs(n: int = 2000) -> dict[str, float]:
     body = b"x" * _BODY
     info = route_info("chat", _MODEL, True)
     sealed = seal_body(body, info)
-    wrapped = wrap_key(sealed.content_key, public, info)
+    wrapper, unwrapper = KeyWrapper(), KeyUnwrapper(worker)
+    wrapped = wrapper.wrap(sealed.content_key, public, info)
     key = sealed.response_key
     record = ResponseSealer(key).seal(b"y" * _RECORD, 9)
     identity = TlsIdentity.create(NoneProvider(), "worker", _MODEL)
@@ -133,9 +135,14 @@ def seal_costs(n: int = 2000) -> dict[str, float]:
     return {
         "seal_body_1kib_us": _median_us(lambda: seal_body(body, info), n),
         "wrap_key_per_worker_us": _median_us(
-            lambda: wrap_key(sealed.content_key, public, info), n),
+            lambda: wrapper.wrap(sealed.content_key, public, info), n),
         "open_request_1kib_us": _median_us(
-            lambda: open_request(sealed.data, wrapped, worker, info), n),
+            lambda: open_request(sealed.data, wrapped, unwrapper, info), n),
+        # what a session's first request costs each end (once per worker per 10 minutes)
+        "new_session_wrap_us": _median_us(
+            lambda: KeyWrapper().wrap(sealed.content_key, public, info), n // 4),
+        "new_session_open_us": _median_us(
+            lambda: open_request(sealed.data, wrapped, KeyUnwrapper(worker), info), n // 4),
         "seal_record_1200b_us": _median_us(
             lambda: ResponseSealer(key).seal(b"y" * _RECORD, 9), n),
         "open_record_1200b_us": _median_us(open_record, n),

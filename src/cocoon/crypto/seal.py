@@ -3,9 +3,20 @@
 The client seals the OpenAI request body once, under a fresh *content key* (ChaCha20-Poly1305,
 nonce zero, the endpoint, model and stream flag the proxy routes on as associated data); the
 sealed plaintext is a fresh 32-byte *response key* followed by the body. It then *wraps* the
-content key to each worker it accepts for the request, with HPKE (RFC 9180, base mode,
-DHKEM(X25519, HKDF-SHA256), HKDF-SHA256, ChaCha20-Poly1305) to the X25519 key in that
-worker's RA-TLS claims, which its evidence binds. The proxy routes the request to one of
+content key to each worker it accepts for the request, under a *session key* it holds with
+that worker::
+
+    wrapped = session (80 bytes) | nonce (12) | ChaCha20-Poly1305(session key, content key)
+
+``session`` is the session key sealed with HPKE (RFC 9180, base mode, DHKEM(X25519,
+HKDF-SHA256), HKDF-SHA256, ChaCha20-Poly1305) to the X25519 key in the worker's RA-TLS
+claims, which its evidence binds. The client makes a session key per worker and uses it for
+at most :data:`SESSION_USES` requests or :data:`SESSION_SECONDS`; the worker opens each
+session once and keeps the newest (:class:`KeyUnwrapper`), and as every wrapped key carries
+its session a worker that forgot it opens it again: no round trip, no state to lose. So a
+request costs one AEAD at each end instead of an X25519 exchange, and a session key only
+ever wraps fresh random content keys (the route, as associated data, binds each wrap to its
+request's endpoint, model and stream flag). The proxy routes the request to one of
 them and forwards the sealed body with that worker's wrapped key only; a worker it picks
 that the client did not know gets its wrapped key after one more round trip. No hop but a
 chosen worker can open the body, and a proxy that changes the endpoint, model or stream
@@ -31,6 +42,9 @@ from __future__ import annotations
 import hashlib
 import os
 import struct
+import time
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
@@ -47,7 +61,11 @@ __all__ = [
     "RECORD_HEADER",
     "SEAL_KEYS_OVERHEAD",
     "SEAL_OVERHEAD",
+    "SESSION_SECONDS",
+    "SESSION_USES",
     "WRAPPED_SIZE",
+    "KeyUnwrapper",
+    "KeyWrapper",
     "ResponseOpener",
     "ResponseSealer",
     "SealedBody",
@@ -60,22 +78,29 @@ __all__ = [
     "seal_body",
     "seal_public_bytes",
     "sealed_size",
-    "wrap_key",
 ]
 
 KEY_SIZE: Final = 32
 _SUITE: Final = hpke.Suite(hpke.KEM.X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.CHACHA20_POLY1305)
 _ENC: Final = 32  # X25519 encapsulated key
 _TAG: Final = 16
-WRAPPED_SIZE: Final = _ENC + KEY_SIZE + _TAG
-"""A content key wrapped to one worker."""
+_SESSION: Final = _ENC + KEY_SIZE + _TAG  # a session key sealed to a worker with HPKE
+_NONCE: Final = 12
+WRAPPED_SIZE: Final = _SESSION + _NONCE + KEY_SIZE + _TAG
+"""A content key wrapped to one worker (its session included)."""
+SESSION_USES: Final = 1 << 20
+"""The most content keys one session key wraps (its random nonces stay far from colliding)."""
+SESSION_SECONDS: Final = 600.0
+"""How long a client uses one session key with a worker."""
+_SESSIONS: Final = 4096  # sessions a worker keeps open, and workers a client keeps one with
 SEAL_OVERHEAD: Final = KEY_SIZE + _TAG
 """What sealing adds to a request body: the response key inside, and the tag."""
 MAX_SEAL_KEYS: Final = 8  # the most workers one request is sealed to
 _MAX_ID: Final = 1024
 SEAL_KEYS_OVERHEAD: Final = 1 + MAX_SEAL_KEYS * (2 + _MAX_ID + WRAPPED_SIZE)
 """The most bytes :func:`encode_keys` makes."""
-_INFO: Final = b"cocoon-seal-v2"
+_INFO: Final = b"cocoon-seal-v3"
+_SESSION_INFO: Final = b"cocoon-seal-session-v3"
 _BODY_NONCE: Final = bytes(12)  # each content key seals one body only
 _HEADER: Final = struct.Struct(">IH")
 RECORD_HEADER: Final = _HEADER.size
@@ -120,29 +145,111 @@ def seal_body(body: bytes, info: bytes) -> SealedBody:
     return SealedBody(data, content_key, response_key)
 
 
-def wrap_key(content_key: bytes, worker_key: bytes, info: bytes) -> bytes:
-    """The content key wrapped to the worker whose public seal key is ``worker_key`` (32
-    raw bytes): :data:`WRAPPED_SIZE` bytes only that worker can unwrap."""
-    if len(worker_key) != KEY_SIZE:
-        raise SealBroken(f"the worker's seal key is {len(worker_key)} bytes, not {KEY_SIZE}")
-    public = x25519.X25519PublicKey.from_public_bytes(worker_key)
-    return _SUITE.encrypt(content_key, public, info=info)
+class _Session:
+    __slots__ = ("aead", "expires", "left", "sealed")
+
+    def __init__(self, sealed: bytes, aead: ChaCha20Poly1305, left: int,
+                 expires: float) -> None:
+        self.sealed, self.aead, self.left, self.expires = sealed, aead, left, expires
 
 
-def open_request(data: bytes, wrapped: bytes, key: x25519.X25519PrivateKey,
+class KeyWrapper:
+    """The client's side: wraps content keys to workers, each under the session key it
+    holds with that worker (made on first use, renewed after :data:`SESSION_USES` wraps or
+    :data:`SESSION_SECONDS`; the sessions of the :data:`_SESSIONS` workers used last are
+    kept). ``clock``, ``uses`` and ``seconds`` are for tests."""
+
+    __slots__ = ("_clock", "_seconds", "_sessions", "_uses")
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic, *,
+                 uses: int = SESSION_USES, seconds: float = SESSION_SECONDS) -> None:
+        self._clock, self._uses, self._seconds = clock, uses, seconds
+        self._sessions: OrderedDict[bytes, _Session] = OrderedDict()  # by worker key
+
+    def wrap(self, content_key: bytes, worker_key: bytes, info: bytes) -> bytes:
+        """``content_key`` wrapped to the worker whose public seal key is ``worker_key``
+        (32 raw bytes): :data:`WRAPPED_SIZE` bytes only that worker can unwrap, bound to
+        ``info`` (the request's route)."""
+        now = self._clock()
+        session = self._sessions.get(worker_key)
+        if session is None or session.left <= 0 or session.expires <= now:
+            session = self._new_session(worker_key, now)
+        else:
+            self._sessions.move_to_end(worker_key)
+        session.left -= 1
+        nonce = os.urandom(_NONCE)
+        return b"".join((session.sealed, nonce, session.aead.encrypt(nonce, content_key, info)))
+
+    def _new_session(self, worker_key: bytes, now: float) -> _Session:
+        if len(worker_key) != KEY_SIZE:
+            raise SealBroken(f"the worker's seal key is {len(worker_key)} bytes, not {KEY_SIZE}")
+        try:
+            public = x25519.X25519PublicKey.from_public_bytes(worker_key)
+        except ValueError:
+            raise SealBroken("the worker's seal key is not an X25519 key") from None
+        session_key = os.urandom(KEY_SIZE)
+        sealed = _SUITE.encrypt(session_key, public, info=_SESSION_INFO)
+        session = self._sessions[worker_key] = _Session(
+            sealed, ChaCha20Poly1305(session_key), self._uses, now + self._seconds)
+        if len(self._sessions) > _SESSIONS:
+            self._sessions.popitem(last=False)
+        return session
+
+    def forget(self) -> None:
+        """Start over: the next wrap to each worker makes a new session."""
+        self._sessions.clear()
+
+
+class KeyUnwrapper:
+    """The worker's side: unwraps content keys wrapped to its seal key, opening each
+    session once (the newest :data:`_SESSIONS` stay open)."""
+
+    __slots__ = ("_key", "_sessions")
+
+    def __init__(self, key: x25519.X25519PrivateKey) -> None:
+        self._key = key
+        self._sessions: OrderedDict[bytes, ChaCha20Poly1305] = OrderedDict()
+
+    def unwrap(self, wrapped: bytes, info: bytes) -> bytes:
+        """The content key in ``wrapped``; SealBroken when it was wrapped to another
+        worker, for another route, or changed on the way."""
+        if len(wrapped) != WRAPPED_SIZE:
+            raise SealBroken("the wrapped key is too short to be one")
+        session = wrapped[:_SESSION]
+        aead = self._sessions.get(session)
+        try:
+            if aead is None:
+                aead = ChaCha20Poly1305(_SUITE.decrypt(session, self._key, info=_SESSION_INFO))
+                self._sessions[session] = aead
+                if len(self._sessions) > _SESSIONS:
+                    self._sessions.popitem(last=False)
+            else:
+                self._sessions.move_to_end(session)
+            return aead.decrypt(wrapped[_SESSION:_SESSION + _NONCE],
+                                wrapped[_SESSION + _NONCE:], info)
+        except (InvalidTag, ValueError):
+            raise SealBroken("the request's key did not unwrap: it was wrapped to another "
+                             "worker, or it (or its model, endpoint or stream flag) changed "
+                             "on the way") from None
+
+    @property
+    def sessions(self) -> int:
+        return len(self._sessions)
+
+
+def open_request(data: bytes, wrapped: bytes, unwrapper: KeyUnwrapper,
                  info: bytes) -> tuple[bytes, bytes]:
     """At the worker: unwrap its content key and open the body: (body, response key).
     SealBroken when the key was wrapped to another worker, or the body, its key or its
     route (endpoint, model, stream flag) changed on the way."""
     if len(wrapped) != WRAPPED_SIZE or len(data) < SEAL_OVERHEAD:
         raise SealBroken("the sealed request is too short to be one")
+    content_key = unwrapper.unwrap(wrapped, info)
     try:
-        content_key = _SUITE.decrypt(wrapped, key, info=info)
         plain = ChaCha20Poly1305(content_key).decrypt(_BODY_NONCE, data, info)
-    except (InvalidTag, ValueError):
-        raise SealBroken("the sealed request did not open: it was sealed to another key, or "
-                         "it (or its model, endpoint or stream flag) changed on the way"
-                         ) from None
+    except InvalidTag:
+        raise SealBroken("the sealed request did not open: it (or its model, endpoint or "
+                         "stream flag) changed on the way") from None
     return plain[KEY_SIZE:], plain[:KEY_SIZE]
 
 

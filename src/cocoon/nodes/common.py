@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import random
+import re
 import signal
 import tempfile
 import time
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from aiohttp import web
+from aiohttp.http_writer import StreamWriter
 
 from cocoon.chain.connect import open_chain
 from cocoon.chain.registry import RegistryAllowLists
@@ -56,6 +58,7 @@ __all__ = [
     "committed_sse",
     "dial_forever",
     "end_sse",
+    "end_sse_with_trailers",
     "error_response",
     "follow_registry",
     "json_response",
@@ -239,9 +242,35 @@ def committed_sse(request: web.Request) -> web.StreamResponse | None:
 async def end_sse(response: web.StreamResponse, err: RequestError | None = None
                   ) -> web.StreamResponse:
     """End an event stream: ``data: [DONE]``, or, after a failure once the stream is
-    committed, one ``error`` event in OpenAI's shape (as OpenAI does)."""
-    await response.write(DONE_EVENT if err is None else encode_event(dumps(err.to_openai())))
-    await response.write_eof()
+    committed, one ``error`` event in OpenAI's shape (as OpenAI does); one write."""
+    await response.write_eof(DONE_EVENT if err is None
+                             else encode_event(dumps(err.to_openai())))
+    return response
+
+
+_FIELD_VALUE: Final = re.compile(r"[\x21-\x7e]+")
+
+
+async def end_sse_with_trailers(request: web.Request, response: web.StreamResponse,
+                                before: bytes, trailers: dict[str, str]
+                                ) -> web.StreamResponse:
+    """End an event stream as :func:`end_sse` does, after ``before``, with HTTP trailer
+    fields (RFC 9112 7.1.2: header fields sent after the body of a chunked response, which
+    clients that do not read them skip), all in one write. An HTTP/1.0 response, which is
+    not chunked, ends without them."""
+    writer = await response.prepare(request)  # already started: its writer
+    tail = before + DONE_EVENT
+    if not isinstance(writer, StreamWriter) or not writer.chunked:
+        await response.write_eof(tail)
+        return response
+    for name, value in trailers.items():
+        if not _FIELD_VALUE.fullmatch(name) or not _FIELD_VALUE.fullmatch(value):
+            raise ValueError(f"not a trailer field: {name!r}")
+    fields = "".join(f"{name}: {value}\r\n" for name, value in trailers.items()).encode()
+    # aiohttp frames no trailer fields: this last chunk and the end of the body are framed
+    # here, and the writer told to send them as they are.
+    writer.chunked = False
+    await response.write_eof(b"%x\r\n%b\r\n0\r\n%b\r\n" % (len(tail), tail, fields))
     return response
 
 

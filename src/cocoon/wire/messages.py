@@ -61,16 +61,17 @@ __all__ = [
     "encode",
 ]
 
-PROTOCOL_VERSION: Final = 3
+PROTOCOL_VERSION: Final = 4
 """2: a stream's ``Chunk`` carries whole server-sent events, not one bare JSON object.
 3: sealed requests (``Request.seal_size``, ``Route``, ``Sealed``), workers' certificates in
-``Announce``, receipts in ``End``."""
+``Announce``, receipts in ``End``. 4: content keys wrapped under per-worker session keys
+(140 bytes each)."""
 
 _U64_MAX: Final = 2**64 - 1
 _MAX_STR: Final = 4096  # names, codes, messages: never anything large
 _MAX_LIST: Final = 4096
 
-SEAL_KEYS_MAX: Final = 8849
+SEAL_KEYS_MAX: Final = 9329
 """The most bytes of a request's wrapped keys (``cocoon.crypto.seal.SEAL_KEYS_OVERHEAD``:
 eight workers with ids of at most 1024 bytes)."""
 REQUEST_OVERHEAD: Final = 62 + 2 * (3 + 4 * _MAX_STR) + 48 + 5 + SEAL_KEYS_MAX

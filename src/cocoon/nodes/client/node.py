@@ -54,6 +54,7 @@ from cocoon.attestation.receipt import HEADER as RECEIPT_HEADER
 from cocoon.attestation.receipt import Receipt
 from cocoon.config import ClientConfig
 from cocoon.crypto import load_or_create_ec_key
+from cocoon.crypto.seal import KeyWrapper
 from cocoon.errors import (
     ConfigError,
     FrameTooLarge,
@@ -78,6 +79,7 @@ from cocoon.nodes.common import (
     add_health_routes,
     committed_sse,
     end_sse,
+    end_sse_with_trailers,
     error_response,
     follow_registry,
     json_response,
@@ -168,6 +170,7 @@ class ClientNode:
             connector = own.connector
         self._connector = connector
         self._check = own.check  # workers' certificates, as the connections' peers
+        self._wrapper = KeyWrapper()  # session keys with the workers requests are sealed to
         self.receipts = ReceiptBook(config.receipt_dir)
         # channel -> its signer; with several, channel -> its payee's key (read at start)
         self._signers: dict[str, ChargeSigner] = {}
@@ -350,8 +353,8 @@ class ClientNode:
                     "shortly"))
             tried.add(link)
             left = deadline - time.monotonic()
-            seal = RequestSeal(env, self.config.seal, self._check, link.roster,
-                               self.receipts.find)
+            seal = RequestSeal(env, self.config.seal, self._check, self._wrapper,
+                               link.roster, self.receipts.find)
             try:
                 stream = link.peer.open_stream(functools.partial(
                     _request_of, env, int(left * 1000), seal))
@@ -473,7 +476,7 @@ class ClientNode:
                       resend: bool) -> web.StreamResponse:
         stream, seal = answer.stream, answer.seal
         response: web.StreamResponse | None = None
-        headers = {RECEIPT_ID: answer.receipt_id}
+        headers = {RECEIPT_ID: answer.receipt_id, "Trailer": RECEIPT_HEADER}
         while True:
             ev = await stream.next()
             kind = type(ev)
@@ -504,11 +507,15 @@ class ClientNode:
                     self._count(ev)  # type: ignore[arg-type]
                     if response is None:
                         response = await open_sse(request, headers)
-                    if receipt is not None:  # an SSE comment: clients skip it
-                        await response.write(b": " + RECEIPT_HEADER.encode() + b" "
-                                             + receipt.header_value(
-                                                 answer.receipt_id).encode() + b"\n\n")
-                    return await end_sse(response)
+                    if receipt is None:
+                        return await end_sse(response)
+                    # the receipt as the trailer its header announced, and as an SSE comment
+                    # (clients skip it) for those that do not read trailers
+                    value = receipt.header_value(answer.receipt_id)
+                    return await end_sse_with_trailers(
+                        request, response,
+                        b": %s %s\n\n" % (RECEIPT_HEADER.encode(), value.encode()),
+                        {RECEIPT_HEADER: value})
                 err = self._failure(ev)  # type: ignore[arg-type]
             except (SealBroken, UntrustedWorker) as exc:
                 err = self._failure(exc)

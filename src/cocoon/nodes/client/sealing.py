@@ -28,12 +28,12 @@ from typing import Final
 
 from cocoon.attestation.receipt import CERTIFICATES, Receipt, sha256_hex, verify
 from cocoon.crypto.seal import (
+    KeyWrapper,
     ResponseOpener,
     SealedBody,
     encode_keys,
     route_info,
     seal_body,
-    wrap_key,
 )
 from cocoon.errors import AttestationError, SealBroken, UntrustedWorker
 from cocoon.nodes.channels import PeerCheck
@@ -57,12 +57,13 @@ class RequestSeal:
     which still hashes the answer for the receipt."""
 
     __slots__ = ("_body", "_check", "_clear", "_env", "_find", "_info", "_keys", "_mode",
-                 "_opener", "_request_hash", "_seal_keys")
+                 "_opener", "_request_hash", "_seal_keys", "_wrapper")
 
-    def __init__(self, env: Envelope, mode: str, check: PeerCheck,
+    def __init__(self, env: Envelope, mode: str, check: PeerCheck, wrapper: KeyWrapper,
                  roster: tuple[WorkerInfo, ...] = (),
                  find: Callable[[str], bytes | None] = lambda _: None) -> None:
         self._env = env
+        self._wrapper = wrapper  # the client's sessions with the workers
         self._find = find  # certificates by SHA-256 hex, for receipts that name them
         self._mode = mode
         self._check = check
@@ -121,7 +122,8 @@ class RequestSeal:
     def _wrap(self, worker: str, certificate: bytes) -> bytes:
         assert self._body is not None
         seal_key = self._trusted(worker, certificate)
-        wrapped = self._keys[worker] = wrap_key(self._body.content_key, seal_key, self._info)
+        wrapped = self._keys[worker] = self._wrapper.wrap(self._body.content_key, seal_key,
+                                                          self._info)
         self._seal_keys.add(seal_key)
         return wrapped
 

@@ -53,6 +53,7 @@ from cocoon.chain.vouchers import (
 )
 from cocoon.config import WorkerConfig
 from cocoon.crypto.seal import (
+    KeyUnwrapper,
     ResponseSealer,
     decode_keys,
     new_seal_key,
@@ -156,6 +157,7 @@ class WorkerNode:
         self.attestation: dict[str, Any] = {"tier": "none (plain TCP)"}
         self._registry = registry_lists(config.chain)
         self._seal_key = new_seal_key()
+        self._unwrapper = KeyUnwrapper(self._seal_key)
         self._channels_of = build_channels(
             config.attestation, role="worker", model=engine.models[0] if engine.models else "",
             model_hash=engine.model_hash, seal_key=seal_public_bytes(self._seal_key),
@@ -480,7 +482,7 @@ class WorkerNode:
             raise SealBroken(f"the sealed request's keys: {exc}") from None
         if wrapped is None:
             raise SealBroken(f"the request is not sealed to this worker ({self.node_id})")
-        return open_request(req.body, wrapped, self._seal_key,
+        return open_request(req.body, wrapped, self._unwrapper,
                             route_info(req.endpoint, req.model, req.stream))
 
     def _receipt(self, req: Request, out: _Answer, usage: Usage) -> bytes:
