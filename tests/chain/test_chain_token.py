@@ -76,7 +76,7 @@ async def test_rpc_needs_the_token_and_a_connection_survives_a_kill_9(tmp_path: 
         chain = await open_chain(ChainConfig(backend="embedded", url=url,
                                              token_file=str(token_file)))
         try:
-            assert isinstance(chain, EmbeddedChain)
+            assert isinstance(chain.inner, EmbeddedChain)  # type: ignore[attr-defined]
             wallet = await chain.wallet("alice")
             before = await chain.balance(wallet)
 

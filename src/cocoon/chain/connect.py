@@ -7,12 +7,13 @@ that a channel is what its holder claims).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from cocoon.chain.base import Chain, ChannelState
 from cocoon.chain.config import ChainConfig
 from cocoon.chain.embedded import EmbeddedChain
 from cocoon.chain.errors import ChainError
+from cocoon.chain.metered import MeteredChain
 from cocoon.chain.specs import ChannelSpec
 from cocoon.chain.token import read_token
 from cocoon.chain.vouchers import OP_CLIENT_CHARGE, OP_WORKER_PAYOUT, ChannelKind
@@ -56,15 +57,17 @@ async def channel_parties(chain: Any, channel: str) -> ChannelSpec:
 
 async def open_chain(config: ChainConfig) -> Chain:
     """The backend ``config`` names, connected; ConfigError when there is none."""
+    chain: Chain
     if config.backend == "embedded":
         token = read_token(config.token_file) if config.token_file else ""
-        return await EmbeddedChain.connect(config.url, token=token)
-    if config.backend == "ton":
+        chain = await EmbeddedChain.connect(config.url, token=token)
+    elif config.backend == "ton":
         from cocoon.chain.ton import TonChain  # lazy: pytoniq + aiohttp, ~200 ms
 
-        chain: Chain = await TonChain.from_config(config)
-        return chain
-    raise ConfigError("no chain configured (chain.backend = \"none\")")
+        chain = await TonChain.from_config(config)
+    else:
+        raise ConfigError("no chain configured (chain.backend = \"none\")")
+    return cast(Chain, MeteredChain(chain))  # its calls counted and timed (/metrics)
 
 
 class NodeChain:

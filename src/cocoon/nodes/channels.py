@@ -11,7 +11,7 @@ must pass the policy.
 from __future__ import annotations
 
 import hashlib
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -36,7 +36,7 @@ from cocoon.attestation.policy import (
 from cocoon.attestation.providers import NoneProvider, TdxProvider
 from cocoon.attestation.ratls import check_certificate, read_certificate
 from cocoon.attestation.tdx import TdxVerifier, parse_collateral
-from cocoon.errors import ConfigError, EvidenceInvalid, PolicyRejected
+from cocoon.errors import AttestationError, ConfigError, EvidenceInvalid, PolicyRejected
 from cocoon.transport.streams import Connector, Listener, TcpConnector, TcpListener
 from cocoon.transport.tls import Clock, TlsConnector, TlsIdentity, TlsListener, utcnow
 
@@ -62,8 +62,17 @@ class PeerCheck:
         self._clock = clock
         self._cache: OrderedDict[bytes, tuple[datetime, x509.Certificate, Claims,
                                               VerifiedEvidence]] = OrderedDict()
+        self.refused: Counter[str] = Counter()  # certificates refused, by rule
 
     def __call__(self, der: bytes, expect_role: str
+                 ) -> tuple[x509.Certificate, Claims, VerifiedEvidence]:
+        try:
+            return self._checked(der, expect_role)
+        except AttestationError as exc:
+            self.refused[exc.rule] += 1
+            raise
+
+    def _checked(self, der: bytes, expect_role: str
                  ) -> tuple[x509.Certificate, Claims, VerifiedEvidence]:
         now = self._clock()
         hit = self._cache.get(der)
@@ -98,6 +107,16 @@ class Channels:
     of kind ``none`` made only to carry its claims (a worker's seal key) and sign receipts."""
     check: PeerCheck
     _der: tuple[int, bytes, str] | None = None
+
+    def refusals(self) -> Counter[str]:
+        """The peers and certificates this node refused, by attestation rule: at its TLS
+        handshakes (both ways) and in forwarded certificates (workers', receipts')."""
+        out = Counter(self.check.refused)
+        for end in (self.connector, self.listener):
+            refused = getattr(end, "refused", None)
+            if refused is not None:
+                out.update(refused)
+        return out
 
     def certificate_der(self) -> bytes:
         """The current certificate's DER (encoded once per renewal)."""

@@ -14,7 +14,7 @@ import re
 import signal
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from pathlib import Path
 from typing import Any, Final
 
@@ -22,6 +22,7 @@ from aiohttp import web
 from aiohttp.http_writer import StreamWriter
 
 from cocoon.chain.connect import open_chain
+from cocoon.chain.metered import CALLS
 from cocoon.chain.registry import RegistryAllowLists
 from cocoon.config import (
     HTTP_BODY_TIMEOUT_S,
@@ -43,6 +44,7 @@ from cocoon.errors import (
     WorkerLost,
 )
 from cocoon.ledger.copies import AccountCopy
+from cocoon.metrics import Metric, NodeMetrics, counter, gauge
 from cocoon.openai import Envelope
 from cocoon.openai.protocol import dumps
 from cocoon.openai.sse import DONE_EVENT, SSE_HEADERS, encode_event
@@ -63,6 +65,7 @@ __all__ = [
     "follow_registry",
     "json_response",
     "keep_statement",
+    "node_families",
     "open_sse",
     "registry_lists",
     "request_for",
@@ -150,12 +153,42 @@ def _body_within(timeout_s: float) -> Any:
 
 
 def add_health_routes(app: web.Application, health: RouteHandler,
-                      stats: RouteHandler) -> None:
-    """Every role's operational surface: ``/healthz``, and JSON stats at ``/stats`` (also
-    ``/jsonstats``, COCOON's name for it)."""
+                      stats: RouteHandler, metrics: NodeMetrics | None = None) -> None:
+    """Every role's operational surface: ``/healthz``, JSON stats at ``/stats`` (also
+    ``/jsonstats``, COCOON's name for it), and Prometheus metrics at ``/metrics``."""
     app.router.add_get("/healthz", health)
     app.router.add_get("/stats", stats)
     app.router.add_get("/jsonstats", stats)
+    if metrics is not None:
+        async def scrape(request: web.Request) -> web.Response:
+            body, content_type = await metrics.expose(request.headers.get("Accept"))
+            response = web.Response(body=body)
+            response.headers["Content-Type"] = content_type
+            return response
+
+        app.router.add_get("/metrics", scrape)
+
+
+def node_families(role: str, node_id: str, uptime_s: float,
+                  refusals: Mapping[str, int]) -> list[Metric]:
+    """What every role's ``/metrics`` shows besides its own: who it is, how long it has
+    run, the peers its attestation refused (by rule), and this process's chain calls."""
+    calls = {(name,): c.calls for name, c in CALLS.items()}
+    return [
+        gauge("cocoon_node_info", "The node: its role and id (always 1)",
+              labels={"role,node_id": {(role, node_id): 1}}),
+        gauge("cocoon_uptime_seconds", "Since the node started", uptime_s),
+        counter("cocoon_attestation_refusals", "Peers and certificates refused, by the "
+                "attestation rule they failed", labels={"rule": {
+                    (rule,): n for rule, n in refusals.items()}}),
+        counter("cocoon_chain_calls", "Calls to the chain by this process",
+                labels={"call": calls}),
+        counter("cocoon_chain_call_errors", "Calls to the chain that failed",
+                labels={"call": {(name,): c.errors for name, c in CALLS.items()}}),
+        counter("cocoon_chain_call_seconds", "Time spent in calls to the chain (the "
+                "long poll wait_for_change left out)",
+                labels={"call": {(name,): c.seconds for name, c in CALLS.items()}}),
+    ]
 
 
 def error_response(err: RequestError) -> web.Response:

@@ -37,6 +37,7 @@ equal on both ends of one connection, unrelated across connections), ``tls_versi
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 from collections.abc import Callable, Coroutine, Mapping
 from datetime import timedelta
@@ -100,6 +101,7 @@ class _Endpoint:
         self._ctx: SSL.Context | None = None
         self._ctx_generation = -1
         self._cache = VerificationCache(ttl=timedelta(minutes=10))
+        self.refused: collections.Counter[str] = collections.Counter()  # peers, by rule
 
     def _context(self) -> SSL.Context:
         self.identity.refresh_if_needed(self._clock())
@@ -147,7 +149,8 @@ class _Endpoint:
         }
 
 
-def _reject(address: str, rule: str, exc: BaseException) -> None:
+def _reject(endpoint: _Endpoint, address: str, rule: str, exc: BaseException) -> None:
+    endpoint.refused[rule] += 1
     log.warning("peer %s rejected: rule=%s: %s", address, rule, exc)
 
 
@@ -176,20 +179,20 @@ class TlsConnector(_Endpoint):
                 proto.abort()
             err = TransportError(f"TLS handshake with {address} timed out after "
                                  f"{self._timeout:g}s")
-            _reject(address, "handshake_timeout", err)
+            _reject(self, address, "handshake_timeout", err)
             raise err from None
         except OSError as exc:
             raise TransportError(f"cannot connect to {address}: {exc.strerror or exc}") from None
         except AttestationError as exc:
-            _reject(address, exc.rule, exc)
+            _reject(self, address, exc.rule, exc)
             raise
         except TransportError as exc:
-            _reject(address, "tls_handshake", exc)
+            _reject(self, address, "tls_handshake", exc)
             raise
         try:
             extra = self._check(proto)
         except AttestationError as exc:
-            _reject(address, exc.rule, exc)
+            _reject(self, address, exc.rule, exc)
             proto.close()
             raise
         except BaseException:
@@ -244,7 +247,7 @@ class TlsListener(_Endpoint):
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
     def _rejected(self, proto: TlsProtocol, rule: str, exc: CocoonError) -> None:
-        _reject(proto.address, rule, exc)
+        _reject(self, proto.address, rule, exc)
         if self._on_reject is not None:
             try:
                 self._on_reject(proto.address, exc)

@@ -69,6 +69,7 @@ from cocoon.errors import (
     WorkerLost,
 )
 from cocoon.ledger.copies import AccountCopy
+from cocoon.metrics import Metric, NodeMetrics, counter, gauge
 from cocoon.money import ton_decimal
 from cocoon.nodes.channels import build_channels
 from cocoon.nodes.client.payments import ChargeSigner
@@ -84,6 +85,7 @@ from cocoon.nodes.common import (
     follow_registry,
     json_response,
     keep_statement,
+    node_families,
     open_sse,
     registry_lists,
     request_for,
@@ -169,6 +171,7 @@ class ClientNode:
         if connector is None:
             connector = own.connector
         self._connector = connector
+        self._channels_of = own
         self._check = own.check  # workers' certificates, as the connections' peers
         self._wrapper = KeyWrapper()  # session keys with the workers requests are sealed to
         self.receipts = ReceiptBook(config.receipt_dir)
@@ -186,6 +189,8 @@ class ClientNode:
             connector, self._connection, self, _ProxyLink, self._on_proxy, self._on_down)
         self._turn = 0  # the proxy that takes the next tie
         self.stats = ClientStats()
+        self.metrics = NodeMetrics(self._families, known=lambda m: any(
+            link.offers(m) for link in self.links))
         self._watchdog = Watchdog()
         self._started = time.monotonic()
         self._cors = frozenset(o.strip() for o in config.cors_origins.split(",") if o.strip())
@@ -339,6 +344,27 @@ class ClientNode:
                                     max_coefficient=self.config.max_coefficient)
         except RequestError as exc:
             return self._invalid(request, exc)
+        meter = _Meter(time.monotonic())
+        try:
+            return await self._send(request, env, meter)
+        except (asyncio.CancelledError, ConnectionError):
+            meter.outcome = "cancelled"  # the app went away
+            raise
+        except Exception:
+            meter.outcome = "internal_error"
+            raise
+        finally:
+            end, now = meter.end, time.monotonic()
+            self.metrics.request(
+                endpoint, env.model, meter.outcome, now - meter.start,
+                ttft_s=meter.first - meter.start if meter.first else None,
+                prompt_tokens=end.prompt_tokens if end else 0,
+                completion_tokens=end.completion_tokens if end else 0)
+
+    async def _send(self, request: web.Request, env: Envelope,
+                    meter: _Meter) -> web.StreamResponse:
+        """Send the request through a proxy (another, should the first go away before any
+        worker took it) and answer the app."""
         timeout = self.config.request_timeout_s
         deadline = time.monotonic() + timeout
         tried: set[_ProxyLink] = set()
@@ -347,10 +373,10 @@ class ClientNode:
             link = self._pick(env.model, tried)
             if link is None or link.peer is None:
                 self.stats.failed += 1
-                return error_response(NoWorkerAvailable(
+                return error_response(meter.failed(NoWorkerAvailable(
                     "the connection to the proxy was lost" if tried else
                     f"the client is not connected to a proxy ({self.proxy_state}); retry "
-                    "shortly"))
+                    "shortly")))
             tried.add(link)
             left = deadline - time.monotonic()
             seal = RequestSeal(env, self.config.seal, self._check, self._wrapper,
@@ -359,14 +385,14 @@ class ClientNode:
                 stream = link.peer.open_stream(functools.partial(
                     _request_of, env, int(left * 1000), seal))
             except FrameTooLarge:  # the proxy announced frames smaller than ours
-                return self._invalid(request, RequestTooLarge(
-                    "Request body too large for the proxy's frame limit."))
+                return self._invalid(request, meter.failed(RequestTooLarge(
+                    "Request body too large for the proxy's frame limit.")))
             except TransportError:
                 continue
             # Our own deadline, a little past the proxy's, so its precise error wins.
             self._watchdog.watch(stream, left + 2.0, left + 2.0)
             link.in_flight += 1
-            answer = _Answer(link.peer, stream, seal, receipt_id)
+            answer = _Answer(link.peer, stream, seal, receipt_id, meter)
             try:
                 if env.stream:
                     return await self._stream(request, answer, resend=len(tried) < _MAX_SENDS)
@@ -451,6 +477,8 @@ class ClientNode:
                 if resend and isinstance(ev, TransportError):
                     raise _Resend
                 if type(ev) is Chunk:
+                    if not answer.meter.first:
+                        answer.meter.first = time.monotonic()
                     body += seal.open(ev.data)
                     stream.consumed()
                 elif type(ev) is Route:
@@ -462,15 +490,17 @@ class ClientNode:
                 elif type(ev) is End:
                     receipt = self._receipt(answer, ev)
                     self._count(ev)
+                    answer.meter.end = ev
                     headers = {RECEIPT_ID: answer.receipt_id}
                     if receipt is not None:
                         headers[RECEIPT_HEADER] = receipt.header_value(answer.receipt_id)
                     return web.Response(body=body, content_type="application/json",
                                         headers=headers)
                 else:
-                    return error_response(self._failure(ev))  # type: ignore[arg-type]
+                    return error_response(answer.meter.failed(
+                        self._failure(ev)))  # type: ignore[arg-type]
         except (SealBroken, UntrustedWorker) as exc:
-            return error_response(self._failure(exc))
+            return error_response(answer.meter.failed(self._failure(exc)))
 
     async def _stream(self, request: web.Request, answer: _Answer, *,
                       resend: bool) -> web.StreamResponse:
@@ -485,6 +515,8 @@ class ClientNode:
             try:
                 if kind is Chunk:
                     resend = False
+                    if not answer.meter.first:
+                        answer.meter.first = time.monotonic()
                     # Chunks are whole events (the worker framed them): every one already
                     # here goes out in one write, one syscall per burst.
                     data: bytes = ev.data  # type: ignore[union-attr]
@@ -505,6 +537,7 @@ class ClientNode:
                 if kind is End:
                     receipt = self._receipt(answer, ev)  # type: ignore[arg-type]
                     self._count(ev)  # type: ignore[arg-type]
+                    answer.meter.end = ev  # type: ignore[assignment]
                     if response is None:
                         response = await open_sse(request, headers)
                     if receipt is None:
@@ -519,6 +552,7 @@ class ClientNode:
                 err = self._failure(ev)  # type: ignore[arg-type]
             except (SealBroken, UntrustedWorker) as exc:
                 err = self._failure(exc)
+            answer.meter.failed(err)
             if response is None:
                 return error_response(err)
             return await end_sse(response, err)
@@ -606,6 +640,47 @@ class ClientNode:
                          if link.signer is not None],
         }
 
+    async def _families(self) -> list[Metric]:
+        """The client's /metrics read from its state (see ``cocoon.metrics``)."""
+        s = self.stats
+        channels: dict[str, dict[tuple[str, ...], float]] = {
+            k: {} for k in ("deposit", "charged", "reserved", "available", "signed",
+                            "unsigned")}
+        for link in self.links:
+            if link.signer is None:
+                continue
+            a, ch = link.account, (link.signer.channel,)
+            signed = link.signer.cumulative
+            for k, v in (("deposit", a.deposited), ("charged", a.charged),
+                         ("reserved", a.reserved),
+                         ("available", a.deposited - a.charged - a.reserved),
+                         ("signed", signed), ("unsigned", max(0, a.charged - signed))):
+                channels[k][ch] = v
+        docs = {"deposit": "What the channel holds in all, per the proxy's last statement",
+                "charged": "What the proxy has charged the channel",
+                "reserved": "Reserved for requests under way",
+                "available": "Deposit less charged and reserved: what requests can spend",
+                "signed": "The cumulative charge this client has signed",
+                "unsigned": "Charged but not yet signed by this client"}
+        return [
+            *node_families("client", self.node_id, uptime_since(self._started),
+                           self._channels_of.refusals()),
+            gauge("cocoon_client_requests_in_flight", "Requests sent and not yet answered",
+                  sum(link.in_flight for link in self.links)),
+            gauge("cocoon_client_proxies_connected", "Proxies this client is connected to",
+                  sum(1 for link in self.links if link.up)),
+            counter("cocoon_client_requests_resent", "Requests sent again through another "
+                    "proxy", s.resent),
+            counter("cocoon_client_invalid_requests", "App requests refused as invalid",
+                    s.invalid),
+            counter("cocoon_client_receipts", "Answers whose receipt was checked and kept",
+                    s.receipts),
+            counter("cocoon_client_seal_failures", "Refused workers and sealed answers that "
+                    "did not hold", s.seal_failures),
+            *(gauge(f"cocoon_channel_{k}_nanoton", docs[k], labels={"channel": v})
+              for k, v in channels.items()),
+        ]
+
     def _first_paid(self) -> _ProxyLink | None:
         """The link of the first channel; without channels (billing off the chain), the
         first that sent a statement."""
@@ -647,7 +722,7 @@ class ClientNode:
         app.router.add_get("/v1/models/{model:.+}", self._model)
         for path in ENDPOINTS:
             app.router.add_post(path, self._completions)
-        add_health_routes(app, health, stats)
+        add_health_routes(app, health, stats, self.metrics)
         app.on_response_prepare.append(self._cors_headers)
         return app
 
@@ -665,6 +740,21 @@ class _Answer:
     stream: OutgoingStream
     seal: RequestSeal
     receipt_id: str
+    meter: _Meter
+
+
+@dataclass(slots=True)
+class _Meter:
+    """What /metrics learns of one request: when its first chunk came, how it ended."""
+
+    start: float
+    first: float = 0.0
+    outcome: str = "ok"
+    end: End | None = None
+
+    def failed(self, err: RequestError) -> RequestError:
+        self.outcome = err.code
+        return err
 
 
 def _model(e: CatalogEntry) -> dict[str, Any]:

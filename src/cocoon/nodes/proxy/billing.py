@@ -30,7 +30,7 @@ from cocoon.errors import (
     PricingError,
 )
 from cocoon.ledger import Bill, Ledger, Prices, price_usage, reservation_for
-from cocoon.ledger.store import Commit, Reservation
+from cocoon.ledger.store import Commit, Reservation, Totals
 from cocoon.money import format_ton
 from cocoon.usage import Usage
 from cocoon.wire import End, Error, Statement
@@ -414,6 +414,10 @@ class Billing:
             await self._run(self.ledger.release, request_id)
         except PaymentError as exc:
             log.warning("releasing %s failed: %s", request_id, exc)
+
+    async def totals(self) -> Totals:
+        """The ledger's totals (read on its thread)."""
+        return await self._run(self.ledger.totals)  # type: ignore[no-any-return]
 
     async def snapshot(self, clients: list[str], workers: list[str]) -> dict[str, Any]:
         def read() -> dict[str, Any]:

@@ -56,6 +56,7 @@ import itertools
 import logging
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -88,6 +89,7 @@ from cocoon.errors import (
 )
 from cocoon.ledger.accounts import channel_account, client_account, worker_account
 from cocoon.ledger.vouchers import public_key_bytes
+from cocoon.metrics import Metric, NodeMetrics, counter, gauge
 from cocoon.money import format_ton
 from cocoon.nodes.channels import build_channels, describe_evidence
 from cocoon.nodes.common import (
@@ -96,6 +98,7 @@ from cocoon.nodes.common import (
     as_request_error,
     follow_registry,
     json_response,
+    node_families,
     registry_lists,
     uptime_since,
 )
@@ -215,6 +218,8 @@ class _Relay:
     relayed_bytes: int = 0
     keys: dict[str, bytes] = field(default_factory=dict)  # sealed: wrapped keys by worker
     wrapped: asyncio.Future[bytes] | None = None  # a wrapped key asked for with a Route
+    first: float = 0.0  # loop time of its first chunk
+    outcome: str = ""  # how it ended for the requester (ok or the code); "" if routed again
 
     def relayed_usage(self) -> Usage:
         """What the app received of a request the worker never reported on (it was lost,
@@ -287,6 +292,7 @@ class ProxyNode:
         self._max_coefficient = config.billing.max_worker_coefficient
         self._rng = random.Random()
         self.stats = ProxyStats()
+        self.metrics = NodeMetrics(self._families, known=lambda m: m in self._index)
         self._started = time.monotonic()
         self._catalog_dirty = False
         self.port = 0
@@ -640,6 +646,7 @@ class ProxyNode:
             worker = None if self._queue.depth(req.model) else self._take_slot(req, others)
         except RequestError as exc:  # no such model, or a malformed sealed request
             self.stats.rejected += 1
+            self.metrics.request(req.endpoint, req.model, exc.code, 0.0)
             client.finish(Error.of(req.req_id, exc))
             return
         key = (id(client), req.req_id)
@@ -819,9 +826,12 @@ class ProxyNode:
         for capacity, or fails before the app saw anything, gets it no more: it is routed
         again (at most ``_ROUTES`` attempts, while the request's deadline leaves time)."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._timeout_of(req)
+        start = loop.time()
+        deadline = start + self._timeout_of(req)
         tried: frozenset[str] = frozenset()
         last: _Retry | None = None
+        relay: _Relay | None = None
+        outcome = "cancelled"
         relaying = False  # the relay answers the requester itself, whatever happens
         try:
             for _ in range(_ROUTES):
@@ -872,6 +882,7 @@ class ProxyNode:
                     self.stats.failed += 1
             else:
                 self.stats.rejected += 1
+            outcome = exc.code
             client.finish(Error.of(req.req_id, exc))
         except asyncio.CancelledError as exc:
             if not relaying:  # the requester went away while it waited for a slot
@@ -880,6 +891,21 @@ class ProxyNode:
             raise
         finally:
             self._relays.pop(key, None)
+            self._meter(req, start, relay, outcome)
+
+    def _meter(self, req: Request, start: float, relay: _Relay | None, outcome: str) -> None:
+        """A routed request ended: into /metrics (the last relay's outcome, if it ran to
+        the end, else what the routing ended with)."""
+        now = asyncio.get_running_loop().time()
+        report = relay.report if relay is not None else None
+        end = report if type(report) is End else None
+        if relay is not None and relay.outcome:
+            outcome = relay.outcome
+        self.metrics.request(
+            req.endpoint, req.model, outcome, now - start,
+            ttft_s=relay.first - start if relay is not None and relay.first else None,
+            prompt_tokens=end.prompt_tokens if end else 0,
+            completion_tokens=end.completion_tokens if end else 0)
 
     def _timeout_of(self, req: Request) -> float:
         """The request's deadline, from now: the proxy's limit, or the requester's if less."""
@@ -913,16 +939,20 @@ class ProxyNode:
             raise
         except asyncio.CancelledError as exc:
             stats.cancelled += 1
+            relay.outcome = "cancelled"
             client.finish(Error.of(rid, as_request_error(exc, where="proxy")))
             await self._hear_last_word(relay, "requester went away")
             raise
         except TransportError:
             stats.cancelled += 1  # the client connection went away while we forwarded
+            relay.outcome = "cancelled"
             await self._hear_last_word(relay, "requester went away")
         except CocoonError as exc:
             stats.failed += 1
             log.warning("relay %s failed: %s", rid, exc)
-            client.finish(Error.of(rid, as_request_error(exc, where="proxy relay failed")))
+            err = as_request_error(exc, where="proxy relay failed")
+            relay.outcome = err.code
+            client.finish(Error.of(rid, err))
         finally:
             if relay.wrapped is not None:
                 self._sealing.pop(relay.key, None)
@@ -945,6 +975,7 @@ class ProxyNode:
                                   req.seal_size or len(req.body), relay.worker.coefficient)
         except PaymentRequired as exc:
             self.stats.rejected += 1
+            relay.outcome = exc.code
             relay.settled = True
             relay.client.finish(Error.of(req.req_id, exc))
             return None
@@ -980,7 +1011,7 @@ class ProxyNode:
             kind = type(ev)
             if kind is Chunk:
                 if not first:
-                    first = loop.time()
+                    first = relay.first = loop.time()
                 # The worker's chunks that wait here already go on as one (bytes of the
                 # app's answer join as they are): one message, one TLS record, one credit.
                 data: bytes = ev.data  # type: ignore[union-attr]
@@ -1011,6 +1042,7 @@ class ProxyNode:
                     self._measured(worker, first - started, usage.completion_tokens,
                                    loop.time() - first)
                 stats.completed += 1
+                relay.outcome = "ok"
                 stats.prompt_tokens += usage.prompt_tokens
                 stats.completion_tokens += usage.completion_tokens
                 return
@@ -1025,6 +1057,7 @@ class ProxyNode:
                         worker.measured.failed()
                         raise _Retry(ev.to_exception(), capacity=False)
                 stats.failed += 1
+                relay.outcome = ev.code
                 client.finish(Error(rid, ev.code, ev.message, ev.param))  # usage stays here
                 return
             elif isinstance(ev, RequestTimeout):
@@ -1033,6 +1066,7 @@ class ProxyNode:
                     relay.report = await self._last_word(stream, "timed out at the proxy")
                     raise _Retry(ev, capacity=False)
                 stats.timeouts += 1
+                relay.outcome = ev.code
                 client.finish(Error.of(rid, ev))
                 relay.report = await self._last_word(stream, "timed out at the proxy")
                 return
@@ -1043,6 +1077,7 @@ class ProxyNode:
                 if not relay.relayed:
                     raise _Retry(lost, capacity=False)
                 stats.worker_lost += 1
+                relay.outcome = lost.code
                 client.finish(Error.of(rid, lost))
                 return
 
@@ -1315,5 +1350,76 @@ class ProxyNode:
                     snap["billing"]["chain"] = self.billing.payments.snapshot()
             return json_response(snap)
 
-        add_health_routes(app, health, stats)
+        add_health_routes(app, health, stats, self.metrics)
         return app
+
+    async def _families(self) -> list[Metric]:
+        """The proxy's /metrics read from its state (see ``cocoon.metrics``): its
+        requests, queue and workers, and the ledger's totals."""
+        s = self.stats
+        workers = list(self.workers.values())
+
+        def per_worker(value: Callable[[_Worker], float | None]) -> dict[tuple[str], float]:
+            out = {}
+            for w in workers:
+                v = value(w)
+                if v is not None:
+                    out[(w.node_id,)] = v
+            return out
+
+        out: list[Metric] = [
+            *node_families("proxy", self.config.node_id, uptime_since(self._started),
+                           self._channels_of.refusals()),
+            gauge("cocoon_proxy_requests_in_flight", "Requests routed and not yet ended",
+                  len(self._relays)),
+            gauge("cocoon_proxy_clients_connected", "Clients connected", len(self.clients)),
+            gauge("cocoon_proxy_queue_depth", "Requests waiting for a worker's slot, by model",
+                  labels={"model": {(self.metrics.model(m),): self._queue.depth(m)
+                                    for m in self._queue.models()}}),
+            counter("cocoon_proxy_queued_requests", "Requests that waited for a slot",
+                    s.queued),
+            counter("cocoon_proxy_queue_wait_seconds", "Time requests waited for a slot",
+                    s.queue_wait_s),
+            counter("cocoon_proxy_queue_refusals", "Requests the queue refused: full (429) "
+                    "or waited out (503)", labels={"reason": {
+                        ("full",): s.queue_full, ("timeout",): s.queue_timeouts}}),
+            counter("cocoon_proxy_reroutes", "Requests routed again: a worker refused them "
+                    "for capacity, or failed before their first chunk", labels={"reason": {
+                        ("capacity",): s.rerouted, ("failover",): s.failovers}}),
+            counter("cocoon_proxy_sealed_requests", "Requests that came sealed", s.sealed),
+            counter("cocoon_proxy_chunks_relayed", "Events of answers relayed", s.chunks),
+            gauge("cocoon_proxy_worker_slots", "A worker's request slots",
+                  labels={"worker": per_worker(lambda w: w.capacity)}),
+            gauge("cocoon_proxy_worker_active_requests", "A worker's requests under way",
+                  labels={"worker": per_worker(lambda w: w.active)}),
+            counter("cocoon_proxy_worker_requests", "Requests routed to a worker",
+                    labels={"worker": per_worker(lambda w: w.served)}),
+            gauge("cocoon_proxy_worker_ttft_seconds", "A worker's time to first token, as "
+                  "routing measures it (EWMA)",
+                  labels={"worker": per_worker(lambda w: w.measured.ttft_s)}),
+            gauge("cocoon_proxy_worker_tokens_per_second", "A worker's decode speed after its "
+                  "first token, as routing measures it (EWMA)",
+                  labels={"worker": per_worker(lambda w: w.measured.tokens_per_s)}),
+            gauge("cocoon_proxy_worker_error_ratio", "A worker's share of failed requests, as "
+                  "routing weighs it (EWMA)",
+                  labels={"worker": per_worker(lambda w: w.measured.error_rate)}),
+            gauge("cocoon_proxy_worker_price_coefficient", "What a worker asks (1000 = 1.0x)",
+                  labels={"worker": per_worker(lambda w: w.coefficient)}),
+        ]
+        if self.billing is not None:
+            t = await self.billing.totals()
+            out += [
+                counter("cocoon_ledger_charged_nanoton", "Charged to clients", t.charged),
+                counter("cocoon_ledger_earned_nanoton", "Earned by workers", t.earned),
+                counter("cocoon_ledger_commission_nanoton", "Kept by this proxy",
+                        t.commission),
+                counter("cocoon_ledger_deposited_nanoton", "Deposited by clients",
+                        t.deposited),
+                gauge("cocoon_ledger_reserved_nanoton", "Reserved for requests under way",
+                      t.reserved),
+                gauge("cocoon_ledger_open_reservations", "Reservations not yet settled",
+                      t.open_reservations),
+                counter("cocoon_ledger_settled_requests", "Requests settled",
+                        t.settled_requests),
+            ]
+        return out

@@ -76,6 +76,7 @@ from cocoon.errors import (
 )
 from cocoon.ledger.copies import AccountCopy
 from cocoon.ledger.errors import VoucherInvalid
+from cocoon.metrics import Metric, NodeMetrics, counter, gauge
 from cocoon.nodes.channels import build_channels
 from cocoon.nodes.common import (
     HttpServer,
@@ -84,6 +85,7 @@ from cocoon.nodes.common import (
     follow_registry,
     json_response,
     keep_statement,
+    node_families,
     registry_lists,
     serve_until_stopped,
     uptime_since,
@@ -168,6 +170,7 @@ class WorkerNode:
         self._identity = self._channels_of.identity
         self._announced_generation = self._identity.generation
         self.stats = WorkerStats()
+        self.metrics = NodeMetrics(self._families, known=lambda m: m in engine.models)
         # payout channel -> its newest on-chain payout voucher (kept in a file, if set);
         # with several channels, which proxy key signs each (read on chain at start)
         self._channels = config.channels()
@@ -387,6 +390,7 @@ class WorkerNode:
         rid = req.req_id
         job: InferenceJob | None = None
         usage: Usage | None = None
+        start, outcome, out = time.monotonic(), "cancelled", _Answer(None)
         try:
             peer.send(Head(rid, self.node_id))
             endpoint = _ENDPOINTS.get(req.endpoint)
@@ -418,6 +422,7 @@ class WorkerNode:
                     self.running -= 1
             peer.finish(End.of(rid, usage, self._receipt(req, out, usage)))
             self.stats.completed += 1
+            outcome = "ok"
             self._count_tokens(usage)
         except asyncio.CancelledError as exc:
             self.stats.cancelled += 1
@@ -427,15 +432,24 @@ class WorkerNode:
             raise
         except TransportError:
             self.stats.failed += 1
+            outcome = "worker_lost"  # the proxy's connection went away
         except RequestError as exc:
             self._count_error(exc.code)
+            outcome = exc.code
             peer.finish(self._failed(rid, job, exc))
         except Exception as exc:
             log.exception("request %s failed inside the worker", rid)
             err = as_request_error(exc, where="worker error", fallback=EngineError)
             self._count_error(err.code)
+            outcome = err.code
             peer.finish(self._failed(rid, job, err))
         finally:
+            used = usage if usage is not None else job.meter.usage() if job else None
+            self.metrics.request(
+                req.endpoint, req.model, outcome, time.monotonic() - start,
+                ttft_s=out.first - start if out.first else None,
+                prompt_tokens=used.prompt_tokens if used else 0,
+                completion_tokens=used.completion_tokens if used else 0)
             self.active -= 1
             link.jobs -= 1
             if not self.active:
@@ -583,29 +597,64 @@ class WorkerNode:
         async def stats(_: web.Request) -> web.Response:
             return json_response(self.snapshot())
 
-        add_health_routes(app, health, stats)
+        add_health_routes(app, health, stats, self.metrics)
         return app
+
+    async def _families(self) -> list[Metric]:
+        """The worker's /metrics read from its state (see ``cocoon.metrics``)."""
+        s = self.stats
+        earned = {(link.channel or link.address,): link.account.earned for link in self.links
+                  if link.account.pubkey}
+        paid = {(ch,): v.cumulative for ch, v in self.payouts.items()}
+        return [
+            *node_families("worker", self.node_id, uptime_since(self._started),
+                           self._channels_of.refusals()),
+            gauge("cocoon_worker_slots", "Requests the engine runs at once (what the worker "
+                  "offers each proxy)", 0 if self.draining else self.config.max_concurrent),
+            gauge("cocoon_worker_active_requests", "Requests under way, waiting included",
+                  self.active),
+            gauge("cocoon_worker_running_requests", "Requests the engine is running",
+                  self.running),
+            gauge("cocoon_worker_proxies_connected", "Proxies this worker serves",
+                  sum(1 for link in self.links if link.up)),
+            counter("cocoon_worker_waited_requests", "Requests that waited for a slot "
+                    "another proxy's requests held", s.waited),
+            counter("cocoon_worker_sealed_requests", "Requests that came sealed to this "
+                    "worker", s.sealed),
+            counter("cocoon_worker_chunks_sent", "Chunks of answers sent", s.chunks),
+            gauge("cocoon_worker_seal_sessions", "Clients' session keys held open",
+                  self._unwrapper.sessions),
+            gauge("cocoon_channel_earned_nanoton", "Earned, per the paying proxy's last "
+                  "statement", labels={"channel": earned}),
+            gauge("cocoon_channel_payout_voucher_nanoton", "The newest payout voucher's "
+                  "cumulative amount, by channel", labels={"channel": paid}),
+        ]
 
 
 class _Answer:
     """What a job sends back: sealed records under the client's response key, or the bytes
     as they are; either way hashed as sent, for the receipt."""
 
-    __slots__ = ("_hash", "records", "sealer")
+    __slots__ = ("_hash", "first", "records", "sealer")
 
     def __init__(self, sealer: ResponseSealer | None) -> None:
         self.sealer = sealer
         self._hash = hashlib.sha256()
         self.records = 0
+        self.first = 0.0  # time.monotonic() of its first chunk
 
     def sender(self, peer: Peer, rid: int) -> Callable[[bytes, int], Awaitable[None]]:
         sealer, send_chunk = self.sealer, peer.send_chunk
         if sealer is not None:
             async def sealed(data: bytes, events: int) -> None:
+                if not self.first:
+                    self.first = time.monotonic()
                 await send_chunk(rid, sealer.seal(data, events))
             return sealed
 
         async def clear(data: bytes, events: int) -> None:
+            if not self.first:
+                self.first = time.monotonic()
             self._hash.update(data)
             self.records += 1
             await send_chunk(rid, data)
