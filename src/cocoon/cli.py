@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from cocoon.benchmark import add_bench_arguments
 from cocoon.commands.attest import add_attest_arguments, run_attest
 from cocoon.commands.chain import add_chain_arguments
+from cocoon.commands.doctor import add_doctor_arguments, run_doctor
 from cocoon.commands.model_hash import add_model_hash_arguments, run_model_hash
 from cocoon.commands.receipt import add_receipt_arguments, run_receipt
 from cocoon.commands.registry import add_registry_arguments, run_registry
@@ -52,6 +53,7 @@ def _build_parser() -> argparse.ArgumentParser:
     add_registry_arguments(sub)
     add_model_hash_arguments(sub)
     add_receipt_arguments(sub)
+    add_doctor_arguments(sub)
     bench = sub.add_parser("bench", help="benchmark the chain against the engine served directly")
     add_bench_arguments(bench)
     return parser
@@ -83,6 +85,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_model_hash(args)
         if args.command == "receipt":
             return run_receipt(args)
+        if args.command == "doctor":
+            return run_doctor(args)
         if args.command == "bench":
             from cocoon.benchmark.suite import run_bench  # lazy: aiohttp load generator, ~115 ms
 
