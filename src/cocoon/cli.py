@@ -14,6 +14,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from cocoon.apps import add_telegram_arguments, run_telegram
 from cocoon.benchmark import add_bench_arguments
 from cocoon.commands.attest import add_attest_arguments, run_attest
 from cocoon.commands.chain import add_chain_arguments
@@ -54,6 +55,7 @@ def _build_parser() -> argparse.ArgumentParser:
     add_model_hash_arguments(sub)
     add_receipt_arguments(sub)
     add_doctor_arguments(sub)
+    add_telegram_arguments(sub)
     bench = sub.add_parser("bench", help="benchmark the chain against the engine served directly")
     add_bench_arguments(bench)
     return parser
@@ -87,6 +89,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_receipt(args)
         if args.command == "doctor":
             return run_doctor(args)
+        if args.command == "telegram":
+            _setup_logging(args.verbose + 1)
+            return run_telegram(args)
         if args.command == "bench":
             from cocoon.benchmark.suite import run_bench  # lazy: aiohttp load generator, ~115 ms
 
