@@ -29,7 +29,8 @@ def add_telegram_arguments(sub: Any) -> None:
     p.add_argument("--model", default="", help="default: the first the client offers")
     p.add_argument("--history", type=int, default=10, metavar="TURNS",
                    help="turns kept per chat (default 10)")
-    p.add_argument("-v", "--verbose", action="count", default=0)
+    p.add_argument("-v", "--verbose", action="count", default=0,
+                   help="log more (-vv: debug); message text is never logged")
 
 
 def run_telegram(args: argparse.Namespace) -> int:

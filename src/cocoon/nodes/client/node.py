@@ -92,6 +92,7 @@ from cocoon.nodes.common import (
     serve_until_stopped,
     uptime_since,
 )
+from cocoon.nodes.dashboard import RecentRequest, RecentRequests, add_dashboard_routes
 from cocoon.nodes.links import ProxyLink, ProxyLinks, keys_of_channels
 from cocoon.openai import ENDPOINTS, Envelope
 from cocoon.transport import Connector, OutgoingStream, Peer, Watchdog
@@ -191,6 +192,7 @@ class ClientNode:
         self.stats = ClientStats()
         self.metrics = NodeMetrics(self._families, known=lambda m: any(
             link.offers(m) for link in self.links))
+        self.recent = RecentRequests()  # for the dashboard
         self._watchdog = Watchdog()
         self._started = time.monotonic()
         self._cors = frozenset(o.strip() for o in config.cors_origins.split(",") if o.strip())
@@ -354,12 +356,19 @@ class ClientNode:
             meter.outcome = "internal_error"
             raise
         finally:
-            end, now = meter.end, time.monotonic()
-            self.metrics.request(
-                endpoint, env.model, meter.outcome, now - meter.start,
-                ttft_s=meter.first - meter.start if meter.first else None,
-                prompt_tokens=end.prompt_tokens if end else 0,
-                completion_tokens=end.completion_tokens if end else 0)
+            self._metered(endpoint, env.model, meter)
+
+    def _metered(self, endpoint: str, model: str, meter: _Meter) -> None:
+        """A request ended: into /metrics and the dashboard's recent requests."""
+        end, duration = meter.end, time.monotonic() - meter.start
+        ttft = meter.first - meter.start if meter.first else None
+        prompt, completion = (end.prompt_tokens, end.completion_tokens) if end else (0, 0)
+        self.metrics.request(endpoint, model, meter.outcome, duration, ttft_s=ttft,
+                             prompt_tokens=prompt, completion_tokens=completion)
+        self.recent.add(RecentRequest(
+            time.time(), self.metrics.model(model), meter.worker, meter.outcome,
+            None if ttft is None else round(ttft * 1000, 1), round(duration * 1000, 1),
+            prompt, completion, meter.bytes, meter.cost))
 
     async def _send(self, request: web.Request, env: Envelope,
                     meter: _Meter) -> web.StreamResponse:
@@ -486,11 +495,14 @@ class ClientNode:
                     seal.route(ev, answer.peer, stream.req_id)
                 elif type(ev) is Head:
                     resend = False  # a worker took it: the proxy may charge it
+                    answer.meter.worker = ev.worker
                     continue
                 elif type(ev) is End:
                     receipt = self._receipt(answer, ev)
                     self._count(ev)
-                    answer.meter.end = ev
+                    answer.meter.end, answer.meter.bytes = ev, len(body)
+                    answer.meter.cost = (receipt.proxy.cost_nanoton if receipt is not None
+                                         and receipt.proxy is not None else None)
                     headers = {RECEIPT_ID: answer.receipt_id}
                     if receipt is not None:
                         headers[RECEIPT_HEADER] = receipt.header_value(answer.receipt_id)
@@ -524,6 +536,7 @@ class ClientNode:
                     data = seal.open(b"".join([data, *more]) if more else data)
                     if response is None:
                         response = await open_sse(request, headers)
+                    answer.meter.bytes += len(data)
                     await response.write(data)
                     stream.consumed(1 + len(more))
                     continue
@@ -533,11 +546,14 @@ class ClientNode:
                     continue
                 if kind is Head:
                     resend = False  # a worker took it: the proxy may charge it
+                    answer.meter.worker = ev.worker  # type: ignore[union-attr]
                     continue
                 if kind is End:
                     receipt = self._receipt(answer, ev)  # type: ignore[arg-type]
                     self._count(ev)  # type: ignore[arg-type]
                     answer.meter.end = ev  # type: ignore[assignment]
+                    answer.meter.cost = (receipt.proxy.cost_nanoton if receipt is not None
+                                         and receipt.proxy is not None else None)
                     if response is None:
                         response = await open_sse(request, headers)
                     if receipt is None:
@@ -640,6 +656,38 @@ class ClientNode:
                          if link.signer is not None],
         }
 
+    async def _dashboard_view(self) -> dict[str, Any]:
+        """What the client's dashboard shows: the proxies and workers it uses, its channels
+        and its recent requests (figures only)."""
+        s = self.stats
+        first = next(iter(self.links), None)
+        channels = []
+        for link in self.links:
+            if link.signer is None:
+                continue
+            a, signed = link.account, link.signer.cumulative
+            channels.append({"channel": link.signer.channel, "deposit": a.deposited,
+                             "charged": a.charged,
+                             "available": a.deposited - a.charged - a.reserved,
+                             "unsigned": max(0, a.charged - signed)})
+        return {
+            "role": "client", "node_id": self.node_id,
+            "uptime_s": uptime_since(self._started),
+            "totals": {"requests": s.requests, "completed": s.succeeded, "failed": s.failed,
+                       "prompt_tokens": s.prompt_tokens,
+                       "completion_tokens": s.completion_tokens},
+            "in_flight": sum(link.in_flight for link in self.links), "queue": None,
+            "attestation": ({"tier": first.attestation.get("tier"),
+                             "image_hash": first.attestation.get("image_hash")}
+                            if first is not None else {}),
+            "proxies": [{"address": link.address, "up": link.up} for link in self.links],
+            "workers": [{"node_id": w.node_id, "tier": w.tier,
+                         "image_hash": w.image_hash.hex() or None, "models": list(w.models)}
+                        for w in self.roster],
+            "money": {"channels": channels} if channels else None,
+            "recent": self.recent.view(),
+        }
+
     async def _families(self) -> list[Metric]:
         """The client's /metrics read from its state (see ``cocoon.metrics``)."""
         s = self.stats
@@ -723,6 +771,7 @@ class ClientNode:
         for path in ENDPOINTS:
             app.router.add_post(path, self._completions)
         add_health_routes(app, health, stats, self.metrics)
+        add_dashboard_routes(app, self._dashboard_view)
         app.on_response_prepare.append(self._cors_headers)
         return app
 
@@ -751,6 +800,9 @@ class _Meter:
     first: float = 0.0
     outcome: str = "ok"
     end: End | None = None
+    worker: str = ""  # the worker that took it (its Head)
+    bytes: int = 0  # of the answer, as the app got it
+    cost: int | None = None  # nanoTON, from the proxy's part of its receipt
 
     def failed(self, err: RequestError) -> RequestError:
         self.outcome = err.code

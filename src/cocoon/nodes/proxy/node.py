@@ -102,6 +102,7 @@ from cocoon.nodes.common import (
     registry_lists,
     uptime_since,
 )
+from cocoon.nodes.dashboard import RecentRequest, RecentRequests, add_dashboard_routes
 from cocoon.nodes.proxy.billing import Billing, Settled
 from cocoon.nodes.proxy.payments import OUTAGE, ChainHealth, ProxyPayments
 from cocoon.openai import count_events, effective_max_tokens
@@ -220,6 +221,7 @@ class _Relay:
     wrapped: asyncio.Future[bytes] | None = None  # a wrapped key asked for with a Route
     first: float = 0.0  # loop time of its first chunk
     outcome: str = ""  # how it ended for the requester (ok or the code); "" if routed again
+    cost: int | None = None  # nanoTON charged for it, once settled
 
     def relayed_usage(self) -> Usage:
         """What the app received of a request the worker never reported on (it was lost,
@@ -293,6 +295,7 @@ class ProxyNode:
         self._rng = random.Random()
         self.stats = ProxyStats()
         self.metrics = NodeMetrics(self._families, known=lambda m: m in self._index)
+        self.recent = RecentRequests()  # for the dashboard
         self._started = time.monotonic()
         self._catalog_dirty = False
         self.port = 0
@@ -901,11 +904,17 @@ class ProxyNode:
         end = report if type(report) is End else None
         if relay is not None and relay.outcome:
             outcome = relay.outcome
-        self.metrics.request(
-            req.endpoint, req.model, outcome, now - start,
-            ttft_s=relay.first - start if relay is not None and relay.first else None,
-            prompt_tokens=end.prompt_tokens if end else 0,
-            completion_tokens=end.completion_tokens if end else 0)
+        ttft_s = relay.first - start if relay is not None and relay.first else None
+        prompt, completion = (end.prompt_tokens, end.completion_tokens) if end else (0, 0)
+        self.metrics.request(req.endpoint, req.model, outcome, now - start, ttft_s=ttft_s,
+                             prompt_tokens=prompt, completion_tokens=completion)
+        self.recent.add(RecentRequest(
+            time.time(), self.metrics.model(req.model),
+            relay.worker.node_id if relay is not None else "", outcome,
+            None if ttft_s is None else round(ttft_s * 1000, 1),
+            round((now - start) * 1000, 1), prompt, completion,
+            relay.relayed_bytes if relay is not None else 0,
+            relay.cost if relay is not None else None))
 
     def _timeout_of(self, req: Request) -> float:
         """The request's deadline, from now: the proxy's limit, or the requester's if less."""
@@ -1036,6 +1045,7 @@ class ProxyNode:
                     relay.settled = True  # the ledger settles even if we are cancelled now
                     settled = await self._settle(self.billing, relay.bill_id, ev, client,
                                                  worker)
+                    relay.cost = settled.bill.client_cost if settled is not None else None
                 client.finish(replace(ev, req_id=rid,
                                       receipt=self._countersign(relay, ev, settled)))
                 if first:
@@ -1351,7 +1361,39 @@ class ProxyNode:
             return json_response(snap)
 
         add_health_routes(app, health, stats, self.metrics)
+        add_dashboard_routes(app, self._dashboard_view)
         return app
+
+    async def _dashboard_view(self) -> dict[str, Any]:
+        """What the dashboard shows of the network this proxy routes (figures only)."""
+        s = self.stats
+        money = None
+        if self.billing is not None:
+            t = await self.billing.totals()
+            money = {"charged": t.charged, "earned": t.earned, "commission": t.commission,
+                     "reserved": t.reserved, "deposited": t.deposited,
+                     "settled_requests": t.settled_requests}
+        return {
+            "role": "proxy", "node_id": self.config.node_id,
+            "uptime_s": uptime_since(self._started),
+            "totals": {"requests": s.requests, "completed": s.completed,
+                       "failed": s.failed + s.rejected + s.timeouts + s.worker_lost,
+                       "prompt_tokens": s.prompt_tokens,
+                       "completion_tokens": s.completion_tokens},
+            "in_flight": len(self._relays), "queue": self._queue.depth(),
+            "attestation": {"tier": self.attestation.get("tier"),
+                            "image_hash": self.attestation.get("image_hash")},
+            "workers": [{
+                "node_id": w.node_id, "tier": w.attestation.get("tier"),
+                "image_hash": w.attestation.get("image_hash"), "models": list(w.models),
+                "active": w.active, "capacity": w.capacity, "coefficient": w.coefficient,
+                "ttft_ms": (None if w.measured.ttft_s is None
+                            else round(w.measured.ttft_s * 1000, 1)),
+                "tokens_per_s": w.measured.tokens_per_s, "error_rate": w.measured.error_rate,
+                "served": w.served} for w in self.workers.values()],
+            "money": money,
+            "recent": self.recent.view(),
+        }
 
     async def _families(self) -> list[Metric]:
         """The proxy's /metrics read from its state (see ``cocoon.metrics``): its
