@@ -4,8 +4,11 @@
 "use strict";
 
 const HISTORY = 300; // seconds of charts
+const WINDOW = 5; // seconds a rate is measured over
+const SHOWN = 15; // recent requests listed
 const series = { rps: [], ttft: [], tps: [] };
-let last = null; // the previous view, for rates
+const views = []; // the last WINDOW + 1 views, for rates
+let last = null; // the previous view
 
 const $ = (id) => document.getElementById(id);
 const esc = (s) => String(s ?? "").replace(/[&<>"']/g,
@@ -30,8 +33,9 @@ function chart(el, values, nowEl, digits) {
   const w = 300, h = 100;
   const vs = values.filter((v) => v != null);
   const max = Math.max(1, ...vs) * 1.1;
+  const step = w / (HISTORY - 1); // the newest at the right edge, older to its left
   const pts = values.map((v, i) => v == null ? null :
-    [(i / Math.max(1, HISTORY - 1)) * w, h - (v / max) * h]);
+    [w - (values.length - 1 - i) * step, h - (v / max) * h]);
   let d = "", pen = false;
   for (const p of pts) {
     if (!p) { pen = false; continue; }
@@ -114,7 +118,7 @@ function render(view) {
     `<td class="num">${w.ttft_ms != null ? fmt(w.ttft_ms, 0) + " ms" : "–"}</td>` +
     `<td class="num">${fmt(w.tokens_per_s, 1)}</td>` +
     `<td class="num">${w.error_rate != null ? fmt(100 * w.error_rate, 1) + "%" : "–"}</td></tr>`).join("");
-  $("recent").tBodies[0].innerHTML = (view.recent || []).slice().reverse().map((r) =>
+  $("recent").tBodies[0].innerHTML = (view.recent || []).slice(-SHOWN).reverse().map((r) =>
     `<tr class="request"><td>${esc(new Date(r.t * 1000).toLocaleTimeString())}</td>` +
     `<td>${esc(r.model)}</td><td>${esc(r.worker || "–")}</td>` +
     `<td class="${r.outcome === "ok" ? "ok" : "err"}">${esc(r.outcome)}</td>` +
@@ -123,11 +127,14 @@ function render(view) {
     `<td class="num">${fmt(r.prompt_tokens)} / ${fmt(r.completion_tokens)}</td>` +
     `<td class="num">${fmt(r.bytes)}</td><td class="num">${r.cost != null ? ton(r.cost) : "–"}</td></tr>`).join("");
   // charts: rates from the previous view, TTFT from requests that ended since
+  views.push(view);
+  if (views.length > WINDOW + 1) views.shift();
   if (last) {
-    const dt = Math.max(0.001, view.time - last.time);
-    push("rps", ((t.requests ?? 0) - (last.totals?.requests ?? 0)) / dt);
-    push("tps", ((t.completion_tokens ?? 0) - (last.totals?.completion_tokens ?? 0)) / dt);
-    push("ttft", median((view.recent || []).filter((r) => r.t > last.time && r.ttft_ms != null)
+    const first = views[0];
+    const dt = Math.max(0.001, view.time - first.time);
+    push("rps", ((t.requests ?? 0) - (first.totals?.requests ?? 0)) / dt);
+    push("tps", ((t.completion_tokens ?? 0) - (first.totals?.completion_tokens ?? 0)) / dt);
+    push("ttft", median((view.recent || []).filter((r) => r.t > first.time && r.ttft_ms != null)
       .map((r) => r.ttft_ms)));
   }
   last = view;
