@@ -45,9 +45,16 @@ async def running(node: Any) -> AsyncIterator[None]:
         await asyncio.wait_for(task, T)
 
 
-async def test_the_dashboard_shows_the_live_network_and_a_new_request(tmp_path: Path) -> None:
-    shots = Path(os.environ.get("COCOON_SCREENSHOTS") or tmp_path)
-    shots.mkdir(parents=True, exist_ok=True)
+@pytest.fixture
+def shots(tmp_path: Path) -> Path:
+    """Where screenshots go: $COCOON_SCREENSHOTS, else the test's temporary directory."""
+    where = Path(os.environ.get("COCOON_SCREENSHOTS") or tmp_path)
+    where.mkdir(parents=True, exist_ok=True)
+    return where
+
+
+async def test_the_dashboard_shows_the_live_network_and_a_new_request(
+        tmp_path: Path, shots: Path) -> None:
     billing = BillingConfig(enabled=True, ledger_path=str(tmp_path / "ledger.sqlite"),
                             signing_key_file=str(tmp_path / "k.pem"))
     with Ledger(billing.ledger_path) as ledger:

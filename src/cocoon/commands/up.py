@@ -1138,7 +1138,8 @@ def run_up(args: argparse.Namespace) -> int:
         for role in net.proxies:
             if role.info:
                 progress(f"{role.name}: workers and clients dial {net.host_of(role.name)}:"
-                         f"{role.info.get('listen_port')}, stats at {role.http}/stats")
+                         f"{role.info.get('listen_port')}, stats at {role.http}/stats, "
+                         f"dashboard at {role.http}/dashboard, metrics at {role.http}/metrics")
         progress(f"roles, pids, ports and configs: {net.network_file}")
         for line in net.attestation_summary():
             progress(line)
