@@ -97,6 +97,8 @@ async def test_the_dashboard_shows_the_live_network_and_a_new_request(
                 text = await request.inner_text()
                 assert "fake" in text and "w1" in text and "ok" in text and "TON" in text
                 assert "canary" not in await page.content()
+                money = await page.locator("#money").inner_text()  # the ledger's balances
+                assert "client node:c1" in money and "w1 earned" in money
                 await page.screenshot(path=str(shots / "dashboard.png"), full_page=True)
                 # a phone: nothing wider than the screen
                 phone = await browser.new_page(viewport={"width": 390, "height": 844})

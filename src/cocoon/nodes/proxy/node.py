@@ -1369,10 +1369,20 @@ class ProxyNode:
         s = self.stats
         money = None
         if self.billing is not None:
-            t = await self.billing.totals()
-            money = {"charged": t.charged, "earned": t.earned, "commission": t.commission,
-                     "reserved": t.reserved, "deposited": t.deposited,
-                     "settled_requests": t.settled_requests}
+            clients = sorted(set(self._accounts.values()))
+            workers = sorted(worker_account(w.node_id) for w in self.workers.values())
+            snap = await self.billing.snapshot(clients, workers)
+            t = snap["totals"]
+            channels = (self.billing.payments.snapshot()["client_channels"]
+                        if self.billing.payments is not None else {})
+            money = {**{k: t[k] for k in ("charged", "earned", "commission", "reserved",
+                                          "deposited", "settled_requests")},
+                     "clients": [{"account": a, "channel": channels.get(a),
+                                  "deposit": b["deposited"], "charged": b["charged"],
+                                  "available": b["deposited"] - b["charged"] - b["reserved"]}
+                                 for a, b in snap["clients"].items()],
+                     "workers": [{"account": a, "earned": e["earned"]}
+                                 for a, e in snap["workers"].items()]}
         return {
             "role": "proxy", "node_id": self.config.node_id,
             "uptime_s": uptime_since(self._started),

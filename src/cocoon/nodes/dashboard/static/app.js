@@ -108,7 +108,11 @@ function render(view) {
   } else {
     dl($("money"), [["charged", ton(m.charged)], ["earned by workers", ton(m.earned)],
       ["commission", ton(m.commission)], ["reserved now", ton(m.reserved)],
-      ["deposited", ton(m.deposited)], ["settled requests", fmt(m.settled_requests)]]);
+      ["deposited", ton(m.deposited)], ["settled requests", fmt(m.settled_requests)],
+      ...(m.clients || []).map((c) => [`client ${short(c.channel || c.account)}`,
+        `${ton(c.available)} of ${ton(c.deposit)}`]),
+      ...(m.workers || []).map((w) => [`${w.account.replace(/^worker:/, "")} earned`,
+        ton(w.earned)])]);
   }
   $("workers").tBodies[0].innerHTML = (view.workers || []).map((w) => `<tr data-worker="${esc(w.node_id)}">` +
     `<td>${esc(w.node_id)}</td><td><span class="tier ${esc(tierClass(w.tier))}">${esc(w.tier || "–")}</span></td>` +
