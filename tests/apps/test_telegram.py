@@ -178,6 +178,14 @@ async def test_out_of_funds_and_no_worker_become_short_replies(tmp_path: Path) -
         assert "No worker is available" in (await reply(api, 6, 0)).text
 
 
+async def test_a_timeout_keeps_what_came_and_says_so() -> None:
+    engine = FakeEngineConfig(chunks=40, chunk_bytes=4, delay_ms=100)  # 4 s to answer
+    async with network(engine) as url, bot(url, timeout_s=1.5) as api:
+        api.say(8, "take your time")
+        answer = await reply(api, 8, 0, lambda s: "took too long" in s.text)
+        assert answer.text.startswith("xxx")  # what had come before the timeout stays
+
+
 async def test_a_long_answer_goes_on_in_a_new_message() -> None:
     engine = FakeEngineConfig(chunks=1100, chunk_bytes=5)  # 5,500 characters
     async with network(engine) as url, bot(url) as api:
