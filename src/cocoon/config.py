@@ -214,6 +214,9 @@ class ClientConfig:
     # Where receipts are kept (a JSON line each, in receipts-YYYY-MM-DD.jsonl, 0600); "":
     # only in memory (the newest 4096, at GET /v1/receipts/{id}).
     receipt_dir: str = ""
+    # Where uploaded files (purpose fine-tune) and fine-tuning jobs are kept (0600); "": only
+    # in memory.
+    finetune_dir: str = ""
     attestation: AttestationConfig = field(default_factory=AttestationConfig)
     chain: ChainConfig = field(default_factory=ChainConfig)
 

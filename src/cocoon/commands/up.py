@@ -260,7 +260,8 @@ class LocalNetwork:
                      else None)
         self.data_dir = Path(self._tmp.name if self._tmp is not None else data_dir or "")
         # the client keeps its receipts in the data directory
-        self.client_sets = [f"receipt_dir={self.data_dir / 'receipts'}", *(client_sets or [])]
+        self.client_sets = [f"receipt_dir={self.data_dir / 'receipts'}",
+                            f"finetune_dir={self.data_dir / 'finetune'}", *(client_sets or [])]
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._lock_fd = self._lock_data_dir()
         try:

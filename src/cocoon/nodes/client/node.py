@@ -72,6 +72,7 @@ from cocoon.ledger.copies import AccountCopy
 from cocoon.metrics import Metric, NodeMetrics, counter, gauge
 from cocoon.money import ton_decimal
 from cocoon.nodes.channels import build_channels
+from cocoon.nodes.client.finetune import FineTuning
 from cocoon.nodes.client.payments import ChargeSigner
 from cocoon.nodes.client.sealing import ReceiptBook, RequestSeal
 from cocoon.nodes.common import (
@@ -193,6 +194,9 @@ class ClientNode:
         self.metrics = NodeMetrics(self._families, known=lambda m: any(
             link.offers(m) for link in self.links))
         self.recent = RecentRequests()  # for the dashboard
+        self.finetuning = FineTuning(config.finetune_dir,
+                                     lambda: sorted({e.model for e in self.catalog}),
+                                     self._invalid)
         self._watchdog = Watchdog()
         self._started = time.monotonic()
         self._cors = frozenset(o.strip() for o in config.cors_origins.split(",") if o.strip())
@@ -772,6 +776,7 @@ class ClientNode:
             app.router.add_post(path, self._completions)
         add_health_routes(app, health, stats, self.metrics)
         add_dashboard_routes(app, self._dashboard_view)
+        self.finetuning.add_routes(app)
         app.on_response_prepare.append(self._cors_headers)
         return app
 
