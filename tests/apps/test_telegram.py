@@ -9,7 +9,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import socket
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -25,27 +24,14 @@ from cocoon.nodes.client.node import ClientNode
 from cocoon.nodes.proxy.node import ProxyNode
 from cocoon.nodes.worker.node import WorkerNode
 from cocoon.transport import TcpConnector, TcpListener
+from lifecycle import running, unused
 
 T = 20.0
 TOKEN = "123456:test-token"
 
 
-@contextlib.asynccontextmanager
-async def running(node: Any) -> AsyncIterator[None]:
-    stop, ready = asyncio.Event(), asyncio.Event()
-    task = asyncio.create_task(node.run(stop, lambda _: ready.set()))
-    try:
-        await asyncio.wait_for(ready.wait(), T)
-        yield
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, T)
 
 
-def unused() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @contextlib.asynccontextmanager

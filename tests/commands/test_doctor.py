@@ -4,12 +4,9 @@ proxy, a broken upstream, a file that is no model)."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import os
 import socket
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -21,24 +18,7 @@ from cocoon.cli import main
 from cocoon.commands import doctor
 from cocoon.config import ProxyConfig
 from cocoon.nodes.proxy.node import ProxyNode
-
-
-@contextlib.asynccontextmanager
-async def running(node: Any) -> AsyncIterator[None]:
-    stop, ready = asyncio.Event(), asyncio.Event()
-    task = asyncio.create_task(node.run(stop, lambda _: ready.set()))
-    try:
-        await asyncio.wait_for(ready.wait(), 30)
-        yield
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 30)
-
-
-def unused() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from lifecycle import running, unused
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, dict[str, Any]]:

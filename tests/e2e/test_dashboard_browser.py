@@ -23,6 +23,7 @@ from cocoon.nodes.client.node import ClientNode
 from cocoon.nodes.proxy.node import ProxyNode
 from cocoon.nodes.worker.node import WorkerNode
 from cocoon.transport import TcpConnector, TcpListener
+from lifecycle import running
 
 playwright_api = pytest.importorskip(
     "playwright.async_api", reason="playwright is not installed (scripts/setup installs it)")
@@ -33,16 +34,6 @@ pytestmark = pytest.mark.skipif(
 T = 30.0
 
 
-@contextlib.asynccontextmanager
-async def running(node: Any) -> AsyncIterator[None]:
-    stop, ready = asyncio.Event(), asyncio.Event()
-    task = asyncio.create_task(node.run(stop, lambda _: ready.set()))
-    try:
-        await asyncio.wait_for(ready.wait(), T)
-        yield
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, T)
 
 
 @pytest.fixture

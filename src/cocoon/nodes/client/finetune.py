@@ -20,7 +20,7 @@ import logging
 import os
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from email.parser import BytesParser
 from pathlib import Path
 from typing import Any, Final
@@ -125,18 +125,29 @@ class FineTuning:
     # --- routes -------------------------------------------------------------------------
 
     def add_routes(self, app: web.Application) -> None:
-        r = app.router
-        r.add_post("/v1/files", self._upload)
-        r.add_get("/v1/files", self._list_files)
-        r.add_get("/v1/files/{id}", self._file)
-        r.add_get("/v1/files/{id}/content", self._file_content)
-        r.add_delete("/v1/files/{id}", self._delete_file)
-        r.add_post("/v1/fine_tuning/jobs", self._create_job)
-        r.add_get("/v1/fine_tuning/jobs", self._list_jobs)
-        r.add_get("/v1/fine_tuning/jobs/{id}", self._job)
-        r.add_post("/v1/fine_tuning/jobs/{id}/cancel", self._cancel_job)
-        r.add_get("/v1/fine_tuning/jobs/{id}/events", self._job_events)
-        r.add_get("/v1/fine_tuning/jobs/{id}/checkpoints", self._job_checkpoints)
+        for method, path, handler in (
+                ("POST", "/v1/files", self._upload),
+                ("GET", "/v1/files", self._list_files),
+                ("GET", "/v1/files/{id}", self._file),
+                ("GET", "/v1/files/{id}/content", self._file_content),
+                ("DELETE", "/v1/files/{id}", self._delete_file),
+                ("POST", "/v1/fine_tuning/jobs", self._create_job),
+                ("GET", "/v1/fine_tuning/jobs", self._list_jobs),
+                ("GET", "/v1/fine_tuning/jobs/{id}", self._job),
+                ("POST", "/v1/fine_tuning/jobs/{id}/cancel", self._cancel_job),
+                ("GET", "/v1/fine_tuning/jobs/{id}/events", self._job_events),
+                ("GET", "/v1/fine_tuning/jobs/{id}/checkpoints", self._job_checkpoints)):
+            app.router.add_route(method, path, self._answering(handler))
+
+    def _answering(self, handler: Callable[[web.Request], Awaitable[web.Response]]
+                   ) -> Callable[[web.Request], Awaitable[web.Response]]:
+        """``handler`` with its RequestErrors answered in OpenAI's shape."""
+        async def route(request: web.Request) -> web.Response:
+            try:
+                return await handler(request)
+            except RequestError as exc:
+                return self._answer(request, exc)
+        return route
 
     def _found(self, table: dict[str, dict[str, Any]], request: web.Request,
                what: str) -> dict[str, Any]:
@@ -146,20 +157,17 @@ class FineTuning:
         return found
 
     async def _upload(self, request: web.Request) -> web.Response:
-        try:
-            # the body is already read (the node's body deadline): parsed from its bytes
-            form = _multipart(request.headers.get("Content-Type", ""), await request.read())
-            purpose = form.get("purpose", (None, b""))[1].decode("utf-8", "replace")
-            if purpose not in _PURPOSES:
-                raise BadRequest("purpose must be \"fine-tune\" (the only files kept here)",
-                                 param="purpose")
-            if "file" not in form:
-                raise BadRequest("a multipart field \"file\" with the file is required",
-                                 param="file")
-            filename, data = form["file"]
-            stats = check_training_file(data)
-        except RequestError as exc:
-            return self._answer(request, exc)
+        # the body is already read (the node's body deadline): parsed from its bytes
+        form = _multipart(request.headers.get("Content-Type", ""), await request.read())
+        purpose = form.get("purpose", (None, b""))[1].decode("utf-8", "replace")
+        if purpose not in _PURPOSES:
+            raise BadRequest("purpose must be \"fine-tune\" (the only files kept here)",
+                             param="purpose")
+        if "file" not in form:
+            raise BadRequest("a multipart field \"file\" with the file is required",
+                             param="file")
+        filename, data = form["file"]
+        stats = check_training_file(data)
         file_id = _new_id("file-")
         self._write_content(file_id, data)
         obj = {"id": file_id, "object": "file", "bytes": len(data),
@@ -177,23 +185,14 @@ class FineTuning:
         return self._page(request, rows)
 
     async def _file(self, request: web.Request) -> web.Response:
-        try:
-            return web.json_response(self._found(self.files, request, "file"))
-        except RequestError as exc:
-            return self._answer(request, exc)
+        return web.json_response(self._found(self.files, request, "file"))
 
     async def _file_content(self, request: web.Request) -> web.Response:
-        try:
-            f = self._found(self.files, request, "file")
-        except RequestError as exc:
-            return self._answer(request, exc)
+        f = self._found(self.files, request, "file")
         return web.Response(body=self.content(f["id"]), content_type="application/jsonl")
 
     async def _delete_file(self, request: web.Request) -> web.Response:
-        try:
-            f = self._found(self.files, request, "file")
-        except RequestError as exc:
-            return self._answer(request, exc)
+        f = self._found(self.files, request, "file")
         del self.files[f["id"]]
         self._content.pop(f["id"], None)
         if self._dir is not None:
@@ -208,7 +207,7 @@ class FineTuning:
         try:
             limit = min(_MAX_LIST, max(1, int(request.query.get("limit", "20"))))
         except ValueError:
-            return self._answer(request, BadRequest("limit must be a number", param="limit"))
+            raise BadRequest("limit must be a number", param="limit") from None
         rows = rows if request.query.get("order") == "asc" else rows[::-1]
         after = request.query.get("after")
         if after:
@@ -248,34 +247,31 @@ class FineTuning:
 
     async def _create_job(self, request: web.Request) -> web.Response:
         try:
-            try:
-                body = await request.json()
-            except ValueError:
-                raise BadRequest("the body is not JSON") from None
-            if not isinstance(body, dict):
-                raise BadRequest("the body must be a JSON object")
-            model = body.get("model")
-            served = self._models()
-            if not isinstance(model, str) or model not in served:
-                raise BadRequest(f"model {str(model)[:64]!r} is not served by the network "
-                                 f"(served: {', '.join(served) or 'none yet'})", param="model")
-            training = self._training_file(body.get("training_file"), "training_file")
-            validation = body.get("validation_file")
-            if validation is not None:
-                self._training_file(validation, "validation_file")
-            hyper = parse_hyperparameters(body)
-            suffix = body.get("suffix")
-            if suffix is not None and (not isinstance(suffix, str) or not 0 < len(suffix) <= 64
-                                       or not suffix.replace("-", "").replace("_", "")
-                                       .isalnum()):
-                raise BadRequest("suffix: up to 64 letters, digits, - and _", param="suffix")
-            seed = body.get("seed")
-            if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)
-                                     or not 0 <= seed <= 2**31 - 1):
-                raise BadRequest("seed must be an integer from 0 to 2147483647",
-                                 param="seed")
-        except RequestError as exc:
-            return self._answer(request, exc)
+            body = await request.json()
+        except ValueError:
+            raise BadRequest("the body is not JSON") from None
+        if not isinstance(body, dict):
+            raise BadRequest("the body must be a JSON object")
+        model = body.get("model")
+        served = self._models()
+        if not isinstance(model, str) or model not in served:
+            raise BadRequest(f"model {str(model)[:64]!r} is not served by the network "
+                             f"(served: {', '.join(served) or 'none yet'})", param="model")
+        training = self._training_file(body.get("training_file"), "training_file")
+        validation = body.get("validation_file")
+        if validation is not None:
+            self._training_file(validation, "validation_file")
+        hyper = parse_hyperparameters(body)
+        suffix = body.get("suffix")
+        if suffix is not None and (not isinstance(suffix, str) or not 0 < len(suffix) <= 64
+                                   or not suffix.replace("-", "").replace("_", "")
+                                   .isalnum()):
+            raise BadRequest("suffix: up to 64 letters, digits, - and _", param="suffix")
+        seed = body.get("seed")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)
+                                 or not 0 <= seed <= 2**31 - 1):
+            raise BadRequest("seed must be an integer from 0 to 2147483647",
+                             param="seed")
         job_id = _new_id("ftjob-")
         job: dict[str, Any] = {
             "id": job_id, "object": "fine_tuning.job", "model": model,
@@ -307,32 +303,20 @@ class FineTuning:
         return self._page(request, list(self.jobs.values()))
 
     async def _job(self, request: web.Request) -> web.Response:
-        try:
-            return web.json_response(self._found(self.jobs, request, "fine-tuning job"))
-        except RequestError as exc:
-            return self._answer(request, exc)
+        return web.json_response(self._found(self.jobs, request, "fine-tuning job"))
 
     async def _cancel_job(self, request: web.Request) -> web.Response:
-        try:
-            job = self._found(self.jobs, request, "fine-tuning job")
-            if job["status"] in _FINISHED:
-                raise BadRequest(f"the job is already {job['status']}", param="id")
-        except RequestError as exc:
-            return self._answer(request, exc)
+        job = self._found(self.jobs, request, "fine-tuning job")
+        if job["status"] in _FINISHED:
+            raise BadRequest(f"the job is already {job['status']}", param="id")
         self._status(job, "cancelled")
         self._save()
         return web.json_response(job)
 
     async def _job_events(self, request: web.Request) -> web.Response:
-        try:
-            job = self._found(self.jobs, request, "fine-tuning job")
-        except RequestError as exc:
-            return self._answer(request, exc)
+        job = self._found(self.jobs, request, "fine-tuning job")
         return self._page(request, list(self.events.get(job["id"], [])))
 
     async def _job_checkpoints(self, request: web.Request) -> web.Response:
-        try:
-            self._found(self.jobs, request, "fine-tuning job")
-        except RequestError as exc:
-            return self._answer(request, exc)
+        self._found(self.jobs, request, "fine-tuning job")
         return self._page(request, [])  # none until a worker trains
