@@ -30,7 +30,7 @@ def w(worker_id: str, *, active: int = 0, capacity: int = 4, order: int = 0,
 
 def test_the_documented_formula() -> None:
     v = w("a", active=1, capacity=4, coefficient=1500, ttft=0.2, tps=40.0, errors=0.25)
-    expected = (0.2 * (1 + 1 / 4) + 100 / 40.0) * 1.5 * (1 + 4 * 0.25)
+    expected = (0.2 + 100 / 40.0) * (1 + 1 / 4) * 1.5 * (1 + 4 * 0.25)
     assert score(v, Measured(), 100) == pytest.approx(expected)
     # unmeasured figures are the model's typical ones, else the defaults
     blank = w("b")
@@ -60,6 +60,27 @@ def test_failures_weigh() -> None:
 def test_among_equals_the_least_loaded_wins() -> None:
     workers = [w("a", active=3, capacity=4), w("b", active=1, capacity=4, order=1)]
     assert choose_worker("m", workers, max_tokens=100).worker_id == "b"
+
+
+def test_a_worker_a_hair_faster_does_not_starve_its_twins() -> None:
+    """Three workers of 4 slots measured 32.3, 32.3 and 31.8 tokens/s (the dashboard saw
+    the slowest get nothing while the fastest was full): six requests spread 2/2/2."""
+    speeds = {"w1": 31.8, "w2": 32.3, "w3": 32.3}
+    active = dict.fromkeys(speeds, 0)
+    for _ in range(6):
+        views = [w(k, active=active[k], ttft=0.002, tps=tps, order=i)
+                 for i, (k, tps) in enumerate(speeds.items())]
+        active[choose_worker("m", views, max_tokens=40).worker_id] += 1
+    assert active == {"w1": 2, "w2": 2, "w3": 2}
+    # a worker really twice as fast takes them all: even at 6 of its 8 slots it finishes
+    # sooner than the slow one idle ((0.1 + 100/40) x 1.75 = 4.55 s < 0.1 + 100/20 = 5.1 s)
+    fast = {"slow": 20.0, "fast": 40.0}
+    load = dict.fromkeys(fast, 0)
+    for _ in range(6):
+        views = [w(k, active=load[k], ttft=0.1, tps=tps, order=i, capacity=8)
+                 for i, (k, tps) in enumerate(fast.items())]
+        load[choose_worker("m", views, max_tokens=100).worker_id] += 1
+    assert load == {"slow": 0, "fast": 6}
 
 
 def test_measurements_are_moving_averages() -> None:

@@ -7,8 +7,12 @@ that is not excluded (it refused or failed this request already).
 **Who does.** The one with the lowest *score*, the request's expected time on the worker
 weighted by its price and its recent failures::
 
-    expected_s = ttft_s * (1 + active / capacity) + max_tokens / tokens_per_s
+    expected_s = (ttft_s + max_tokens / tokens_per_s) * (1 + active / capacity)
     score      = expected_s * coefficient / 1000 * (1 + 4 * error_rate)
+
+The load weighs on the whole time, decoding included: the requests a worker runs share its
+compute. (Weighing only the time to first token let a worker measured a hair faster take
+every request until its slots were full while a twin sat idle, its figures never updated.)
 
 ``ttft_s`` (time to first token), ``tokens_per_s`` (decode speed after it) and
 ``error_rate`` (the share of recent requests the worker failed) are the proxy's
@@ -111,7 +115,7 @@ def score(w: Candidate, typical: Measured, max_tokens: int) -> float:
         typical.ttft_s if typical.ttft_s is not None else DEFAULT_TTFT_S)
     tps = m.tokens_per_s if m.tokens_per_s is not None else (
         typical.tokens_per_s if typical.tokens_per_s is not None else DEFAULT_TOKENS_PER_S)
-    expected = ttft * (1 + w.active / w.capacity) + max_tokens / tps
+    expected = (ttft + max_tokens / tps) * (1 + w.active / w.capacity)
     return expected * w.coefficient / _UNIT * (1 + _ERROR_WEIGHT * m.error_rate)
 
 
