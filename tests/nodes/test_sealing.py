@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import replace
@@ -22,12 +23,13 @@ from loopback import T, ask, running, running_proxy, until
 
 from cocoon.attestation.config import AttestationConfig
 from cocoon.attestation.providers import NoneProvider
-from cocoon.attestation.receipt import HEADER, Receipt, verify
+from cocoon.attestation.receipt import HEADER, Receipt, WorkerPart, sign_part, verify
 from cocoon.cli import main
 from cocoon.config import ClientConfig, WorkerConfig
 from cocoon.crypto.seal import new_seal_key, seal_public_bytes
 from cocoon.engines import FakeEngine, FakeEngineConfig
 from cocoon.nodes.client.node import ClientNode
+from cocoon.nodes.client.sealing import ReceiptBook
 from cocoon.nodes.proxy.node import ProxyNode
 from cocoon.nodes.worker.node import WorkerNode
 from cocoon.transport import TcpConnector
@@ -450,3 +452,31 @@ def test_a_forwarded_certificate_that_does_not_parse_is_refused_with_its_rule() 
         with pytest.raises(EvidenceInvalid) as caught:
             check(bad, "worker")
         assert caught.value.rule == "cert_format"
+
+
+def test_the_receipt_book_keeps_compact_receipts_small_and_whole_on_request() -> None:
+    """4,096 receipts stay in memory: each costs its compact JSON (about 1 KiB here), not
+    orjson's working buffer (4 KiB and more), and comes back whole with its certificate."""
+    import tracemalloc
+
+    identity = TlsIdentity.create(NoneProvider(), "worker", "fake")
+    cert = identity.certificate.public_bytes(serialization.Encoding.DER)
+    digest = hashlib.sha256(cert).hexdigest()
+    book = ReceiptBook("")
+    receipts = []
+    for i in range(300):
+        part = WorkerPart("w1", f"{i:064x}", "1" * 64, 3, True, "fake", "", "", 5, 7, 0, 0,
+                          1_700_000_000 + i, digest)
+        receipts.append(Receipt(part, sign_part(part, identity.key), worker_certificate=cert))
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i, r in enumerate(receipts):
+            book.keep(f"id{i}", r)
+        per_receipt = (tracemalloc.get_traced_memory()[0] - before) / len(receipts)
+    finally:
+        tracemalloc.stop()
+    assert per_receipt < 2048, per_receipt
+    whole = Receipt.decode(book.get("id7") or b"")
+    assert whole.worker_certificate == cert and whole.worker == receipts[7].worker
+    assert book.get("nope") is None

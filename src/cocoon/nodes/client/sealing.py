@@ -199,7 +199,8 @@ class ReceiptBook:
 
     def __init__(self, directory: str) -> None:
         self._dir = Path(directory) if directory else None
-        self._kept: OrderedDict[str, Receipt] = OrderedDict()
+        # the newest receipts, compact (certificates by hash): about 1.3 KB each
+        self._kept: OrderedDict[str, bytes] = OrderedDict()
         self._certs: OrderedDict[str, bytes] = OrderedDict()  # SHA-256 hex -> DER
         self._open: tuple[str, int] | None = None  # today's file: (name, descriptor)
         if self._dir is not None:
@@ -230,15 +231,16 @@ class ReceiptBook:
         return der
 
     def keep(self, receipt_id: str, receipt: Receipt) -> None:
-        receipt = replace(receipt, worker_certificate=self._intern(receipt.worker_certificate),
-                          proxy_certificate=self._intern(receipt.proxy_certificate))
-        self._kept[receipt_id] = receipt
+        self._intern(receipt.worker_certificate)
+        self._intern(receipt.proxy_certificate)
+        compact = receipt.encode(compact=True, receipt_id=receipt_id)
+        # a copy: orjson's own bytes keep its whole working buffer (4 KiB and more each)
+        self._kept[receipt_id] = bytes(memoryview(compact))
         while len(self._kept) > _KEPT:
             self._kept.popitem(last=False)
         if self._dir is not None:
-            line = receipt.encode(compact=True, receipt_id=receipt_id) + b"\n"
             try:
-                os.write(self._day_file(), line)
+                os.write(self._day_file(), compact + b"\n")
             except OSError as exc:
                 log.error("could not keep a receipt in %s: %s", self._dir, exc)
 
@@ -269,6 +271,10 @@ class ReceiptBook:
             log.error("could not keep a receipt in %s: %s", path, exc)
 
     def get(self, receipt_id: str) -> bytes | None:
-        """The whole receipt (both certificates in it), as JSON."""
-        receipt = self._kept.get(receipt_id)
-        return None if receipt is None else receipt.encode(receipt_id=receipt_id)
+        """The whole receipt (both certificates in it, while this book still holds them),
+        as JSON."""
+        compact = self._kept.get(receipt_id)
+        if compact is None:
+            return None
+        return Receipt.decode(compact).with_certificates(self.find).encode(
+            receipt_id=receipt_id)
