@@ -1,5 +1,5 @@
-"""Node lifecycles for tests outside tests/nodes (imported by name: pytest puts this folder
-on the path for its conftest)."""
+"""Node lifecycles for every test that runs nodes (imported by name: pytest puts this folder
+on the path for its conftest; tests/nodes/loopback.py re-exports them)."""
 
 from __future__ import annotations
 
@@ -13,14 +13,14 @@ T = 30.0
 
 
 @contextlib.asynccontextmanager
-async def running(node: Any) -> AsyncIterator[None]:
+async def running(node: Any) -> AsyncIterator[Any]:
     """A node (proxy, worker or client) running until the block ends: ready on entry,
     stopped and awaited on exit."""
     stop, ready = asyncio.Event(), asyncio.Event()
     task = asyncio.create_task(node.run(stop, lambda _: ready.set()))
     try:
         await asyncio.wait_for(ready.wait(), T)
-        yield
+        yield node
     finally:
         stop.set()
         await asyncio.wait_for(task, T)

@@ -16,6 +16,7 @@ from cocoon.config import ProxyConfig
 from cocoon.nodes.proxy.node import ProxyNode
 from cocoon.transport import Peer, TcpListener
 from cocoon.wire import Connection, Message
+from lifecycle import running
 
 T = 10.0
 
@@ -50,20 +51,6 @@ class Loopback:
         await asyncio.wait_for(peer.handshake(), T)
         self.tasks.append(asyncio.create_task(peer.run(handler)))
         return peer
-
-
-@contextlib.asynccontextmanager
-async def running(node: Any) -> AsyncIterator[Any]:
-    """A node (proxy, worker or client) running until the block ends: ready on entry,
-    stopped and awaited on exit."""
-    stop, ready = asyncio.Event(), asyncio.Event()
-    runner = asyncio.create_task(node.run(stop, lambda _: ready.set()))
-    try:
-        await asyncio.wait_for(ready.wait(), T)
-        yield node
-    finally:
-        stop.set()
-        await asyncio.wait_for(runner, T)
 
 
 @contextlib.asynccontextmanager

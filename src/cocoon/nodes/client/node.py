@@ -665,15 +665,7 @@ class ClientNode:
         and its recent requests (figures only)."""
         s = self.stats
         first = next(iter(self.links), None)
-        channels = []
-        for link in self.links:
-            if link.signer is None:
-                continue
-            a, signed = link.account, link.signer.cumulative
-            channels.append({"channel": link.signer.channel, "deposit": a.deposited,
-                             "charged": a.charged,
-                             "available": a.deposited - a.charged - a.reserved,
-                             "unsigned": max(0, a.charged - signed)})
+        channels = self._channel_figures()
         return {
             "role": "client", "node_id": self.node_id,
             "uptime_s": uptime_since(self._started),
@@ -692,22 +684,27 @@ class ClientNode:
             "recent": self.recent.view(),
         }
 
-    async def _families(self) -> list[Metric]:
-        """The client's /metrics read from its state (see ``cocoon.metrics``)."""
-        s = self.stats
-        channels: dict[str, dict[tuple[str, ...], float]] = {
-            k: {} for k in ("deposit", "charged", "reserved", "available", "signed",
-                            "unsigned")}
+    def _channel_figures(self) -> list[dict[str, Any]]:
+        """Each paying channel's amounts (nanoTON), as the proxy last stated them and as
+        this client signed: for /metrics and the dashboard."""
+        out = []
         for link in self.links:
             if link.signer is None:
                 continue
-            a, ch = link.account, (link.signer.channel,)
-            signed = link.signer.cumulative
-            for k, v in (("deposit", a.deposited), ("charged", a.charged),
-                         ("reserved", a.reserved),
-                         ("available", a.deposited - a.charged - a.reserved),
-                         ("signed", signed), ("unsigned", max(0, a.charged - signed))):
-                channels[k][ch] = v
+            a, signed = link.account, link.signer.cumulative
+            out.append({"channel": link.signer.channel, "deposit": a.deposited,
+                        "charged": a.charged, "reserved": a.reserved,
+                        "available": a.deposited - a.charged - a.reserved,
+                        "signed": signed, "unsigned": max(0, a.charged - signed)})
+        return out
+
+    async def _families(self) -> list[Metric]:
+        """The client's /metrics read from its state (see ``cocoon.metrics``)."""
+        s = self.stats
+        figures = self._channel_figures()
+        channels: dict[str, dict[tuple[str, ...], float]] = {
+            k: {(c["channel"],): c[k] for c in figures}
+            for k in ("deposit", "charged", "reserved", "available", "signed", "unsigned")}
         docs = {"deposit": "What the channel holds in all, per the proxy's last statement",
                 "charged": "What the proxy has charged the channel",
                 "reserved": "Reserved for requests under way",
