@@ -145,7 +145,7 @@ def run_bench(args: argparse.Namespace) -> int:
     if with_seal:
         report["seal"] = run_seal(duration, args.repeat, progress, overrides)
         if not report["seal"]["meets_target"] or any(
-                report["seal"][n][side]["errors"] for n in ("paced", "saturation")
+                report["seal"][n][side]["errors"] for n in ("paced", "light", "saturation")
                 for side in ("sealed", "clear")):
             failed = True
     if with_routing:
