@@ -67,6 +67,7 @@ class ProxyConfig:
     listen: str = "127.0.0.1:11100"  # workers and clients connect here
     http: str = "127.0.0.1:11000"  # health and stats
     request_timeout_s: float = 120.0  # longest a request may run, end to end
+    training_timeout_s: float = 21600.0  # longest a fine-tuning job may run (6 hours)
     idle_timeout_s: float = 60.0  # longest gap between two messages of a stream
     # requests that find every worker slot busy wait (per model, fair across clients) ...
     queue_limit: int = 1024  # ... at most this many per model (more: 429)
@@ -91,6 +92,7 @@ class ProxyConfig:
             parse_hostport(self.public_endpoint, "proxy.public_endpoint")
         parse_hostport(self.http, "proxy.http")
         require_positive(self.request_timeout_s, "proxy.request_timeout_s")
+        require_positive(self.training_timeout_s, "proxy.training_timeout_s")
         require_positive(self.idle_timeout_s, "proxy.idle_timeout_s")
         require_positive(self.queue_timeout_s, "proxy.queue_timeout_s")
         if self.relist_interval_s < 0:
@@ -143,12 +145,18 @@ class WorkerConfig:
     # The price this worker asks (COCOON's worker coefficient): its requests are billed at
     # price_per_token x coefficient / 1000, and routing weighs it against its speed.
     coefficient: int = 1000
+    # fine-tuning jobs (LoRA, on the GGUF the llama-cpp engine serves): "auto" offers them
+    # when the engine is llama-cpp and torch, transformers and peft are installed (the
+    # `train` extra); "on" requires that; "off" never trains
+    train: str = "auto"
     engine: EngineConfig = field(default_factory=EngineConfig)
     attestation: AttestationConfig = field(default_factory=AttestationConfig)
     chain: ChainConfig = field(default_factory=ChainConfig)
 
     def __post_init__(self) -> None:
         split_proxies(self.proxy, "worker.proxy")
+        if self.train not in ("auto", "on", "off"):
+            raise ConfigError(f"worker.train must be auto, on or off, got {self.train!r}")
         parse_hostport(self.http, "worker.http")
         if self.max_concurrent == 0:
             object.__setattr__(self, "max_concurrent", ENGINE_CAPACITY[self.engine.kind])

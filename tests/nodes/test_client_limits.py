@@ -88,8 +88,9 @@ def test_error_response_sets_retry_after_on_429_and_503(status: int,
 # --- consistent limits ----------------------------------------------------------------------
 
 async def test_body_over_the_frame_limit_is_413_in_openai_shape(node: ClientNode) -> None:
-    # 5 MB of valid JSON: under the old 16 MB HTTP limit, over the 4 MB wire frame.
-    big = json.dumps(chat(messages=[{"role": "user", "content": "a" * 5_000_000}])).encode()
+    # valid JSON just over the wire frame's room for a body
+    big = json.dumps(chat(messages=[{"role": "user",
+                                     "content": "a" * (MAX_REQUEST_BODY + 1000)}])).encode()
     status, headers, body = await post(node.http.url, big)
     assert status == 413, body
     assert body["error"]["code"] == "request_too_large"

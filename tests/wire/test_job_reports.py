@@ -25,18 +25,23 @@ def test_a_request_without_a_ticket_encodes_as_before() -> None:
     plain = Request(1, "chat", "m", True, 30_000, b"{}", 16)
     assert _raw(plain) == [4, 1, "chat", "m", True, 30_000, b"{}", 16]
     ticketed = Request(1, "chat", "m", True, 30_000, b"{}", 16, ticket=2**63 + 5)
-    # the tail (ticket, max_coefficient, seal_size, seal_keys) travels whole once either is set
-    assert _raw(ticketed) == [4, 1, "chat", "m", True, 30_000, b"{}", 16, 2**63 + 5, 0, 0, b""]
+    # the tail (ticket, max_coefficient, seal_size, seal_keys, requires) travels whole once
+    # any of it is set
+    assert _raw(ticketed) == [4, 1, "chat", "m", True, 30_000, b"{}", 16, 2**63 + 5, 0, 0, b"",
+                              ""]
     capped = Request(1, "chat", "m", True, 30_000, b"{}", 16, max_coefficient=1500)
-    assert _raw(capped) == [4, 1, "chat", "m", True, 30_000, b"{}", 16, 0, 1500, 0, b""]
-    for msg in (plain, ticketed, capped):
+    assert _raw(capped) == [4, 1, "chat", "m", True, 30_000, b"{}", 16, 0, 1500, 0, b"", ""]
+    training = Request(1, "fine_tune", "m", True, 30_000, b"{}", 16, requires="train")
+    assert _raw(training) == [4, 1, "fine_tune", "m", True, 30_000, b"{}", 16, 0, 0, 0, b"",
+                              "train"]
+    for msg in (plain, ticketed, capped, training):
         assert decode(encode(msg)) == msg
 
 
 def test_an_explicit_zero_ticket_is_refused() -> None:
     """One encoding per message: a tail present but all defaults is off-schema."""
     with pytest.raises(ProtocolError, match="optional tail"):
-        decode(msgpack.packb([4, 1, "chat", "m", True, 0, b"{}", 0, 0, 0, 0, b""]))
+        decode(msgpack.packb([4, 1, "chat", "m", True, 0, b"{}", 0, 0, 0, 0, b"", ""]))
 
 
 def test_job_reports_round_trip_and_give_usage() -> None:

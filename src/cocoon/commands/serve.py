@@ -15,6 +15,7 @@ from cocoon.nodes.client.node import ClientNode
 from cocoon.nodes.common import run_until_signal, write_ready_file
 from cocoon.nodes.proxy.node import ProxyNode
 from cocoon.nodes.worker.node import WorkerNode
+from cocoon.nodes.worker.training import worker_training
 
 __all__ = ["serve_role"]
 
@@ -52,7 +53,7 @@ async def _run_role(args: argparse.Namespace) -> None:
         log.info("loading engine %s", wc.engine.kind)
         engine = await build_engine(wc.engine)
         log.info("engine %s ready: %s", engine.name, ", ".join(engine.models))
-        worker = WorkerNode(wc, engine)
+        worker = WorkerNode(wc, engine, training=worker_training(wc, engine))
         await run_until_signal(lambda stop: worker.run(stop, _ready_writer(args.ready_file)))
     elif args.command == "client":
         cc = cfg.load(cfg.ClientConfig, args.config,

@@ -89,6 +89,9 @@ class InferenceJob:
     body: dict[str, Any]
     request_id: int  # unique per worker; engines derive the OpenAI response id from it
     granted: int = 0  # the cap the proxy granted (0: none)
+    # a LoRA adapter to apply for this job only: (its SHA-256 hex, the GGUF LoRA bytes);
+    # only an engine whose ``adapters`` is true is given one
+    lora: tuple[str, bytes] | None = field(default=None, repr=False)
     meter: UsageMeter = field(default_factory=UsageMeter, compare=False, repr=False)
     max_tokens: int = field(init=False, default=0)
 
@@ -110,11 +113,13 @@ class Engine(Protocol):
     the engines' conformance suite). ``name``, ``models`` and ``model_hash`` (SHA-256 of the
     weights file that model allow-lists name; empty when the engine cannot know it) are
     fixed for the engine's life; ``cancelled`` counts generations stopped early and
-    ``usage_estimated`` those whose usage had to be estimated."""
+    ``usage_estimated`` those whose usage had to be estimated. ``adapters``: whether it
+    applies a job's LoRA adapter (``InferenceJob.lora``)."""
 
     name: str
     models: tuple[str, ...]
     model_hash: bytes
+    adapters: bool
     cancelled: int
     usage_estimated: int
 

@@ -46,6 +46,7 @@ def prompt_tokens_of(job: InferenceJob) -> int:
 
 class FakeEngine:
     name = "fake"
+    adapters = False  # LoRA adapters: llama-cpp applies them
 
     def __init__(self, config: FakeEngineConfig | None = None) -> None:
         self.config = config or FakeEngineConfig()

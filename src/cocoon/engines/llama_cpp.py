@@ -25,16 +25,27 @@ do not (``context_length_exceeded``); a non-text content part; logprobs, unless 
 keeps all logits (``logprobs = true`` in its config); a JSON schema the grammar converter
 cannot express. ``response_format`` ``json_object`` / ``json_schema`` constrain the output
 with a llama.cpp grammar. A failure of llama.cpp itself is a 500 naming only its type.
+
+A job may carry a LoRA adapter (``InferenceJob.lora``: a fine-tuned model of its client's,
+in llama.cpp's GGUF LoRA format): it is applied to the context for that job only and taken
+off before the next. Loaded adapters are kept by SHA-256, the newest ``_ADAPTERS`` (a few MB
+each); the file llama.cpp loads one from is written in a private temporary directory and
+deleted at once. An adapter that does not fit the model is a 400 naming the model. Changing
+adapters clears the context, so nothing computed under one is reused under another.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import importlib.util
 import json
 import logging
+import os
 import random
+import tempfile
 import threading
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any, Final
@@ -61,6 +72,7 @@ log = logging.getLogger(__name__)
 
 _GGUF: Final = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _HANDOFF: Final = 32  # tokens the generating thread may run ahead of the consumer
+_ADAPTERS: Final = 8  # LoRA adapters kept loaded, the most recently used
 
 # OpenAI fields -> llama-cpp-python keyword arguments, taken as they are.
 _PASSTHROUGH: Final = ("temperature", "top_p", "stop", "presence_penalty",
@@ -89,10 +101,11 @@ class _Cancelled(Exception):
 
 class LlamaCppEngine:
     name = "llama-cpp"
+    adapters = True  # LoRA adapters, one job at a time
 
     def __init__(self, config: LlamaCppConfig | None = None) -> None:
         self.config = cfg = config or LlamaCppConfig()
-        path = Path(cfg.model_path) if cfg.model_path else default_model_path()
+        self.path = path = Path(cfg.model_path) if cfg.model_path else default_model_path()
         if not path.is_file():
             raise ConfigError(f"engine llama-cpp: model file {path} does not exist")
         try:
@@ -116,13 +129,55 @@ class LlamaCppEngine:
         self.models: tuple[str, ...] = (cfg.model_name,)
         self.model_hash = model_file_hash(path)  # what model allow-lists name
         self._lock = asyncio.Lock()
+        self._llama_cpp = llama_cpp
+        self._adapters: OrderedDict[str, Any] = OrderedDict()  # sha256 -> loaded adapter
+        self._applied = ""  # the adapter on the context now ("" none)
         self.cancelled = 0
         self.usage_estimated = 0  # llama.cpp counts every token exactly
 
     async def close(self) -> None:
-        """Free the model once no generation holds it."""
+        """Free the model (and its adapters) once no generation holds it."""
         async with self._lock:
+            self._use_adapter(None)
+            while self._adapters:
+                self._llama_cpp.llama_adapter_lora_free(self._adapters.popitem()[1])
             self._llm.close()
+
+    def _use_adapter(self, lora: tuple[str, bytes] | None) -> None:
+        """Put ``lora`` (or none) on the context; in the generating thread, lock held."""
+        want = lora[0] if lora is not None else ""
+        if want == self._applied:
+            return
+        lib, llm = self._llama_cpp, self._llm
+        if lora is None:
+            lib.llama_set_adapters_lora(llm._ctx.ctx, None, 0, None)
+        else:
+            handle = self._adapters.get(want)
+            if handle is None:
+                handle = self._load_adapter(lora[1])
+                self._adapters[want] = handle
+                while len(self._adapters) > _ADAPTERS:
+                    lib.llama_adapter_lora_free(self._adapters.popitem(last=False)[1])
+            self._adapters.move_to_end(want)
+            if lib.llama_set_adapters_lora(llm._ctx.ctx,
+                                           (lib.llama_adapter_lora_p_ctypes * 1)(handle), 1,
+                                           (ctypes.c_float * 1)(1.0)):
+                raise EngineError("llama.cpp could not apply the LoRA adapter")
+        llm.reset()  # nothing computed under one adapter is reused under another
+        self._applied = want
+
+    def _load_adapter(self, data: bytes) -> Any:
+        with tempfile.TemporaryDirectory(prefix="cocoon-lora-") as folder:
+            path = Path(folder) / "adapter.gguf"
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            handle = self._llama_cpp.llama_adapter_lora_init(self._llm._model.model,
+                                                              str(path).encode())
+        if not handle:
+            raise BadRequest(f"the LoRA adapter does not fit the model {self.models[0]!r} "
+                             "(it was trained for another)", param="model")
+        return handle
 
     def tokenize(self, text: str) -> list[int]:
         return list(self._llm.tokenize(text.encode(), add_bos=False, special=True))
@@ -233,6 +288,7 @@ class LlamaCppEngine:
 
         def run() -> None:
             try:
+                self._use_adapter(job.lora)
                 llm.counts = [0, 0]
                 llm.budget = budget
                 llm.formatted = False

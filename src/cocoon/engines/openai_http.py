@@ -70,6 +70,7 @@ _JSON_HEADERS = {"Content-Type": "application/json"}
 
 class OpenAIHttpEngine:
     name = "openai-http"
+    adapters = False  # LoRA adapters: llama-cpp applies them
 
     def __init__(self, config: OpenAIHttpConfig, models: tuple[str, ...]) -> None:
         self.config = config

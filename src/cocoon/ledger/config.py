@@ -27,6 +27,9 @@ class BillingConfig:
     cached_mult: int = 10000
     completion_mult: int = 10000
     reasoning_mult: int = 10000
+    # fine-tuning jobs: every trained token (each example's tokens, each epoch), at this
+    # multiplier (a training step costs about three forward passes)
+    training_mult: int = 30000
     worker_coefficient: int = 1000  # what a worker that declares none asks; 1000 = 1.0x
     # the most a worker may ask: one announcing more is not routed to (a worker sets its own
     # price; this keeps a client without a cap of its own from paying any price)

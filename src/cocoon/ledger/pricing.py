@@ -35,6 +35,7 @@ __all__ = [
     "price_usage",
     "reservation_for",
     "reservation_tokens",
+    "training_prices",
 ]
 
 COEFFICIENT_ONE = 1000
@@ -137,6 +138,13 @@ class Bill:
         # client_cost > budget >= 0 implies price_per_token > 0.
         tokens = budget // self.price_per_token
         return Bill.for_tokens(tokens, Prices(self.price_per_token, self.worker_fee_per_token))
+
+
+def training_prices(prices: Prices, training_mult: int) -> Prices:
+    """The prices of a fine-tuning job: its usage counts the trained tokens (as prompt
+    tokens), each at ``training_mult`` whatever kind it is reported as."""
+    m = training_mult
+    return Prices(prices.price_per_token, prices.worker_fee_per_token, m, m, m, m)
 
 
 def adjust(n: int, coefficient: int, mult: int) -> int:

@@ -137,6 +137,29 @@ class LoraTrainer:
         cut = self.config.max_length
         return ids[:cut], labels[:cut]
 
+    def tokens_per_epoch(self, examples: list[list[dict[str, Any]]]) -> int:
+        """The tokens one epoch trains on: every token of the examples that have something
+        to learn, as cut to ``max_length``."""
+        return sum(len(ids) for ids, labels in map(self.encode, examples)
+                   if any(x != -100 for x in labels))
+
+    def evaluate(self, examples: list[list[dict[str, Any]]]) -> float:
+        """The mean loss over ``examples`` (their learned turns), without training."""
+        import torch
+
+        if self.model is None:
+            self.load()
+        losses = []
+        self.model.eval()
+        with torch.no_grad():
+            for ids, labels in map(self.encode, examples):
+                if any(x != -100 for x in labels):
+                    out = self.model(input_ids=torch.tensor([ids]),
+                                     labels=torch.tensor([labels]))
+                    losses.append(float(out.loss))
+        self.model.train()
+        return sum(losses) / len(losses) if losses else math.nan
+
     def train(self, examples: list[list[dict[str, Any]]],
               should_stop: Callable[[], bool] = lambda: False) -> Iterator[Step]:
         """Train on ``examples`` (each a chat's messages) for the configured epochs, a
@@ -179,8 +202,9 @@ class LoraTrainer:
                 yield Step(step, total, epoch, float(out.loss.detach()), self.trained_tokens,
                            time.monotonic() - start)
 
-    def export_gguf(self, path: str | Path) -> int:
-        """Write the adapter in llama.cpp's GGUF LoRA format (f32); its size in bytes."""
+    def export_gguf(self, path: str | Path, *, f16: bool = True) -> int:
+        """Write the adapter in llama.cpp's GGUF LoRA format (f16, half the bytes of f32,
+        as llama.cpp's own converter writes it; ``f16=False``: f32); its size in bytes."""
         import gguf
         import numpy as np
 
@@ -200,8 +224,9 @@ class LoraTrainer:
                 b = _permute_rows(b, n_head)
             elif target.endswith("attn_k.weight"):
                 b = _permute_rows(b, n_kv)
-            writer.add_tensor(target + ".lora_a", np.ascontiguousarray(a.numpy()))
-            writer.add_tensor(target + ".lora_b", np.ascontiguousarray(b.numpy()))
+            dtype = np.float16 if f16 else np.float32
+            writer.add_tensor(target + ".lora_a", np.ascontiguousarray(a.numpy(), dtype))
+            writer.add_tensor(target + ".lora_b", np.ascontiguousarray(b.numpy(), dtype))
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()

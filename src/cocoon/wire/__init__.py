@@ -6,6 +6,8 @@ Nothing here imports asyncio or touches a socket; ``cocoon.transport`` drives it
 from cocoon.wire.connection import DEFAULT_WINDOW, Connection, State
 from cocoon.wire.framing import DEFAULT_MAX_FRAME, FrameDecoder, encode_frame
 from cocoon.wire.messages import (
+    FEATURE_LORA,
+    FEATURE_TRAIN,
     MAX_REQUEST_BODY,
     PROTOCOL_VERSION,
     Announce,
@@ -37,6 +39,8 @@ from cocoon.wire.messages import (
 __all__ = [
     "DEFAULT_MAX_FRAME",
     "DEFAULT_WINDOW",
+    "FEATURE_LORA",
+    "FEATURE_TRAIN",
     "MAX_REQUEST_BODY",
     "PROTOCOL_VERSION",
     "Announce",

@@ -15,7 +15,9 @@ from cocoon.errors import FrameTooLarge, ProtocolError
 __all__ = ["DEFAULT_MAX_FRAME", "HEADER_SIZE", "FrameDecoder", "encode_frame"]
 
 HEADER_SIZE: Final = 4
-DEFAULT_MAX_FRAME: Final = 4 * 1024 * 1024
+DEFAULT_MAX_FRAME: Final = 16 * 1024 * 1024
+"""16 MiB: a request that carries a fine-tuned model's LoRA adapter (a 135M model's is
+6.5 MB as base64) or a fine-tuning job's dataset travels in one frame."""
 _HEADER = struct.Struct(">I")
 
 

@@ -32,6 +32,8 @@ from cocoon.usage import Usage
 from cocoon.wire.framing import DEFAULT_MAX_FRAME
 
 __all__ = [
+    "FEATURE_LORA",
+    "FEATURE_TRAIN",
     "MAX_REQUEST_BODY",
     "MESSAGE_TYPES",
     "PROTOCOL_VERSION",
@@ -61,11 +63,17 @@ __all__ = [
     "encode",
 ]
 
-PROTOCOL_VERSION: Final = 4
+PROTOCOL_VERSION: Final = 5
 """2: a stream's ``Chunk`` carries whole server-sent events, not one bare JSON object.
 3: sealed requests (``Request.seal_size``, ``Route``, ``Sealed``), workers' certificates in
 ``Announce``, receipts in ``End``. 4: content keys wrapped under per-worker session keys
-(140 bytes each)."""
+(140 bytes each). 5: workers' features (``Announce.features``, ``WorkerInfo.features``:
+training, LoRA adapters) and the feature a request needs (``Request.requires``)."""
+
+FEATURE_TRAIN: Final = "train"
+"""A worker that runs fine-tuning jobs (endpoint ``fine_tune``) for the models it serves."""
+FEATURE_LORA: Final = "lora"
+"""A worker that applies a LoRA adapter carried in a request to the model it serves."""
 
 _U64_MAX: Final = 2**64 - 1
 _MAX_STR: Final = 4096  # names, codes, messages: never anything large
@@ -108,7 +116,7 @@ class Announce:
     """Worker -> proxy: what it serves and how many requests it runs at once. Re-sent on change."""
 
     TYPE: ClassVar[int] = 2
-    OPTIONAL_TAIL: ClassVar[int] = 3
+    OPTIONAL_TAIL: ClassVar[int] = 4
     models: tuple[str, ...]
     max_concurrent: int
     engine: str
@@ -123,6 +131,9 @@ class Announce:
     """The worker's current certificate (DER): its claims carry the key clients seal
     requests to, bound by its evidence. The proxy checks it and hands it to each client
     whose request the worker is chosen for (``Route``); re-announced when renewed."""
+    features: tuple[str, ...] = ()
+    """What it offers besides inference (:data:`FEATURE_TRAIN`, :data:`FEATURE_LORA`): a
+    request that ``requires`` one is routed only to workers that announce it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,6 +167,7 @@ class WorkerInfo:
     image_hash: bytes  # empty when unattested
     models: tuple[str, ...]
     certificate: bytes = b""  # as the worker announced it: clients seal requests to it
+    features: tuple[str, ...] = ()  # as the worker announced them
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,10 +226,14 @@ class Request:
     content key wrapped to each worker that may open it. Client -> proxy: the workers the
     client accepts for it; the proxy routes it to one of them, or to another after a
     :class:`Route` the client answers with that one's wrapped key (:class:`Sealed`). Proxy
-    -> worker: that worker's key alone. 0 and empty: the body travels in the clear."""
+    -> worker: that worker's key alone. 0 and empty: the body travels in the clear.
+
+    ``requires`` (the optional tail): the feature a worker must announce to be routed this
+    request (:data:`FEATURE_TRAIN` for a fine-tuning job, :data:`FEATURE_LORA` for a request
+    carrying an adapter); empty: any worker serving the model."""
 
     TYPE: ClassVar[int] = 4
-    OPTIONAL_TAIL: ClassVar[int] = 4
+    OPTIONAL_TAIL: ClassVar[int] = 5
     req_id: int
     endpoint: str
     model: str
@@ -229,6 +245,7 @@ class Request:
     max_coefficient: int = 0
     seal_size: int = 0
     seal_keys: bytes = b""
+    requires: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -484,11 +501,11 @@ def _worker_infos(v: Any) -> tuple[WorkerInfo, ...]:
         raise ProtocolError("expected list of worker infos")
     out = []
     for item in v:
-        if type(item) is not list or len(item) != 5:
+        if type(item) is not list or len(item) != 6:
             raise ProtocolError("worker info must be [node_id, tier, image_hash, models, "
-                                "certificate]")
+                                "certificate, features]")
         out.append(WorkerInfo(_str(item[0]), _str(item[1]), _bytes(item[2]),
-                              _str_tuple(item[3]), _bytes(item[4])))
+                              _str_tuple(item[3]), _bytes(item[4]), _str_tuple(item[5])))
     return tuple(out)
 
 
@@ -535,7 +552,7 @@ def _to_wire(value: Any) -> Any:
                 value.price_max]
     if isinstance(value, WorkerInfo):
         return [value.node_id, value.tier, value.image_hash, list(value.models),
-                value.certificate]
+                value.certificate, list(value.features)]
     if isinstance(value, JobReport):
         return [value.ticket, value.prompt_tokens, value.completion_tokens, value.cached_tokens,
                 value.reasoning_tokens]

@@ -6,13 +6,22 @@ Files (purpose ``fine-tune``) are checked line by line at upload
 and kept by this client node only: under ``client.finetune_dir`` (each file 0600, an index
 beside them), or in memory when it is empty. Another client node has its own, so nobody else
 sees or uses them. A job is validated (its model served by the network, its files present
-and fit for training, its hyperparameters in range), then queued for a worker that announces
-training; its events say where it stands. Training on the workers is not built yet (issue
-15, item 2): a queued job waits, and can be listed, read, followed and cancelled.
+and fit for training, its hyperparameters in range), then sent through a proxy to a worker
+that announces training (``cocoon.training.protocol``: the examples travel sealed to that
+worker, like any request, and its reservation covers every token the job can train). The
+worker's events become the job's: its status, a ``metrics`` event per step (loss, trained
+tokens) and per epoch, and at the end the adapter, which comes back sealed to this client
+only. It is kept here (``models/<job id>.gguf``, 0600) and the job's ``fine_tuned_model``
+(``ft:<base>:<suffix>:<job id>``) is then listed at ``/v1/models`` of this client alone and
+served through the network: each request for it carries the adapter to a worker of the base
+model that applies it (``lora``). Cancelling a job stops its worker within a step; it is
+billed for the steps done. A job that was running when this node stopped is failed at the
+next start (its worker stopped with the stream); a queued one is sent again.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import email.policy
 import json
@@ -27,8 +36,18 @@ from typing import Any, Final
 
 from aiohttp import web
 
-from cocoon.errors import BadRequest, RequestError
+from cocoon.errors import BadRequest, EngineError, NoWorkerAvailable, RequestError, WorkerLost
 from cocoon.openai.finetune import check_training_file, parse_hyperparameters
+from cocoon.training.protocol import (
+    DEFAULT_BATCH,
+    Adapter,
+    AdapterAssembler,
+    TrainingRequest,
+    auto_epochs,
+    fine_tuned_name,
+    reserve_tokens,
+)
+from cocoon.wire import MAX_REQUEST_BODY
 
 __all__ = ["FineTuning"]
 
@@ -38,6 +57,15 @@ _PURPOSES: Final = frozenset({"fine-tune"})
 _INDEX: Final = "index.json"
 _MAX_LIST: Final = 100
 _FINISHED: Final = frozenset({"succeeded", "failed", "cancelled"})
+_JOB_TIMEOUT_S: Final = 21600.0  # the longest a job may run (the proxy's own limit binds too)
+_ADAPTERS_CACHED: Final = 8
+_RETRY_S: Final = 5.0  # a queued job with no worker to train it asks again this often
+
+JobRunner = Callable[[str, bytes, int, float, Callable[[dict[str, Any]], None], str],
+                     Awaitable[Any]]
+"""How a job reaches a worker: ``(model, body, max_tokens, timeout_s, on_event, job_id)``
+sends it through a proxy to a worker that trains, hands each event of the answer to
+``on_event`` and returns when it ends; raises the RequestError that ended it."""
 
 
 class NotFound(RequestError):
@@ -73,14 +101,19 @@ class FineTuning:
     network serves now; ``answer(request, err)`` turns an error into the node's response."""
 
     def __init__(self, directory: str, models: Callable[[], list[str]],
-                 answer: Callable[[web.Request, RequestError], web.Response]) -> None:
+                 answer: Callable[[web.Request, RequestError], web.Response],
+                 runner: JobRunner | None = None) -> None:
         self._dir = Path(directory) if directory else None
         self._models = models
         self._answer = answer
+        self._runner = runner
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._adapters: OrderedDict[str, Adapter] = OrderedDict()  # by job id, in memory
         self.files: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._content: dict[str, bytes] = {}  # in memory, without a directory
         self.jobs: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self.events: dict[str, list[dict[str, Any]]] = {}
+        self.checkpoints: dict[str, list[dict[str, Any]]] = {}
         if self._dir is not None:
             self._load()
 
@@ -95,6 +128,12 @@ class FineTuning:
         self.files = OrderedDict((f["id"], f) for f in data.get("files", []))
         self.jobs = OrderedDict((j["id"], j) for j in data.get("jobs", []))
         self.events = data.get("events", {})
+        self.checkpoints = data.get("checkpoints", {})
+        for job in self.jobs.values():
+            if job["status"] in ("running", "validating_files"):
+                job["error"] = {"code": "interrupted", "param": None, "message":
+                                "the client node stopped while the job ran"}
+                self._status(job, "failed")
 
     def _save(self) -> None:
         if self._dir is None:
@@ -104,7 +143,7 @@ class FineTuning:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
             json.dump({"files": list(self.files.values()), "jobs": list(self.jobs.values()),
-                       "events": self.events}, f)
+                       "events": self.events, "checkpoints": self.checkpoints}, f)
         os.replace(tmp, self._dir / _INDEX)
 
     def _write_content(self, file_id: str, data: bytes) -> None:
@@ -294,8 +333,7 @@ class FineTuning:
             self._status(job, "failed")
         else:
             self._status(job, "queued")
-            self._event(job, f"Waiting for a worker that trains {model}: none of the "
-                        "network's workers offers training yet", level="warn")
+            self._start(job)
         self._save()
         return web.json_response(job)
 
@@ -310,6 +348,11 @@ class FineTuning:
         if job["status"] in _FINISHED:
             raise BadRequest(f"the job is already {job['status']}", param="id")
         self._status(job, "cancelled")
+        task = self._tasks.pop(job["id"], None)
+        if task is not None:
+            task.cancel()  # its worker stops within a step; the steps done are billed
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         self._save()
         return web.json_response(job)
 
@@ -318,5 +361,215 @@ class FineTuning:
         return self._page(request, list(self.events.get(job["id"], [])))
 
     async def _job_checkpoints(self, request: web.Request) -> web.Response:
-        self._found(self.jobs, request, "fine-tuning job")
-        return self._page(request, [])  # none until a worker trains
+        job = self._found(self.jobs, request, "fine-tuning job")
+        return self._page(request, list(self.checkpoints.get(job["id"], [])))
+
+    # --- running jobs -------------------------------------------------------------------
+
+    def resume(self) -> None:
+        """Send the queued jobs (at start, once the node's loop runs)."""
+        for job in self.jobs.values():
+            if job["status"] == "queued":
+                self._start(job)
+
+    async def close(self) -> None:
+        for task in list(self._tasks.values()):
+            task.cancel()
+        for task in list(self._tasks.values()):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    def _start(self, job: dict[str, Any]) -> None:
+        if self._runner is None or job["id"] in self._tasks:
+            return
+        self._tasks[job["id"]] = asyncio.get_running_loop().create_task(
+            self._run(job), name=f"finetune-{job['id']}")
+
+    def _examples(self, file_id: str | None) -> tuple[tuple[dict[str, Any], ...], ...]:
+        if not file_id:
+            return ()
+        lines = self.content(file_id).decode("utf-8").splitlines()
+        return tuple(tuple(json.loads(line)["messages"]) for line in lines if line.strip())
+
+    def _training_request(self, job: dict[str, Any]) -> TrainingRequest:
+        hyper = job["hyperparameters"]
+        examples = self._examples(job["training_file"])
+
+        def given(name: str, auto: Any) -> Any:
+            value = hyper.get(name, "auto")
+            return auto if value == "auto" else value
+
+        return TrainingRequest(
+            job["model"], examples, self._examples(job.get("validation_file")),
+            int(given("n_epochs", auto_epochs(len(examples)))),
+            int(given("batch_size", min(DEFAULT_BATCH, len(examples)))),
+            float(given("learning_rate_multiplier", 1.0)), int(job["seed"]))
+
+    async def _run(self, job: dict[str, Any]) -> None:
+        """Send the job to a worker and follow it to its end."""
+        assert self._runner is not None
+        try:
+            request = self._training_request(job)
+            body = request.encode()
+            if len(body) > MAX_REQUEST_BODY:
+                raise BadRequest(f"the job's examples take {len(body)} bytes; at most "
+                                 f"{MAX_REQUEST_BODY} travel in one request",
+                                 param="training_file")
+            cap = reserve_tokens(request)
+            self._event(job, f"Sending the job to a worker that fine-tunes {job['model']} "
+                        f"(reserving for at most {cap} trained tokens)")
+            self._save()
+            waiting = False
+            while True:
+                run = _Run(self, job)
+                try:
+                    await self._runner(job["model"], body, cap, _JOB_TIMEOUT_S,
+                                       run.on_event, job["id"])
+                    break
+                except (NoWorkerAvailable, WorkerLost):
+                    if run.started:
+                        raise
+                    # nobody trains it now, every trainer is busy, or the proxy went away
+                    # before a worker started it (nothing was trained): the job waits queued
+                    if not waiting:
+                        self._event(job, f"Waiting for a worker that fine-tunes "
+                                    f"{job['model']}: none is free now", level="warn")
+                        self._save()
+                        waiting = True
+                    await asyncio.sleep(_RETRY_S)
+            run.finish()
+        except asyncio.CancelledError:
+            raise
+        except (RequestError, OSError, ValueError) as exc:
+            if job["status"] in _FINISHED:
+                return
+            code = exc.code if isinstance(exc, RequestError) else "internal_error"
+            job["error"] = {"code": code, "message": str(exc)[:500],
+                            "param": getattr(exc, "param", None)}
+            self._event(job, f"Job failed: {str(exc)[:300]}", level="error")
+            self._status(job, "failed")
+            log.info("fine-tuning job %s failed: %s", job["id"], code)
+        finally:
+            self._tasks.pop(job["id"], None)
+            self._save()
+
+    def keep_adapter(self, job: dict[str, Any], data: bytes) -> None:
+        adapter = Adapter.of(data)
+        if self._dir is not None:
+            folder = self._dir / "models"
+            folder.mkdir(parents=True, exist_ok=True)
+            fd = os.open(folder / f"{job['id']}.gguf", os.O_WRONLY | os.O_CREAT | os.O_TRUNC,
+                         0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+        self._cache(job["id"], adapter)
+        job["fine_tuned_model"] = fine_tuned_name(job["model"], job.get("suffix"), job["id"])
+        job["adapter_sha256"] = adapter.sha256
+
+    def _cache(self, job_id: str, adapter: Adapter) -> None:
+        self._adapters[job_id] = adapter
+        self._adapters.move_to_end(job_id)
+        while len(self._adapters) > _ADAPTERS_CACHED and self._dir is not None:
+            self._adapters.popitem(last=False)  # on disk: read again when asked
+
+    def fine_tuned(self) -> list[dict[str, Any]]:
+        """This client's fine-tuned models, as OpenAI model objects."""
+        return [{"id": j["fine_tuned_model"], "object": "model",
+                 "created": j.get("finished_at") or j["created_at"], "owned_by": "user",
+                 "parent": j["model"]}
+                for j in self.jobs.values()
+                if j["status"] == "succeeded" and j.get("fine_tuned_model")]
+
+    def adapter(self, model: str) -> tuple[str, Adapter] | None:
+        """(the base model, the adapter) of one of this client's fine-tuned models; None
+        when ``model`` is none of them."""
+        if not model.startswith("ft:"):
+            return None
+        job = self.jobs.get(model.rsplit(":", 1)[-1])
+        if job is None or job["status"] != "succeeded" or job.get("fine_tuned_model") != model:
+            return None
+        adapter = self._adapters.get(job["id"])
+        if adapter is None:
+            if self._dir is None:
+                return None
+            data = (self._dir / "models" / f"{job['id']}.gguf").read_bytes()
+            adapter = Adapter.of(data)
+            if adapter.sha256 != job.get("adapter_sha256"):
+                raise EngineError(f"the stored adapter of {model} is damaged (its SHA-256 "
+                                  "differs from the one received)")
+            self._cache(job["id"], adapter)
+        return job["model"], adapter
+
+    # --- what a running job's events do ---------------------------------------------------
+
+    def _metrics(self, job: dict[str, Any], message: str, data: dict[str, Any]) -> None:
+        self._event(job, message, data=data, kind="metrics")
+
+
+class _Run:
+    """One job's events as they come from its worker."""
+
+    def __init__(self, owner: FineTuning, job: dict[str, Any]) -> None:
+        self.owner, self.job = owner, job
+        self.adapter = AdapterAssembler()
+        self.done: dict[str, Any] | None = None
+        self.last_step: dict[str, Any] = {}
+        self.started = False
+        self._saved = time.monotonic()
+
+    def on_event(self, ev: dict[str, Any]) -> None:
+        owner, job, kind = self.owner, self.job, ev.get("type")
+        if kind == "adapter":
+            self.adapter.add(ev)
+            return
+        if kind == "started":
+            self.started = True
+            owner._status(job, "running")
+            owner._event(job, f"Fine-tuning started: {ev.get('examples')} examples, "
+                         f"{ev.get('total_steps')} steps, {ev.get('tokens_per_epoch')} tokens "
+                         f"per epoch (model loaded in {ev.get('load_s')} s)", data=ev)
+        elif kind == "step":
+            self.last_step = ev
+            job["trained_tokens"] = ev.get("trained_tokens")
+            step, total = ev.get("step") or 0, ev.get("total_steps") or 0
+            elapsed = ev.get("elapsed_s") or 0.0
+            if step and total:
+                job["estimated_finish"] = int(time.time() + elapsed / step * (total - step))
+            owner._metrics(job, f"Step {step}/{total}: training loss={ev.get('loss'):.4f}",
+                           {"step": step, "total_steps": total, "train_loss": ev.get("loss"),
+                            "trained_tokens": ev.get("trained_tokens"),
+                            "epoch": ev.get("epoch")})
+        elif kind == "epoch":
+            valid = ev.get("valid_loss")
+            owner._metrics(job, f"Epoch {ev.get('epoch')} done: training loss="
+                           f"{ev.get('train_loss'):.4f}" + (
+                               f", validation loss={valid:.4f}" if valid is not None else ""),
+                           {"step": ev.get("step"), "epoch": ev.get("epoch"),
+                            "train_loss": ev.get("train_loss"), "valid_loss": valid})
+        elif kind == "done":
+            self.done = ev
+        if time.monotonic() - self._saved > 2.0:
+            owner._save()
+            self._saved = time.monotonic()
+
+    def finish(self) -> None:
+        """The job's stream ended well: keep the adapter, name the model."""
+        owner, job = self.owner, self.job
+        if self.done is None:
+            raise EngineError("the worker ended the job without its adapter")
+        data = self.adapter.finish(self.done)
+        owner.keep_adapter(job, data)
+        job["trained_tokens"] = self.done.get("trained_tokens")
+        job["estimated_finish"] = None
+        owner.checkpoints[job["id"]] = [{
+            "object": "fine_tuning.job.checkpoint", "id": _new_id("ftckpt-"),
+            "created_at": int(time.time()), "fine_tuning_job_id": job["id"],
+            "fine_tuned_model_checkpoint": job["fine_tuned_model"],
+            "step_number": self.done.get("steps"),
+            "metrics": {"step": self.done.get("steps"),
+                        "train_loss": self.last_step.get("loss")}}]
+        owner._event(job, f"New fine-tuned model created: {job['fine_tuned_model']} "
+                     f"({len(data)} bytes of adapter)")
+        owner._status(job, "succeeded")
+        log.info("fine-tuning job %s succeeded: %s trained tokens", job["id"],
+                 job["trained_tokens"])

@@ -42,10 +42,12 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
 from aiohttp import web
@@ -96,8 +98,13 @@ from cocoon.nodes.common import (
 from cocoon.nodes.dashboard import RecentRequest, RecentRequests, add_dashboard_routes
 from cocoon.nodes.links import ProxyLink, ProxyLinks, keys_of_channels
 from cocoon.openai import ENDPOINTS, Envelope
+from cocoon.openai.protocol import dumps
+from cocoon.training.protocol import ADAPTER_FIELD
+from cocoon.training.protocol import ENDPOINT as TRAINING
 from cocoon.transport import Connector, OutgoingStream, Peer, Watchdog
 from cocoon.wire import (
+    FEATURE_LORA,
+    FEATURE_TRAIN,
     MAX_REQUEST_BODY,
     Catalog,
     CatalogEntry,
@@ -196,7 +203,7 @@ class ClientNode:
         self.recent = RecentRequests()  # for the dashboard
         self.finetuning = FineTuning(config.finetune_dir,
                                      lambda: sorted({e.model for e in self.catalog}),
-                                     self._invalid)
+                                     self._invalid, self.run_job)
         self._watchdog = Watchdog()
         self._started = time.monotonic()
         self._cors = frozenset(o.strip() for o in config.cors_origins.split(",") if o.strip())
@@ -318,6 +325,7 @@ class ClientNode:
     async def run(self, stop: asyncio.Event, on_ready: Any = None) -> None:
         await self._read_payees()
         registry = await follow_registry(self.config.chain, self._registry)
+        self.finetuning.resume()
         try:
             await serve_until_stopped(
                 self.http, self, on_ready, stop, self._serve_proxies(),
@@ -325,6 +333,7 @@ class ClientNode:
                 self._internal_errors.flush_forever(),
                 *([registry] if registry is not None else []))
         finally:
+            await self.finetuning.close()
             self.receipts.close()
 
     def _pick(self, model: str, tried: set[_ProxyLink]) -> _ProxyLink | None:
@@ -345,14 +354,22 @@ class ClientNode:
     async def _completions(self, request: web.Request) -> web.StreamResponse:
         endpoint = ENDPOINTS[request.path]
         self.stats.requests += 1
+        requires = ""
         try:
-            env, _ = Envelope.parse(endpoint, await request.read(),
-                                    max_coefficient=self.config.max_coefficient)
+            env, body = Envelope.parse(endpoint, await request.read(),
+                                       max_coefficient=self.config.max_coefficient)
+            tuned = self.finetuning.adapter(env.model)
+            if tuned is not None:  # one of our fine-tuned models: its adapter goes along
+                base, adapter = tuned
+                body["model"] = base
+                body[ADAPTER_FIELD] = adapter.field()
+                env = replace(env, model=base, body=dumps(body))
+                requires = FEATURE_LORA
         except RequestError as exc:
             return self._invalid(request, exc)
         meter = _Meter(time.monotonic())
         try:
-            return await self._send(request, env, meter)
+            return await self._send(request, env, meter, requires)
         except (asyncio.CancelledError, ConnectionError):
             meter.outcome = "cancelled"  # the app went away
             raise
@@ -374,10 +391,11 @@ class ClientNode:
             None if ttft is None else round(ttft * 1000, 1), round(duration * 1000, 1),
             prompt, completion, meter.bytes, meter.cost))
 
-    async def _send(self, request: web.Request, env: Envelope,
-                    meter: _Meter) -> web.StreamResponse:
+    async def _send(self, request: web.Request, env: Envelope, meter: _Meter,
+                    requires: str = "") -> web.StreamResponse:
         """Send the request through a proxy (another, should the first go away before any
-        worker took it) and answer the app."""
+        worker took it) and answer the app. ``requires``: the feature its worker must
+        offer (``lora`` for a fine-tuned model's request)."""
         timeout = self.config.request_timeout_s
         deadline = time.monotonic() + timeout
         tried: set[_ProxyLink] = set()
@@ -393,10 +411,10 @@ class ClientNode:
             tried.add(link)
             left = deadline - time.monotonic()
             seal = RequestSeal(env, self.config.seal, self._check, self._wrapper,
-                               link.roster, self.receipts.find)
+                               link.roster, self.receipts.find, requires)
             try:
                 stream = link.peer.open_stream(functools.partial(
-                    _request_of, env, int(left * 1000), seal))
+                    _request_of, env, int(left * 1000), seal, requires))
             except FrameTooLarge:  # the proxy announced frames smaller than ours
                 return self._invalid(request, meter.failed(RequestTooLarge(
                     "Request body too large for the proxy's frame limit.")))
@@ -422,6 +440,48 @@ class ClientNode:
                 link.in_flight -= 1
                 self._watchdog.forget(stream)
                 stream.cancel("app disconnected")
+
+    async def run_job(self, model: str, body: bytes, max_tokens: int, timeout_s: float,
+                      on_event: Callable[[dict[str, Any]], None], job_id: str) -> End:
+        """Send a fine-tuning job through a proxy to a worker that trains ``model`` (sealed
+        to it like any request), hand each event of its answer to ``on_event``, and return
+        its End (its receipt kept under ``job_id``); the RequestError that ended it
+        otherwise."""
+        env = Envelope(TRAINING, model, True, max_tokens, body)  # type: ignore[arg-type]
+        link = self._pick(model, set())
+        if link is None or link.peer is None:
+            raise NoWorkerAvailable(f"the client is not connected to a proxy "
+                                    f"({self.proxy_state}); retry shortly")
+        peer = link.peer
+        seal = RequestSeal(env, self.config.seal, self._check, self._wrapper, link.roster,
+                           self.receipts.find, FEATURE_TRAIN)
+        stream = peer.open_stream(functools.partial(
+            _request_of, env, int(timeout_s * 1000), seal, FEATURE_TRAIN))
+        link.in_flight += 1
+        pending = b""
+        try:
+            while True:
+                ev = await stream.next()
+                if type(ev) is Chunk:
+                    pending += seal.open(ev.data)
+                    stream.consumed()
+                    *events, pending = pending.split(b"\n\n")
+                    for event in events:
+                        if event.startswith(b"data: "):
+                            on_event(json.loads(event[6:]))
+                elif type(ev) is Route:
+                    self.receipts.learn(ev.certificate)
+                    seal.route(ev, peer, stream.req_id)
+                elif type(ev) is End:
+                    receipt = seal.receipt(ev)
+                    if receipt is not None:
+                        self.receipts.keep(job_id, receipt)
+                    return ev
+                elif type(ev) is not Head:
+                    raise self._failure(ev)  # type: ignore[arg-type]
+        finally:
+            link.in_flight -= 1
+            stream.cancel("job ended")
 
     def _invalid(self, request: web.Request, err: RequestError) -> web.Response:
         """An app's mistake: counted, logged (rate-limited, no content), answered."""
@@ -589,7 +649,8 @@ class ClientNode:
         return web.Response(body=whole, content_type="application/json")
 
     async def _models(self, _: web.Request) -> web.Response:
-        return json_response({"object": "list", "data": [_model(e) for e in self.catalog]})
+        return json_response({"object": "list", "data": [_model(e) for e in self.catalog]
+                              + self.finetuning.fine_tuned()})
 
     async def _model(self, request: web.Request) -> web.Response:
         """``GET /v1/models/{id}`` (``client.models.retrieve``): one model, or OpenAI's 404."""
@@ -597,6 +658,9 @@ class ClientNode:
         for e in self.catalog:
             if e.model == model:
                 return json_response(_model(e))
+        for m in self.finetuning.fine_tuned():
+            if m["id"] == model:
+                return json_response(m)
         return self._invalid(request, ModelNotFound(f"The model '{model}' does not exist",
                                                     param="model"))
 
@@ -778,8 +842,10 @@ class ClientNode:
         return app
 
 
-def _request_of(env: Envelope, timeout_ms: int, seal: RequestSeal, rid: int) -> Any:
-    return seal.request(request_for(env, rid, timeout_ms))
+def _request_of(env: Envelope, timeout_ms: int, seal: RequestSeal, requires: str,
+                rid: int) -> Any:
+    req = request_for(env, rid, timeout_ms)
+    return seal.request(replace(req, requires=requires) if requires else req)
 
 
 @dataclass(slots=True)

@@ -61,7 +61,8 @@ class RequestSeal:
 
     def __init__(self, env: Envelope, mode: str, check: PeerCheck, wrapper: KeyWrapper,
                  roster: tuple[WorkerInfo, ...] = (),
-                 find: Callable[[str], bytes | None] = lambda _: None) -> None:
+                 find: Callable[[str], bytes | None] = lambda _: None,
+                 requires: str = "") -> None:
         self._env = env
         self._wrapper = wrapper  # the client's sessions with the workers
         self._find = find  # certificates by SHA-256 hex, for receipts that name them
@@ -79,7 +80,8 @@ class RequestSeal:
         self._body = seal_body(env.body, self._info)
         self._opener = ResponseOpener(self._body.response_key)
         self._request_hash = sha256_hex(self._body.data)
-        accepted = [w for w in roster if env.model in w.models and self._accepts(w)]
+        accepted = [w for w in roster if env.model in w.models
+                    and (not requires or requires in w.features) and self._accepts(w)]
         if len(accepted) > _CANDIDATES:
             accepted = random.sample(accepted, _CANDIDATES)
         for w in accepted:

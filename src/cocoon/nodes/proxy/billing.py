@@ -30,6 +30,7 @@ from cocoon.errors import (
     PricingError,
 )
 from cocoon.ledger import Bill, Ledger, Prices, price_usage, reservation_for
+from cocoon.ledger.pricing import training_prices
 from cocoon.ledger.store import Commit, Reservation, Totals
 from cocoon.money import format_ton
 from cocoon.usage import Usage
@@ -198,6 +199,7 @@ class Billing:
         self.prices = Prices(config.price_per_token, config.worker_fee_per_token,
                              config.prompt_mult, config.cached_mult, config.completion_mult,
                              config.reasoning_mult)
+        self.training = training_prices(self.prices, config.training_mult)
         self._key = load_or_create_ed25519_key(config.signing_key_file)
         self._thread = LedgerThread(config.ledger_path)
         self.ledger: Ledger = self._thread.ledger
@@ -232,6 +234,12 @@ class Billing:
                      format_ton(prices.price_per_token),
                      format_ton(prices.worker_fee_per_token))
         self.prices = prices
+        self.training = training_prices(prices, self.config.training_mult)
+
+    def prices_for(self, training: bool) -> Prices:
+        """A fine-tuning job's prices (``billing.training_mult`` on every trained token),
+        or a completion's."""
+        return self.training if training else self.prices
 
     @property
     def key(self) -> Ed25519PrivateKey:
@@ -286,13 +294,17 @@ class Billing:
         return await self._thread.call(fn, *args)
 
     async def reserve(self, request_id: str, client: str, worker: str, max_tokens: int,
-                      body_bytes: int, coefficient: int | None = None) -> int:
+                      body_bytes: int, coefficient: int | None = None, *,
+                      training: bool = False) -> int:
         """Reserve the worst case of a request whose generation is capped at ``max_tokens``
         (the effective cap, see ``effective_max_tokens``), served by a worker asking
         ``coefficient`` (None: ``billing.worker_coefficient``); PaymentRequired if the
-        client can't."""
-        amount = reservation_for(max_tokens, body_bytes + _TEMPLATE_MARGIN,
-                                 coefficient or self.config.worker_coefficient, self.prices)
+        client can't. A fine-tuning job (``training``) trains at most ``max_tokens``
+        tokens, all counted as prompt tokens at the training multiplier."""
+        coefficient = coefficient or self.config.worker_coefficient
+        amount = (reservation_for(0, max_tokens, coefficient, self.training) if training
+                  else reservation_for(max_tokens, body_bytes + _TEMPLATE_MARGIN,
+                                       coefficient, self.prices))
         if self.payments is not None:
             await self.payments.check_signed(client)
         try:
@@ -316,17 +328,19 @@ class Billing:
         return int(amount)
 
     async def settle(self, request_id: str, end: End | Error | Usage,
-                     coefficient: int | None = None
+                     coefficient: int | None = None, *, training: bool = False
                      ) -> tuple[Statement | None, Statement | None]:
         """:meth:`settle_accounts`, then the newest statements of the client and the worker
         it charged (None when nothing was charged, e.g. zero tokens)."""
-        settled = await self.settle_accounts(request_id, end, coefficient)
+        settled = await self.settle_accounts(request_id, end, coefficient,
+                                             training=training)
         client, worker = settled.client, settled.worker
         return (await self.statement(client, "client") if client is not None else None,
                 await self.statement(worker, "worker") if worker is not None else None)
 
     async def settle_accounts(self, request_id: str, end: End | Error | Usage,
-                              coefficient: int | None = None) -> Settled:
+                              coefficient: int | None = None, *,
+                              training: bool = False) -> Settled:
         """Charge the usage the worker reported: its End, or the Error that ended a
         cancelled or failed stream with what was generated until then (or, when the worker
         never reported, the proxy's count of what the app received). Returns the client and
@@ -335,7 +349,8 @@ class Billing:
         times a second, however many requests settle meanwhile), and what was charged, for
         the request's receipt."""
         usage = end if isinstance(end, Usage) else end.usage
-        bill = price_usage(usage, coefficient or self.config.worker_coefficient, self.prices)
+        bill = price_usage(usage, coefficient or self.config.worker_coefficient,
+                           self.prices_for(training))
 
         def settle() -> Settled:
             s = self.ledger.settle(request_id, bill, self._key)

@@ -78,6 +78,7 @@ from cocoon.errors import (
     AttestationError,
     BadRequest,
     CocoonError,
+    ModelNotFound,
     NoWorkerAvailable,
     PaymentRequired,
     ProtocolError,
@@ -117,6 +118,8 @@ from cocoon.routing import (
 from cocoon.transport import Listener, OutgoingStream, Peer, Watchdog
 from cocoon.usage import Usage
 from cocoon.wire import (
+    FEATURE_LORA,
+    FEATURE_TRAIN,
     Announce,
     Cancel,
     Catalog,
@@ -144,6 +147,7 @@ _KNOWN_MODEL_TTL = 600.0  # a model served this recently answers 503, not 404, w
 # How long a worker told to stop has to report what it generated: it answers a Cancel as
 # soon as its engine stops (within a token), so this only bounds a worker that went silent.
 _LAST_WORD_S = 5.0
+_TRAINING_LAST_WORD_S = 120.0  # a fine-tuning job ends the step under way first
 _RELIST_POLL_S = 60.0  # the routed models are compared with the listing at least this often
 _BURST = 64  # worker chunks joined into one for the client, at most
 _BURST_BYTES = 1024 * 1024  # ... and at most this many bytes (well under a frame)
@@ -153,6 +157,7 @@ _SEAL_WAIT_S = 30.0  # how long a routed request waits for the client's wrapped 
 _CLIENT_CERTS = 4096  # certificates remembered as sent, per client
 _RETRY_CODES = frozenset({"engine_error", "upstream_error", "worker_lost"})
 _ROUTES = 3  # a request refused for capacity by this many workers in turn fails (503)
+_TRAINING_IDLE_S = 600.0  # a fine-tuning job's stream may be silent this long (loading a model)
 
 
 class _Retry(Exception):
@@ -174,6 +179,13 @@ class _Waiter:
     req: Request
 
 
+def route_key(model: str, feature: str) -> str:
+    """What a request is routed by: its model, or ``feature@model`` when it needs a
+    feature (a fine-tuning job, an adapter) that only some of the model's workers offer.
+    Each worker is indexed and queued under its models and each of its features' keys."""
+    return f"{feature}@{model}" if feature else model
+
+
 @dataclass(slots=True)
 class _Worker:
     """A connected worker as routing sees it (a :class:`~cocoon.routing.Candidate`)."""
@@ -189,6 +201,8 @@ class _Worker:
     measured: Measured = field(default_factory=Measured)
     attestation: dict[str, Any] = field(default_factory=dict)
     certificate: bytes = b""  # as announced and checked: what clients seal to
+    features: tuple[str, ...] = ()  # as announced: training, LoRA adapters
+    keys: tuple[str, ...] = ()  # what it is routed by: its models, and feature:model
 
     @property
     def node_id(self) -> str:
@@ -222,6 +236,11 @@ class _Relay:
     first: float = 0.0  # loop time of its first chunk
     outcome: str = ""  # how it ended for the requester (ok or the code); "" if routed again
     cost: int | None = None  # nanoTON charged for it, once settled
+
+    @property
+    def training(self) -> bool:
+        """A fine-tuning job: billed per trained token at the training multiplier."""
+        return self.req.requires == FEATURE_TRAIN
 
     def relayed_usage(self) -> Usage:
         """What the app received of a request the worker never reported on (it was lost,
@@ -489,6 +508,9 @@ class ProxyNode:
             if isinstance(msg, Announce):
                 worker.models, worker.capacity, worker.engine = (
                     msg.models, msg.max_concurrent, msg.engine)
+                worker.features = msg.features
+                worker.keys = msg.models + tuple(route_key(m, f) for f in msg.features
+                                                 for m in msg.models)
                 worker.coefficient = msg.coefficient or self._default_coefficient
                 worker.certificate = self._checked_certificate(worker, msg.certificate)
                 if msg.certificate and not worker.certificate:
@@ -646,7 +668,8 @@ class ProxyNode:
             keys = self._sealed_to(req)
             others = self._not_sealed_to(req, keys)
             # Waiting requests go first: a new one only takes a slot nobody waits for.
-            worker = None if self._queue.depth(req.model) else self._take_slot(req, others)
+            worker = (None if self._queue.depth(route_key(req.model, req.requires))
+                      else self._take_slot(req, others))
         except RequestError as exc:  # no such model, or a malformed sealed request
             self.stats.rejected += 1
             self.metrics.request(req.endpoint, req.model, exc.code, 0.0)
@@ -675,9 +698,10 @@ class ProxyNode:
         sealed to none, which then takes a Route)."""
         if not keys:
             return frozenset()
+        key = route_key(req.model, req.requires)
         others = frozenset(w.node_id for w in self.workers.values()
-                           if req.model in w.models and w.node_id not in keys)
-        return others if self._serves(req.model, others) else frozenset()
+                           if key in w.keys and w.node_id not in keys)
+        return others if self._serves(key, others) else frozenset()
 
     def _take_slot(self, req: Request, exclude: frozenset[str] = frozenset()) -> _Worker | None:
         """Take a slot on the least-loaded worker serving ``model`` (it counts as busy from
@@ -706,7 +730,7 @@ class ProxyNode:
         model's measurements of its workers together carry over."""
         old, self._index = self._index, {}
         for w in self.workers.values():
-            for m in w.models:
+            for m in w.keys:
                 index = self._index.get(m)
                 if index is None:
                     index = self._index[m] = ModelIndex()
@@ -719,7 +743,7 @@ class ProxyNode:
         the request's price cap, its slot taken; None when all are busy. ModelNotFound for a
         model nobody serves or served lately, NoWorkerAvailable when none is connected for a
         known one, or none asks at most the request's ``max_coefficient``."""
-        model = req.model
+        model = route_key(req.model, req.requires)
         index = self._index.get(model)
         if index is None:
             raise self._unserved(model)
@@ -738,12 +762,21 @@ class ProxyNode:
         chosen.active += 1
         return chosen
 
-    def _unserved(self, model: str) -> RequestError:
-        """No connected worker takes requests for ``model`` (see ``unserved_error``)."""
-        return unserved_error(model, self._known_models())
+    def _unserved(self, key: str) -> RequestError:
+        """No connected worker takes requests for ``key`` (a model, or a feature of one:
+        see ``route_key``; see ``unserved_error``)."""
+        feature, _, model = key.rpartition("@")
+        if feature:
+            what = {FEATURE_TRAIN: "fine-tunes", FEATURE_LORA: "applies LoRA adapters to"
+                    }.get(feature, f"offers {feature} for")
+            if model in self._known_models():
+                return NoWorkerAvailable(f"no connected worker {what} '{model}'")
+            return ModelNotFound(f"The model '{model}' does not exist or no worker serves "
+                                 "it.", param="model")
+        return unserved_error(key, self._known_models())
 
-    def _serves(self, model: str, exclude: frozenset[str] = frozenset()) -> bool:
-        return any(model in w.models and w.capacity and w.node_id not in exclude
+    def _serves(self, key: str, exclude: frozenset[str] = frozenset()) -> bool:
+        return any(key in w.keys and w.capacity and w.node_id not in exclude
                    for w in self.workers.values())
 
     def _fail_unserved_waiters(self) -> None:
@@ -758,7 +791,7 @@ class ProxyNode:
 
     def _free_slot(self, worker: _Worker) -> None:
         worker.active -= 1
-        self._dispatch(worker.models)
+        self._dispatch(worker.keys)
 
     def _dispatch(self, models: tuple[str, ...] | None = None) -> None:
         """Give free slots to waiting requests, in the queue's fair order."""
@@ -810,7 +843,7 @@ class ProxyNode:
     async def _queued(self, client: Peer, req: Request, exclude: frozenset[str]) -> _Worker:
         """Wait in the queue for the worker whose slot :meth:`_dispatch` gives."""
         waiter = _Waiter(asyncio.get_running_loop().create_future(), exclude, req)
-        self._queue.push(req.model, id(client), waiter)
+        self._queue.push(route_key(req.model, req.requires), id(client), waiter)
         got = False
         try:
             worker = await waiter.slot
@@ -839,7 +872,8 @@ class ProxyNode:
         try:
             for _ in range(_ROUTES):
                 if last is not None and (deadline - loop.time() < _MIN_ATTEMPT_S
-                                         or not self._serves(req.model, tried)):
+                                         or not self._serves(
+                                             route_key(req.model, req.requires), tried)):
                     break  # no time left, or nobody left to try
                 if worker is None:
                     # those it is sealed to first, while one of them is connected
@@ -917,8 +951,10 @@ class ProxyNode:
             relay.cost if relay is not None else None))
 
     def _timeout_of(self, req: Request) -> float:
-        """The request's deadline, from now: the proxy's limit, or the requester's if less."""
-        timeout = self.config.request_timeout_s
+        """The request's deadline, from now: the proxy's limit (a fine-tuning job's:
+        ``proxy.training_timeout_s``), or the requester's if less."""
+        timeout = (self.config.training_timeout_s if req.requires == FEATURE_TRAIN
+                   else self.config.request_timeout_s)
         if req.timeout_ms:
             timeout = min(timeout, req.timeout_ms / 1000.0)
         return timeout
@@ -981,7 +1017,8 @@ class ProxyNode:
         try:
             await billing.reserve(relay.bill_id, self._accounts.get(relay.client, "?"),
                                   worker_account(relay.worker.node_id), cap,
-                                  req.seal_size or len(req.body), relay.worker.coefficient)
+                                  req.seal_size or len(req.body), relay.worker.coefficient,
+                                  training=relay.training)
         except PaymentRequired as exc:
             self.stats.rejected += 1
             relay.outcome = exc.code
@@ -1011,7 +1048,10 @@ class ProxyNode:
             worker.measured.failed()
             raise _Retry(WorkerLost(f"worker {worker.node_id} disconnected"),
                          capacity=False) from None
-        self._watchdog.watch(stream, timeout, self.config.idle_timeout_s)
+        # a fine-tuning job is silent while its worker loads the model and between steps
+        self._watchdog.watch(stream, timeout, self.config.idle_timeout_s
+                             if req.requires != FEATURE_TRAIN
+                             else max(self.config.idle_timeout_s, _TRAINING_IDLE_S))
         loop = asyncio.get_running_loop()
         started = loop.time()
         first = 0.0  # loop time of the first chunk
@@ -1044,11 +1084,11 @@ class ProxyNode:
                 if self.billing is not None:
                     relay.settled = True  # the ledger settles even if we are cancelled now
                     settled = await self._settle(self.billing, relay.bill_id, ev, client,
-                                                 worker)
+                                                 worker, training=relay.training)
                     relay.cost = settled.bill.client_cost if settled is not None else None
                 client.finish(replace(ev, req_id=rid,
                                       receipt=self._countersign(relay, ev, settled)))
-                if first:
+                if first and not relay.training:  # a job's pace says nothing of inference
                     self._measured(worker, first - started, usage.completion_tokens,
                                    loop.time() - first)
                 stats.completed += 1
@@ -1203,7 +1243,8 @@ class ProxyNode:
 
     async def _hear_last_word(self, relay: _Relay, reason: str) -> None:
         if relay.stream is not None and relay.report is None:
-            relay.report = await self._last_word(relay.stream, reason)
+            relay.report = await self._last_word(
+                relay.stream, reason, _TRAINING_LAST_WORD_S if relay.training else _LAST_WORD_S)
 
     async def _settle_or_release(self, relay: _Relay) -> None:
         """Charge what a failed, cancelled or cut-off request produced: what its worker
@@ -1223,14 +1264,14 @@ class ProxyNode:
             except ProtocolError as exc:
                 log.warning("worker %s reported impossible usage for %s: %s",
                             relay.worker.node_id, relay.bill_id, exc)
-        if usage is None and relay.relayed:
+        if usage is None and relay.relayed and not relay.training:
             usage = relay.relayed_usage()
             log.info("%s was cut off before its worker reported: charging what the app "
                      "received (%d chunks; estimated)", relay.bill_id, relay.relayed)
         if usage is not None and usage.total_tokens:
             try:
                 await asyncio.shield(self._settle(billing, relay.bill_id, usage, relay.client,
-                                                  relay.worker))
+                                                  relay.worker, training=relay.training))
             except CocoonError as exc:
                 log.warning("settling %s failed: %s", relay.bill_id, exc)
         else:
@@ -1239,25 +1280,29 @@ class ProxyNode:
             await asyncio.shield(billing.release(relay.bill_id))
 
     async def _settle(self, billing: Billing, bill_id: str, report: End | Error | Usage,
-                      client: Peer, worker: _Worker) -> Settled:
-        """Charge the worker's reported usage; send each side its new statement. What was
-        charged comes back, for the receipt."""
-        settled = await billing.settle_accounts(bill_id, report, worker.coefficient)
+                      client: Peer, worker: _Worker, *, training: bool = False) -> Settled:
+        """Charge the worker's reported usage (a fine-tuning job's at the training
+        prices); send each side its new statement. What was charged comes back, for the
+        receipt."""
+        settled = await billing.settle_accounts(bill_id, report, worker.coefficient,
+                                                training=training)
         if settled.worker is not None:
             self._post(worker.peer, settled.worker, "worker")
         if settled.client is not None:
             self._post(client, settled.client, "client")
         return settled
 
-    async def _last_word(self, stream: OutgoingStream, reason: str) -> End | Error | None:
-        """Tell the worker to stop, and wait at most ``_LAST_WORD_S`` for the End or Error
-        that answers: it reports the tokens generated until the stop. None if it never comes
+    async def _last_word(self, stream: OutgoingStream, reason: str,
+                         wait_s: float = _LAST_WORD_S) -> End | Error | None:
+        """Tell the worker to stop, and wait at most ``wait_s`` for the End or Error that
+        answers: it reports the tokens generated until the stop (a fine-tuning job: the
+        tokens of the steps done, once its step under way ends). None if it never comes
         (the worker is gone or silent)."""
         self._watchdog.forget(stream)
         stream.stop(reason)
         expiry = asyncio.get_running_loop().call_later(
-            _LAST_WORD_S, stream.expire,
-            RequestTimeout(f"no final report within {_LAST_WORD_S:g}s of the stop"))
+            wait_s, stream.expire,
+            RequestTimeout(f"no final report within {wait_s:g}s of the stop"))
         try:
             while True:
                 ev = await stream.next()
@@ -1291,7 +1336,7 @@ class ProxyNode:
         return Roster(tuple(
             WorkerInfo(w.node_id, str(w.attestation.get("tier", "")),
                        bytes.fromhex(w.attestation.get("image_hash") or ""), w.models,
-                       w.certificate)
+                       w.certificate, w.features)
             for w in self.workers.values()
         ))
 

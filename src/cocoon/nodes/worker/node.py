@@ -36,7 +36,7 @@ import hashlib
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,10 +61,11 @@ from cocoon.crypto.seal import (
     route_info,
     seal_public_bytes,
 )
-from cocoon.engines import Engine, InferenceJob
+from cocoon.engines import Engine, EngineOutput, InferenceJob, UsageMeter
 from cocoon.errors import (
     BadRequest,
     EngineError,
+    EngineUnsupported,
     NoWorkerAvailable,
     PaymentError,
     ProtocolError,
@@ -91,11 +92,16 @@ from cocoon.nodes.common import (
     uptime_since,
 )
 from cocoon.nodes.links import ProxyLink, ProxyLinks, keys_of_channels
+from cocoon.nodes.worker.training import Training
 from cocoon.openai import Endpoint, encode_event, encode_events, parse_request
+from cocoon.training.protocol import ENDPOINT as TRAINING
+from cocoon.training.protocol import TrainingRequest, take_adapter
 from cocoon.transport import Connector, Peer
 from cocoon.transport.tls_identity import utcnow
 from cocoon.usage import Usage
 from cocoon.wire import (
+    FEATURE_LORA,
+    FEATURE_TRAIN,
     Announce,
     Cancel,
     Connection,
@@ -152,9 +158,13 @@ class WorkerStats:
 
 class WorkerNode:
     def __init__(self, config: WorkerConfig, engine: Engine,
-                 connector: Connector | None = None) -> None:
+                 connector: Connector | None = None, *,
+                 training: Training | None = None) -> None:
         self.config = config
         self.engine = engine
+        self.training = training  # fine-tuning jobs, when this worker offers them
+        self.features = ((FEATURE_TRAIN,) if training is not None else ()) + (
+            (FEATURE_LORA,) if engine.adapters else ())
         self.node_id = config.node_id or f"worker-{os.getpid()}"
         self.attestation: dict[str, Any] = {"tier": "none (plain TCP)"}
         self._registry = registry_lists(config.chain)
@@ -222,7 +232,7 @@ class WorkerNode:
         link.channel = self._channel_for(link)
         return Announce(tuple(self.engine.models), self._capacity(link), self.engine.name,
                         link.channel, self.config.coefficient,
-                        self._channels_of.certificate_der())
+                        self._channels_of.certificate_der(), self.features)
 
     async def _read_payers(self) -> None:
         """With several channels: which proxy key signs each one's vouchers (on chain)."""
@@ -388,36 +398,35 @@ class WorkerNode:
 
     async def _job(self, link: _Link, peer: Peer, req: Request, key: tuple[int, int]) -> None:
         rid = req.req_id
-        job: InferenceJob | None = None
+        job: InferenceJob | _TrainingJob | None = None
         usage: Usage | None = None
         start, outcome, out = time.monotonic(), "cancelled", _Answer(None)
         try:
             peer.send(Head(rid, self.node_id))
-            endpoint = _ENDPOINTS.get(req.endpoint)
-            if endpoint is None:
+            if req.endpoint != TRAINING and req.endpoint not in _ENDPOINTS:
                 raise BadRequest(f"unsupported endpoint {req.endpoint!r}")
             raw, out = req.body, _Answer(None)
             if req.seal_size:
                 self.stats.sealed += 1
                 raw, response_key = self._open(req)
                 out = _Answer(ResponseSealer(response_key))
-            body = parse_request(endpoint, raw)
-            if body["model"] != req.model:
-                raise BadRequest("model in the body does not match the request", param="model")
             if req.model not in self.engine.models:
                 raise BadRequest(f"this worker does not serve model {req.model!r}",
                                  param="model")
-            self._seq += 1
-            # The job's cap never exceeds what the proxy granted (reserved funds for).
-            job = InferenceJob(endpoint, body, (os.getpid() << 32) | self._seq,
-                               granted=req.max_tokens)
+            if req.endpoint == TRAINING:
+                job = _TrainingJob(self._training_request(req, raw))
+                assert self.training is not None  # _training_request checked it
+                outputs = self.training.run(job.request, req.max_tokens, job.meter)
+            else:
+                job = self._inference_job(req, raw)
+                outputs = self.engine.generate(job)
             if self._slots.locked():  # another proxy's requests hold every slot
                 self.stats.waited += 1
             async with self._slots:
                 self.running += 1
                 try:
-                    usage = await self._generate(peer, rid, job, req.timeout_ms / 1000.0,
-                                                 out)
+                    usage = await self._generate(peer, rid, outputs, job.stream,
+                                                 req.timeout_ms / 1000.0, out)
                 finally:
                     self.running -= 1
             peer.finish(End.of(rid, usage, self._receipt(req, out, usage)))
@@ -459,6 +468,32 @@ class WorkerNode:
                 self._remember(link, req.ticket,
                                usage if usage is not None else job.meter.usage())
 
+    def _inference_job(self, req: Request, raw: bytes) -> InferenceJob:
+        """The engine's job of a completion request (with the LoRA adapter it carries, if
+        any: only an engine that applies adapters takes one)."""
+        body = parse_request(_ENDPOINTS[req.endpoint], raw)
+        if body["model"] != req.model:
+            raise BadRequest("model in the body does not match the request", param="model")
+        adapter = take_adapter(body)
+        if adapter is not None and not self.engine.adapters:
+            raise EngineUnsupported(f"engine {self.engine.name} does not apply LoRA adapters "
+                                    "(a fine-tuned model is served by llama-cpp workers)",
+                                    param="model")
+        self._seq += 1
+        # The job's cap never exceeds what the proxy granted (reserved funds for).
+        return InferenceJob(_ENDPOINTS[req.endpoint], body, (os.getpid() << 32) | self._seq,
+                            granted=req.max_tokens,
+                            lora=None if adapter is None else (adapter.sha256, adapter.data))
+
+    def _training_request(self, req: Request, raw: bytes) -> TrainingRequest:
+        if self.training is None:
+            raise EngineUnsupported("this worker does not run fine-tuning jobs",
+                                    param="model")
+        job = TrainingRequest.parse(raw)
+        if job.model != req.model:
+            raise BadRequest("model in the job does not match the request", param="model")
+        return job
+
     @staticmethod
     def _remember(link: _Link, ticket: int, usage: Usage) -> None:
         """Keep a ticketed job's usage for the report after a lost connection."""
@@ -469,7 +504,8 @@ class WorkerNode:
         if len(recent) > _MAX_REPORTS:
             recent.popitem(last=False)
 
-    def _failed(self, rid: int, job: InferenceJob | None, err: RequestError) -> Error:
+    def _failed(self, rid: int, job: InferenceJob | _TrainingJob | None,
+                err: RequestError) -> Error:
         """The Error that ends a stream early, with the usage of what the engine generated
         before it stopped (its meter; zero if generation never started), so it is billed."""
         if job is None:
@@ -516,17 +552,19 @@ class WorkerNode:
             time=int(time.time()), certificate_sha256=self._channels_of.certificate_sha256())
         return Receipt(part, sign_part(part, key)).encode(compact=True)
 
-    async def _generate(self, peer: Peer, rid: int, job: InferenceJob,
-                        limit_s: float, answer: _Answer) -> Usage:
+    async def _generate(self, peer: Peer, rid: int,
+                        outputs: AsyncIterator[EngineOutput],
+                        stream: bool, limit_s: float, answer: _Answer) -> Usage:
+        """Send what ``outputs`` yields (an engine's, or a fine-tuning job's events) and
+        return its Usage; ``stream``: as server-sent events."""
         usage: Usage | None = None
-        outputs = self.engine.generate(job)
         send = answer.sender(peer, rid)
         try:
             async with asyncio.timeout(limit_s if limit_s > 0 else None):
                 async for out in outputs:
                     if isinstance(out, Usage):
                         usage = out
-                    elif not job.stream:
+                    elif not stream:
                         await send(out, 1)  # type: ignore[arg-type]
                         self.stats.chunks += 1
                     elif type(out) is bytes:
@@ -569,6 +607,10 @@ class WorkerNode:
             "engine": {"name": self.engine.name, "models": list(self.engine.models),
                        "cancelled": self.engine.cancelled,
                        "usage_estimated": self.engine.usage_estimated},
+            "features": list(self.features),
+            **({"training": {"jobs": self.training.jobs, "steps": self.training.steps,
+                             "cancelled": self.training.cancelled}}
+               if self.training is not None else {}),
             "active": self.active,
             "running": self.running,
             "max_concurrent": self.config.max_concurrent,
@@ -629,6 +671,16 @@ class WorkerNode:
             gauge("cocoon_channel_payout_voucher_nanoton", "The newest payout voucher's "
                   "cumulative amount, by channel", labels={"channel": paid}),
         ]
+
+
+@dataclass(slots=True)
+class _TrainingJob:
+    """A fine-tuning job under way: its request, and how far it has got (trained tokens
+    as prompt tokens: what it is billed for, should it end early)."""
+
+    request: TrainingRequest
+    meter: UsageMeter = field(default_factory=UsageMeter)
+    stream: bool = True  # its events go out as server-sent events
 
 
 class _Answer:
