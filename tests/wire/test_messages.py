@@ -193,6 +193,22 @@ def test_wire_layout_of_nested_catalog() -> None:
     assert decode(encode(priced)) == priced
 
 
+def test_features_travel_in_announce_roster_and_request() -> None:
+    """Protocol 5: what a worker offers besides inference, and what a request needs."""
+    plain = Announce(("m",), 4, "llama")
+    assert wire_list(plain) == [2, ["m"], 4, "llama"]  # no tail: as before
+    offers = Announce(("m",), 4, "llama-cpp", features=("train", "lora"))
+    assert wire_list(offers) == [2, ["m"], 4, "llama-cpp", "", 0, b"", ["train", "lora"]]
+    assert decode(encode(offers)) == offers
+    roster = Roster((WorkerInfo("w1", "fake-tdx", b"", ("m",), b"cert", ("train",)),))
+    assert wire_list(roster) == [13, [["w1", "fake-tdx", b"", ["m"], b"cert", ["train"]]]]
+    assert decode(encode(roster)) == roster
+    with pytest.raises(ProtocolError, match="worker info"):  # a protocol-4 roster entry
+        decode(msgpack.packb([13, [["w1", "fake-tdx", b"", ["m"], b"cert"]]]))
+    job = Request(1, "fine_tune", "m", True, 0, b"{}", 900, requires="train")
+    assert decode(encode(job)) == job
+
+
 # --- schema rejections ----------------------------------------------------------------
 
 

@@ -20,7 +20,10 @@ Modes (``--mode``):
   how a proxy killed under load is left behind (:mod:`cocoon.benchmark.proxies`);
 * ``seal``: ``cocoon up`` with its defaults (every request sealed to its worker) against the
   same with ``--client-set seal=off``, paced and saturation, and the cost of one seal and one
-  open (:mod:`cocoon.benchmark.seal`).
+  open (:mod:`cocoon.benchmark.seal`);
+* ``train``: a LoRA fine-tuning job through ``cocoon up`` with its defaults against the same
+  training in-process: steps/s, trained tokens/s, time to the first step, the worker's peak
+  RSS (:mod:`cocoon.benchmark.train`).
 
 ``--attestation fake|none|off`` (default fake, as ``cocoon up``) sets the chain's
 attestation. ``--tls-compare`` (on in ``all``) adds a second chain on plain TCP
@@ -47,7 +50,7 @@ DEFAULT_DURATION = 10.0
 
 def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mode", choices=["saturation", "paced", "llama", "handshake", "ledger",
-                                      "routing", "up", "proxies", "seal", "all"],
+                                      "routing", "up", "proxies", "seal", "train", "all"],
                    default="all",
                    help="what to measure (default all: saturation and paced with "
                         "--tls-compare, llama, handshake; up: cocoon up with its defaults "

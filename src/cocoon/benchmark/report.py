@@ -10,6 +10,7 @@ from cocoon.benchmark.ledger import format_ledger
 from cocoon.benchmark.proxies import format_proxies
 from cocoon.benchmark.routing import format_routing
 from cocoon.benchmark.seal import format_seal
+from cocoon.benchmark.train import format_train
 
 __all__ = ["format_report"]
 
@@ -184,7 +185,7 @@ def format_report(report: dict[str, Any]) -> str:
         lines.extend(_mode_lines(name, section))
     sections: list[tuple[str, Callable[[dict[str, Any]], list[str]]]] = [
         ("llama", _llama_lines), ("routing", format_routing), ("proxies", format_proxies),
-        ("seal", format_seal),
+        ("seal", format_seal), ("train", format_train),
         ("ledger", format_ledger), ("handshake", _handshake_lines)]
     for key, render in sections:
         if key in report:

@@ -24,6 +24,7 @@ from cocoon.benchmark.routing import run_routing
 from cocoon.benchmark.runner import MODES, run_mode
 from cocoon.benchmark.seal import run_seal
 from cocoon.benchmark.stack import default_specs, run_stack
+from cocoon.benchmark.train import run_train
 from cocoon.errors import CocoonError
 
 __all__ = ["run_bench"]
@@ -70,6 +71,7 @@ def run_bench(args: argparse.Namespace) -> int:
     with_stack = args.mode == "up"
     with_proxies = args.mode == "proxies"
     with_seal = args.mode == "seal"
+    with_train = args.mode == "train"
     tls_compare = bool(fake_modes) and (
         args.tls_compare or (args.mode == "all" and not args.no_tls_compare))
     if tls_compare and args.attestation == "off":
@@ -147,6 +149,10 @@ def run_bench(args: argparse.Namespace) -> int:
         if not report["seal"]["meets_target"] or any(
                 report["seal"][n][side]["errors"] for n in ("paced", "light", "saturation")
                 for side in ("sealed", "clear")):
+            failed = True
+    if with_train:
+        report["train"] = run_train(progress)
+        if not report["train"]["meets_target"]:
             failed = True
     if with_routing:
         _positive("--workers", args.workers)
