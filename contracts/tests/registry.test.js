@@ -8,6 +8,7 @@ const { OP, ERR, toNano, beginCell } = h;
 const DEFAULT_PARAMS = {
     pricePerToken: 20n, workerFee: 15n, promptMult: 10000, cachedMult: 1000, completionMult: 80000, reasoningMult: 80000,
     proxyCloseDelay: 86400, clientCloseDelay: 3600, minProxyStake: toNano('10'), minClientStake: toNano('1'),
+    trainingMult: 30000,
 };
 
 function paramsCell(p) {
@@ -15,7 +16,7 @@ function paramsCell(p) {
         .storeCoins(p.pricePerToken).storeCoins(p.workerFee)
         .storeUint(p.promptMult, 32).storeUint(p.cachedMult, 32).storeUint(p.completionMult, 32).storeUint(p.reasoningMult, 32)
         .storeUint(p.proxyCloseDelay, 32).storeUint(p.clientCloseDelay, 32)
-        .storeCoins(p.minProxyStake).storeCoins(p.minClientStake)
+        .storeCoins(p.minProxyStake).storeCoins(p.minClientStake).storeUint(p.trainingMult, 32)
         .endCell();
 }
 
@@ -83,7 +84,8 @@ describe('root_registry', () => {
     });
 
     it('owner updates params; params version bumps; malformed params rejected', async () => {
-        const np = { ...DEFAULT_PARAMS, pricePerToken: 25n, clientCloseDelay: 7200, minClientStake: toNano('2') };
+        const np = { ...DEFAULT_PARAMS, pricePerToken: 25n, clientCloseDelay: 7200, minClientStake: toNano('2'),
+                     trainingMult: 50000 };
         h.assertOk(await sendFrom(owner, beginCell().storeUint(OP.UPDATE_PARAMS, 32).storeUint(1, 64).storeRef(paramsCell(np)).endCell()), addr);
         assert.deepEqual(await versions(), [1, 1]);
         const s = await get('get_params');
@@ -92,6 +94,7 @@ describe('root_registry', () => {
         assert.equal(s.readNumber(), 7200);
         s.skip(1);
         assert.equal(s.readBigNumber(), toNano('2'));
+        assert.equal(s.readNumber(), 50000);
         const bad = beginCell().storeCoins(1).endCell();
         const r = await sendFrom(owner, beginCell().storeUint(OP.UPDATE_PARAMS, 32).storeUint(1, 64).storeRef(bad).endCell());
         assert.notEqual(h.exitCode(h.txOn(r, addr)), 0);

@@ -114,6 +114,7 @@ def test_params_round_trip() -> None:
         *(p.load_uint(32) for _ in range(6)),
         p.load_coins(),
         p.load_coins(),
+        p.load_uint(32),  # training_mult
     )
     assert got == PARAMS.as_tuple() and p.remaining_bits == 0
 
@@ -223,7 +224,7 @@ const p = inp.params;
 const params = beginCell().storeCoins(BigInt(p[0])).storeCoins(BigInt(p[1]))
     .storeUint(p[2], 32).storeUint(p[3], 32).storeUint(p[4], 32).storeUint(p[5], 32)
     .storeUint(p[6], 32).storeUint(p[7], 32).storeCoins(BigInt(p[8])).storeCoins(BigInt(p[9]))
-    .endCell();
+    .storeUint(p[10], 32).endCell();
 const dict = (hs) => {
     const d = Dictionary.empty(Dictionary.Keys.BigUint(256), Dictionary.Values.Uint(32));
     for (const hh of hs) d.set(BigInt('0x' + hh), 1);

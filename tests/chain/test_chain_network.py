@@ -198,10 +198,13 @@ async def test_the_proxy_prices_by_the_registry_at_run_time(served: Served,
                                     sender="owner")
         await lists.refresh(chain)
         assert seen == [first.params_version]  # not told again: the prices did not move
-        dearer = replace(first.params, price_per_token=5, worker_fee=2)
+        dearer = replace(first.params, price_per_token=5, worker_fee=2, training_mult=50000)
         await chain.registry_update(dep.registry, update_params_body(dearer), sender="owner")
         await lists.refresh(chain)
         assert (billing.prices.price_per_token, billing.prices.worker_fee_per_token) == (5, 2)
+        # fine-tuning's multiplier comes from the registry too (issue 15, item 4)
+        assert billing.prices_for(training=True).prompt_mult == 50000
+        assert billing.prices_for(training=False).prompt_mult == BillingConfig().prompt_mult
         senseless = replace(first.params, price_per_token=1, worker_fee=9)  # fee > price
         await chain.registry_update(dep.registry, update_params_body(senseless),
                                     sender="owner")

@@ -121,7 +121,8 @@ def test_deploy_show_update_and_hand_over(config: str, chain_url: str, token_fil
         "completion_mult": billing.completion_mult, "reasoning_mult": billing.reasoning_mult,
         "proxy_close_delay": net.proxy_close_delay,
         "client_close_delay": net.client_close_delay,
-        "min_proxy_stake_nanoton": net.min_proxy_stake, "min_client_stake_nanoton": 123}
+        "min_proxy_stake_nanoton": net.min_proxy_stake, "min_client_stake_nanoton": 123,
+        "training_mult": billing.training_mult}
     assert (shown["version"], shown["params_version"]) == (0, 0)
     assert shown["image_hashes"] == [H1] and shown["model_hashes"] == []
     assert shown["owner"] == deployed["owner"]
@@ -151,9 +152,10 @@ def test_deploy_show_update_and_hand_over(config: str, chain_url: str, token_fil
     updated = ok("set-params", reg, "--set", "chain.backend=embedded",
                  "--set", f"chain.url={chain_url}", "--set", "chain.wallet=owner",
                  "--set", f"chain.token_file={token_file}",
-                 "--worker-fee", "0.000000005", "--client-close-delay", "9")
+                 "--worker-fee", "0.000000005", "--client-close-delay", "9",
+                 "--training-mult", "20000")
     assert updated["params"] == {**shown["params"], "worker_fee_nanoton": 5,
-                                 "client_close_delay": 9}
+                                 "client_close_delay": 9, "training_mult": 20000}
     assert (updated["version"], updated["params_version"]) == (5, 1)
     err = fails("set-params", reg, "-c", config, "--price", "0.000000004")
     assert "must not exceed the price" in err and "0.000000005 TON" in err

@@ -57,3 +57,25 @@ async def test_restart_releases_reservations_left_open(tmp_path: Path) -> None:
         assert await b._run(b.ledger.check_invariants) == []
     finally:
         b.close()
+
+
+async def test_a_fine_tuning_job_reserves_and_pays_trained_tokens_at_the_training_mult(
+        tmp_path: Path) -> None:
+    """Issue 15: a job's reservation covers ``max_tokens`` trained tokens and its usage (the
+    trained tokens, as prompt tokens) is priced at ``training_mult``, whatever the prompt and
+    completion multipliers say."""
+    b = Billing(config(tmp_path, training_mult=30000, prompt_mult=5000, completion_mult=90000))
+    try:
+        await b._run(b.ledger.deposit, "c", 10**6)
+        amount = await b.reserve("job", "c", "w", 1000, 10**5, training=True)
+        assert amount == 1000 * 3 * 2  # 1000 tokens x 3.0 x 2 nanoTON; the body size no matter
+        to_client, to_worker = await b.settle("job", End(0, 400, 0, 0, 0), training=True)
+        assert to_client is not None and to_worker is not None
+        assert to_client.charged == 400 * 3 * 2 and to_worker.earned == 400 * 3
+        assert (await b._run(b.ledger.balance, "c")).reserved == 0
+        # the same usage as a completion: the prompt multiplier (0.5x)
+        await b.reserve("chat", "c", "w", 10, 50)
+        to_client, _ = await b.settle("chat", End(0, 400, 0, 0, 0))
+        assert to_client is not None and to_client.charged == 400 * 3 * 2 + 200 * 2
+    finally:
+        b.close()

@@ -51,7 +51,7 @@ class NetworkParams:
             completion_mult=billing.completion_mult, reasoning_mult=billing.reasoning_mult,
             proxy_close_delay=self.proxy_close_delay,
             client_close_delay=self.client_close_delay, min_proxy_stake=self.min_proxy_stake,
-            min_client_stake=self.min_client_stake)
+            min_client_stake=self.min_client_stake, training_mult=billing.training_mult)
 
 
 @dataclass(frozen=True, slots=True)

@@ -291,7 +291,7 @@ def withdraw_body(*, query_id: int = 0) -> Cell:
 
 
 def params_cell(p: RegistryParams) -> Cell:
-    """``Params``: Coins Coins uint32 x6 Coins Coins."""
+    """``Params``: Coins Coins uint32 x6 Coins Coins uint32."""
     return _end(
         Builder()
         .store_coins(_coins(p.price_per_token, "price_per_token"))
@@ -304,6 +304,7 @@ def params_cell(p: RegistryParams) -> Cell:
         .store_uint(_uint(p.client_close_delay, 32, "client_close_delay"), 32)
         .store_coins(_coins(p.min_proxy_stake, "min_proxy_stake"))
         .store_coins(_coins(p.min_client_stake, "min_client_stake"))
+        .store_uint(_uint(p.training_mult, 32, "training_mult"), 32)
     )
 
 

@@ -113,7 +113,8 @@ def parse_registry(data_boc: bytes) -> RegistryState:
             prompt_mult=p.load_uint(32), cached_mult=p.load_uint(32),
             completion_mult=p.load_uint(32), reasoning_mult=p.load_uint(32),
             proxy_close_delay=p.load_uint(32), client_close_delay=p.load_uint(32),
-            min_proxy_stake=p.load_coins(), min_client_stake=p.load_coins())
+            min_proxy_stake=p.load_coins(), min_client_stake=p.load_coins(),
+            training_mult=p.load_uint(32))
         images = s.load_dict(256)
         models = s.load_dict(256)
         book = s.load_ref().begin_parse()

@@ -68,6 +68,8 @@ class RegistryParams:
     client_close_delay: int
     min_proxy_stake: int
     min_client_stake: int
+    training_mult: int = 30000
+    """Fine-tuning: the multiplier of each trained token (10000 = 1.0x)."""
 
     def as_tuple(self) -> tuple[int, ...]:
         """In ``get_params()`` order."""
@@ -82,4 +84,5 @@ class RegistryParams:
             self.client_close_delay,
             self.min_proxy_stake,
             self.min_client_stake,
+            self.training_mult,
         )

@@ -55,6 +55,8 @@ _PARAM_FLAGS: dict[str, tuple[str, int, str]] = {
     "--cached-mult": ("cached_mult", _UINT32, "cached prompt token multiplier"),
     "--completion-mult": ("completion_mult", _UINT32, "completion token multiplier"),
     "--reasoning-mult": ("reasoning_mult", _UINT32, "reasoning token multiplier"),
+    "--training-mult": ("training_mult", _UINT32,
+                        "fine-tuning: multiplier of each trained token (10000 = 1.0x)"),
     "--proxy-close-delay": ("proxy_close_delay", _UINT32, "seconds"),
     "--client-close-delay": ("client_close_delay", _UINT32, "seconds"),
     "--min-proxy-stake": ("min_proxy_stake", _COINS, "TON"),

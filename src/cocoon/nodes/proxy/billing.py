@@ -234,7 +234,7 @@ class Billing:
                      format_ton(prices.price_per_token),
                      format_ton(prices.worker_fee_per_token))
         self.prices = prices
-        self.training = training_prices(prices, self.config.training_mult)
+        self.training = training_prices(prices, p.training_mult)
 
     def prices_for(self, training: bool) -> Prices:
         """A fine-tuning job's prices (``billing.training_mult`` on every trained token),
