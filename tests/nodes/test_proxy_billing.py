@@ -11,6 +11,7 @@ from cocoon.config import BillingConfig
 from cocoon.errors import PaymentRequired
 from cocoon.ledger import Ledger
 from cocoon.nodes.proxy.billing import Billing
+from cocoon.usage import Usage
 from cocoon.wire import End
 
 
@@ -77,5 +78,23 @@ async def test_a_fine_tuning_job_reserves_and_pays_trained_tokens_at_the_trainin
         await b.reserve("chat", "c", "w", 10, 50)
         to_client, _ = await b.settle("chat", End(0, 400, 0, 0, 0))
         assert to_client is not None and to_client.charged == 400 * 3 * 2 + 200 * 2
+    finally:
+        b.close()
+
+
+async def test_a_job_reported_after_a_restart_is_priced_as_training(tmp_path: Path) -> None:
+    """A proxy killed mid-job charges the worker's report at the next start: a ticket that
+    names a fine-tuning job (the proxy marks it) is priced at the training multiplier."""
+    cfg = config(tmp_path, training_mult=30000)
+    with Ledger(cfg.ledger_path) as ledger:
+        ledger.deposit("c", 10**6)
+        ledger.reserve("p:job", "c", "w", 10_000)
+        ledger.reserve("p:chat", "c", "w", 10_000)
+    b = Billing(cfg)
+    try:
+        reported = {"p:job": Usage(100, 0), "p:chat": Usage(100, 0)}
+        clients, charged, released = await b.charge_reported("w", reported, None, {"p:job"})
+        assert (clients, charged, released) == ({"c"}, 2, 0)
+        assert (await b._run(b.ledger.balance, "c")).charged == 100 * 3 * 2 + 100 * 2
     finally:
         b.close()

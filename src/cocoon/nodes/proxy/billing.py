@@ -250,13 +250,16 @@ class Billing:
         return await self._run(fn, *args)
 
     async def charge_reported(self, worker: str, reported: dict[str, Usage],
-                              coefficient: int | None = None) -> tuple[set[str], int, int]:
+                              coefficient: int | None = None,
+                              training: frozenset[str] | set[str] = frozenset()
+                              ) -> tuple[set[str], int, int]:
         """Resolve the reservations a previous run left open for ``worker``, with the usage
         the worker reports for their requests (``JobReports``, keyed by request id): charge
         each reported one what was generated (capped at its reservation, like any
         settlement), release the others (the worker ran nothing for them, or generated
         nothing). Reports for anything else (settled already, another worker's) are
-        ignored. Returns the clients charged, and how many were charged and released."""
+        ignored. The requests in ``training`` were fine-tuning jobs: priced as such.
+        Returns the clients charged, and how many were charged and released."""
         mine = [r for r in self.unreported.values() if r.worker == worker]
         clients: set[str] = set()
         charged = released = 0
@@ -265,7 +268,8 @@ class Billing:
             usage = reported.get(r.request_id)
             if usage is not None and usage.total_tokens:
                 try:
-                    await self.settle_accounts(r.request_id, usage, coefficient)
+                    await self.settle_accounts(r.request_id, usage, coefficient,
+                                               training=r.request_id in training)
                 except PaymentError as exc:
                     log.warning("charging reported %s failed: %s", r.request_id, exc)
                     continue

@@ -147,6 +147,7 @@ _KNOWN_MODEL_TTL = 600.0  # a model served this recently answers 503, not 404, w
 # How long a worker told to stop has to report what it generated: it answers a Cancel as
 # soon as its engine stops (within a token), so this only bounds a worker that went silent.
 _LAST_WORD_S = 5.0
+_TRAINING_TICKET = 1 << 63  # set in a fine-tuning job's ticket (others are time_ns counts)
 _TRAINING_LAST_WORD_S = 120.0  # a fine-tuning job ends the step under way first
 _RELIST_POLL_S = 60.0  # the routed models are compared with the listing at least this often
 _BURST = 64  # worker chunks joined into one for the client, at most
@@ -883,6 +884,8 @@ class ProxyNode:
                     if worker is None:
                         worker = await self._wait_for_slot(client, req, tried | others)
                 ticket = next(self._tickets) if self.billing is not None else 0
+                if ticket and req.requires == FEATURE_TRAIN:
+                    ticket |= _TRAINING_TICKET  # a report after a restart is priced so too
                 relay = _Relay(client, req, worker, key, self._bill_id(ticket), ticket,
                                settled=self.billing is None, deadline=deadline, keys=keys)
                 relaying = True
@@ -1222,14 +1225,17 @@ class ProxyNode:
         if billing is None or not billing.unreported:
             return  # nothing was cut off by a restart: every report is settled already
         reported: dict[str, Usage] = {}
+        training: set[str] = set()
         for job in msg.jobs:
             try:
                 reported[self._bill_id(job.ticket)] = job.usage
             except ProtocolError as exc:
                 log.warning("worker %s reported impossible usage: %s", worker.node_id, exc)
+            if job.ticket & _TRAINING_TICKET:
+                training.add(self._bill_id(job.ticket))
         account = worker_account(worker.node_id)
         clients, charged, _ = await billing.charge_reported(account, reported,
-                                                            worker.coefficient)
+                                                            worker.coefficient, training)
         if charged:
             self._post(worker.peer, account, "worker")
             for peer, client in list(self._accounts.items()):
