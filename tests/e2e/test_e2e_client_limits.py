@@ -77,7 +77,7 @@ def test_lone_surrogate_is_400(net, http):
 def test_body_over_a_frame_is_413(client):
     with pytest.raises(openai.APIStatusError) as info:
         client.chat.completions.create(
-            model="fake", messages=[{"role": "user", "content": "a" * 5_000_000}])
+            model="fake", messages=[{"role": "user", "content": "a" * (MAX_REQUEST_BODY + 1000)}])
     assert info.value.status_code == 413
     assert info.value.body["code"] == "request_too_large"
     assert str(MAX_REQUEST_BODY) in info.value.message

@@ -2,11 +2,12 @@
 adapter written in llama.cpp's GGUF LoRA format.
 
 The model is the very GGUF the ``llama-cpp`` engine serves: transformers loads it (and
-dequantizes it to fp32); peft adds rank-``r`` adapters to the seven projections of every
-layer; the examples are OpenAI chat lines rendered with the model's own chat template, and
-only the assistant turns that carry ``weight`` 1 are learned (the rest of each line is
-context, its labels masked). :meth:`LoraTrainer.train` yields one :class:`Step` per
-optimizer step and stops at the step after ``should_stop()`` turns true.
+dequantizes it to fp32), on the GPU when torch sees one (else the CPU); peft adds
+rank-``r`` adapters to the seven projections of every layer; the examples are OpenAI chat
+lines rendered with the model's own chat template, and only the assistant turns that carry
+``weight`` 1 are learned (the rest of each line is context, its labels masked).
+:meth:`LoraTrainer.train` yields one :class:`Step` per optimizer step and stops at the step
+after ``should_stop()`` turns true.
 :meth:`LoraTrainer.export_gguf` writes the adapter as llama.cpp reads it
 (``Llama(lora_path=...)``): ``general.type = adapter``, ``adapter.lora.alpha``, and for each
 projection ``blk.N.<tensor>.weight.lora_a`` / ``.lora_b``, the q and k ``lora_b`` rows
@@ -89,6 +90,7 @@ class LoraTrainer:
         self.config = config
         self.model: Any = None
         self.tokenizer: Any = None
+        self.device = "cpu"  # "cuda" once loaded on a machine where torch sees a GPU
         self.trained_tokens = 0
 
     def load(self) -> None:
@@ -106,7 +108,8 @@ class LoraTrainer:
         self.tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
         base = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name,
                                                     dtype=torch.float32)
-        self.model = get_peft_model(base, LoraConfig(
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.model = get_peft_model(base.to(self.device), LoraConfig(
             r=self.config.rank, lora_alpha=self.config.alpha, lora_dropout=0.0,
             target_modules=list(_TARGETS), task_type="CAUSAL_LM"))
 
@@ -154,8 +157,8 @@ class LoraTrainer:
         with torch.no_grad():
             for ids, labels in map(self.encode, examples):
                 if any(x != -100 for x in labels):
-                    out = self.model(input_ids=torch.tensor([ids]),
-                                     labels=torch.tensor([labels]))
+                    out = self.model(input_ids=torch.tensor([ids], device=self.device),
+                                     labels=torch.tensor([labels], device=self.device))
                     losses.append(float(out.loss))
         self.model.train()
         return sum(losses) / len(losses) if losses else math.nan
@@ -189,10 +192,13 @@ class LoraTrainer:
                     return
                 batch = [encoded[i] for i in order[b:b + cfg.batch_size]]
                 width = max(len(ids) for ids, _ in batch)
-                input_ids = torch.tensor([ids + [pad] * (width - len(ids)) for ids, _ in batch])
-                label_ids = torch.tensor([lab + [-100] * (width - len(lab)) for _, lab in batch])
+                dev = self.device
+                input_ids = torch.tensor([ids + [pad] * (width - len(ids)) for ids, _ in batch],
+                                         device=dev)
+                label_ids = torch.tensor([lab + [-100] * (width - len(lab)) for _, lab in batch],
+                                         device=dev)
                 mask = torch.tensor([[1] * len(ids) + [0] * (width - len(ids))
-                                     for ids, _ in batch])
+                                     for ids, _ in batch], device=dev)
                 out = self.model(input_ids=input_ids, attention_mask=mask, labels=label_ids)
                 out.loss.backward()
                 opt.step()
