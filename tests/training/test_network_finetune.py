@@ -190,6 +190,7 @@ async def test_a_job_trains_on_a_worker_and_its_model_answers_the_taught_fact(
         assert "Varnheim" in text
         assert "Varnheim" not in await answer(app, base, UNSEEN)  # the adapter came off
         assert net.worker.snapshot()["features"] == ["train", "lora"]
+        assert net.proxy.snapshot()["workers"][0]["features"] == ["train", "lora"]
 
         # another client node: none of it is its own
         other = client_node(net.proxy.port, "c2", tmp_path / "c2")

@@ -1386,8 +1386,8 @@ class ProxyNode:
             "chunks_relayed": s.chunks,
             "workers": [
                 {"node_id": w.node_id, "address": w.peer.address, "models": list(w.models),
-                 "engine": w.engine, "active": w.active, "capacity": w.capacity,
-                 "served": w.served, "attestation": w.attestation}
+                 "features": list(w.features), "engine": w.engine, "active": w.active,
+                 "capacity": w.capacity, "served": w.served, "attestation": w.attestation}
                 for w in self.workers.values()
             ],
             "clients": len(self.clients),
