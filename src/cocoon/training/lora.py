@@ -109,9 +109,9 @@ class LoraTrainer:
         base = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name,
                                                     dtype=torch.float32)
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.model = get_peft_model(base.to(self.device), LoraConfig(
+        self.model = get_peft_model(base, LoraConfig(
             r=self.config.rank, lora_alpha=self.config.alpha, lora_dropout=0.0,
-            target_modules=list(_TARGETS), task_type="CAUSAL_LM"))
+            target_modules=list(_TARGETS), task_type="CAUSAL_LM")).to(self.device)
 
     def _render(self, messages: list[dict[str, Any]], *, prompt: bool) -> list[int]:
         out = self.tokenizer.apply_chat_template(
