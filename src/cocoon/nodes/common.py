@@ -272,12 +272,13 @@ def committed_sse(request: web.Request) -> web.StreamResponse | None:
     return request.get(_SSE)
 
 
-async def end_sse(response: web.StreamResponse, err: RequestError | None = None
-                  ) -> web.StreamResponse:
-    """End an event stream: ``data: [DONE]``, or, after a failure once the stream is
-    committed, one ``error`` event in OpenAI's shape (as OpenAI does); one write."""
-    await response.write_eof(DONE_EVENT if err is None
-                             else encode_event(dumps(err.to_openai())))
+async def end_sse(response: web.StreamResponse, err: RequestError | None = None, *,
+                  before: bytes = b"") -> web.StreamResponse:
+    """End an event stream, after the events in ``before``: ``data: [DONE]``, or, after a
+    failure once the stream is committed, one ``error`` event in OpenAI's shape (as OpenAI
+    does); one write."""
+    await response.write_eof(before + (DONE_EVENT if err is None
+                                       else encode_event(dumps(err.to_openai()))))
     return response
 
 

@@ -119,6 +119,12 @@ class OutgoingStream:
             out.append(items.popleft().data)  # type: ignore[union-attr]
         return out
 
+    def ends_next(self) -> bool:
+        """Whether the next reply is already here and is the stream's End: a caller then
+        sends what it holds together with the end, in one write."""
+        items = self._items
+        return bool(items) and type(items[0]) is End
+
     def consumed(self, n: int = 1) -> None:
         """Tell the peer we passed ``n`` chunks on, so it may send more."""
         self._peer._consumed(self.req_id, n)

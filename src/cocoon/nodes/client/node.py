@@ -583,6 +583,7 @@ class ClientNode:
         stream, seal = answer.stream, answer.seal
         response: web.StreamResponse | None = None
         headers = {RECEIPT_ID: answer.receipt_id, "Trailer": RECEIPT_HEADER}
+        held = b""  # the last events, when the End came with them: sent with the end
         while True:
             ev = await stream.next()
             kind = type(ev)
@@ -601,8 +602,11 @@ class ClientNode:
                     if response is None:
                         response = await open_sse(request, headers)
                     answer.meter.bytes += len(data)
-                    await response.write(data)
                     stream.consumed(1 + len(more))
+                    if stream.ends_next():  # one write for the last events and the end
+                        held = data
+                        continue
+                    await response.write(data)
                     continue
                 if kind is Route:
                     self.receipts.learn(ev.certificate)  # type: ignore[union-attr]
@@ -621,13 +625,13 @@ class ClientNode:
                     if response is None:
                         response = await open_sse(request, headers)
                     if receipt is None:
-                        return await end_sse(response)
+                        return await end_sse(response, before=held)
                     # the receipt as the trailer its header announced, and as an SSE comment
                     # (clients skip it) for those that do not read trailers
                     value = receipt.header_value(answer.receipt_id)
                     return await end_sse_with_trailers(
                         request, response,
-                        b": %s %s\n\n" % (RECEIPT_HEADER.encode(), value.encode()),
+                        held + b": %s %s\n\n" % (RECEIPT_HEADER.encode(), value.encode()),
                         {RECEIPT_HEADER: value})
                 err = self._failure(ev)  # type: ignore[arg-type]
             except (SealBroken, UntrustedWorker) as exc:
@@ -635,7 +639,7 @@ class ClientNode:
             answer.meter.failed(err)
             if response is None:
                 return error_response(err)
-            return await end_sse(response, err)
+            return await end_sse(response, err, before=held)
 
     async def _receipt_of(self, request: web.Request) -> web.Response:
         """``GET /v1/receipts/{id}``: a recent answer's whole receipt (with both
