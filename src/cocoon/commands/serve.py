@@ -6,51 +6,26 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
-from collections.abc import Callable
-from typing import Any, Final
+from typing import Any
 
 from cocoon import config as cfg
 from cocoon.commands.roles import overrides
 from cocoon.engines import build_engine
-from cocoon.errors import ConfigError
 from cocoon.nodes.client.node import ClientNode
 from cocoon.nodes.common import run_until_signal, write_ready_file
 from cocoon.nodes.proxy.node import ProxyNode
 from cocoon.nodes.worker.node import WorkerNode
 from cocoon.nodes.worker.training import worker_training
 
-__all__ = ["EVENT_LOOP_ENV", "loop_factory", "serve_role"]
+__all__ = ["serve_role"]
 
 log = logging.getLogger("cocoon")
 
-EVENT_LOOP_ENV: Final = "COCOON_EVENT_LOOP"
-
 
 def serve_role(args: argparse.Namespace) -> int:
-    """Run ``args.command`` (proxy, worker or client) until a signal stops it, on the event
-    loop :func:`loop_factory` picks."""
-    with asyncio.Runner(loop_factory=loop_factory()) as runner:
-        runner.run(_run_role(args))
+    """Run ``args.command`` (proxy, worker or client) until a signal stops it."""
+    asyncio.run(_run_role(args))
     return 0
-
-
-def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """The roles' event loop: uvloop (libuv; a dependency), unless ``COCOON_EVENT_LOOP`` is
-    ``asyncio`` (the standard library's). Each hop handles every chunk and request of the
-    network, and uvloop's sockets, timers and callbacks cost less CPU than asyncio's."""
-    choice = os.environ.get(EVENT_LOOP_ENV, "uvloop")
-    if choice == "asyncio":
-        return None
-    if choice != "uvloop":
-        raise ConfigError(f"{EVENT_LOOP_ENV} must be uvloop or asyncio, got {choice!r}")
-    try:
-        import uvloop  # lazy: only a serving role needs it
-    except ImportError:
-        log.warning("uvloop is not installed: serving on asyncio's event loop")
-        return None
-    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
-    return factory
 
 
 def _ready_writer(path: str | None) -> Any:
