@@ -182,11 +182,16 @@ async def test_a_job_trains_on_a_worker_and_its_model_answers_the_taught_fact(
         assert (await app.models.retrieve(done.fine_tuned_model)).id == done.fine_tuned_model
         assert "Varnheim" in await answer(app, done.fine_tuned_model, UNSEEN)
         assert "Varnheim" not in await answer(app, base, UNSEEN)
+        unary = await app.chat.completions.create(
+            model=done.fine_tuned_model, messages=[{"role": "user", "content": UNSEEN}],
+            max_tokens=4)
+        assert unary.model == done.fine_tuned_model  # named as the app asked, as OpenAI does
         streamed = await app.chat.completions.create(
             model=done.fine_tuned_model, messages=[{"role": "user", "content": UNSEEN}],
             max_tokens=24, temperature=0, stream=True)
-        text = "".join([c.choices[0].delta.content or "" async for c in streamed
-                        if c.choices])
+        chunks = [c async for c in streamed]
+        assert {c.model for c in chunks} == {done.fine_tuned_model}
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
         assert "Varnheim" in text
         assert "Varnheim" not in await answer(app, base, UNSEEN)  # the adapter came off
         assert net.worker.snapshot()["features"] == ["train", "lora"]

@@ -355,12 +355,15 @@ class ClientNode:
         endpoint = ENDPOINTS[request.path]
         self.stats.requests += 1
         requires = ""
+        rename: tuple[bytes, bytes] | None = None
         try:
             env, body = Envelope.parse(endpoint, await request.read(),
                                        max_coefficient=self.config.max_coefficient)
             tuned = self.finetuning.adapter(env.model)
             if tuned is not None:  # one of our fine-tuned models: its adapter goes along
                 base, adapter = tuned
+                # the answer names the model the app asked for, as OpenAI's do
+                rename = (dumps({"model": base})[1:-1], dumps({"model": env.model})[1:-1])
                 body["model"] = base
                 body[ADAPTER_FIELD] = adapter.field()
                 env = replace(env, model=base, body=dumps(body))
@@ -369,7 +372,7 @@ class ClientNode:
             return self._invalid(request, exc)
         meter = _Meter(time.monotonic())
         try:
-            return await self._send(request, env, meter, requires)
+            return await self._send(request, env, meter, requires, rename)
         except (asyncio.CancelledError, ConnectionError):
             meter.outcome = "cancelled"  # the app went away
             raise
@@ -392,10 +395,12 @@ class ClientNode:
             prompt, completion, meter.bytes, meter.cost))
 
     async def _send(self, request: web.Request, env: Envelope, meter: _Meter,
-                    requires: str = "") -> web.StreamResponse:
+                    requires: str = "", rename: tuple[bytes, bytes] | None = None
+                    ) -> web.StreamResponse:
         """Send the request through a proxy (another, should the first go away before any
         worker took it) and answer the app. ``requires``: the feature its worker must
-        offer (``lora`` for a fine-tuned model's request)."""
+        offer (``lora`` for a fine-tuned model's request); ``rename``: the answer's
+        ``"model":…`` field as it comes, and as the app gets it."""
         timeout = self.config.request_timeout_s
         deadline = time.monotonic() + timeout
         tried: set[_ProxyLink] = set()
@@ -423,7 +428,7 @@ class ClientNode:
             # Our own deadline, a little past the proxy's, so its precise error wins.
             self._watchdog.watch(stream, left + 2.0, left + 2.0)
             link.in_flight += 1
-            answer = _Answer(link.peer, stream, seal, receipt_id, meter)
+            answer = _Answer(link.peer, stream, seal, receipt_id, meter, rename)
             try:
                 if env.stream:
                     return await self._stream(request, answer, resend=len(tried) < _MAX_SENDS)
@@ -552,7 +557,7 @@ class ClientNode:
                 if type(ev) is Chunk:
                     if not answer.meter.first:
                         answer.meter.first = time.monotonic()
-                    body += seal.open(ev.data)
+                    body += answer.renamed(seal.open(ev.data))
                     stream.consumed()
                 elif type(ev) is Route:
                     self.receipts.learn(ev.certificate)  # its receipt names it by hash
@@ -598,7 +603,7 @@ class ClientNode:
                     # here goes out in one write, one syscall per burst.
                     data: bytes = ev.data  # type: ignore[union-attr]
                     more = stream.take_chunks(_BURST)
-                    data = seal.open(b"".join([data, *more]) if more else data)
+                    data = answer.renamed(seal.open(b"".join([data, *more]) if more else data))
                     if response is None:
                         response = await open_sse(request, headers)
                     answer.meter.bytes += len(data)
@@ -862,6 +867,10 @@ class _Answer:
     seal: RequestSeal
     receipt_id: str
     meter: _Meter
+    rename: tuple[bytes, bytes] | None = None  # a fine-tuned model's: base -> its own name
+
+    def renamed(self, data: bytes) -> bytes:
+        return data if self.rename is None else data.replace(*self.rename)
 
 
 @dataclass(slots=True)
