@@ -140,11 +140,13 @@ class LoraTrainer:
         cut = self.config.max_length
         return ids[:cut], labels[:cut]
 
-    def tokens_per_epoch(self, examples: list[list[dict[str, Any]]]) -> int:
-        """The tokens one epoch trains on: every token of the examples that have something
-        to learn, as cut to ``max_length``."""
-        return sum(len(ids) for ids, labels in map(self.encode, examples)
-                   if any(x != -100 for x in labels))
+    def plan(self, examples: list[list[dict[str, Any]]]) -> tuple[int, int]:
+        """One epoch, in one pass over the examples: (the tokens it trains on, every token
+        of the examples that have something to learn, as cut to ``max_length``; its
+        optimizer steps)."""
+        lengths = [len(ids) for ids, labels in map(self.encode, examples)
+                   if any(x != -100 for x in labels)]
+        return sum(lengths), -(-len(lengths) // self.config.batch_size)
 
     def evaluate(self, examples: list[list[dict[str, Any]]]) -> float:
         """The mean loss over ``examples`` (their learned turns), without training."""

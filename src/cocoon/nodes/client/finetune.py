@@ -92,6 +92,14 @@ def _multipart(content_type: str, body: bytes) -> dict[str, tuple[str | None, by
     return out
 
 
+def _write_private(path: Path, data: bytes) -> None:
+    """``data`` as the file ``path`` (0600; its folder made if missing)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+
+
 def _new_id(prefix: str) -> str:
     return prefix + os.urandom(12).hex()
 
@@ -138,23 +146,17 @@ class FineTuning:
     def _save(self) -> None:
         if self._dir is None:
             return
-        self._dir.mkdir(parents=True, exist_ok=True)
         tmp = self._dir / (_INDEX + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump({"files": list(self.files.values()), "jobs": list(self.jobs.values()),
-                       "events": self.events, "checkpoints": self.checkpoints}, f)
+        _write_private(tmp, json.dumps(
+            {"files": list(self.files.values()), "jobs": list(self.jobs.values()),
+             "events": self.events, "checkpoints": self.checkpoints}).encode())
         os.replace(tmp, self._dir / _INDEX)
 
     def _write_content(self, file_id: str, data: bytes) -> None:
         if self._dir is None:
             self._content[file_id] = data
             return
-        folder = self._dir / "files"
-        folder.mkdir(parents=True, exist_ok=True)
-        fd = os.open(folder / file_id, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
+        _write_private(self._dir / "files" / file_id, data)
 
     def content(self, file_id: str) -> bytes:
         if self._dir is None:
@@ -456,12 +458,7 @@ class FineTuning:
     def keep_adapter(self, job: dict[str, Any], data: bytes) -> None:
         adapter = Adapter.of(data)
         if self._dir is not None:
-            folder = self._dir / "models"
-            folder.mkdir(parents=True, exist_ok=True)
-            fd = os.open(folder / f"{job['id']}.gguf", os.O_WRONLY | os.O_CREAT | os.O_TRUNC,
-                         0o600)
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
+            _write_private(self._dir / "models" / f"{job['id']}.gguf", data)
         self._cache(job["id"], adapter)
         job["fine_tuned_model"] = fine_tuned_name(job["model"], job.get("suffix"), job["id"])
         job["adapter_sha256"] = adapter.sha256
@@ -500,11 +497,6 @@ class FineTuning:
             self._cache(job["id"], adapter)
         return job["model"], adapter
 
-    # --- what a running job's events do ---------------------------------------------------
-
-    def _metrics(self, job: dict[str, Any], message: str, data: dict[str, Any]) -> None:
-        self._event(job, message, data=data, kind="metrics")
-
 
 class _Run:
     """One job's events as they come from its worker."""
@@ -535,17 +527,19 @@ class _Run:
             elapsed = ev.get("elapsed_s") or 0.0
             if step and total:
                 job["estimated_finish"] = int(time.time() + elapsed / step * (total - step))
-            owner._metrics(job, f"Step {step}/{total}: training loss={ev.get('loss'):.4f}",
-                           {"step": step, "total_steps": total, "train_loss": ev.get("loss"),
-                            "trained_tokens": ev.get("trained_tokens"),
-                            "epoch": ev.get("epoch")})
+            owner._event(job, f"Step {step}/{total}: training loss={ev.get('loss'):.4f}",
+                         data={"step": step, "total_steps": total,
+                               "train_loss": ev.get("loss"),
+                               "trained_tokens": ev.get("trained_tokens"),
+                               "epoch": ev.get("epoch")}, kind="metrics")
         elif kind == "epoch":
             valid = ev.get("valid_loss")
-            owner._metrics(job, f"Epoch {ev.get('epoch')} done: training loss="
+            owner._event(job, f"Epoch {ev.get('epoch')} done: training loss="
                            f"{ev.get('train_loss'):.4f}" + (
                                f", validation loss={valid:.4f}" if valid is not None else ""),
-                           {"step": ev.get("step"), "epoch": ev.get("epoch"),
-                            "train_loss": ev.get("train_loss"), "valid_loss": valid})
+                         data={"step": ev.get("step"), "epoch": ev.get("epoch"),
+                               "train_loss": ev.get("train_loss"), "valid_loss": valid},
+                         kind="metrics")
         elif kind == "done":
             self.done = ev
         if time.monotonic() - self._saved > 2.0:

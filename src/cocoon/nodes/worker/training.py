@@ -151,14 +151,12 @@ class Training:
         trainer.load()
         examples = [list(e) for e in job.examples]
         try:
-            per_epoch = trainer.tokens_per_epoch(examples)
+            per_epoch, batches = trainer.plan(examples)
         except ConfigError as exc:
             raise BadRequest(str(exc), param="training_file") from None
         if cap and per_epoch * job.n_epochs > cap:
             raise BadRequest(f"the job trains {per_epoch * job.n_epochs} tokens, more than "
                              f"the {cap} reserved for it", param="max_tokens")
-        batches = -(-sum(1 for e in map(trainer.encode, examples)
-                         if any(x != -100 for x in e[1])) // job.batch_size)
         put(_event("started", examples=len(examples), total_steps=batches * job.n_epochs,
                    tokens_per_epoch=per_epoch, load_s=round(time.monotonic() - started, 2)))
         if stop.is_set():
