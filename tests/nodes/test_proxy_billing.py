@@ -3,6 +3,7 @@ release what a dead process left open."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -96,5 +97,32 @@ async def test_a_job_reported_after_a_restart_is_priced_as_training(tmp_path: Pa
         clients, charged, released = await b.charge_reported("w", reported, None, {"p:job"})
         assert (clients, charged, released) == ({"c"}, 2, 0)
         assert (await b._run(b.ledger.balance, "c")).charged == 100 * 3 * 2 + 100 * 2
+    finally:
+        b.close()
+
+
+async def test_likely_covered_errs_low(tmp_path: Path) -> None:
+    """The proxy's guess that a client can pay (to start its worker while the reservation
+    commits): nothing known before its first reservation; then what that left, less the
+    reservations still under way; nothing again once the ledger refused one."""
+    b = Billing(config(tmp_path))
+    try:
+        await b._run(b.ledger.deposit, "c", 10_000)
+        amount = b.reservation_amount(100, 50)
+        assert not b.likely_covered("c", 1)
+        assert await b.reserve("r1", "c", "w", 100, 50) == amount
+        left = 10_000 - amount
+        assert b.likely_covered("c", left) and not b.likely_covered("c", left + 1)
+        assert not b.likely_covered("other", 1)
+        under_way = asyncio.ensure_future(b.reserve("r2", "c", "w", 100, 50))
+        await asyncio.sleep(0)  # submitted, not yet durable
+        assert not b.likely_covered("c", left) and b.likely_covered("c", left - amount)
+        await under_way
+        assert b.likely_covered("c", left - amount)
+        await b.settle("r1", End(0, 1, 1, 0, 0))  # settling only adds: the guess stays low
+        assert not b.likely_covered("c", left - amount + 1)
+        with pytest.raises(PaymentRequired):
+            await b.reserve("r3", "c", "w", 10**6, 50)
+        assert not b.likely_covered("c", 1)
     finally:
         b.close()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -313,3 +314,109 @@ async def test_error_with_impossible_usage_is_charged_what_was_relayed(tmp_path:
         assert isinstance(ev, Error) and ev.code == "engine_error"
         await net.settled()
         assert await net.charged() == (6 * PRICE, 6, 6 * FEE)
+
+
+def end_with(prompt: int, completion: int) -> Callable[[Peer, int], None]:
+    def answer(peer: Peer, rid: int) -> None:
+        peer.finish(End(rid, prompt, completion, 0, 0))
+    return answer
+
+
+@contextlib.asynccontextmanager
+async def ledger_held(net: Net) -> AsyncIterator[None]:
+    """The ledger's thread busy (a call that waits) until the block ends: whatever the
+    proxy asks of it meanwhile waits too."""
+    release = threading.Event()
+    running = threading.Event()
+
+    def hold() -> None:
+        running.set()
+        release.wait(T)
+
+    held = net.billing._thread.submit(hold)
+    try:
+        assert await asyncio.to_thread(running.wait, T)
+        yield
+    finally:
+        release.set()
+        await asyncio.wrap_future(held)
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    for _ in range(int(T / 0.01)):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    pytest.fail("the condition never held")
+
+
+async def test_the_worker_starts_while_the_reservation_commits_and_nothing_goes_on_before(
+        tmp_path: Path) -> None:
+    """Once a client is known to have the funds, the proxy sends its request to the worker
+    while the reservation commits (the worker's time to its first token overlaps the
+    ledger's fsync), but passes nothing of the answer on before the reservation is
+    durable."""
+    worker = ScriptedWorker(after_chunks=end_with(4, 3))
+    async with network(tmp_path, worker) as net:
+        first = net.request()
+        await chunks_then(first, 3)
+        assert isinstance(await asyncio.wait_for(first.next(), T), End)
+        async with ledger_held(net):
+            second = net.request()
+            await until(lambda: len(worker.requests) == 2)  # the worker has it...
+            with pytest.raises(TimeoutError):  # ...the app nothing yet
+                await asyncio.wait_for(second.next(), 0.3)
+        await chunks_then(second, 3)
+        assert isinstance(await asyncio.wait_for(second.next(), T), End)
+        await net.settled()
+        assert await net.charged() == (2 * 7 * PRICE, 14, 14 * FEE)
+        assert net.proxy.stats.completed == 2 and net.proxy.stats.unpaid_starts == 0
+
+
+async def test_a_client_without_funds_does_not_reach_a_worker(tmp_path: Path) -> None:
+    """The proxy only starts a worker before the reservation commits for a client whose
+    last reservation left enough: a first request, or one beyond what is left, waits for
+    the ledger, and a refused one never reaches a worker."""
+    worker = ScriptedWorker(after_chunks=end_with(4, 3))
+    async with network(tmp_path, worker) as net:
+        async with ledger_held(net):
+            first = net.request()
+            await asyncio.sleep(0.3)
+            assert worker.requests == []  # nothing known of this client yet
+        await chunks_then(first, 3)
+        assert isinstance(await asyncio.wait_for(first.next(), T), End)
+        big = net.client.open_stream(lambda rid: Request(
+            rid, "chat", "m", True, 30_000, b'{"model": "m"}', FUNDS))  # more than it has
+        ev = await asyncio.wait_for(big.next(), T)
+        assert isinstance(ev, Error) and ev.code == "insufficient_funds", ev
+        assert len(worker.requests) == 1 and net.proxy.stats.unpaid_starts == 0
+
+
+async def test_a_start_the_ledger_then_refuses_is_stopped_before_the_app_sees_it(
+        tmp_path: Path) -> None:
+    """The guess can be wrong (the funds went elsewhere since the client's last
+    reservation, here by a reservation the proxy did not make): the worker started is told
+    to stop, the app gets 402 and nothing of the answer, nothing is charged, and the ledger
+    holds together."""
+    worker = ScriptedWorker(on_cancel=usage_error("cancelled", 4, 1), chunks=2)
+    async with network(tmp_path, worker) as net:
+        first = net.request()
+        await chunks_then(first, 2)
+        first.cancel("enough")
+        await net.settled()
+        charged_before = await net.charged()
+        left = (await net.ledger(net.billing.ledger.balance, CLIENT)).available
+        await net.ledger(net.billing.ledger.reserve, "elsewhere", CLIENT, WORKER, left - 10)
+        async with ledger_held(net):
+            second = net.request()
+            await until(lambda: len(worker.requests) == 2)
+        ev = await asyncio.wait_for(second.next(), T)
+        assert isinstance(ev, Error) and ev.code == "insufficient_funds", ev
+        assert await asyncio.wait_for(worker.cancels.get(), T)  # the first's
+        assert await asyncio.wait_for(worker.cancels.get(), T)  # the second's: stopped
+        await until(lambda: not net.proxy._relays)
+        assert await net.charged() == charged_before
+        assert net.proxy.stats.unpaid_starts == 1 and net.proxy.stats.rejected == 1
+        assert [r.request_id for r in
+                await net.ledger(net.billing.ledger.open_reservations)] == ["elsewhere"]
+        assert await net.ledger(net.billing.ledger.check_invariants) == []

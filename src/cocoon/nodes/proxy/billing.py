@@ -214,6 +214,10 @@ class Billing:
             log.warning("%d reservation(s) left open by a previous run wait up to %gs for "
                         "their workers' reports", len(self.unreported), config.report_grace_s)
         self.payments: ProxyPayments | None = None  # on-chain channels, when configured
+        # what each client had left after its last reservation, and what its reservations
+        # under way hold (see likely_covered)
+        self._headroom: dict[str, int] = {}
+        self._pending: dict[str, int] = {}
 
     def adopt_registry_params(self, state: RegistryState) -> None:
         """Price by the root registry's parameters (read at start-up and whenever their
@@ -297,29 +301,63 @@ class Billing:
     async def _run(self, fn: Any, *args: Any) -> Any:
         return await self._thread.call(fn, *args)
 
+    def reservation_amount(self, max_tokens: int, body_bytes: int,
+                           coefficient: int | None = None, *, training: bool = False) -> int:
+        """What :meth:`reserve` holds for a request capped at ``max_tokens`` (the effective
+        cap, see ``effective_max_tokens``) whose body is ``body_bytes``, served by a worker
+        asking ``coefficient`` (None: ``billing.worker_coefficient``). A fine-tuning job
+        (``training``) trains at most ``max_tokens`` tokens, all counted as prompt tokens
+        at the training multiplier."""
+        coefficient = coefficient or self.config.worker_coefficient
+        return int(reservation_for(0, max_tokens, coefficient, self.training) if training
+                   else reservation_for(max_tokens, body_bytes + _TEMPLATE_MARGIN,
+                                        coefficient, self.prices))
+
+    def likely_covered(self, client: str, amount: int) -> bool:
+        """Whether ``client``'s funds cover ``amount`` more, by what the ledger said after
+        its last reservation, less the reservations under way since: settlements and
+        top-ups only add to what is available, so the guess errs low (it is False until a
+        reservation of the client succeeded). The proxy then starts the worker while the
+        reservation commits; the ledger still decides (:meth:`reserve`)."""
+        headroom = self._headroom.get(client)
+        return headroom is not None and headroom - self._pending.get(client, 0) >= amount
+
+    def _reserve_in_ledger(self, request_id: str, client: str, worker: str,
+                           amount: int) -> int:
+        """On the ledger thread: reserve, and what the client has left available."""
+        self.ledger.reserve(request_id, client, worker, amount)
+        return self.ledger.balance(client).available
+
+    async def _reserve_durably(self, request_id: str, client: str, worker: str,
+                               amount: int) -> int:
+        """Reserve ``amount`` in the ledger (once more after a refresh of the client's
+        deposit from the chain, when the first try finds too little): what the client has
+        left available after it."""
+        try:
+            return int(await self._run(self._reserve_in_ledger, request_id, client, worker,
+                                       amount))
+        except InsufficientFunds:
+            self._headroom.pop(client, None)
+            # a top-up may have landed on chain (unless the chain is down: then the deposit
+            # as last read stands)
+            if self.payments is None or not await self.payments.try_refresh(client):
+                raise
+            return int(await self._run(self._reserve_in_ledger, request_id, client, worker,
+                                       amount))
+
     async def reserve(self, request_id: str, client: str, worker: str, max_tokens: int,
                       body_bytes: int, coefficient: int | None = None, *,
                       training: bool = False) -> int:
-        """Reserve the worst case of a request whose generation is capped at ``max_tokens``
-        (the effective cap, see ``effective_max_tokens``), served by a worker asking
-        ``coefficient`` (None: ``billing.worker_coefficient``); PaymentRequired if the
-        client can't. A fine-tuning job (``training``) trains at most ``max_tokens``
-        tokens, all counted as prompt tokens at the training multiplier."""
-        coefficient = coefficient or self.config.worker_coefficient
-        amount = (reservation_for(0, max_tokens, coefficient, self.training) if training
-                  else reservation_for(max_tokens, body_bytes + _TEMPLATE_MARGIN,
-                                       coefficient, self.prices))
+        """Reserve :meth:`reservation_amount` for the request, durably; PaymentRequired if
+        the client can't pay it."""
+        amount = self.reservation_amount(max_tokens, body_bytes, coefficient,
+                                         training=training)
         if self.payments is not None:
             await self.payments.check_signed(client)
+        self._pending[client] = self._pending.get(client, 0) + amount
         try:
-            try:
-                await self._run(self.ledger.reserve, request_id, client, worker, amount)
-            except InsufficientFunds:
-                # a top-up may have landed on chain (unless the chain is down: then the
-                # deposit as last read stands)
-                if self.payments is None or not await self.payments.try_refresh(client):
-                    raise
-                await self._run(self.ledger.reserve, request_id, client, worker, amount)
+            self._headroom[client] = await self._reserve_durably(request_id, client, worker,
+                                                                 amount)
         except InsufficientFunds as exc:
             down = self.payments is not None and self.payments.health.down
             raise PaymentRequired(
@@ -329,6 +367,10 @@ class Billing:
                 f"account or lower max_tokens"
                 + ("; the chain is unreachable now, so a top-up shows once it returns"
                    if down else "")) from None
+        finally:
+            pending = self._pending.pop(client) - amount
+            if pending:
+                self._pending[client] = pending
         return int(amount)
 
     async def settle(self, request_id: str, end: End | Error | Usage,

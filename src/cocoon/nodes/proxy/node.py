@@ -234,6 +234,7 @@ class _Relay:
     relayed_bytes: int = 0
     keys: dict[str, bytes] = field(default_factory=dict)  # sealed: wrapped keys by worker
     wrapped: asyncio.Future[bytes] | None = None  # a wrapped key asked for with a Route
+    reserving: asyncio.Future[bool] | None = None  # its reservation (True: made)
     first: float = 0.0  # loop time of its first chunk
     outcome: str = ""  # how it ended for the requester (ok or the code); "" if routed again
     cost: int | None = None  # nanoTON charged for it, once settled
@@ -272,6 +273,9 @@ class ProxyStats:
     queue_timeouts: int = 0  # waited queue_timeout_s without a slot: 503
     queue_wait_s: float = 0.0  # total time requests waited
     queue_wait_max_s: float = 0.0
+    # started on a worker while their reservation committed, which then found the client
+    # unable to pay: stopped before the app saw anything, the worker's start unpaid
+    unpaid_starts: int = 0
     chunks: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -964,8 +968,9 @@ class ProxyNode:
 
     async def _relay(self, relay: _Relay) -> None:
         """One request on the worker whose slot it holds, in three steps: reserve its worst
-        case, pump the worker's stream to the client, then settle what the worker reported
-        (or release the reservation). _Retry when the worker refused it for capacity or
+        case (while the worker starts, when the client's funds are known to cover it), pump
+        the worker's stream to the client, then settle what the worker reported (or release
+        the reservation). _Retry when the worker refused it for capacity or
         failed before the app saw anything (the reservation is then released)."""
         client, rid, stats = relay.client, relay.req.req_id, self.stats
         relay.worker.served += 1
@@ -978,10 +983,22 @@ class ProxyNode:
                 self._sealing[relay.key] = relay
                 client.send(Route(rid, relay.worker.node_id, relay.worker.certificate))
                 self._has_certificate(client, relay.worker.certificate)
-            cap = await self._reserve(relay)
-            if cap is not None:
-                relay.cap = cap
-                await self._pump(relay, cap)
+            billing = self.billing
+            if billing is None:
+                relay.cap = relay.req.max_tokens
+                await self._pump(relay, relay.cap)
+                return
+            relay.cap = effective_max_tokens(relay.req.max_tokens,
+                                             default=billing.config.default_max_tokens)
+            reserving = relay.reserving = asyncio.ensure_future(
+                self._reserve(billing, relay, relay.cap))
+            if billing.likely_covered(self._accounts.get(client, "?"),
+                                      self._reservation_amount(billing, relay)):
+                # the worker starts while the reservation commits; nothing of its answer
+                # goes on before it has (_pump)
+                await self._pump(relay, relay.cap, reserving)
+            elif await reserving:
+                await self._pump(relay, relay.cap)
         except _Retry:
             relay.retried = True
             raise
@@ -1010,13 +1027,16 @@ class ProxyNode:
                 self._watchdog.forget(relay.stream)
                 relay.stream.cancel("requester went away")
 
-    async def _reserve(self, relay: _Relay) -> int | None:
-        """Decide the request's generation cap and reserve funds for its worst case. None
-        when the client cannot pay (it has been answered 402)."""
-        req, billing = relay.req, self.billing
-        if billing is None:
-            return req.max_tokens
-        cap = effective_max_tokens(req.max_tokens, default=billing.config.default_max_tokens)
+    @staticmethod
+    def _reservation_amount(billing: Billing, relay: _Relay) -> int:
+        req = relay.req
+        return billing.reservation_amount(relay.cap, req.seal_size or len(req.body),
+                                          relay.worker.coefficient, training=relay.training)
+
+    async def _reserve(self, billing: Billing, relay: _Relay, cap: int) -> bool:
+        """Reserve funds for the request's worst case (generation capped at ``cap``).
+        False when the client cannot pay (it has been answered 402)."""
+        req = relay.req
         try:
             await billing.reserve(relay.bill_id, self._accounts.get(relay.client, "?"),
                                   worker_account(relay.worker.node_id), cap,
@@ -1027,12 +1047,18 @@ class ProxyNode:
             relay.outcome = exc.code
             relay.settled = True
             relay.client.finish(Error.of(req.req_id, exc))
-            return None
-        return cap
+            if relay.stream is not None:  # started meanwhile: its answer ends _pump
+                relay.stream.cancel("the client cannot pay")
+            return False
+        return True
 
-    async def _pump(self, relay: _Relay, cap: int) -> None:
+    async def _pump(self, relay: _Relay, cap: int,
+                    reserving: asyncio.Future[bool] | None = None) -> None:
         """Forward the request to the worker and its stream back to the client, until the
-        worker's End or Error, a timeout, or the worker's connection is lost."""
+        worker's End or Error, a timeout, or the worker's connection is lost. With
+        ``reserving`` (the request's reservation, still committing), nothing the worker
+        sends is acted on before it has; a client that turns out unable to pay has been
+        answered 402, and the worker is told to stop."""
         client, req, worker, stats = relay.client, relay.req, relay.worker, self.stats
         rid = req.req_id
         keys = b""
@@ -1041,6 +1067,8 @@ class ProxyNode:
                        else await self._wrapped_key(relay))
             assert wrapped is not None
             keys = encode_keys({worker.node_id: wrapped})
+        if reserving is not None and reserving.done() and not reserving.result():
+            return  # the client cannot pay, and has been told
         timeout = (relay.deadline - asyncio.get_running_loop().time() if relay.deadline
                    else self._timeout_of(req))
         try:
@@ -1060,6 +1088,12 @@ class ProxyNode:
         first = 0.0  # loop time of the first chunk
         while True:
             ev = await stream.next()
+            if reserving is not None:
+                if not await reserving:
+                    self.stats.unpaid_starts += 1
+                    stream.cancel("the client cannot pay")
+                    return
+                reserving = None
             kind = type(ev)
             if kind is Chunk:
                 if not first:
@@ -1258,6 +1292,12 @@ class ProxyNode:
         reporting impossible counts), what the proxy relayed to the app, estimated. Release
         the reservation of one that produced nothing."""
         billing, report = self.billing, relay.report
+        reserving = relay.reserving
+        if reserving is not None:
+            if not reserving.done():  # what comes next goes to the ledger after it
+                await asyncio.wait({reserving})
+            if not reserving.cancelled() and reserving.exception() is not None:
+                return  # it reserved nothing (its error reached the client: _relay)
         if relay.settled or billing is None:
             return
         if relay.retried:  # the app saw nothing of it and it goes to another worker
