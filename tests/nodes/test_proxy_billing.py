@@ -121,6 +121,15 @@ async def test_likely_covered_errs_low(tmp_path: Path) -> None:
         assert b.likely_covered("c", left - amount)
         await b.settle("r1", End(0, 1, 1, 0, 0))  # settling only adds: the guess stays low
         assert not b.likely_covered("c", left - amount + 1)
+        assert b.likely_covered("c", 1)
+
+        class OverItsUnsignedLimit:  # payments on chain that would refuse the client now
+            def within_limits(self, account: str) -> bool:
+                return False
+
+        b.payments = OverItsUnsignedLimit()  # type: ignore[assignment]
+        assert not b.likely_covered("c", 1)
+        b.payments = None
         with pytest.raises(PaymentRequired):
             await b.reserve("r3", "c", "w", 10**6, 50)
         assert not b.likely_covered("c", 1)

@@ -120,10 +120,12 @@ async def test_unsigned_credit_is_bounded_by_a_share_of_the_deposit(ledger_pool:
     p = _payments(ledger, pool, _DownChain(), max_unsigned=10**9, fraction=0.1)
     p.clients["channel:a"] = _Client("0:" + "aa" * 32, b"k" * 32, deposit=1_000, charged=100)
     await p.check_signed("channel:a")  # 100 unsigned <= 10% of 1,000
-    assert p.unsigned_limit("channel:a") == 100
+    assert p.unsigned_limit("channel:a") == 100 and p.within_limits("channel:a")
     p.note_charged("channel:a", 101)
     with pytest.raises(PaymentRequired, match=r"limit 0.0000001 TON"):
         await p.check_signed("channel:a")
+    # the proxy's guess before it starts a worker early says the same, without a chain read
+    assert not p.within_limits("channel:a") and not p.within_limits("channel:nobody")
     # a large deposit: the flat limit applies
     p.clients["channel:b"] = _Client("0:" + "bb" * 32, b"k" * 32, deposit=10**12)
     assert p.unsigned_limit("channel:b") == 10**9
@@ -264,6 +266,7 @@ async def test_requests_that_find_a_stale_channel_together_share_one_read(
     assert chain.calls == 1
     assert p.clients["channel:a"].read_at > 0  # it was read
     await asyncio.sleep(0.002)
+    assert not p.within_limits("channel:a")  # due a read: no worker starts before it
     await p.check_signed("channel:a")  # stale again: a new read
     assert chain.calls == 2
 
@@ -280,7 +283,7 @@ async def test_a_watched_chain_spares_requests_the_channel_read(ledger_pool: Any
     p.watching = True
     await asyncio.sleep(0.002)
     await p.check_signed("channel:a")
-    assert chain.calls == 0
+    assert chain.calls == 0 and p.within_limits("channel:a")
     p.watching = False  # the watcher is down (an outage): requests read again
     await p.check_signed("channel:a")
     assert chain.calls == 1

@@ -318,7 +318,11 @@ class Billing:
         its last reservation, less the reservations under way since: settlements and
         top-ups only add to what is available, so the guess errs low (it is False until a
         reservation of the client succeeded). The proxy then starts the worker while the
-        reservation commits; the ledger still decides (:meth:`reserve`)."""
+        reservation commits; the ledger still decides (:meth:`reserve`). With payments on
+        chain, also False unless the client's channel passes
+        :meth:`ProxyPayments.within_limits` (open, its unsigned charges within bounds)."""
+        if self.payments is not None and not self.payments.within_limits(client):
+            return False
         headroom = self._headroom.get(client)
         return headroom is not None and headroom - self._pending.get(client, 0) >= amount
 

@@ -315,6 +315,19 @@ class ProxyPayments:
         client = self.clients[account]
         return min(self.max_unsigned, int(client.deposit * self.max_unsigned_fraction))
 
+    def within_limits(self, account: str) -> bool:
+        """Whether :meth:`check_signed` would pass ``account`` as things stand, without
+        reading the chain: its channel known, open and not due a re-read, its unsigned
+        charges within :meth:`unsigned_limit`."""
+        client = self.clients.get(account)
+        if client is None or client.status != ChannelStatus.OPEN:
+            return False
+        if (self.recheck_s and not self.watching
+                and time.monotonic() - client.read_at >= self.recheck_s):
+            return False
+        unsigned = client.charged - (client.signed.cumulative if client.signed else 0)
+        return unsigned <= self.unsigned_limit(account)
+
     async def check_signed(self, account: str) -> None:
         """PaymentRequired when the client owes more unsigned than :meth:`unsigned_limit`."""
         if account not in self.clients:
