@@ -417,6 +417,7 @@ async def test_a_start_the_ledger_then_refuses_is_stopped_before_the_app_sees_it
         await until(lambda: not net.proxy._relays)
         assert await net.charged() == charged_before
         assert net.proxy.stats.unpaid_starts == 1 and net.proxy.stats.rejected == 1
+        assert net.proxy.snapshot()["requests"]["unpaid_starts"] == 1  # in /stats
         assert [r.request_id for r in
                 await net.ledger(net.billing.ledger.open_reservations)] == ["elsewhere"]
         assert await net.ledger(net.billing.ledger.check_invariants) == []

@@ -1412,7 +1412,7 @@ class ProxyNode:
                          "timeouts": s.timeouts, "worker_lost": s.worker_lost,
                          "rerouted": s.rerouted, "failovers": s.failovers,
                          "sealed": s.sealed, "seal_routes": s.seal_routes,
-                         "in_flight": len(self._relays)},
+                         "unpaid_starts": s.unpaid_starts, "in_flight": len(self._relays)},
             "registry_listing": self.listing,
             "queue": {"waiting": self._queue.depth(),
                       "by_model": {m: self._queue.depth(m) for m in self._queue.models()},
