@@ -986,19 +986,19 @@ class ProxyNode:
             billing = self.billing
             if billing is None:
                 relay.cap = relay.req.max_tokens
-                await self._pump(relay, relay.cap)
+                await self._pump(relay)
                 return
             relay.cap = effective_max_tokens(relay.req.max_tokens,
                                              default=billing.config.default_max_tokens)
             reserving = relay.reserving = asyncio.ensure_future(
-                self._reserve(billing, relay, relay.cap))
+                self._reserve(billing, relay))
             if billing.likely_covered(self._accounts.get(client, "?"),
                                       self._reservation_amount(billing, relay)):
                 # the worker starts while the reservation commits; nothing of its answer
                 # goes on before it has (_pump)
-                await self._pump(relay, relay.cap, reserving)
+                await self._pump(relay, reserving)
             elif await reserving:
-                await self._pump(relay, relay.cap)
+                await self._pump(relay)
         except _Retry:
             relay.retried = True
             raise
@@ -1033,13 +1033,13 @@ class ProxyNode:
         return billing.reservation_amount(relay.cap, req.seal_size or len(req.body),
                                           relay.worker.coefficient, training=relay.training)
 
-    async def _reserve(self, billing: Billing, relay: _Relay, cap: int) -> bool:
-        """Reserve funds for the request's worst case (generation capped at ``cap``).
+    async def _reserve(self, billing: Billing, relay: _Relay) -> bool:
+        """Reserve funds for the request's worst case (generation capped at ``relay.cap``).
         False when the client cannot pay (it has been answered 402)."""
         req = relay.req
         try:
             await billing.reserve(relay.bill_id, self._accounts.get(relay.client, "?"),
-                                  worker_account(relay.worker.node_id), cap,
+                                  worker_account(relay.worker.node_id), relay.cap,
                                   req.seal_size or len(req.body), relay.worker.coefficient,
                                   training=relay.training)
         except PaymentRequired as exc:
@@ -1052,7 +1052,7 @@ class ProxyNode:
             return False
         return True
 
-    async def _pump(self, relay: _Relay, cap: int,
+    async def _pump(self, relay: _Relay,
                     reserving: asyncio.Future[bool] | None = None) -> None:
         """Forward the request to the worker and its stream back to the client, until the
         worker's End or Error, a timeout, or the worker's connection is lost. With
@@ -1074,7 +1074,7 @@ class ProxyNode:
         try:
             stream = relay.stream = worker.peer.open_stream(
                 lambda wid: replace(req, req_id=wid, timeout_ms=int(timeout * 950),
-                                    max_tokens=cap, ticket=relay.ticket, seal_keys=keys))
+                                    max_tokens=relay.cap, ticket=relay.ticket, seal_keys=keys))
         except TransportError:  # gone before it got the request: another may serve it
             worker.measured.failed()
             raise _Retry(WorkerLost(f"worker {worker.node_id} disconnected"),

@@ -315,43 +315,46 @@ class ProxyPayments:
         client = self.clients[account]
         return min(self.max_unsigned, int(client.deposit * self.max_unsigned_fraction))
 
+    def _due_read(self, account: str) -> bool:
+        """Whether ``account``'s channel is to be re-read before it takes a request."""
+        return bool(self.recheck_s and not self.watching
+                    and time.monotonic() - self.clients[account].read_at >= self.recheck_s)
+
+    def _refusal(self, account: str) -> str:
+        """Why ``account`` (a known client) may not take more work as its channel was last
+        read: closed, or owing more unsigned than :meth:`unsigned_limit`; "" if it may."""
+        client = self.clients[account]
+        if client.status != ChannelStatus.OPEN:
+            return (f"payment channel {client.channel} is {client.status.name.lower()}: it "
+                    "takes no new requests; open a new channel to continue")
+        unsigned = client.charged - (client.signed.cumulative if client.signed else 0)
+        limit = self.unsigned_limit(account)
+        if unsigned > limit:
+            return (f"{format_ton(unsigned)} of this client's charges are not signed yet "
+                    f"(limit {format_ton(limit)}: billing.max_unsigned "
+                    f"{format_ton(self.max_unsigned)}, at most {self.max_unsigned_fraction} "
+                    f"of the deposit {format_ton(client.deposit)}): the client must sign its "
+                    "statements before more work")
+        return ""
+
     def within_limits(self, account: str) -> bool:
         """Whether :meth:`check_signed` would pass ``account`` as things stand, without
-        reading the chain: its channel known, open and not due a re-read, its unsigned
-        charges within :meth:`unsigned_limit`."""
-        client = self.clients.get(account)
-        if client is None or client.status != ChannelStatus.OPEN:
-            return False
-        if (self.recheck_s and not self.watching
-                and time.monotonic() - client.read_at >= self.recheck_s):
-            return False
-        unsigned = client.charged - (client.signed.cumulative if client.signed else 0)
-        return unsigned <= self.unsigned_limit(account)
+        reading the chain: its channel known, not due a re-read, and not refused."""
+        return (account in self.clients and not self._due_read(account)
+                and not self._refusal(account))
 
     async def check_signed(self, account: str) -> None:
-        """PaymentRequired when the client owes more unsigned than :meth:`unsigned_limit`."""
+        """PaymentRequired when the client's channel is unknown or closed, or it owes more
+        unsigned than :meth:`unsigned_limit` (its channel re-read first when due)."""
         if account not in self.clients:
             raise PaymentRequired(
                 "this client has no payment channel with the proxy: configure chain.contract "
                 "(its channel) and chain.key_file, or top up with `cocoon client topup`")
-        if (self.recheck_s and not self.watching
-                and time.monotonic() - self.clients[account].read_at >= self.recheck_s):
+        if self._due_read(account):
             await self._recheck(account)
-        status = self.clients[account].status
-        if status != ChannelStatus.OPEN:
-            raise PaymentRequired(
-                f"payment channel {self.clients[account].channel} is {status.name.lower()}: it "
-                "takes no new requests; open a new channel to continue")
-        client = self.clients[account]
-        unsigned = client.charged - (client.signed.cumulative if client.signed else 0)
-        limit = self.unsigned_limit(account)
-        if unsigned > limit:
-            raise PaymentRequired(
-                f"{format_ton(unsigned)} of this client's charges are not signed yet (limit "
-                f"{format_ton(limit)}: billing.max_unsigned {format_ton(self.max_unsigned)}, "
-                f"at most {self.max_unsigned_fraction} of the deposit "
-                f"{format_ton(client.deposit)}): the client must sign its statements before "
-                "more work")
+        refusal = self._refusal(account)
+        if refusal:
+            raise PaymentRequired(refusal)
 
     async def watch_forever(self, poll_s: float = 25.0) -> None:
         """Re-read every bound client channel whenever the chain moves (a close request, a
