@@ -81,6 +81,9 @@ def main() -> int:
     p.add_argument("--out", default="/tmp/cocoon-profile")
     p.add_argument("--stack", action="store_true",
                    help="cocoon up defaults on openai-http in front of a separate upstream")
+    p.add_argument("--client-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="with --stack: a client config override, as cocoon up's (e.g. "
+                        "seal=off, to profile the clear side of --mode seal)")
     args = p.parse_args()
     pyspy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if not Path(pyspy).exists():
@@ -102,7 +105,8 @@ def main() -> int:
                                   "--model", "fake", "--port", "0"])
         upstream.start()
         net = LocalNetwork(engine="openai-http", upstream=upstream.http, attestation="fake",
-                           billing=True, chain="embedded", startup_timeout=180.0)
+                           billing=True, chain="embedded", startup_timeout=180.0,
+                           client_sets=args.client_set)
     else:
         net = LocalNetwork(engine="fake", worker_sets=sets, attestation=args.attestation)
     with net:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -168,6 +169,26 @@ def test_records_open_in_order_also_joined_or_split() -> None:
     half = ResponseOpener(key)
     half.open(whole[:-3])
     assert not half.complete
+
+
+def test_records_opened_one_at_a_time_hash_as_sealed_and_a_too_short_one_is_corrupt() -> None:
+    key = bytes(range(32))
+    records, sealer = stream_of(PIECES, key)
+    one_by_one = ResponseOpener(key)
+    assert [one_by_one.open(r) for r in records] == PIECES
+    assert one_by_one.transcript == sealer.transcript and one_by_one.records == 3
+    assert one_by_one.complete
+    short = (15).to_bytes(4, "big") + b"\x00\x01" + bytes(15)  # whole, but under a tag
+    with pytest.raises(SealBroken, match="corrupt"):
+        ResponseOpener(key).open(short)
+
+
+def test_a_record_is_aes_256_gcm_under_the_response_key_its_index_the_nonce() -> None:
+    key = bytes(range(32))
+    records, _ = stream_of(PIECES, key)
+    header, ciphertext = records[1][:RECORD_HEADER], records[1][RECORD_HEADER:]
+    assert header == (len(PIECES[1]) + 16).to_bytes(4, "big") + (2).to_bytes(2, "big")
+    assert AESGCM(key).decrypt((1).to_bytes(12, "big"), ciphertext, header) == PIECES[1]
 
 
 @pytest.mark.parametrize("attack", ["drop", "reorder", "replay", "alter", "header", "key"])

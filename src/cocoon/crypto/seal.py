@@ -1,15 +1,15 @@
 """Sealing a request to the workers that may serve it, and its answer back (pure).
 
-The client seals the OpenAI request body once, under a fresh *content key* (ChaCha20-Poly1305,
+The client seals the OpenAI request body once, under a fresh *content key* (AES-256-GCM,
 nonce zero, the endpoint, model and stream flag the proxy routes on as associated data); the
 sealed plaintext is a fresh 32-byte *response key* followed by the body. It then *wraps* the
 content key to each worker it accepts for the request, under a *session key* it holds with
 that worker::
 
-    wrapped = session (80 bytes) | nonce (12) | ChaCha20-Poly1305(session key, content key)
+    wrapped = session (80 bytes) | nonce (12) | AES-256-GCM(session key, content key)
 
 ``session`` is the session key sealed with HPKE (RFC 9180, base mode, DHKEM(X25519,
-HKDF-SHA256), HKDF-SHA256, ChaCha20-Poly1305) to the X25519 key in the worker's RA-TLS
+HKDF-SHA256), HKDF-SHA256, AES-256-GCM) to the X25519 key in the worker's RA-TLS
 claims, which its evidence binds. The client makes a session key per worker and uses it for
 at most :data:`SESSION_USES` requests or :data:`SESSION_SECONDS`; the worker opens each
 session once and keeps the newest (:class:`KeyUnwrapper`), and as every wrapped key carries
@@ -22,8 +22,10 @@ that the client did not know gets its wrapped key after one more round trip. No 
 chosen worker can open the body, and a proxy that changes the endpoint, model or stream
 flag makes it refuse. Only the client and the worker that opened it hold the response key.
 
-The worker answers in *records*, each the AEAD (ChaCha20-Poly1305 under the response key)
-of a piece of the app's answer::
+The worker answers in *records*, each the AEAD (AES-256-GCM under the response key) of a
+piece of the app's answer (AES-GCM rather than ChaCha20-Poly1305: the records are the
+per-chunk cost of sealing, and on CPUs with AES-NI and CLMUL, which every TDX host has, it
+takes about half the time per record)::
 
     record = length u32 BE | events u16 BE | ciphertext (length bytes, 16-byte tag included)
 
@@ -51,7 +53,7 @@ from typing import Final
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hpke, serialization
 from cryptography.hazmat.primitives.asymmetric import x25519
-from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from cocoon.errors import ProtocolError, SealBroken
 
@@ -81,7 +83,7 @@ __all__ = [
 ]
 
 KEY_SIZE: Final = 32
-_SUITE: Final = hpke.Suite(hpke.KEM.X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.CHACHA20_POLY1305)
+_SUITE: Final = hpke.Suite(hpke.KEM.X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_256_GCM)
 _ENC: Final = 32  # X25519 encapsulated key
 _TAG: Final = 16
 _SESSION: Final = _ENC + KEY_SIZE + _TAG  # a session key sealed to a worker with HPKE
@@ -99,10 +101,11 @@ MAX_SEAL_KEYS: Final = 8  # the most workers one request is sealed to
 _MAX_ID: Final = 1024
 SEAL_KEYS_OVERHEAD: Final = 1 + MAX_SEAL_KEYS * (2 + _MAX_ID + WRAPPED_SIZE)
 """The most bytes :func:`encode_keys` makes."""
-_INFO: Final = b"cocoon-seal-v3"
-_SESSION_INFO: Final = b"cocoon-seal-session-v3"
+_INFO: Final = b"cocoon-seal-v4"
+_SESSION_INFO: Final = b"cocoon-seal-session-v4"
 _BODY_NONCE: Final = bytes(12)  # each content key seals one body only
 _HEADER: Final = struct.Struct(">IH")
+_LENGTH: Final = struct.Struct(">I")  # a record header's first field
 RECORD_HEADER: Final = _HEADER.size
 _MAX_RECORD: Final = 1 << 30
 _MAX_EVENTS: Final = 0xFFFF
@@ -141,14 +144,14 @@ class SealedBody:
 
 def seal_body(body: bytes, info: bytes) -> SealedBody:
     content_key, response_key = os.urandom(KEY_SIZE), os.urandom(KEY_SIZE)
-    data = ChaCha20Poly1305(content_key).encrypt(_BODY_NONCE, response_key + body, info)
+    data = AESGCM(content_key).encrypt(_BODY_NONCE, response_key + body, info)
     return SealedBody(data, content_key, response_key)
 
 
 class _Session:
     __slots__ = ("aead", "expires", "left", "sealed")
 
-    def __init__(self, sealed: bytes, aead: ChaCha20Poly1305, left: int,
+    def __init__(self, sealed: bytes, aead: AESGCM, left: int,
                  expires: float) -> None:
         self.sealed, self.aead, self.left, self.expires = sealed, aead, left, expires
 
@@ -190,7 +193,7 @@ class KeyWrapper:
         session_key = os.urandom(KEY_SIZE)
         sealed = _SUITE.encrypt(session_key, public, info=_SESSION_INFO)
         session = self._sessions[worker_key] = _Session(
-            sealed, ChaCha20Poly1305(session_key), self._uses, now + self._seconds)
+            sealed, AESGCM(session_key), self._uses, now + self._seconds)
         if len(self._sessions) > _SESSIONS:
             self._sessions.popitem(last=False)
         return session
@@ -208,7 +211,7 @@ class KeyUnwrapper:
 
     def __init__(self, key: x25519.X25519PrivateKey) -> None:
         self._key = key
-        self._sessions: OrderedDict[bytes, ChaCha20Poly1305] = OrderedDict()
+        self._sessions: OrderedDict[bytes, AESGCM] = OrderedDict()
 
     def unwrap(self, wrapped: bytes, info: bytes) -> bytes:
         """The content key in ``wrapped``; SealBroken when it was wrapped to another
@@ -219,7 +222,7 @@ class KeyUnwrapper:
         aead = self._sessions.get(session)
         try:
             if aead is None:
-                aead = ChaCha20Poly1305(_SUITE.decrypt(session, self._key, info=_SESSION_INFO))
+                aead = AESGCM(_SUITE.decrypt(session, self._key, info=_SESSION_INFO))
                 self._sessions[session] = aead
                 if len(self._sessions) > _SESSIONS:
                     self._sessions.popitem(last=False)
@@ -246,7 +249,7 @@ def open_request(data: bytes, wrapped: bytes, unwrapper: KeyUnwrapper,
         raise SealBroken("the sealed request is too short to be one")
     content_key = unwrapper.unwrap(wrapped, info)
     try:
-        plain = ChaCha20Poly1305(content_key).decrypt(_BODY_NONCE, data, info)
+        plain = AESGCM(content_key).decrypt(_BODY_NONCE, data, info)
     except InvalidTag:
         raise SealBroken("the sealed request did not open: it (or its model, endpoint or "
                          "stream flag) changed on the way") from None
@@ -292,7 +295,7 @@ def decode_keys(data: bytes) -> dict[str, bytes]:
 
 
 def _nonce(index: int) -> bytes:
-    return b"\x00\x00\x00\x00" + index.to_bytes(8, "big")
+    return index.to_bytes(_NONCE, "big")  # 4 zero bytes, then u64 BE (index < 2**64)
 
 
 class ResponseSealer:
@@ -301,7 +304,7 @@ class ResponseSealer:
     __slots__ = ("_aead", "_hash", "records")
 
     def __init__(self, response_key: bytes) -> None:
-        self._aead = ChaCha20Poly1305(response_key)
+        self._aead = AESGCM(response_key)
         self._hash = hashlib.sha256()
         self.records = 0
 
@@ -325,7 +328,7 @@ class ResponseOpener:
     __slots__ = ("_aead", "_hash", "_pending", "records")
 
     def __init__(self, response_key: bytes) -> None:
-        self._aead = ChaCha20Poly1305(response_key)
+        self._aead = AESGCM(response_key)
         self._hash = hashlib.sha256()
         self._pending = b""
         self.records = 0
@@ -333,6 +336,13 @@ class ResponseOpener:
     def open(self, data: bytes) -> bytes:
         """The plaintext of every whole record in ``data`` (after what was left over);
         SealBroken at the first that does not open, with nothing of it returned."""
+        if not self._pending and len(data) >= RECORD_HEADER:
+            size = _LENGTH.unpack_from(data)[0]
+            if size + RECORD_HEADER == len(data) and size >= _TAG:  # one whole record
+                plain = self._decrypt(data[RECORD_HEADER:], data[:RECORD_HEADER])
+                self._hash.update(data)
+                self.records += 1
+                return plain
         buf = self._pending + data if self._pending else data
         out: list[bytes] = []
         pos, end = 0, len(buf)
@@ -343,19 +353,20 @@ class ResponseOpener:
                 raise SealBroken("a sealed record's header is corrupt")
             if stop > end:
                 break
-            header = buf[pos:pos + RECORD_HEADER]
-            try:
-                out.append(self._aead.decrypt(_nonce(self.records),
-                                              buf[pos + RECORD_HEADER:stop], header))
-            except InvalidTag:
-                raise SealBroken(f"sealed record {self.records} of the answer did not open: "
-                                 "it was altered, dropped, reordered or replayed on the way"
-                                 ) from None
+            out.append(self._decrypt(buf[pos + RECORD_HEADER:stop],
+                                     buf[pos:pos + RECORD_HEADER]))
             self._hash.update(buf[pos:stop])
             self.records += 1
             pos = stop
         self._pending = buf[pos:]
         return out[0] if len(out) == 1 else b"".join(out)
+
+    def _decrypt(self, ciphertext: bytes, header: bytes) -> bytes:
+        try:
+            return self._aead.decrypt(_nonce(self.records), ciphertext, header)
+        except InvalidTag:
+            raise SealBroken(f"sealed record {self.records} of the answer did not open: it "
+                             "was altered, dropped, reordered or replayed on the way") from None
 
     @property
     def complete(self) -> bool:

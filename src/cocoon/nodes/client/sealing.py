@@ -26,6 +26,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Final
 
+from cryptography import x509
+
+from cocoon.attestation.evidence import Claims, VerifiedEvidence
 from cocoon.attestation.receipt import CERTIFICATES, Receipt, sha256_hex, verify
 from cocoon.crypto.seal import (
     KeyWrapper,
@@ -80,12 +83,13 @@ class RequestSeal:
         self._body = seal_body(env.body, self._info)
         self._opener = ResponseOpener(self._body.response_key)
         self._request_hash = sha256_hex(self._body.data)
-        accepted = [w for w in roster if env.model in w.models
-                    and (not requires or requires in w.features) and self._accepts(w)]
+        accepted = [(w.node_id, key) for w in roster if env.model in w.models
+                    and (not requires or requires in w.features)
+                    and (key := self._accepted(w)) is not None]
         if len(accepted) > _CANDIDATES:
             accepted = random.sample(accepted, _CANDIDATES)
-        for w in accepted:
-            self._wrap(w.node_id, w.certificate)
+        for worker, key in accepted:
+            self._wrap(worker, key)
 
     @property
     def sealed(self) -> bool:
@@ -98,13 +102,13 @@ class RequestSeal:
         return replace(clear, body=self._body.data, seal_size=len(self._body.data),
                        seal_keys=encode_keys(self._keys))
 
-    def _accepts(self, worker: WorkerInfo) -> bool:
+    def _accepted(self, worker: WorkerInfo) -> bytes | None:
+        """The seal key of a roster's worker this client accepts; None (logged) if not."""
         try:
-            self._trusted(worker.node_id, worker.certificate)
+            return self._trusted(worker.node_id, worker.certificate)
         except UntrustedWorker as exc:
             log.debug("not sealing to %s: %s", worker.node_id, exc)
-            return False
-        return True
+            return None
 
     def _trusted(self, worker: str, certificate: bytes) -> bytes:
         """The seal key of a worker whose certificate passes this client's policy;
@@ -121,9 +125,9 @@ class RequestSeal:
             raise UntrustedWorker(f"the worker {worker[:64]!r} offers no seal key")
         return claims.seal_key
 
-    def _wrap(self, worker: str, certificate: bytes) -> bytes:
+    def _wrap(self, worker: str, seal_key: bytes) -> bytes:
+        """The content key wrapped to ``worker``, whose (checked) key is ``seal_key``."""
         assert self._body is not None
-        seal_key = self._trusted(worker, certificate)
         wrapped = self._keys[worker] = self._wrapper.wrap(self._body.content_key, seal_key,
                                                           self._info)
         self._seal_keys.add(seal_key)
@@ -135,7 +139,8 @@ class RequestSeal:
         client's policy."""
         if self._body is None:
             raise SealBroken("the proxy asked for a key of a request sent in the clear")
-        peer.send(Sealed(req_id, route.worker, self._wrap(route.worker, route.certificate)))
+        seal_key = self._trusted(route.worker, route.certificate)
+        peer.send(Sealed(req_id, route.worker, self._wrap(route.worker, seal_key)))
 
     def open(self, data: bytes) -> bytes:
         """The app's bytes in a chunk: opened (SealBroken if a record fails), or as they
@@ -165,10 +170,18 @@ class RequestSeal:
                 raise SealBroken("the answer ended without the worker's receipt")
             return None
         receipt = Receipt.decode(end.receipt).with_certificates(self._find)
+        worker_claims: list[Claims] = []
+
+        def check(der: bytes, role: str, _at: int) -> tuple[x509.Certificate, Claims,
+                                                             VerifiedEvidence]:
+            checked = self._check(der, role)
+            if role == "worker":
+                worker_claims.append(checked[1])
+            return checked
+
         # the worker's signature here (it ties the answer to the worker); the proxy's, which
         # came over the proxy's own attested connection, is cocoon receipt verify's to check
-        verified = verify(receipt, lambda der, role, _at: self._check(der, role),
-                          proxy_signature=False)
+        verify(receipt, check, proxy_signature=False)
         w = receipt.worker
         opener = self._opener
         if w.request_sha256 != self._request_hash:
@@ -179,8 +192,7 @@ class RequestSeal:
                                  "arrived whole")
             if w.response_sha256 != opener.transcript.hex():
                 raise SealBroken("the records that arrived are not those the worker sent")
-            claims = self._check(receipt.worker_certificate, "worker")[1]
-            if claims.seal_key not in self._seal_keys:
+            if worker_claims[0].seal_key not in self._seal_keys:
                 raise SealBroken("the receipt is signed by a worker the request was not "
                                  "sealed to")
         elif w.response_sha256 != self._clear.hexdigest():
@@ -188,7 +200,6 @@ class RequestSeal:
         if (w.prompt_tokens, w.completion_tokens) != (end.prompt_tokens,
                                                       end.completion_tokens):
             raise SealBroken("the receipt's token counts differ from the reported ones")
-        del verified
         return receipt
 
 
