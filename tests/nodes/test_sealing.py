@@ -480,3 +480,57 @@ def test_the_receipt_book_keeps_compact_receipts_small_and_whole_on_request() ->
     whole = Receipt.decode(book.get("id7") or b"")
     assert whole.worker_certificate == cert and whole.worker == receipts[7].worker
     assert book.get("nope") is None
+
+
+def test_a_receipt_signed_by_a_worker_the_request_was_not_sealed_to_is_refused() -> None:
+    """The client seals to the roster's worker ``wa``; an End whose receipt is signed by
+    ``wb`` (attested alike, naming the same request and records) is SealBroken, while
+    ``wa``'s own receipt of the same answer holds. The worker's claims come from the one
+    certificate check of the receipt."""
+    import time
+
+    from cocoon.attestation.config import AttestationConfig as Config
+    from cocoon.attestation.receipt import sha256_hex
+    from cocoon.crypto.seal import (
+        KeyUnwrapper,
+        KeyWrapper,
+        ResponseSealer,
+        decode_keys,
+        open_request,
+        route_info,
+    )
+    from cocoon.errors import SealBroken
+    from cocoon.nodes.channels import build_channels
+    from cocoon.nodes.client.sealing import RequestSeal
+    from cocoon.openai import Envelope
+    from cocoon.wire import Request, WorkerInfo
+
+    check = build_channels(Config(), role="client").check
+    keys = {name: new_seal_key() for name in ("wa", "wb")}
+    ids = {name: TlsIdentity.create(NoneProvider(), "worker", "fake",
+                                    seal_key=seal_public_bytes(key))
+           for name, key in keys.items()}
+    der = {name: i.certificate.public_bytes(serialization.Encoding.DER)
+           for name, i in ids.items()}
+    env = Envelope.parse("chat", json.dumps({"model": "fake", "messages": MESSAGES,
+                                             "stream": True}).encode())[0]
+    seal = RequestSeal(env, "on", check, KeyWrapper(),
+                       (WorkerInfo("wa", "unattested", b"", ("fake",), der["wa"]),))
+    req = seal.request(Request(1, "chat", "fake", True, 1000, env.body))
+    assert set(decode_keys(req.seal_keys)) == {"wa"}
+    body, response_key = open_request(req.body, decode_keys(req.seal_keys)["wa"],
+                                      KeyUnwrapper(keys["wa"]), route_info("chat", "fake", True))
+    assert body == env.body
+    sealer = ResponseSealer(response_key)
+    assert seal.open(sealer.seal(b"data: hi\n\n", 1)) == b"data: hi\n\n"
+
+    def end_signed_by(name: str) -> End:
+        part = WorkerPart(name, sha256_hex(req.body), sealer.transcript.hex(), 1, True,
+                          "fake", "", "", 3, 1, 0, 0, int(time.time()), sha256_hex(der[name]))
+        receipt = Receipt(part, sign_part(part, ids[name].key), worker_certificate=der[name])
+        return End(1, 3, 1, 0, 0, receipt.encode())
+
+    with pytest.raises(SealBroken, match="not sealed to"):
+        seal.receipt(end_signed_by("wb"))
+    held = seal.receipt(end_signed_by("wa"))
+    assert held is not None and held.worker.worker == "wa"
