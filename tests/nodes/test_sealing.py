@@ -485,8 +485,8 @@ def test_the_receipt_book_keeps_compact_receipts_small_and_whole_on_request() ->
 def test_a_receipt_signed_by_a_worker_the_request_was_not_sealed_to_is_refused() -> None:
     """The client seals to the roster's worker ``wa``; an End whose receipt is signed by
     ``wb`` (attested alike, naming the same request and records) is SealBroken, while
-    ``wa``'s own receipt of the same answer holds. The worker's claims come from the one
-    certificate check of the receipt."""
+    ``wa``'s own receipt of the same answer holds (the seal key its verified receipt
+    names)."""
     import time
 
     from cocoon.attestation.config import AttestationConfig as Config

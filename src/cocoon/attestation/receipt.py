@@ -247,6 +247,7 @@ class VerifiedReceipt:
     worker_tier: str
     worker_image_hash: str
     proxy_tier: str | None
+    worker_seal_key: bytes = b""  # the X25519 key the worker's certificate binds (sealing)
 
     def summary(self) -> dict[str, Any]:
         w, p = self.receipt.worker, self.receipt.proxy
@@ -323,4 +324,5 @@ def verify(receipt: Receipt, check: CertCheck, *,
                                  rule="countersignature")
         proxy_tier = pverified.tier
     image = verified.image_hash
-    return VerifiedReceipt(receipt, verified.tier, image.hex() if image else "", proxy_tier)
+    return VerifiedReceipt(receipt, verified.tier, image.hex() if image else "", proxy_tier,
+                           claims.seal_key)

@@ -26,9 +26,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Final
 
-from cryptography import x509
-
-from cocoon.attestation.evidence import Claims, VerifiedEvidence
 from cocoon.attestation.receipt import CERTIFICATES, Receipt, sha256_hex, verify
 from cocoon.crypto.seal import (
     KeyWrapper,
@@ -170,18 +167,10 @@ class RequestSeal:
                 raise SealBroken("the answer ended without the worker's receipt")
             return None
         receipt = Receipt.decode(end.receipt).with_certificates(self._find)
-        worker_claims: list[Claims] = []
-
-        def check(der: bytes, role: str, _at: int) -> tuple[x509.Certificate, Claims,
-                                                             VerifiedEvidence]:
-            checked = self._check(der, role)
-            if role == "worker":
-                worker_claims.append(checked[1])
-            return checked
-
         # the worker's signature here (it ties the answer to the worker); the proxy's, which
         # came over the proxy's own attested connection, is cocoon receipt verify's to check
-        verify(receipt, check, proxy_signature=False)
+        verified = verify(receipt, lambda der, role, _at: self._check(der, role),
+                          proxy_signature=False)
         w = receipt.worker
         opener = self._opener
         if w.request_sha256 != self._request_hash:
@@ -192,7 +181,7 @@ class RequestSeal:
                                  "arrived whole")
             if w.response_sha256 != opener.transcript.hex():
                 raise SealBroken("the records that arrived are not those the worker sent")
-            if worker_claims[0].seal_key not in self._seal_keys:
+            if verified.worker_seal_key not in self._seal_keys:
                 raise SealBroken("the receipt is signed by a worker the request was not "
                                  "sealed to")
         elif w.response_sha256 != self._clear.hexdigest():
